@@ -1,0 +1,127 @@
+/*
+ * store.h - the packages installed on this device, and which one serves.
+ *
+ * Owns: STATE_DIR/keel.db (SQLite, WAL) tables for packages, slots,
+ * anti-rollback high-water marks and verification stamps, and the
+ * content-addressed STATE_DIR/blobs/sha256/ab/<hex> files (read-only, shared
+ * between versions). Knows nothing of the network or of how models run.
+ *
+ * Slots per package name: active, previous, known_good, staged. Install
+ * verifies signatures and every hash while copying into the blob store, then
+ * records the package in one transaction; activation and rollback are one
+ * transaction each. A kill -9 at any instant leaves the old or the new
+ * version active and the store consistent (docs/internals/store.md).
+ *
+ * Thread safety: a keel_store may be used from several threads; calls that
+ * touch the database serialize on an internal lock. Hashing during install
+ * runs outside that lock.
+ */
+#ifndef KEEL_STORE_H
+#define KEEL_STORE_H
+
+#include "keel/common.h"
+#include "keel/config.h"
+#include "keel/error.h"
+#include "keel/pkg.h"
+#include "keel/trust.h"
+
+typedef enum keel_slot {
+    KEEL_SLOT_ACTIVE = 0,
+    KEEL_SLOT_PREVIOUS = 1,
+    KEEL_SLOT_KNOWN_GOOD = 2,
+    KEEL_SLOT_STAGED = 3,
+    KEEL_SLOT_COUNT = 4,
+    KEEL_SLOT_NONE = -1,
+} keel_slot;
+
+/* "active", "previous", "known_good", "staged", "none". */
+KEEL_API const char *keel_slot_name(keel_slot s);
+
+typedef struct keel_store keel_store;
+
+/* Opens (creating when absent) the store under state_dir. lim is copied. */
+KEEL_API KEEL_WUR int keel_store_open(const char *state_dir, const keel_limits *lim,
+                                      keel_store **ret, keel_error *err);
+KEEL_API void keel_store_close(keel_store *s);
+
+/* --- install, activate, rollback -------------------------------------------- */
+
+#define KEEL_INSTALL_ACTIVATE 0x1u /* activate right after a successful install */
+
+typedef struct keel_install_result {
+    char name[KEEL_NAME_MAX];
+    char version[KEEL_VERSION_MAX];
+    char digest[72];    /* "sha256:<hex>" of keel.json */
+    uint64_t bytes;     /* payload bytes in the package */
+    uint64_t new_bytes; /* of which new to this store (not already in blobs) */
+    bool already;       /* this exact package was installed before */
+    bool activated;
+} keel_install_result;
+
+/*
+ * Verifies the package at pkg_path against trust (borrowed; required) and
+ * the anti-rollback rule, copies its files into the blob store checking
+ * every hash, and records it in the staged slot (or active with
+ * KEEL_INSTALL_ACTIVATE). Nothing is recorded unless everything checked.
+ * ret may be NULL.
+ */
+KEEL_API KEEL_WUR int keel_store_install(keel_store *s, const char *pkg_path,
+                                         const keel_trust *trust, unsigned flags,
+                                         keel_install_result *ret, keel_error *err);
+
+/* Makes `version` (or the staged one when version is NULL) active: the old
+ * active becomes previous. Verifies the files first (stamps, or re-hash if a
+ * file changed). Refuses a version below the high-water mark unless it is
+ * this device's recorded known-good. */
+KEEL_API KEEL_WUR int keel_store_activate(keel_store *s, const char *name, const char *version,
+                                          keel_error *err);
+/* Swaps active and previous (or activates known_good when there is no
+ * previous). The version rolled away from is not marked bad; it stays installed. */
+KEEL_API KEEL_WUR int keel_store_rollback(keel_store *s, const char *name, keel_error *err);
+/* Records the active version as this device's known-good. */
+KEEL_API KEEL_WUR int keel_store_mark_good(keel_store *s, const char *name, keel_error *err);
+
+/* --- verification and serving ------------------------------------------------ */
+
+#define KEEL_VERIFY_DEEP 0x1u /* re-hash every file, ignoring stamps */
+
+typedef struct keel_serving {
+    char name[KEEL_NAME_MAX];
+    char version[KEEL_VERSION_MAX]; /* "" when nothing valid is left */
+    char digest[72];
+    keel_slot slot;                 /* which slot serves; KEEL_SLOT_NONE if none */
+    bool degraded;                  /* serving something other than active */
+    char reason[KEEL_ERROR_MSG_MAX]; /* why not active, or why nothing */
+} keel_serving;
+
+/*
+ * Decides what serves `name`: the active version if its files verify, else
+ * previous, else known_good. Results are kept for status. Returns KEEL_OK
+ * with ret->slot == KEEL_SLOT_NONE when nothing valid is left.
+ */
+KEEL_API KEEL_WUR int keel_store_resolve(keel_store *s, const char *name, unsigned flags,
+                                         keel_serving *ret, keel_error *err);
+/* Resolves every installed name. ret_ready is true when every name with an
+ * active slot has something valid to serve and at least one package exists;
+ * why (n bytes) says what is wrong otherwise. */
+KEEL_API KEEL_WUR int keel_store_resolve_all(keel_store *s, unsigned flags, bool *ret_ready,
+                                             char *why, size_t n, keel_error *err);
+
+/* Verifies one installed version's files (stamps, or re-hash with DEEP). */
+KEEL_API KEEL_WUR int keel_store_verify(keel_store *s, const char *name, const char *version,
+                                        unsigned flags, keel_error *err);
+
+/* Path of an installed file of the serving version of `name`, into buf. */
+KEEL_API KEEL_WUR int keel_store_file_path(keel_store *s, const char *name, const char *path,
+                                           char *buf, size_t n, keel_error *err);
+
+/* Status of every package: slots, versions, digests, last verification,
+ * serving choice. malloc'd JSON (caller frees). */
+KEEL_API KEEL_WUR int keel_store_status_json(keel_store *s, char **ret_json, keel_error *err);
+/* Installed packages (name, version, digest, size, slots). malloc'd JSON. */
+KEEL_API KEEL_WUR int keel_store_list_json(keel_store *s, char **ret_json, keel_error *err);
+
+/* Removes blobs referenced by no installed version and versions in no slot. */
+KEEL_API KEEL_WUR int keel_store_gc(keel_store *s, uint64_t *ret_freed_bytes, keel_error *err);
+
+#endif

@@ -1,0 +1,135 @@
+/* json.c - cJSON adapter with type-checked, bounded field access. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/json.h"
+
+int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret,
+                     keel_error *err)
+{
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(data, len, &end, false);
+    if (!root) {
+        const char *s = data;
+        size_t off = end && end >= s && end <= s + len ? (size_t)(end - s) : 0;
+        size_t line = 1, col = 1;
+        for (size_t i = 0; i < off; i++) {
+            if (s[i] == '\n') {
+                line++;
+                col = 1;
+            } else {
+                col++;
+            }
+        }
+        if (len == 0)
+            return keel__err(err, KEEL_EINVALID, "%s: empty document, expected JSON", what);
+        return keel__err(err, KEEL_EINVALID,
+                         "%s: malformed JSON near line %zu column %zu (byte %zu of %zu)", what,
+                         line, col, off, len);
+    }
+    /* Trailing bytes other than whitespace are an error. */
+    if (end) {
+        const char *s = data;
+        for (const char *p = end; p < s + len; p++) {
+            if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t' && *p != '\0') {
+                cJSON_Delete(root);
+                return keel__err(err, KEEL_EINVALID,
+                                 "%s: unexpected bytes after the JSON value at byte %zu", what,
+                                 (size_t)(p - s));
+            }
+        }
+    }
+    *ret = root;
+    return KEEL_OK;
+}
+
+bool keel__json_is_uint(const cJSON *v, uint64_t *ret)
+{
+    if (!cJSON_IsNumber(v))
+        return false;
+    double d = v->valuedouble;
+    if (!(d >= 0) || d > 9007199254740992.0 || floor(d) != d)
+        return false;
+    *ret = (uint64_t)d;
+    return true;
+}
+
+int keel__json_member(const cJSON *obj, const char *key, int type, bool required,
+                      const cJSON **ret, const char *where, keel_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) {
+        if (required)
+            return keel__err(err, KEEL_EINVALID, "%s: required field \"%s\" is missing", where,
+                             key);
+        return KEEL_OK;
+    }
+    if ((v->type & 0xFF) != type)
+        return keel__err(err, KEEL_EINVALID, "%s: field \"%s\" must be an %s", where, key,
+                         type == cJSON_Array ? "array" : "object");
+    *ret = v;
+    return KEEL_OK;
+}
+
+int keel__json_str(const cJSON *obj, const char *key, bool required, size_t maxlen,
+                   const char **ret, const char *where, keel_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) {
+        if (required)
+            return keel__err(err, KEEL_EINVALID, "%s: required field \"%s\" is missing", where,
+                             key);
+        return KEEL_OK;
+    }
+    if (!cJSON_IsString(v) || !v->valuestring)
+        return keel__err(err, KEEL_EINVALID, "%s: field \"%s\" must be a string", where, key);
+    if (maxlen && strlen(v->valuestring) > maxlen)
+        return keel__err(err, KEEL_ETOOBIG, "%s: field \"%s\" is longer than %zu bytes", where,
+                         key, maxlen);
+    *ret = v->valuestring;
+    return KEEL_OK;
+}
+
+int keel__json_u64(const cJSON *obj, const char *key, bool required, uint64_t *ret,
+                   const char *where, keel_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v) {
+        if (required)
+            return keel__err(err, KEEL_EINVALID, "%s: required field \"%s\" is missing", where,
+                             key);
+        return KEEL_OK;
+    }
+    if (!keel__json_is_uint(v, ret))
+        return keel__err(err, KEEL_EINVALID, "%s: field \"%s\" must be a non-negative integer",
+                         where, key);
+    return KEEL_OK;
+}
+
+char *keel__json_print(const cJSON *v)
+{
+    return cJSON_PrintUnformatted(v);
+}
+
+int keel__json_quote(keel_buf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    int rc = keel__buf_append(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; !rc && *p; p++) {
+        char esc[7];
+        if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+            rc = keel__buf_append(b, esc, 2);
+        } else if (*p < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[*p >> 4];
+            esc[5] = hex[*p & 15];
+            rc = keel__buf_append(b, esc, 6);
+        } else {
+            rc = keel__buf_append(b, p, 1);
+        }
+    }
+    return rc ? rc : keel__buf_append(b, "\"", 1);
+}

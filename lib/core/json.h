@@ -1,0 +1,34 @@
+/*
+ * json.h - the adapter between keel and cJSON. Parsing is bounded by the
+ * caller's length and cJSON's nesting limit; accessors check types and name
+ * the field in their message ("keel.json: files[3].size: expected a
+ * non-negative integer").
+ */
+#ifndef KEEL_CORE_JSON_H
+#define KEEL_CORE_JSON_H
+
+#include <cjson/cJSON.h>
+
+#include "core/core.h"
+
+/* Parses exactly len bytes. `what` names the document in messages. */
+KEEL_WUR int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret,
+                              keel_error *err);
+
+/* Field accessors. `where` prefixes messages ("keel.json", "files[2]").
+ * A missing optional field leaves *ret untouched and returns KEEL_OK. */
+KEEL_WUR int keel__json_str(const cJSON *obj, const char *key, bool required, size_t maxlen,
+                            const char **ret, const char *where, keel_error *err);
+KEEL_WUR int keel__json_u64(const cJSON *obj, const char *key, bool required, uint64_t *ret,
+                            const char *where, keel_error *err);
+/* An array or object member of the given type (cJSON_Array/cJSON_Object). */
+KEEL_WUR int keel__json_member(const cJSON *obj, const char *key, int type, bool required,
+                               const cJSON **ret, const char *where, keel_error *err);
+/* A number that is a non-negative integer <= 2^53. */
+bool keel__json_is_uint(const cJSON *v, uint64_t *ret);
+/* Prints compactly (malloc'd). */
+char *keel__json_print(const cJSON *v);
+/* Appends s as a JSON string literal (with quotes) to b. */
+KEEL_WUR int keel__json_quote(keel_buf *b, const char *s);
+
+#endif
