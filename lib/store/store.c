@@ -1,0 +1,1130 @@
+/*
+ * store.c - installed packages, slots, anti-rollback, verification stamps,
+ * and the content-addressed blob store. Invariants: docs/internals/store.md.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/json.h"
+#include "store/db.h"
+
+#define MOD "store"
+
+typedef struct serving_rec {
+    keel_serving s;
+    bool valid;
+} serving_rec;
+
+struct keel_store {
+    pthread_mutex_t lock;
+    sqlite3 *db;
+    char dir[PATH_MAX - 128];
+    keel_limits lim;
+    unsigned installs; /* in progress: gc waits for none */
+    size_t nserving;
+    serving_rec *serving;
+};
+
+static const char *const slot_names[] = {"active", "previous", "known_good", "staged"};
+
+const char *keel_slot_name(keel_slot s)
+{
+    return s >= 0 && s < KEEL_SLOT_COUNT ? slot_names[s] : "none";
+}
+
+static void blob_path(const keel_store *s, const char *hex, char *out, size_t n)
+{
+    snprintf(out, n, "%s/blobs/sha256/%.2s/%s", s->dir, hex, hex);
+}
+
+/* --- open / close ---------------------------------------------------------- */
+
+static void clean_staging(const char *dir)
+{
+    char path[PATH_MAX];
+    keel_error e;
+    /* Partial blobs of an install that was killed: never referenced. */
+    snprintf(path, sizeof(path), "%s/staging/blobs", dir);
+    if (keel__fs_rm_rf(path, &e))
+        KEEL_LOG_W(MOD, "cannot clean %s: %s", path, e.msg);
+}
+
+int keel_store_open(const char *state_dir, const keel_limits *lim, keel_store **ret,
+                    keel_error *err)
+{
+    char path[PATH_MAX];
+    keel_store *s = calloc(1, sizeof(*s));
+    int rc;
+    if (!s)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    pthread_mutex_init(&s->lock, NULL);
+    if (strlen(state_dir) >= sizeof(s->dir)) {
+        rc = keel__err(err, KEEL_ETOOBIG, "state dir path too long: %s", state_dir);
+        goto fail;
+    }
+    keel__strlcpy(s->dir, state_dir, sizeof(s->dir));
+    if (lim)
+        s->lim = *lim;
+    else
+        keel_limits_default(&s->lim);
+    snprintf(path, sizeof(path), "%s/blobs/sha256", state_dir);
+    if ((rc = keel__fs_mkdir_p(state_dir, 0700, err)) || (rc = keel__fs_mkdir_p(path, 0755, err)))
+        goto fail;
+    clean_staging(state_dir);
+    snprintf(path, sizeof(path), "%s/staging/blobs", state_dir);
+    if ((rc = keel__fs_mkdir_p(path, 0700, err)))
+        goto fail;
+    snprintf(path, sizeof(path), "%s/keel.db", state_dir);
+    if ((rc = keel__db_open(path, &s->db, err)))
+        goto fail;
+    *ret = s;
+    return KEEL_OK;
+fail:
+    keel_store_close(s);
+    return rc;
+}
+
+void keel_store_close(keel_store *s)
+{
+    if (!s)
+        return;
+    sqlite3_close(s->db);
+    pthread_mutex_destroy(&s->lock);
+    free(s->serving);
+    free(s);
+}
+
+/* --- small queries (called with the lock held) ------------------------------- */
+
+static int get_text(keel_store *s, const char *sql, const char *a, const char *b, char *out,
+                    size_t n, bool *found, keel_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = keel__db_prepare(s->db, sql, &st, err);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
+    if (b)
+        sqlite3_bind_text(st, 2, b, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    *found = r == SQLITE_ROW;
+    if (r == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        keel__strlcpy(out, t ? (const char *)t : "", n);
+    } else if (r != SQLITE_DONE) {
+        rc = keel__db_err(s->db, err, "query");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int slot_get(keel_store *s, const char *name, keel_slot slot, char *ver, bool *found,
+                    keel_error *err)
+{
+    return get_text(s, "SELECT version FROM slots WHERE name=?1 AND slot=?2", name,
+                    slot_names[slot], ver, KEEL_VERSION_MAX, found, err);
+}
+
+static int slot_set(keel_store *s, const char *name, keel_slot slot, const char *ver,
+                    keel_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = keel__db_prepare(
+        s->db,
+        ver ? "INSERT INTO slots(name, slot, version) VALUES(?1, ?2, ?3) "
+              "ON CONFLICT(name, slot) DO UPDATE SET version=excluded.version"
+            : "DELETE FROM slots WHERE name=?1 AND slot=?2",
+        &st, err);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, slot_names[slot], -1, SQLITE_STATIC);
+    if (ver)
+        sqlite3_bind_text(st, 3, ver, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "updating a slot");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int journal(keel_store *s, const char *name, const char *action, const char *ver,
+                   const char *detail, keel_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = keel__db_prepare(s->db,
+                              "INSERT INTO journal(at, name, action, version, detail) "
+                              "VALUES(?1, ?2, ?3, ?4, ?5)",
+                              &st, err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, keel__now_wall_s());
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, action, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, ver, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, detail ? detail : "", -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "writing the journal");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int highwater_raise(keel_store *s, const char *name, const char *ver, keel_error *err)
+{
+    char hw[KEEL_VERSION_MAX];
+    bool found;
+    int rc = get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw,
+                      sizeof(hw), &found, err);
+    if (rc || (found && keel_semver_cmp(ver, hw) <= 0))
+        return rc;
+    sqlite3_stmt *st;
+    if ((rc = keel__db_prepare(s->db,
+                               "INSERT INTO highwater(name, version) VALUES(?1, ?2) "
+                               "ON CONFLICT(name) DO UPDATE SET version=excluded.version",
+                               &st, err)))
+        return rc;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, ver, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "raising the high-water mark");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Anti-rollback: ver may go live unless it is below the highest version ever
+ * activated here and is not this device's recorded known-good. */
+static int rollback_allowed(keel_store *s, const char *name, const char *ver, keel_error *err)
+{
+    char hw[KEEL_VERSION_MAX], kg[KEEL_VERSION_MAX];
+    bool found, kg_found;
+    int rc = get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw,
+                      sizeof(hw), &found, err);
+    if (rc || !found || keel_semver_cmp(ver, hw) >= 0)
+        return rc;
+    if ((rc = slot_get(s, name, KEEL_SLOT_KNOWN_GOOD, kg, &kg_found, err)))
+        return rc;
+    if (kg_found && strcmp(kg, ver) == 0)
+        return KEEL_OK;
+    return keel__err(err, KEEL_EDOWNGRADE,
+                     "%s %s is older than %s, the highest version this device has activated, "
+                     "and is not its recorded known-good version%s%s; publish a higher version",
+                     name, ver, hw, kg_found ? " " : "", kg_found ? kg : "");
+}
+
+/* --- verification ----------------------------------------------------------------- */
+
+static int64_t ts_ns(struct timespec t)
+{
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int stamp_put(keel_store *s, const char *hex, const struct stat *st, keel_error *err)
+{
+    sqlite3_stmt *q;
+    int rc = keel__db_prepare(s->db,
+                              "INSERT OR REPLACE INTO stamps(sha256, dev, ino, size, mtime_ns, "
+                              "ctime_ns, verified_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                              &q, err);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, (sqlite3_int64)st->st_dev);
+    sqlite3_bind_int64(q, 3, (sqlite3_int64)st->st_ino);
+    sqlite3_bind_int64(q, 4, (sqlite3_int64)st->st_size);
+    sqlite3_bind_int64(q, 5, ts_ns(st->st_mtim));
+    sqlite3_bind_int64(q, 6, ts_ns(st->st_ctim));
+    sqlite3_bind_int64(q, 7, keel__now_wall_s());
+    if (sqlite3_step(q) != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "recording a verification stamp");
+    sqlite3_finalize(q);
+    return rc;
+}
+
+static bool stamp_matches(keel_store *s, const char *hex, const struct stat *st)
+{
+    sqlite3_stmt *q;
+    bool ok = false;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT dev, ino, size, mtime_ns, ctime_ns FROM stamps WHERE sha256=?1",
+                           -1, &q, NULL) != SQLITE_OK)
+        return false;
+    sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) == SQLITE_ROW)
+        ok = sqlite3_column_int64(q, 0) == (sqlite3_int64)st->st_dev &&
+             sqlite3_column_int64(q, 1) == (sqlite3_int64)st->st_ino &&
+             sqlite3_column_int64(q, 2) == (sqlite3_int64)st->st_size &&
+             sqlite3_column_int64(q, 3) == ts_ns(st->st_mtim) &&
+             sqlite3_column_int64(q, 4) == ts_ns(st->st_ctim);
+    sqlite3_finalize(q);
+    return ok;
+}
+
+static void stamp_drop(keel_store *s, const char *hex)
+{
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM stamps WHERE sha256=?1", -1, &q, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
+        (void)sqlite3_step(q);
+        sqlite3_finalize(q);
+    }
+}
+
+/* Checks one blob: stat, stamp, else re-hash. Lock held. */
+static int verify_blob(keel_store *s, const char *path_in_pkg, const char *hex, uint64_t size,
+                       unsigned flags, keel_error *err)
+{
+    char bp[PATH_MAX];
+    struct stat st;
+    uint8_t want[KEEL_SHA256_LEN], got[KEEL_SHA256_LEN];
+    char ghex[KEEL_SHA256_HEX];
+    blob_path(s, hex, bp, sizeof(bp));
+    if (stat(bp, &st) != 0)
+        return keel__err(err, KEEL_ECORRUPT, "%s is missing from the blob store (%s)",
+                         path_in_pkg, bp);
+    if ((uint64_t)st.st_size != size) {
+        stamp_drop(s, hex);
+        return keel__err(err, KEEL_ECORRUPT, "%s is %lld bytes on disk, expected %llu (%s)",
+                         path_in_pkg, (long long)st.st_size, (unsigned long long)size, bp);
+    }
+    if (!(flags & KEEL_VERIFY_DEEP) && stamp_matches(s, hex, &st))
+        return KEEL_OK;
+    if (keel_hex_decode(hex, strlen(hex), want, sizeof(want)))
+        return keel__err(err, KEEL_ECORRUPT, "bad hash recorded for %s", path_in_pkg);
+    int rc = keel_sha256_file(bp, got, NULL, err);
+    if (rc)
+        return rc;
+    if (memcmp(want, got, sizeof(want)) != 0) {
+        stamp_drop(s, hex);
+        keel_hex_encode(got, sizeof(got), ghex);
+        return keel__err(err, KEEL_ECORRUPT,
+                         "%s is corrupt on disk: sha256 %s, expected %s (%s); reinstall the "
+                         "package",
+                         path_in_pkg, ghex, hex, bp);
+    }
+    /* Re-stat after hashing: the stamp must describe what was hashed. */
+    struct stat st2;
+    if (stat(bp, &st2) == 0 && st2.st_mtim.tv_sec == st.st_mtim.tv_sec &&
+        st2.st_mtim.tv_nsec == st.st_mtim.tv_nsec && st2.st_size == st.st_size)
+        return stamp_put(s, hex, &st2, err);
+    return KEEL_OK;
+}
+
+static int verify_locked(keel_store *s, const char *name, const char *ver, unsigned flags,
+                         keel_error *err)
+{
+    sqlite3_stmt *q;
+    int rc = keel__db_prepare(s->db,
+                              "SELECT path, sha256, size FROM files WHERE name=?1 AND version=?2",
+                              &q, err);
+    bool any = false;
+    if (rc)
+        return rc;
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, ver, -1, SQLITE_STATIC);
+    int r;
+    while (!rc && (r = sqlite3_step(q)) == SQLITE_ROW) {
+        any = true;
+        rc = verify_blob(s, (const char *)sqlite3_column_text(q, 0),
+                         (const char *)sqlite3_column_text(q, 1),
+                         (uint64_t)sqlite3_column_int64(q, 2), flags, err);
+    }
+    sqlite3_finalize(q);
+    if (rc)
+        return keel__err_prefix(err, "%s %s", name, ver);
+    if (!any) {
+        /* A package with no files is valid only if it is recorded. */
+        bool found;
+        char d[80];
+        if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name,
+                           ver, d, sizeof(d), &found, err)))
+            return rc;
+        if (!found)
+            return keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", name, ver);
+    }
+    return KEEL_OK;
+}
+
+int keel_store_verify(keel_store *s, const char *name, const char *version, unsigned flags,
+                      keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    int rc = verify_locked(s, name, version, flags, err);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+/* --- install ------------------------------------------------------------------------ */
+
+typedef struct install_ctx {
+    keel_store *s;
+    int fd;
+    char tmp[PATH_MAX];
+    uint64_t new_bytes;
+    size_t nnew;
+    char (*new_hex)[KEEL_SHA256_HEX]; /* blobs written by this install: stamp them */
+} install_ctx;
+
+static int sink_begin(void *ud, const keel_file *f, bool *ret_skip, keel_error *err)
+{
+    install_ctx *c = ud;
+    char hex[KEEL_SHA256_HEX], bp[PATH_MAX];
+    struct stat st;
+    keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
+    blob_path(c->s, hex, bp, sizeof(bp));
+    if (stat(bp, &st) == 0 && (uint64_t)st.st_size == f->size) {
+        pthread_mutex_lock(&c->s->lock);
+        bool ok = stamp_matches(c->s, hex, &st);
+        pthread_mutex_unlock(&c->s->lock);
+        if (ok) {
+            *ret_skip = true; /* already stored and verified; the reader still hashes */
+            return KEEL_OK;
+        }
+    }
+    *ret_skip = false;
+    snprintf(c->tmp, sizeof(c->tmp), "%s/staging/blobs/%s.XXXXXX", c->s->dir, hex);
+    c->fd = mkostemp(c->tmp, O_CLOEXEC);
+    if (c->fd < 0)
+        return keel__err_errno(err, keel__err_from_errno(errno), errno,
+                               "cannot create a staging file in %s/staging", c->s->dir);
+    return KEEL_OK;
+}
+
+static int sink_write(void *ud, const void *data, size_t len, keel_error *err)
+{
+    install_ctx *c = ud;
+    if (keel__fs_write_all(c->fd, data, len) != 0)
+        return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot write %s",
+                               c->tmp);
+    return KEEL_OK;
+}
+
+static int sink_end(void *ud, const keel_file *f, bool ok, keel_error *err)
+{
+    install_ctx *c = ud;
+    char hex[KEEL_SHA256_HEX], bp[PATH_MAX], dir[PATH_MAX];
+    int rc = KEEL_OK;
+    if (c->fd < 0)
+        return KEEL_OK; /* skipped */
+    if (!ok) {
+        close(c->fd);
+        c->fd = -1;
+        unlink(c->tmp);
+        return KEEL_OK;
+    }
+    keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
+    blob_path(c->s, hex, bp, sizeof(bp));
+    snprintf(dir, sizeof(dir), "%s/blobs/sha256/%.2s", c->s->dir, hex);
+    if (fchmod(c->fd, 0444) != 0 || fsync(c->fd) != 0)
+        rc = keel__err_errno(err, KEEL_EIO, errno, "cannot sync %s", c->tmp);
+    close(c->fd);
+    c->fd = -1;
+    if (!rc)
+        rc = keel__fs_mkdir_p(dir, 0755, err);
+    if (!rc && rename(c->tmp, bp) != 0)
+        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot move %s into %s",
+                             c->tmp, bp);
+    if (!rc)
+        rc = keel__fs_fsync_dir(dir, err);
+    if (rc) {
+        unlink(c->tmp);
+        return rc;
+    }
+    void *p = realloc(c->new_hex, (c->nnew + 1) * sizeof(*c->new_hex));
+    if (!p)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    c->new_hex = p;
+    memcpy(c->new_hex[c->nnew++], hex, KEEL_SHA256_HEX);
+    c->new_bytes += f->size;
+    return KEEL_OK;
+}
+
+static int activate_locked(keel_store *s, const char *name, const char *ver, const char *action,
+                           keel_error *err);
+
+static int record_package(keel_store *s, const keel_pkg *p, install_ctx *c, unsigned flags,
+                          keel_error *err)
+{
+    const keel_manifest *m = keel_pkg_manifest(p);
+    const char *name = keel_manifest_name(m), *ver = keel_manifest_version(m);
+    char digest[72], *sigjson = NULL;
+    size_t mlen;
+    const uint8_t *mbytes = keel_manifest_bytes(m, &mlen);
+    sqlite3_stmt *q = NULL;
+    int rc;
+    keel_manifest_digest_str(m, digest);
+    if ((rc = keel_sigset_format(keel_pkg_sigs(p), &sigjson, err)))
+        return rc;
+    if ((rc = keel__db_exec(s->db, "BEGIN IMMEDIATE", "starting the install", err)))
+        goto out;
+    if ((rc = keel__db_prepare(s->db,
+                               "INSERT INTO packages(name, version, digest, manifest, sigs, "
+                               "bytes, installed_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                               &q, err)))
+        goto rollback;
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, ver, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, digest, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(q, 4, mbytes, (int)mlen, SQLITE_STATIC);
+    sqlite3_bind_text(q, 5, sigjson, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 6, (sqlite3_int64)keel_manifest_total_bytes(m));
+    sqlite3_bind_int64(q, 7, keel__now_wall_s());
+    if (sqlite3_step(q) != SQLITE_DONE) {
+        rc = keel__db_err(s->db, err, "recording the package");
+        goto rollback;
+    }
+    sqlite3_finalize(q);
+    q = NULL;
+    if ((rc = keel__db_prepare(s->db,
+                               "INSERT INTO files(name, version, path, sha256, size) "
+                               "VALUES(?1, ?2, ?3, ?4, ?5)",
+                               &q, err)))
+        goto rollback;
+    for (size_t i = 0; i < keel_manifest_nfiles(m); i++) {
+        const keel_file *f = keel_manifest_file(m, i);
+        char hex[KEEL_SHA256_HEX];
+        keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
+        sqlite3_reset(q);
+        sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, ver, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 3, f->path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 4, hex, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(q, 5, (sqlite3_int64)f->size);
+        if (sqlite3_step(q) != SQLITE_DONE) {
+            rc = keel__db_err(s->db, err, "recording the package files");
+            goto rollback;
+        }
+    }
+    for (size_t i = 0; i < c->nnew; i++) {
+        char bp[PATH_MAX];
+        struct stat st;
+        blob_path(s, c->new_hex[i], bp, sizeof(bp));
+        if (stat(bp, &st) == 0 && (rc = stamp_put(s, c->new_hex[i], &st, err)))
+            goto rollback;
+    }
+    if ((rc = journal(s, name, "install", ver, digest, err)))
+        goto rollback;
+    if (flags & KEEL_INSTALL_ACTIVATE) {
+        if ((rc = activate_locked(s, name, ver, "activate", err)))
+            goto rollback;
+    } else if ((rc = slot_set(s, name, KEEL_SLOT_STAGED, ver, err))) {
+        goto rollback;
+    }
+    if ((rc = keel__db_exec(s->db, "COMMIT", "committing the install", err)))
+        goto rollback;
+    goto out;
+rollback:
+    if (sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
+        /* the transaction is gone already; nothing was recorded */
+    }
+out:
+    sqlite3_finalize(q);
+    free(sigjson);
+    return rc;
+}
+
+int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *trust,
+                       unsigned flags, keel_install_result *ret, keel_error *err)
+{
+    keel_pkg *p = NULL;
+    install_ctx c = {.s = s, .fd = -1};
+    keel_install_result res;
+    char digest[72], have[80];
+    bool found;
+    int rc;
+    memset(&res, 0, sizeof(res));
+    if (!trust)
+        return keel__err(err, KEEL_EUNTRUSTED, "no trust root: refusing to install %s",
+                         pkg_path);
+    pthread_mutex_lock(&s->lock);
+    s->installs++;
+    pthread_mutex_unlock(&s->lock);
+    if ((rc = keel_pkg_open(pkg_path, &s->lim, &p, err)) ||
+        (rc = keel_pkg_check_trust(p, trust, err)))
+        goto out;
+    const keel_manifest *m = keel_pkg_manifest(p);
+    const char *name = keel_manifest_name(m), *ver = keel_manifest_version(m);
+    keel_manifest_digest_str(m, digest);
+    keel__strlcpy(res.name, name, sizeof(res.name));
+    keel__strlcpy(res.version, ver, sizeof(res.version));
+    keel__strlcpy(res.digest, digest, sizeof(res.digest));
+    res.bytes = keel_manifest_total_bytes(m);
+    pthread_mutex_lock(&s->lock);
+    rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name, ver, have,
+                  sizeof(have), &found, err);
+    if (!rc && found && strcmp(have, digest) != 0)
+        rc = keel__err(err, KEEL_ECONFLICT,
+                       "%s %s is already installed with different content (%s, this one is "
+                       "%s); a changed package needs a new version",
+                       name, ver, have, digest);
+    if (!rc)
+        rc = rollback_allowed(s, name, ver, err);
+    pthread_mutex_unlock(&s->lock);
+    if (rc)
+        goto out;
+    if (found) {
+        /* Same bytes again: re-check the stored files, then maybe activate. */
+        res.already = true;
+        pthread_mutex_lock(&s->lock);
+        rc = verify_locked(s, name, ver, 0, err);
+        pthread_mutex_unlock(&s->lock);
+        if (rc == KEEL_ECORRUPT) {
+            /* Repair from this package: fall through to a full copy. */
+            KEEL_LOG_W(MOD, "%s; repairing from %s", err->msg, pkg_path);
+            res.already = false;
+        } else if (rc) {
+            goto out;
+        }
+    }
+    if (!res.already) {
+        keel_pkg_sink sink = {sink_begin, sink_write, sink_end, &c};
+        if ((rc = keel_pkg_extract(p, &sink, err)))
+            goto out;
+        pthread_mutex_lock(&s->lock);
+        if (found) {
+            for (size_t i = 0; !rc && i < c.nnew; i++) {
+                char bp[PATH_MAX];
+                struct stat st;
+                blob_path(s, c.new_hex[i], bp, sizeof(bp));
+                if (stat(bp, &st) == 0)
+                    rc = stamp_put(s, c.new_hex[i], &st, err);
+            }
+            if (!rc && (flags & KEEL_INSTALL_ACTIVATE))
+                rc = activate_locked(s, name, ver, "activate", err);
+        } else {
+            rc = record_package(s, p, &c, flags, err);
+        }
+        pthread_mutex_unlock(&s->lock);
+    } else if (flags & KEEL_INSTALL_ACTIVATE) {
+        pthread_mutex_lock(&s->lock);
+        rc = keel__db_exec(s->db, "BEGIN IMMEDIATE", "activating", err);
+        if (!rc && !(rc = activate_locked(s, name, ver, "activate", err)))
+            rc = keel__db_exec(s->db, "COMMIT", "activating", err);
+        else if (sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
+            /* nothing to undo */
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (rc)
+        goto out;
+    res.new_bytes = c.new_bytes;
+    res.activated = (flags & KEEL_INSTALL_ACTIVATE) != 0;
+    KEEL_LOG_I(MOD, "installed %s %s (%s, %llu bytes, %llu new)%s", res.name, res.version,
+               res.digest, (unsigned long long)res.bytes, (unsigned long long)res.new_bytes,
+               res.activated ? ", active" : ", staged");
+    if (ret)
+        *ret = res;
+out:
+    pthread_mutex_lock(&s->lock);
+    s->installs--;
+    pthread_mutex_unlock(&s->lock);
+    free(c.new_hex);
+    keel_pkg_close(p);
+    return rc;
+}
+
+/* --- activation ------------------------------------------------------------------------ */
+
+/* Inside a transaction, lock held. Makes ver active. */
+static int activate_locked(keel_store *s, const char *name, const char *ver, const char *action,
+                           keel_error *err)
+{
+    char cur[KEEL_VERSION_MAX], staged[KEEL_VERSION_MAX];
+    bool has_cur, has_staged;
+    int rc;
+    if ((rc = rollback_allowed(s, name, ver, err)) || (rc = verify_locked(s, name, ver, 0, err)) ||
+        (rc = slot_get(s, name, KEEL_SLOT_ACTIVE, cur, &has_cur, err)) ||
+        (rc = slot_get(s, name, KEEL_SLOT_STAGED, staged, &has_staged, err)))
+        return rc;
+    if (has_cur && strcmp(cur, ver) != 0) {
+        keel_error e2;
+        if ((rc = slot_set(s, name, KEEL_SLOT_PREVIOUS, cur, err)))
+            return rc;
+        /* The version being replaced served and still verifies: it is this
+         * device's known-good to return to (docs/security.md, anti-rollback). */
+        if (verify_locked(s, name, cur, 0, &e2) == KEEL_OK &&
+            (rc = slot_set(s, name, KEEL_SLOT_KNOWN_GOOD, cur, err)))
+            return rc;
+    }
+    if ((rc = slot_set(s, name, KEEL_SLOT_ACTIVE, ver, err)) ||
+        (has_staged && !strcmp(staged, ver) && (rc = slot_set(s, name, KEEL_SLOT_STAGED, NULL, err))) ||
+        (rc = highwater_raise(s, name, ver, err)) ||
+        (rc = journal(s, name, action, ver, has_cur ? cur : "", err)))
+        return rc;
+    return KEEL_OK;
+}
+
+static int in_txn(keel_store *s, const char *what, int (*fn)(keel_store *, void *, keel_error *),
+                  void *arg, keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    int rc = keel__db_exec(s->db, "BEGIN IMMEDIATE", what, err);
+    if (!rc) {
+        rc = fn(s, arg, err);
+        if (!rc)
+            rc = keel__db_exec(s->db, "COMMIT", what, err);
+        if (rc && sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
+            /* already rolled back */
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+struct act_arg {
+    const char *name, *version;
+    char chosen[KEEL_VERSION_MAX];
+};
+
+static int do_activate(keel_store *s, void *arg, keel_error *err)
+{
+    struct act_arg *a = arg;
+    bool found;
+    int rc;
+    if (a->version) {
+        char d[80];
+        if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2",
+                           a->name, a->version, d, sizeof(d), &found, err)))
+            return rc;
+        if (!found)
+            return keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", a->name,
+                             a->version);
+        keel__strlcpy(a->chosen, a->version, sizeof(a->chosen));
+    } else {
+        if ((rc = slot_get(s, a->name, KEEL_SLOT_STAGED, a->chosen, &found, err)))
+            return rc;
+        if (!found)
+            return keel__err(err, KEEL_ENOTFOUND,
+                             "%s has no staged version to activate (install one first, or "
+                             "name a version)",
+                             a->name);
+    }
+    return activate_locked(s, a->name, a->chosen, "activate", err);
+}
+
+int keel_store_activate(keel_store *s, const char *name, const char *version, keel_error *err)
+{
+    struct act_arg a = {name, version, ""};
+    int rc = in_txn(s, "activating", do_activate, &a, err);
+    if (!rc)
+        KEEL_LOG_I(MOD, "activated %s %s", name, a.chosen);
+    return rc;
+}
+
+static int do_rollback(keel_store *s, void *arg, keel_error *err)
+{
+    struct act_arg *a = arg;
+    char cur[KEEL_VERSION_MAX];
+    bool has_cur, found;
+    int rc;
+    if ((rc = slot_get(s, a->name, KEEL_SLOT_ACTIVE, cur, &has_cur, err)) ||
+        (rc = slot_get(s, a->name, KEEL_SLOT_PREVIOUS, a->chosen, &found, err)))
+        return rc;
+    if (!found && (rc = slot_get(s, a->name, KEEL_SLOT_KNOWN_GOOD, a->chosen, &found, err)))
+        return rc;
+    if (!found || (has_cur && !strcmp(cur, a->chosen)))
+        return keel__err(err, KEEL_ENOTFOUND,
+                         "%s has no previous or known-good version to roll back to", a->name);
+    if ((rc = rollback_allowed(s, a->name, a->chosen, err)) ||
+        (rc = verify_locked(s, a->name, a->chosen, 0, err)))
+        return rc;
+    if ((rc = slot_set(s, a->name, KEEL_SLOT_ACTIVE, a->chosen, err)) ||
+        (rc = slot_set(s, a->name, KEEL_SLOT_PREVIOUS, has_cur ? cur : NULL, err)) ||
+        (rc = journal(s, a->name, "rollback", a->chosen, has_cur ? cur : "", err)))
+        return rc;
+    return KEEL_OK;
+}
+
+int keel_store_rollback(keel_store *s, const char *name, keel_error *err)
+{
+    struct act_arg a = {name, NULL, ""};
+    int rc = in_txn(s, "rolling back", do_rollback, &a, err);
+    if (!rc)
+        KEEL_LOG_I(MOD, "rolled %s back to %s", name, a.chosen);
+    return rc;
+}
+
+static int do_mark_good(keel_store *s, void *arg, keel_error *err)
+{
+    struct act_arg *a = arg;
+    bool found;
+    int rc = slot_get(s, a->name, KEEL_SLOT_ACTIVE, a->chosen, &found, err);
+    if (rc)
+        return rc;
+    if (!found)
+        return keel__err(err, KEEL_ENOTFOUND, "%s has no active version", a->name);
+    if ((rc = verify_locked(s, a->name, a->chosen, 0, err)) ||
+        (rc = slot_set(s, a->name, KEEL_SLOT_KNOWN_GOOD, a->chosen, err)))
+        return rc;
+    return journal(s, a->name, "mark-good", a->chosen, "", err);
+}
+
+int keel_store_mark_good(keel_store *s, const char *name, keel_error *err)
+{
+    struct act_arg a = {name, NULL, ""};
+    return in_txn(s, "marking known-good", do_mark_good, &a, err);
+}
+
+/* --- serving ------------------------------------------------------------------------ */
+
+static serving_rec *serving_slot(keel_store *s, const char *name)
+{
+    for (size_t i = 0; i < s->nserving; i++)
+        if (!strcmp(s->serving[i].s.name, name))
+            return &s->serving[i];
+    serving_rec *p = realloc(s->serving, (s->nserving + 1) * sizeof(*p));
+    if (!p)
+        return NULL;
+    s->serving = p;
+    memset(&p[s->nserving], 0, sizeof(*p));
+    keel__strlcpy(p[s->nserving].s.name, name, sizeof(p->s.name));
+    return &p[s->nserving++];
+}
+
+static int resolve_locked(keel_store *s, const char *name, unsigned flags, keel_serving *ret,
+                          keel_error *err)
+{
+    keel_serving out;
+    keel_buf why;
+    int rc = KEEL_OK;
+    memset(&out, 0, sizeof(out));
+    keel__strlcpy(out.name, name, sizeof(out.name));
+    out.slot = KEEL_SLOT_NONE;
+    keel__buf_init(&why, sizeof(out.reason) - 1);
+    static const keel_slot order[] = {KEEL_SLOT_ACTIVE, KEEL_SLOT_PREVIOUS, KEEL_SLOT_KNOWN_GOOD};
+    char tried[3][KEEL_VERSION_MAX];
+    size_t ntried = 0;
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(order); i++) {
+        char ver[KEEL_VERSION_MAX];
+        bool found, dup = false;
+        keel_error e;
+        if ((rc = slot_get(s, name, order[i], ver, &found, err)))
+            goto out;
+        if (!found)
+            continue;
+        for (size_t j = 0; j < ntried; j++)
+            dup = dup || !strcmp(tried[j], ver);
+        if (dup)
+            continue;
+        keel__strlcpy(tried[ntried++], ver, KEEL_VERSION_MAX);
+        keel__err_clear(&e);
+        if (verify_locked(s, name, ver, flags, &e) == KEEL_OK) {
+            bool f2;
+            keel__strlcpy(out.version, ver, sizeof(out.version));
+            if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2",
+                               name, ver, out.digest, sizeof(out.digest), &f2, err)))
+                goto out;
+            out.slot = order[i];
+            out.degraded = order[i] != KEEL_SLOT_ACTIVE;
+            break;
+        }
+        if (keel__buf_appendf(&why, "%s%s %s failed verification: %s", why.len ? "; " : "",
+                              slot_names[order[i]], ver, e.msg)) {
+            /* reason is bounded; the rest is in the log */
+        }
+        KEEL_LOG_E(MOD, "%s: %s %s failed verification: %s", name, slot_names[order[i]], ver,
+                   e.msg);
+    }
+    if (out.slot == KEEL_SLOT_NONE && ntried == 0 && !why.len) {
+        if (keel__buf_appendf(&why, "%s has no active version (activate one)", name)) {
+        }
+    } else if (out.slot == KEEL_SLOT_NONE) {
+        if (keel__buf_appendf(&why, "; nothing valid is left to serve (reinstall a package)")) {
+        }
+    }
+    if (why.data)
+        keel__strlcpy(out.reason, why.data, sizeof(out.reason));
+    if (out.degraded)
+        KEEL_LOG_W(MOD, "%s: serving %s %s instead of the active version: %s", name,
+                   slot_names[out.slot], out.version, out.reason);
+    serving_rec *rec = serving_slot(s, name);
+    if (rec) {
+        rec->s = out;
+        rec->valid = true;
+    }
+    if (ret)
+        *ret = out;
+out:
+    keel__buf_done(&why);
+    return rc;
+}
+
+int keel_store_resolve(keel_store *s, const char *name, unsigned flags, keel_serving *ret,
+                       keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    int rc = resolve_locked(s, name, flags, ret, err);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int keel_store_resolve_all(keel_store *s, unsigned flags, bool *ret_ready, char *why, size_t n,
+                           keel_error *err)
+{
+    sqlite3_stmt *q;
+    bool ready = true, any = false;
+    keel_buf reasons;
+    int rc;
+    keel__buf_init(&reasons, n ? n - 1 : 0);
+    pthread_mutex_lock(&s->lock);
+    rc = keel__db_prepare(s->db, "SELECT DISTINCT name FROM slots ORDER BY name", &q, err);
+    while (!rc) {
+        int r = sqlite3_step(q);
+        if (r == SQLITE_DONE)
+            break;
+        if (r != SQLITE_ROW) {
+            rc = keel__db_err(s->db, err, "listing packages");
+            break;
+        }
+        keel_serving sv;
+        char name[KEEL_NAME_MAX];
+        keel__strlcpy(name, (const char *)sqlite3_column_text(q, 0), sizeof(name));
+        if ((rc = resolve_locked(s, name, flags, &sv, err)))
+            break;
+        if (sv.slot == KEEL_SLOT_NONE) {
+            bool has_active = false;
+            char v[KEEL_VERSION_MAX];
+            if ((rc = slot_get(s, name, KEEL_SLOT_ACTIVE, v, &has_active, err)))
+                break;
+            if (!has_active)
+                continue; /* only staged: nothing was meant to serve yet */
+            ready = false;
+            if (keel__buf_appendf(&reasons, "%s%s", reasons.len ? "; " : "", sv.reason)) {
+            }
+        } else {
+            any = true;
+        }
+    }
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&s->lock);
+    if (!rc) {
+        if (!any && ready) {
+            ready = false;
+            if (keel__buf_appendf(&reasons, "no package is installed and active (install one "
+                                            "with `keel install FILE --activate`)")) {
+            }
+        }
+        if (ret_ready)
+            *ret_ready = ready;
+        if (why && n)
+            keel__strlcpy(why, reasons.data ? reasons.data : "", n);
+    }
+    keel__buf_done(&reasons);
+    return rc;
+}
+
+int keel_store_file_path(keel_store *s, const char *name, const char *path, char *buf, size_t n,
+                         keel_error *err)
+{
+    char ver[KEEL_VERSION_MAX] = "";
+    sqlite3_stmt *q = NULL;
+    int rc = KEEL_OK;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nserving; i++)
+        if (s->serving[i].valid && !strcmp(s->serving[i].s.name, name) &&
+            s->serving[i].s.slot != KEEL_SLOT_NONE)
+            keel__strlcpy(ver, s->serving[i].s.version, sizeof(ver));
+    if (!ver[0]) {
+        rc = keel__err(err, KEEL_ENOTREADY, "%s has no verified version to serve", name);
+        goto out;
+    }
+    if ((rc = keel__db_prepare(s->db,
+                               "SELECT sha256 FROM files WHERE name=?1 AND version=?2 AND path=?3",
+                               &q, err)))
+        goto out;
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, ver, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, path, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) != SQLITE_ROW) {
+        rc = keel__err(err, KEEL_ENOTFOUND, "%s %s has no file %s", name, ver, path);
+        goto out;
+    }
+    char bp[PATH_MAX];
+    blob_path(s, (const char *)sqlite3_column_text(q, 0), bp, sizeof(bp));
+    if (keel__snprintf(buf, n, "%s", bp))
+        rc = keel__err(err, KEEL_ETOOBIG, "buffer too small for %s", bp);
+out:
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+/* --- status ------------------------------------------------------------------------------ */
+
+static cJSON *package_slots(keel_store *s, const char *name)
+{
+    cJSON *slots = cJSON_CreateObject();
+    for (int i = 0; slots && i < KEEL_SLOT_COUNT; i++) {
+        char ver[KEEL_VERSION_MAX];
+        bool found;
+        keel_error e;
+        if (slot_get(s, name, (keel_slot)i, ver, &found, &e) == KEEL_OK && found)
+            cJSON_AddStringToObject(slots, slot_names[i], ver);
+        else
+            cJSON_AddNullToObject(slots, slot_names[i]);
+    }
+    return slots;
+}
+
+static int finish_json(cJSON *root, char **ret_json, keel_error *err)
+{
+    *ret_json = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    return *ret_json ? KEEL_OK : keel__err(err, KEEL_ENOMEM, "out of memory");
+}
+
+int keel_store_status_json(keel_store *s, char **ret_json, keel_error *err)
+{
+    sqlite3_stmt *q;
+    cJSON *root = cJSON_CreateObject(), *pkgs = cJSON_AddArrayToObject(root, "packages");
+    int rc;
+    pthread_mutex_lock(&s->lock);
+    rc = keel__db_prepare(s->db, "SELECT DISTINCT name FROM slots ORDER BY name", &q, err);
+    while (!rc && sqlite3_step(q) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(q, 0);
+        char hw[KEEL_VERSION_MAX];
+        bool found;
+        cJSON *p = cJSON_CreateObject();
+        if (!p)
+            break;
+        cJSON_AddStringToObject(p, "name", name);
+        cJSON_AddItemToObject(p, "slots", package_slots(s, name));
+        if (get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw,
+                     sizeof(hw), &found, err) == KEEL_OK && found)
+            cJSON_AddStringToObject(p, "highest_activated", hw);
+        for (size_t i = 0; i < s->nserving; i++) {
+            const keel_serving *sv = &s->serving[i].s;
+            if (!s->serving[i].valid || strcmp(sv->name, name))
+                continue;
+            cJSON *o = cJSON_AddObjectToObject(p, "serving");
+            if (!o)
+                break;
+            if (sv->slot == KEEL_SLOT_NONE) {
+                cJSON_AddNullToObject(o, "version");
+            } else {
+                cJSON_AddStringToObject(o, "version", sv->version);
+                cJSON_AddStringToObject(o, "digest", sv->digest);
+            }
+            cJSON_AddStringToObject(o, "slot", keel_slot_name(sv->slot));
+            cJSON_AddBoolToObject(o, "verified", sv->slot != KEEL_SLOT_NONE);
+            cJSON_AddBoolToObject(o, "degraded", sv->degraded);
+            cJSON_AddStringToObject(o, "reason", sv->reason);
+        }
+        cJSON_AddItemToArray(pkgs, p);
+    }
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&s->lock);
+    if (rc) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    return finish_json(root, ret_json, err);
+}
+
+int keel_store_list_json(keel_store *s, char **ret_json, keel_error *err)
+{
+    sqlite3_stmt *q;
+    cJSON *root = cJSON_CreateObject(), *pkgs = cJSON_AddArrayToObject(root, "packages");
+    int rc;
+    pthread_mutex_lock(&s->lock);
+    rc = keel__db_prepare(s->db,
+                          "SELECT p.name, p.version, p.digest, p.bytes, p.installed_at, "
+                          "(SELECT group_concat(slot) FROM slots s WHERE s.name=p.name AND "
+                          "s.version=p.version) FROM packages p ORDER BY p.name, p.installed_at",
+                          &q, err);
+    while (!rc && sqlite3_step(q) == SQLITE_ROW) {
+        cJSON *p = cJSON_CreateObject(), *slots;
+        char when[32];
+        if (!p)
+            break;
+        cJSON_AddStringToObject(p, "name", (const char *)sqlite3_column_text(q, 0));
+        cJSON_AddStringToObject(p, "version", (const char *)sqlite3_column_text(q, 1));
+        cJSON_AddStringToObject(p, "digest", (const char *)sqlite3_column_text(q, 2));
+        cJSON_AddNumberToObject(p, "bytes", (double)sqlite3_column_int64(q, 3));
+        keel__format_rfc3339(sqlite3_column_int64(q, 4), when, sizeof(when));
+        cJSON_AddStringToObject(p, "installed", when);
+        slots = cJSON_AddArrayToObject(p, "slots");
+        const char *sl = (const char *)sqlite3_column_text(q, 5);
+        while (slots && sl && *sl) {
+            size_t l = strcspn(sl, ",");
+            char one[32];
+            snprintf(one, sizeof(one), "%.*s", (int)l, sl);
+            cJSON_AddItemToArray(slots, cJSON_CreateString(one));
+            sl += l + (sl[l] == ',');
+        }
+        cJSON_AddItemToArray(pkgs, p);
+    }
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&s->lock);
+    if (rc) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    return finish_json(root, ret_json, err);
+}
+
+/* --- garbage collection -------------------------------------------------------------- */
+
+int keel_store_gc(keel_store *s, uint64_t *ret_freed_bytes, keel_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    uint64_t freed = 0;
+    int rc;
+    pthread_mutex_lock(&s->lock);
+    if (s->installs) {
+        rc = keel__err(err, KEEL_EBUSY, "an install is in progress; collect garbage later");
+        goto out;
+    }
+    /* Versions in no slot go first (one transaction), then unreferenced blobs. */
+    if ((rc = keel__db_exec(s->db,
+                            "BEGIN IMMEDIATE;"
+                            "DELETE FROM files WHERE NOT EXISTS (SELECT 1 FROM slots s WHERE "
+                            "s.name=files.name AND s.version=files.version);"
+                            "DELETE FROM packages WHERE NOT EXISTS (SELECT 1 FROM slots s WHERE "
+                            "s.name=packages.name AND s.version=packages.version);"
+                            "COMMIT;",
+                            "dropping unused versions", err)))
+        goto out;
+    char top[PATH_MAX];
+    snprintf(top, sizeof(top), "%s/blobs/sha256", s->dir);
+    if ((rc = keel__db_prepare(s->db, "SELECT 1 FROM files WHERE sha256=?1 LIMIT 1", &q, err)))
+        goto out;
+    for (int hi = 0; hi < 256; hi++) {
+        char sub[PATH_MAX];
+        snprintf(sub, sizeof(sub), "%s/%02x", top, hi);
+        DIR *d = opendir(sub);
+        struct dirent *de;
+        if (!d)
+            continue;
+        while ((de = readdir(d))) {
+            if (strlen(de->d_name) != 64)
+                continue;
+            sqlite3_reset(q);
+            sqlite3_bind_text(q, 1, de->d_name, -1, SQLITE_TRANSIENT);
+            if (sqlite3_step(q) == SQLITE_ROW)
+                continue;
+            char bp[PATH_MAX];
+            struct stat st;
+            snprintf(bp, sizeof(bp), "%s/%s", sub, de->d_name);
+            if (stat(bp, &st) == 0 && unlink(bp) == 0) {
+                freed += (uint64_t)st.st_size;
+                stamp_drop(s, de->d_name);
+            }
+        }
+        closedir(d);
+    }
+    KEEL_LOG_I(MOD, "garbage collection freed %llu bytes", (unsigned long long)freed);
+    if (ret_freed_bytes)
+        *ret_freed_bytes = freed;
+out:
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
