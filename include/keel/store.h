@@ -103,7 +103,8 @@ KEEL_API KEEL_WUR int keel_store_resolve(keel_store *s, const char *name, unsign
                                          keel_serving *ret, keel_error *err);
 /* Resolves every installed name. ret_ready is true when every name with an
  * active slot has something valid to serve and at least one package exists;
- * why (n bytes) says what is wrong otherwise. */
+ * why (n bytes) says what is wrong otherwise, and also names packages served
+ * degraded (not from their active slot) while still ready; "" when all is well. */
 KEEL_API KEEL_WUR int keel_store_resolve_all(keel_store *s, unsigned flags, bool *ret_ready,
                                              char *why, size_t n, keel_error *err);
 

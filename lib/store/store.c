@@ -900,6 +900,10 @@ int keel_store_resolve_all(keel_store *s, unsigned flags, bool *ret_ready, char 
             }
         } else {
             any = true;
+            if (sv.degraded &&
+                keel__buf_appendf(&reasons, "%sdegraded: %s: %s", reasons.len ? "; " : "", name,
+                                  sv.reason)) {
+            }
         }
     }
     sqlite3_finalize(q);
