@@ -72,10 +72,6 @@ static int next_member(keel_pkg *p, struct archive_entry **ret, bool *ret_eof, k
     const char *name = archive_entry_pathname(e);
     if (!name)
         return keel__err(err, KEEL_ECORRUPT, "%s: a member has no name", p->origin);
-    const char *problem = keel__pkg_path_problem(name, strlen(name));
-    if (problem)
-        return keel__err(err, KEEL_EINVALID, "%s: member \"%.200s\" has an unsafe path: %s",
-                         p->origin, name, problem);
     if (archive_entry_hardlink(e) || archive_entry_filetype(e) == AE_IFLNK)
         return keel__err(err, KEEL_EINVALID,
                          "%s: member \"%s\" is a link; packages may hold only regular files",
@@ -85,6 +81,10 @@ static int next_member(keel_pkg *p, struct archive_entry **ret, bool *ret_eof, k
                          "%s: member \"%s\" is not a regular file (directory, device or fifo); "
                          "packages may hold only regular files",
                          p->origin, name);
+    const char *problem = keel__pkg_path_problem(name, strlen(name));
+    if (problem)
+        return keel__err(err, KEEL_EINVALID, "%s: member \"%.200s\" has an unsafe path: %s",
+                         p->origin, name, problem);
     if (!archive_entry_size_is_set(e) || archive_entry_size(e) < 0)
         return keel__err(err, KEEL_ECORRUPT, "%s: member \"%s\" has no size", p->origin, name);
     *ret = e;

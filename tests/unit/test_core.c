@@ -1,0 +1,131 @@
+/* test_core.c - errors, buffers, config parsing, JSON adapter, atomic files. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/json.h"
+#include "helpers.h"
+
+static void test_errors(void **state)
+{
+    assert_string_equal(keel_errname(KEEL_EBADSIG), "BADSIG");
+    assert_string_equal(keel_strerror(KEEL_EDOWNGRADE), "version rollback refused");
+    assert_string_equal(keel_errname(9999), "UNKNOWN");
+    keel_error e;
+    assert_int_equal(keel__err(&e, KEEL_EIO, "reading %s", "x"), KEEL_EIO);
+    keel__err_prefix(&e, "outer");
+    assert_string_equal(e.msg, "outer: reading x");
+    assert_int_equal(keel__err_from_errno(2 /* ENOENT */), KEEL_ENOTFOUND);
+}
+
+static void test_buf_bounds(void **state)
+{
+    keel_buf b;
+    keel__buf_init(&b, 10);
+    assert_int_equal(keel__buf_append(&b, "12345", 5), 0);
+    assert_int_equal(keel__buf_appendf(&b, "%d", 12345), 0);
+    assert_int_equal(b.len, 10);
+    assert_int_equal(keel__buf_append(&b, "x", 1), KEEL_ETOOBIG);
+    assert_string_equal(b.data, "1234512345");
+    keel__buf_done(&b);
+}
+
+static const struct {
+    const char *text;
+    int rc;
+    const char *msg;
+} config_cases[] = {
+    {"port = 9000\nthreads=4\n# comment\n\nlog_level = debug", 0, NULL},
+    {"state_dir = \"/tmp/a b\"  \nmax_package = 2G\nrequest_timeout = 2m", 0, NULL},
+    {"verify_interval = 0 # off", 0, NULL},
+    {"x-local = whatever", 0, NULL},
+    {"prot = 9000", KEEL_EINVALID, "unknown setting \"prot\""},
+    {"port = 70000", KEEL_EINVALID, "cfg:1: port"},
+    {"port 9000", KEEL_EINVALID, "expected \"key = value\""},
+    {"threads = 0", KEEL_EINVALID, "threads"},
+    {"max_body = 12Q", KEEL_EINVALID, "max_body"},
+    {"syslog = maybe", KEEL_EINVALID, "true or false"},
+    {"log_level = loud", KEEL_EINVALID, "one of error"},
+    {"state_dir = \"unterminated", KEEL_EINVALID, "unterminated"},
+    {"\n\nport = -1", KEEL_EINVALID, "cfg:3"},
+};
+
+static void test_config_table(void **state)
+{
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(config_cases); i++) {
+        keel_config c;
+        keel_error e = {0};
+        keel_config_default(&c);
+        int rc = keel_config_parse(&c, config_cases[i].text, strlen(config_cases[i].text), "cfg",
+                                   &e);
+        th_expect_err(rc, &e, config_cases[i].rc, config_cases[i].msg);
+    }
+    keel_config c;
+    keel_error e;
+    keel_config_default(&c);
+    const char *t = "port = 9000\nstate_dir = \"/tmp/a b\"\nmax_package = 2G\n"
+                    "request_timeout = 2m\nverify_interval = 3d\nlog_level = debug";
+    assert_int_equal(keel_config_parse(&c, t, strlen(t), "cfg", &e), 0);
+    assert_int_equal(c.port, 9000);
+    assert_string_equal(c.state_dir, "/tmp/a b");
+    assert_int_equal(c.limits.max_package_bytes, 2ull << 30);
+    assert_int_equal(c.request_timeout_s, 120);
+    assert_int_equal(c.verify_interval_s, 3 * 86400);
+    assert_int_equal(c.log_level, KEEL_LOG_DEBUG);
+    char td[256];
+    keel_config_trust_dir(&c, td, sizeof(td));
+    assert_string_equal(td, "/tmp/a b/trust");
+}
+
+static void test_json_errors(void **state)
+{
+    cJSON *j = NULL;
+    keel_error e;
+    th_expect_err(keel__json_parse("{\"a\":\n  1,}", 11, "doc", &j, &e), &e, KEEL_EINVALID,
+                  "line 2");
+    th_expect_err(keel__json_parse("{} x", 4, "doc", &j, &e), &e, KEEL_EINVALID,
+                  "unexpected bytes");
+    th_expect_err(keel__json_parse("", 0, "doc", &j, &e), &e, KEEL_EINVALID, "empty");
+    assert_int_equal(keel__json_parse("{\"n\": 1.5, \"s\": 3}", 18, "doc", &j, &e), 0);
+    uint64_t v;
+    const char *s;
+    th_expect_err(keel__json_u64(j, "n", true, &v, "doc", &e), &e, KEEL_EINVALID,
+                  "non-negative integer");
+    th_expect_err(keel__json_str(j, "s", true, 10, &s, "doc", &e), &e, KEEL_EINVALID,
+                  "must be a string");
+    th_expect_err(keel__json_str(j, "zz", true, 10, &s, "doc", &e), &e, KEEL_EINVALID,
+                  "\"zz\" is missing");
+    cJSON_Delete(j);
+}
+
+static void test_atomic_write(void **state)
+{
+    const char *d = th_tmpdir();
+    keel_error e;
+    char *data;
+    size_t len;
+    assert_int_equal(keel__fs_write_atomic(th_path(d, "f"), "one", 3, 0600, &e), 0);
+    assert_int_equal(keel__fs_write_atomic(th_path(d, "f"), "two!", 4, 0600, &e), 0);
+    assert_int_equal(keel__fs_read(th_path(d, "f"), 100, &data, &len, &e), 0);
+    assert_int_equal(len, 4);
+    assert_memory_equal(data, "two!", 4);
+    free(data);
+    struct stat st;
+    assert_int_equal(stat(th_path(d, "f"), &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    th_expect_err(keel__fs_read(th_path(d, "f"), 2, &data, &len, &e), &e, KEEL_ETOOBIG, "limit");
+    th_expect_err(keel__fs_read(th_path(d, "missing"), 2, &data, &len, &e), &e, KEEL_ENOTFOUND,
+                  "cannot open");
+    th_cleanup();
+}
+
+int main(void)
+{
+    keel_log_set_stderr(false);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_errors),      cmocka_unit_test(test_buf_bounds),
+        cmocka_unit_test(test_config_table), cmocka_unit_test(test_json_errors),
+        cmocka_unit_test(test_atomic_write),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
