@@ -91,7 +91,7 @@ typedef struct keel_serving {
     char digest[72];
     keel_slot slot;                 /* which slot serves; KEEL_SLOT_NONE if none */
     bool degraded;                  /* serving something other than active */
-    char reason[KEEL_ERROR_MSG_MAX]; /* why not active, or why nothing */
+    char reason[2048]; /* why not active, or why nothing (one line per slot tried) */
 } keel_serving;
 
 /*

@@ -1,0 +1,239 @@
+/* test_store.c - install, slots, activation, rollback, anti-rollback,
+ * verification stamps, corruption fallback, sharing of blobs. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+typedef struct fx {
+    const char *dir;
+    char state[512], trust[512];
+    keel_key *k;
+    keel_trust *t;
+    keel_store *s;
+} fx;
+
+static char *make_pkg(fx *f, const char *ver, size_t size)
+{
+    static char out[8][512];
+    static int n;
+    char *p = out[n++ & 7];
+    char src[512];
+    snprintf(src, sizeof(src), "%s/src-%s", f->dir, ver);
+    th_make_src(src, "demo", ver, size);
+    snprintf(p, 512, "%s/demo-%s.keel", f->dir, ver);
+    th_pack(src, p, f->k);
+    return p;
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    keel_error e;
+    f->dir = th_tmpdir();
+    snprintf(f->state, sizeof(f->state), "%s/state", f->dir);
+    snprintf(f->trust, sizeof(f->trust), "%s/trust", f->dir);
+    assert_int_equal(keel_key_generate(&f->k, &e), 0);
+    th_trust(f->trust, f->k);
+    assert_int_equal(keel_trust_load(f->trust, &f->t, &e), 0);
+    assert_int_equal(keel_store_open(f->state, NULL, &f->s, &e), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    keel_store_close(f->s);
+    keel_trust_free(f->t);
+    keel_key_free(f->k);
+    free(f);
+    th_cleanup();
+    return 0;
+}
+
+static void slots(fx *f, const char *want_active, const char *want_prev, const char *want_kg)
+{
+    char *json;
+    keel_error e;
+    char want[512];
+    assert_int_equal(keel_store_status_json(f->s, &json, &e), 0);
+#define Q(x) ((x) ? "\"" : ""), ((x) ? (x) : "null"), ((x) ? "\"" : "")
+    snprintf(want, sizeof(want), "\"active\":%s%s%s,\"previous\":%s%s%s,\"known_good\":%s%s%s",
+             Q(want_active), Q(want_prev), Q(want_kg));
+#undef Q
+    if (!strstr(json, want))
+        fail_msg("status %s lacks %s", json, want);
+    free(json);
+}
+
+static void test_install_activate_rollback(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_install_result r;
+    keel_serving sv;
+    bool ready;
+    char why[512];
+    /* empty store: not ready, and says why */
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_false(ready);
+    assert_non_null(strstr(why, "no package is installed"));
+
+    const char *p1 = make_pkg(f, "1.0.0", 200000);
+    assert_int_equal(keel_store_install(f->s, p1, f->t, 0, &r, &e), 0);
+    assert_false(r.activated);
+    assert_int_equal(r.new_bytes, r.bytes);
+    slots(f, NULL, NULL, NULL);
+    assert_int_equal(keel_store_activate(f->s, "demo", NULL, &e), 0);
+    slots(f, "1.0.0", NULL, NULL);
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_true(ready);
+    assert_string_equal(why, "");
+
+    /* 1.1.0 shares labels.txt: stored once */
+    const char *p2 = make_pkg(f, "1.1.0", 200001);
+    assert_int_equal(keel_store_install(f->s, p2, f->t, KEEL_INSTALL_ACTIVATE, &r, &e), 0);
+    assert_true(r.new_bytes < r.bytes);
+    slots(f, "1.1.0", "1.0.0", "1.0.0");
+    /* installing the same bytes again is a no-op */
+    assert_int_equal(keel_store_install(f->s, p2, f->t, 0, &r, &e), 0);
+    assert_true(r.already);
+
+    /* rollback goes to the previous (known-good), and forward again */
+    assert_int_equal(keel_store_rollback(f->s, "demo", &e), 0);
+    slots(f, "1.0.0", "1.1.0", "1.0.0");
+    assert_int_equal(keel_store_activate(f->s, "demo", "1.1.0", &e), 0);
+    slots(f, "1.1.0", "1.0.0", "1.0.0");
+
+    /* a version below the high-water mark that is not known-good: refused */
+    const char *p09 = make_pkg(f, "0.9.0", 1000);
+    th_expect_err(keel_store_install(f->s, p09, f->t, 0, &r, &e), &e, KEEL_EDOWNGRADE,
+                  "highest version this device has activated");
+    /* same version, different content: refused */
+    char src[512], other[512];
+    snprintf(src, sizeof(src), "%s/src-other", f->dir);
+    th_make_src(src, "demo", "1.1.0", 999);
+    snprintf(other, sizeof(other), "%s/other.keel", f->dir);
+    th_pack(src, other, f->k);
+    th_expect_err(keel_store_install(f->s, other, f->t, 0, &r, &e), &e, KEEL_ECONFLICT,
+                  "different content");
+    /* 1.2.0 active -> known_good becomes 1.1.0, so 1.0.0 is now below the mark */
+    const char *p3 = make_pkg(f, "1.2.0", 5000);
+    assert_int_equal(keel_store_install(f->s, p3, f->t, KEEL_INSTALL_ACTIVATE, &r, &e), 0);
+    slots(f, "1.2.0", "1.1.0", "1.1.0");
+    th_expect_err(keel_store_activate(f->s, "demo", "1.0.0", &e), &e, KEEL_EDOWNGRADE,
+                  "known-good version 1.1.0");
+    assert_int_equal(keel_store_mark_good(f->s, "demo", &e), 0);
+    slots(f, "1.2.0", "1.1.0", "1.2.0");
+    th_expect_err(keel_store_rollback(f->s, "demo", &e), &e, KEEL_EDOWNGRADE, "1.1.0 is older");
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(sv.slot, KEEL_SLOT_ACTIVE);
+    assert_string_equal(sv.version, "1.2.0");
+    /* the file path of the serving version is a verified blob */
+    char path[1024];
+    assert_int_equal(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), 0);
+    assert_non_null(strstr(path, "/blobs/sha256/"));
+    th_expect_err(keel_store_file_path(f->s, "demo", "nope", path, sizeof(path), &e), &e,
+                  KEEL_ENOTFOUND, "no file nope");
+}
+
+static void corrupt(const char *path, long off)
+{
+    assert_int_equal(chmod(path, 0644), 0);
+    FILE *fp = fopen(path, "r+b");
+    assert_non_null(fp);
+    fseek(fp, off, SEEK_SET);
+    int c = fgetc(fp);
+    fseek(fp, off, SEEK_SET);
+    fputc(c ^ 0x55, fp);
+    fclose(fp);
+}
+
+static void test_corruption_fallback(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_serving sv;
+    bool ready;
+    char why[4096], path[1024];
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 100000), f->t,
+                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
+                     0);
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "2.0.0", 100002), f->t,
+                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
+                     0);
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), 0);
+    /* silent corruption keeping size, mtime and ctime is only caught deeply */
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    corrupt(path, 5000);
+    /* the stamp no longer matches (mtime/ctime changed): re-hash catches it */
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(sv.slot, KEEL_SLOT_PREVIOUS);
+    assert_true(sv.degraded);
+    assert_string_equal(sv.version, "1.0.0");
+    assert_non_null(strstr(sv.reason, "corrupt on disk"));
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_true(ready);
+    assert_non_null(strstr(why, "degraded"));
+    /* reinstalling the package repairs the blob */
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "2.0.0", 100002), f->t, 0, NULL, &e), 0);
+    assert_int_equal(keel_store_resolve(f->s, "demo", KEEL_VERIFY_DEEP, &sv, &e), 0);
+    assert_int_equal(sv.slot, KEEL_SLOT_ACTIVE);
+    /* now break both versions: nothing valid left, not ready, says why */
+    assert_int_equal(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), 0);
+    corrupt(path, 10);
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), 0);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_false(ready);
+    assert_non_null(strstr(why, "nothing valid is left"));
+    assert_non_null(strstr(why, "missing from the blob store"));
+}
+
+static void test_stamps_skip_rehash(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_serving sv;
+    char path[1024];
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 300000), f->t,
+                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
+                     0);
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), 0);
+    /* Corrupt a byte and put mtime back: ctime still changes, so the stamp
+     * catches it (ctime cannot be set from user space). */
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    corrupt(path, 77);
+    struct timespec ts[2] = {st.st_atim, st.st_mtim};
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(sv.slot, KEEL_SLOT_NONE);
+    /* reopening the store keeps everything */
+    keel_store_close(f->s);
+    assert_int_equal(keel_store_open(f->state, NULL, &f->s, &e), 0);
+    char *json;
+    assert_int_equal(keel_store_list_json(f->s, &json, &e), 0);
+    assert_non_null(strstr(json, "\"version\":\"1.0.0\""));
+    free(json);
+}
+
+int main(void)
+{
+    keel_log_set_stderr(false);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_install_activate_rollback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corruption_fallback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stamps_skip_rehash, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
