@@ -69,28 +69,39 @@ typedef struct opts {
 
 static int parse(int argc, char **argv, opts *o)
 {
-    static const struct option lo[] = {
-        {"out", required_argument, 0, 'o'},      {"key", required_argument, 0, 'k'},
-        {"trust", required_argument, 0, 't'},    {"state-dir", required_argument, 0, 's'},
-        {"threshold", required_argument, 0, 'n'}, {"kind", required_argument, 0, 'K'},
-        {"version", required_argument, 0, 'V'},  {"json", no_argument, 0, 'j'},
-        {"deep", no_argument, 0, 'd'},           {"installed", no_argument, 0, 'i'},
-        {"activate", no_argument, 0, 'a'},       {"offline", no_argument, 0, 'O'},
-        {0, 0, 0, 0}};
+    static const struct option lo[] = {{"out", required_argument, 0, 'o'},
+                                       {"key", required_argument, 0, 'k'},
+                                       {"trust", required_argument, 0, 't'},
+                                       {"state-dir", required_argument, 0, 's'},
+                                       {"threshold", required_argument, 0, 'n'},
+                                       {"kind", required_argument, 0, 'K'},
+                                       {"version", required_argument, 0, 'V'},
+                                       {"json", no_argument, 0, 'j'},
+                                       {"deep", no_argument, 0, 'd'},
+                                       {"installed", no_argument, 0, 'i'},
+                                       {"activate", no_argument, 0, 'a'},
+                                       {"offline", no_argument, 0, 'O'},
+                                       {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof(*o));
     o->threshold = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "o:k:", lo, NULL)) != -1) {
         switch (c) {
-        case 'o': o->out = optarg; break;
+        case 'o':
+            o->out = optarg;
+            break;
         case 'k':
             if (o->nkeys == MAX_KEYS)
                 return usage_error("at most %s keys", "16");
             o->keys[o->nkeys++] = optarg;
             break;
-        case 't': o->trust = optarg; break;
-        case 's': o->state_dir = optarg; break;
+        case 't':
+            o->trust = optarg;
+            break;
+        case 's':
+            o->state_dir = optarg;
+            break;
         case 'n': {
             char *end;
             unsigned long v = strtoul(optarg, &end, 10);
@@ -99,14 +110,29 @@ static int parse(int argc, char **argv, opts *o)
             o->threshold = (unsigned)v;
             break;
         }
-        case 'K': o->kind = optarg; break;
-        case 'V': o->version = optarg; break;
-        case 'j': o->json = true; break;
-        case 'd': o->deep = true; break;
-        case 'i': o->installed = true; break;
-        case 'a': o->activate = true; break;
-        case 'O': o->offline = true; break;
-        default: return 2;
+        case 'K':
+            o->kind = optarg;
+            break;
+        case 'V':
+            o->version = optarg;
+            break;
+        case 'j':
+            o->json = true;
+            break;
+        case 'd':
+            o->deep = true;
+            break;
+        case 'i':
+            o->installed = true;
+            break;
+        case 'a':
+            o->activate = true;
+            break;
+        case 'O':
+            o->offline = true;
+            break;
+        default:
+            return 2;
         }
     }
     for (int i = optind; i < argc; i++) {
@@ -167,8 +193,8 @@ static int cmd_pack(const opts *o)
     if (o->npos != 1 || !o->out)
         return usage_error("usage: keel pack SRC_DIR -o FILE [--key KEY]...%s", "");
     if ((rc = load_keys(o, keys, true, &e)) ||
-        (rc = keel_pack_dir(o->pos[0], o->out, (const keel_key *const *)keys, o->nkeys, NULL,
-                            &e))) {
+        (rc =
+             keel_pack_dir(o->pos[0], o->out, (const keel_key *const *)keys, o->nkeys, NULL, &e))) {
         free_keys(keys, o->nkeys);
         return fail(&e);
     }
@@ -344,8 +370,7 @@ static int cmd_trust(int argc, char **argv)
                                "");
         int rc = load_keys(&o, keys, false, &e);
         if (!rc)
-            rc = keel_trust_init(o.pos[1], (const keel_key *const *)keys, o.nkeys, o.threshold,
-                                 &e);
+            rc = keel_trust_init(o.pos[1], (const keel_key *const *)keys, o.nkeys, o.threshold, &e);
         free_keys(keys, o.nkeys);
         if (rc)
             return fail(&e);
@@ -360,8 +385,7 @@ static int cmd_trust(int argc, char **argv)
                           : o.kind && !strcmp(o.kind, "revocations") ? KEEL_SIGCTX_REVOCATIONS
                                                                      : NULL;
         if (o.npos != 2 || !o.nkeys || !ctx)
-            return usage_error("usage: keel trust sign DOC --key K --kind root|revocations%s",
-                               "");
+            return usage_error("usage: keel trust sign DOC --key K --kind root|revocations%s", "");
         int rc = load_keys(&o, keys, true, &e);
         if (!rc)
             rc = read_doc_and_sigs(o.pos[1], &data, &len, &sigs, false, &e);
@@ -425,8 +449,8 @@ static int offline(const char *verb, const opts *o)
         }
         snprintf(tdir, sizeof(tdir), "%s/trust", o->state_dir);
         if (!(rc = keel_trust_load(o->trust ? o->trust : tdir, &t, &e)) &&
-            !(rc = keel_store_install(s, o->pos[0], t, o->activate ? KEEL_INSTALL_ACTIVATE : 0,
-                                      &r, &e)))
+            !(rc = keel_store_install(s, o->pos[0], t, o->activate ? KEEL_INSTALL_ACTIVATE : 0, &r,
+                                      &e)))
             printf("installed %s %s (%s)%s\n", r.name, r.version, r.digest,
                    r.activated ? ", active" : ", staged");
     } else if (!strcmp(verb, "activate") || !strcmp(verb, "rollback") ||
@@ -477,7 +501,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(verb, "trust"))
         return cmd_trust(argc - 1, argv + 1);
-    static const char *const client_verbs[] = {"status",    "install", "activate", "rollback",
+    static const char *const client_verbs[] = {"status",    "install",  "activate", "rollback",
                                                "mark-good", "packages", "gc"};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(client_verbs); i++) {
         if (strcmp(verb, client_verbs[i]))

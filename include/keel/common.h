@@ -10,8 +10,8 @@
 #include <stdint.h>
 
 #if defined(__GNUC__) || defined(__clang__)
-#define KEEL_API __attribute__((visibility("default")))
-#define KEEL_WUR __attribute__((warn_unused_result))
+#define KEEL_API          __attribute__((visibility("default")))
+#define KEEL_WUR          __attribute__((warn_unused_result))
 #define KEEL_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
 #define KEEL_API

@@ -18,14 +18,14 @@
 #include "keel/common.h"
 #include "keel/error.h"
 
-#define KEEL_SHA256_LEN 32
-#define KEEL_SHA256_HEX 65 /* 64 digits + NUL */
+#define KEEL_SHA256_LEN      32
+#define KEEL_SHA256_HEX      65 /* 64 digits + NUL */
 #define KEEL_ED25519_PUB_LEN 32
 #define KEEL_ED25519_SIG_LEN 64
-#define KEEL_KEYID_LEN 32
+#define KEEL_KEYID_LEN       32
 
-#define KEEL_SIGCTX_PACKAGE "keel-package-v1"
-#define KEEL_SIGCTX_ROOT "keel-root-v1"
+#define KEEL_SIGCTX_PACKAGE     "keel-package-v1"
+#define KEEL_SIGCTX_ROOT        "keel-root-v1"
 #define KEEL_SIGCTX_REVOCATIONS "keel-revocations-v1"
 
 /* --- SHA-256 ------------------------------------------------------------ */
@@ -59,8 +59,8 @@ KEEL_API KEEL_WUR int keel_key_load_public(const char *path, keel_key **ret_key,
 KEEL_API KEEL_WUR int keel_key_from_raw(const uint8_t pub[KEEL_ED25519_PUB_LEN], keel_key **ret_key,
                                         keel_error *err);
 /* Writes PRIV (mode 0600) and PUB (0644) atomically; priv_path may be NULL. */
-KEEL_API KEEL_WUR int keel_key_save(const keel_key *key, const char *priv_path, const char *pub_path,
-                                    keel_error *err);
+KEEL_API KEEL_WUR int keel_key_save(const keel_key *key, const char *priv_path,
+                                    const char *pub_path, keel_error *err);
 KEEL_API bool keel_key_has_private(const keel_key *key);
 KEEL_API void keel_key_raw_public(const keel_key *key, uint8_t out[KEEL_ED25519_PUB_LEN]);
 KEEL_API void keel_key_id(const keel_key *key, uint8_t out[KEEL_KEYID_LEN]);

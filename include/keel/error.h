@@ -44,8 +44,8 @@ enum {
 
 /* An error with its context. Plain data: embed it on the stack. */
 typedef struct keel_error {
-    int code;                      /* KEEL_E*; 0 when no error was set */
-    char msg[KEEL_ERROR_MSG_MAX];  /* NUL-terminated, human readable */
+    int code;                     /* KEEL_E*; 0 when no error was set */
+    char msg[KEEL_ERROR_MSG_MAX]; /* NUL-terminated, human readable */
 } keel_error;
 
 /* "signature check failed" etc. Static storage; unknown codes get a generic text. */

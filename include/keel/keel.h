@@ -18,9 +18,9 @@
 #ifndef KEEL_KEEL_H
 #define KEEL_KEEL_H
 
-#define KEEL_VERSION_MAJOR 0
-#define KEEL_VERSION_MINOR 1
-#define KEEL_VERSION_PATCH 0
+#define KEEL_VERSION_MAJOR  0
+#define KEEL_VERSION_MINOR  1
+#define KEEL_VERSION_PATCH  0
 #define KEEL_VERSION_STRING "0.1.0"
 
 #include "keel/common.h"

@@ -17,12 +17,12 @@
 #include "keel/error.h"
 #include "keel/trust.h"
 
-#define KEEL_PKG_FORMAT 1 /* newest manifest format this build reads and writes */
+#define KEEL_PKG_FORMAT    1 /* newest manifest format this build reads and writes */
 #define KEEL_MANIFEST_NAME "keel.json"
-#define KEEL_SIG_NAME "keel.sig"
-#define KEEL_NAME_MAX 128
-#define KEEL_VERSION_MAX 64
-#define KEEL_PATH_MAX 1024
+#define KEEL_SIG_NAME      "keel.sig"
+#define KEEL_NAME_MAX      128
+#define KEEL_VERSION_MAX   64
+#define KEEL_PATH_MAX      1024
 
 /* --- semantic versions (semver.org 2.0.0 precedence) ---------------------- */
 
@@ -57,11 +57,11 @@ KEEL_API void keel_chunker_free(keel_chunker *c);
 /* --- the manifest ----------------------------------------------------------- */
 
 typedef struct keel_file {
-    const char *path;                 /* relative, checked: no `..`, no leading `/` */
+    const char *path; /* relative, checked: no `..`, no leading `/` */
     uint64_t size;
     uint8_t sha256[KEEL_SHA256_LEN];
     size_t nchunks;
-    const keel_chunk *chunks;         /* may be NULL when nchunks == 0 */
+    const keel_chunk *chunks; /* may be NULL when nchunks == 0 */
 } keel_file;
 
 typedef struct keel_manifest keel_manifest;

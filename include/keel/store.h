@@ -89,8 +89,8 @@ typedef struct keel_serving {
     char name[KEEL_NAME_MAX];
     char version[KEEL_VERSION_MAX]; /* "" when nothing valid is left */
     char digest[72];
-    keel_slot slot;                 /* which slot serves; KEEL_SLOT_NONE if none */
-    bool degraded;                  /* serving something other than active */
+    keel_slot slot;    /* which slot serves; KEEL_SLOT_NONE if none */
+    bool degraded;     /* serving something other than active */
     char reason[2048]; /* why not active, or why nothing (one line per slot tried) */
 } keel_serving;
 

@@ -15,7 +15,7 @@ void keel_limits_default(keel_limits *ret)
 {
     ret->max_package_bytes = 16ull << 30; /* 16 GiB: large LLMs fit */
     ret->max_file_bytes = 16ull << 30;
-    ret->max_manifest_bytes = 64u << 20;  /* chunk lists of a 16 GiB package fit */
+    ret->max_manifest_bytes = 64u << 20; /* chunk lists of a 16 GiB package fit */
     ret->max_sig_bytes = 64u << 10;
     ret->max_files = 10000;
 }
@@ -56,14 +56,29 @@ static int parse_u64(const char *v, uint64_t max, const char *suffixes, uint64_t
     uint64_t mul = 1;
     if (*end && strchr(suffixes, *end) && end[1] == '\0') {
         switch (*end) {
-        case 'K': mul = 1024; break;
-        case 'M': mul = 1024 * 1024; break;
-        case 'G': mul = 1024ull * 1024 * 1024; break;
-        case 's': mul = 1; break;
-        case 'm': mul = 60; break;
-        case 'h': mul = 3600; break;
-        case 'd': mul = 86400; break;
-        default: return KEEL_EINVALID;
+        case 'K':
+            mul = 1024;
+            break;
+        case 'M':
+            mul = 1024 * 1024;
+            break;
+        case 'G':
+            mul = 1024ull * 1024 * 1024;
+            break;
+        case 's':
+            mul = 1;
+            break;
+        case 'm':
+            mul = 60;
+            break;
+        case 'h':
+            mul = 3600;
+            break;
+        case 'd':
+            mul = 86400;
+            break;
+        default:
+            return KEEL_EINVALID;
         }
     } else if (*end) {
         return KEEL_EINVALID;
@@ -170,7 +185,9 @@ int keel_config_set(keel_config *cfg, const char *key, const char *value, keel_e
     if (rc || v < k->min || (k->max && v > k->max))
         return keel__err(err, KEEL_EINVALID, "%s: \"%s\" is not %s", key, value, k->help);
     switch (k->kind) {
-    case K_PORT: *(uint16_t *)field = (uint16_t)v; break;
+    case K_PORT:
+        *(uint16_t *)field = (uint16_t)v;
+        break;
     case K_UINT:
     case K_DUR:
         if (k->kind == K_DUR && k->off == offsetof(keel_config, verify_interval_s))
@@ -179,9 +196,14 @@ int keel_config_set(keel_config *cfg, const char *key, const char *value, keel_e
             *(unsigned *)field = (unsigned)v;
         break;
     case K_COUNT32:
-    case K_SIZE32: *(uint32_t *)field = (uint32_t)v; break;
-    case K_SIZE: *(uint64_t *)field = v; break;
-    default: break;
+    case K_SIZE32:
+        *(uint32_t *)field = (uint32_t)v;
+        break;
+    case K_SIZE:
+        *(uint64_t *)field = v;
+        break;
+    default:
+        break;
     }
     return KEEL_OK;
 }
@@ -210,8 +232,8 @@ int keel_config_parse(keel_config *cfg, const char *data, size_t len, const char
         lineno++;
         p = eol ? eol + 1 : end;
         if ((size_t)(le - s) >= CONFIG_LINE_MAX)
-            return keel__err(err, KEEL_ETOOBIG, "%s:%u: line longer than %d bytes", origin,
-                             lineno, CONFIG_LINE_MAX);
+            return keel__err(err, KEEL_ETOOBIG, "%s:%u: line longer than %d bytes", origin, lineno,
+                             CONFIG_LINE_MAX);
         if (memchr(s, '\0', (size_t)(e - s)))
             return keel__err(err, KEEL_EINVALID, "%s:%u: NUL byte in line", origin, lineno);
         trim(&s, &e);
@@ -219,15 +241,13 @@ int keel_config_parse(keel_config *cfg, const char *data, size_t len, const char
             continue;
         const char *eq = memchr(s, '=', (size_t)(e - s));
         if (!eq)
-            return keel__err(err, KEEL_EINVALID,
-                             "%s:%u: expected \"key = value\", got \"%.*s\"", origin, lineno,
-                             (int)(e - s > 60 ? 60 : e - s), s);
+            return keel__err(err, KEEL_EINVALID, "%s:%u: expected \"key = value\", got \"%.*s\"",
+                             origin, lineno, (int)(e - s > 60 ? 60 : e - s), s);
         const char *ks = s, *ke = eq, *vs = eq + 1, *ve = e;
         trim(&ks, &ke);
         trim(&vs, &ve);
         if (ke == ks || (size_t)(ke - ks) >= sizeof(key))
-            return keel__err(err, KEEL_EINVALID, "%s:%u: missing or overlong key", origin,
-                             lineno);
+            return keel__err(err, KEEL_EINVALID, "%s:%u: missing or overlong key", origin, lineno);
         /* A trailing comment after an unquoted value. */
         if (vs < ve && *vs != '"') {
             const char *hash = memchr(vs, '#', (size_t)(ve - vs));
@@ -238,8 +258,8 @@ int keel_config_parse(keel_config *cfg, const char *data, size_t len, const char
         }
         if (vs < ve && *vs == '"') {
             if (ve - vs < 2 || ve[-1] != '"')
-                return keel__err(err, KEEL_EINVALID, "%s:%u: unterminated quoted value",
-                                 origin, lineno);
+                return keel__err(err, KEEL_EINVALID, "%s:%u: unterminated quoted value", origin,
+                                 lineno);
             vs++;
             ve--;
         }

@@ -12,15 +12,14 @@
 #include "keel/keel.h"
 
 #define KEEL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define KEEL_UNUSED(x) ((void)(x))
+#define KEEL_UNUSED(x)    ((void)(x))
 
 /* --- errors ---------------------------------------------------------------- */
 
 /* Sets err (may be NULL) and returns code. */
 int keel__err(keel_error *err, int code, const char *fmt, ...) KEEL_PRINTF(3, 4);
 /* Same, appending ": strerror(errnum)". */
-int keel__err_errno(keel_error *err, int code, int errnum, const char *fmt, ...)
-    KEEL_PRINTF(4, 5);
+int keel__err_errno(keel_error *err, int code, int errnum, const char *fmt, ...) KEEL_PRINTF(4, 5);
 /* Prefixes an existing message with context ("reading X: <old>"). Returns err->code. */
 int keel__err_prefix(keel_error *err, const char *fmt, ...) KEEL_PRINTF(2, 3);
 /* Maps an errno to the closest KEEL_E* class. */

@@ -49,8 +49,8 @@ int keel__fs_read(const char *path, size_t max, char **ret, size_t *ret_len, kee
         if (r == 0)
             break;
         if (keel__buf_append(&b, chunk, (size_t)r)) {
-            rc = keel__err(err, KEEL_ETOOBIG, "%s is larger than the limit of %zu bytes", path,
-                           max);
+            rc =
+                keel__err(err, KEEL_ETOOBIG, "%s is larger than the limit of %zu bytes", path, max);
             goto out;
         }
     }
@@ -116,8 +116,8 @@ int keel__fs_write_atomic(const char *path, const void *data, size_t len, mode_t
     }
     fd = -1;
     if (rename(tmp, path) != 0) {
-        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot rename %s to %s",
-                             tmp, path);
+        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot rename %s to %s", tmp,
+                             path);
         goto fail;
     }
     return keel__fs_fsync_parent(path, err);

@@ -5,8 +5,7 @@
 
 #include "core/json.h"
 
-int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret,
-                     keel_error *err)
+int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret, keel_error *err)
 {
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(data, len, &end, false);
@@ -55,8 +54,8 @@ bool keel__json_is_uint(const cJSON *v, uint64_t *ret)
     return true;
 }
 
-int keel__json_member(const cJSON *obj, const char *key, int type, bool required,
-                      const cJSON **ret, const char *where, keel_error *err)
+int keel__json_member(const cJSON *obj, const char *key, int type, bool required, const cJSON **ret,
+                      const char *where, keel_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v) {
@@ -85,8 +84,8 @@ int keel__json_str(const cJSON *obj, const char *key, bool required, size_t maxl
     if (!cJSON_IsString(v) || !v->valuestring)
         return keel__err(err, KEEL_EINVALID, "%s: field \"%s\" must be a string", where, key);
     if (maxlen && strlen(v->valuestring) > maxlen)
-        return keel__err(err, KEEL_ETOOBIG, "%s: field \"%s\" is longer than %zu bytes", where,
-                         key, maxlen);
+        return keel__err(err, KEEL_ETOOBIG, "%s: field \"%s\" is longer than %zu bytes", where, key,
+                         maxlen);
     *ret = v->valuestring;
     return KEEL_OK;
 }

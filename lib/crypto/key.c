@@ -104,11 +104,9 @@ int keel_key_load_public(const char *path, keel_key **ret_key, keel_error *err)
     return load_pem(path, false, ret_key, err);
 }
 
-int keel_key_from_raw(const uint8_t pub[KEEL_ED25519_PUB_LEN], keel_key **ret_key,
-                      keel_error *err)
+int keel_key_from_raw(const uint8_t pub[KEEL_ED25519_PUB_LEN], keel_key **ret_key, keel_error *err)
 {
-    EVP_PKEY *pkey =
-        EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, KEEL_ED25519_PUB_LEN);
+    EVP_PKEY *pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, KEEL_ED25519_PUB_LEN);
     if (!pkey)
         return ossl_err(err, KEEL_EINVALID, "not a valid Ed25519 public key");
     return key_wrap(pkey, false, ret_key, err);
@@ -134,8 +132,7 @@ static int write_pem(const keel_key *key, bool priv, const char *path, keel_erro
     return rc;
 }
 
-int keel_key_save(const keel_key *key, const char *priv_path, const char *pub_path,
-                  keel_error *err)
+int keel_key_save(const keel_key *key, const char *priv_path, const char *pub_path, keel_error *err)
 {
     int rc = KEEL_OK;
     if (priv_path) {
@@ -169,8 +166,7 @@ void keel_key_id_hex(const keel_key *key, char out[KEEL_SHA256_HEX])
 }
 
 /* CONTEXT || 0x00 || msg, the exact bytes that are signed. */
-static unsigned char *domain_msg(const char *context, const void *msg, size_t len,
-                                 size_t *ret_len)
+static unsigned char *domain_msg(const char *context, const void *msg, size_t len, size_t *ret_len)
 {
     size_t cl = strlen(context);
     unsigned char *m = malloc(cl + 1 + len + 1);

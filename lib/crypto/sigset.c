@@ -46,8 +46,8 @@ int keel_sigset_parse(const void *data, size_t len, keel_sigset *ret, keel_error
                        (unsigned long long)format);
         goto out;
     }
-    if ((rc = keel__json_member(root, "signatures", cJSON_Array, true, &arr, "signature file",
-                                err)))
+    if ((rc =
+             keel__json_member(root, "signatures", cJSON_Array, true, &arr, "signature file", err)))
         goto out;
     cJSON_ArrayForEach(it, arr)
     {
@@ -78,8 +78,7 @@ int keel_sigset_parse(const void *data, size_t len, keel_sigset *ret, keel_error
         }
         for (size_t j = 0; j < set.count; j++) {
             if (memcmp(set.sigs[j].keyid, kid, sizeof(kid)) == 0) {
-                rc = keel__err(err, KEEL_EINVALID, "%s: key %.16s... signed twice", where,
-                               keyid);
+                rc = keel__err(err, KEEL_EINVALID, "%s: key %.16s... signed twice", where, keyid);
                 goto out;
             }
         }

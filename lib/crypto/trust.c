@@ -10,11 +10,11 @@
 
 #include "core/json.h"
 
-#define TRUST_DOC_MAX (1u << 20)
-#define TRUST_KEYS_MAX 256
-#define TRUST_RULES_MAX 256
+#define TRUST_DOC_MAX     (1u << 20)
+#define TRUST_KEYS_MAX    256
+#define TRUST_RULES_MAX   256
 #define TRUST_REVOKED_MAX 4096
-#define PREFIX_MAX 128
+#define PREFIX_MAX        128
 
 typedef struct tkey {
     uint8_t id[KEEL_KEYID_LEN];
@@ -110,8 +110,8 @@ static int parse_rule(const keel_trust *t, const cJSON *obj, rule *r, const char
                          TRUST_KEYS_MAX);
     if (thr < 1 || thr > n)
         return keel__err(err, KEEL_EINVALID,
-                         "%s: threshold %llu must be between 1 and the number of keys (%zu)",
-                         where, (unsigned long long)thr, n);
+                         "%s: threshold %llu must be between 1 and the number of keys (%zu)", where,
+                         (unsigned long long)thr, n);
     r->ids = calloc(n, sizeof(*r->ids));
     if (!r->ids)
         return keel__err(err, KEEL_ENOMEM, "out of memory");
@@ -133,8 +133,7 @@ static int parse_rule(const keel_trust *t, const cJSON *obj, rule *r, const char
     return KEEL_OK;
 }
 
-static int check_doc_header(const cJSON *doc, const char *type, const char *what,
-                            keel_error *err)
+static int check_doc_header(const cJSON *doc, const char *type, const char *what, keel_error *err)
 {
     uint64_t format = 0;
     const char *ty = NULL;
@@ -145,8 +144,8 @@ static int check_doc_header(const cJSON *doc, const char *type, const char *what
         return rc;
     if (format != 1)
         return keel__err(err, KEEL_EUNSUPPORTED,
-                         "%s: format %llu is newer than this keel supports (1); upgrade keel",
-                         what, (unsigned long long)format);
+                         "%s: format %llu is newer than this keel supports (1); upgrade keel", what,
+                         (unsigned long long)format);
     if ((rc = keel__json_str(doc, "type", true, 64, &ty, what, err)))
         return rc;
     if (strcmp(ty, type) != 0)
@@ -207,8 +206,8 @@ int keel_trust_from_root(const void *root_json, size_t len, keel_trust **ret, ke
             (rc = keel__json_str(it, "public", true, 64, &pub, where, err)))
             goto out;
         if (strcmp(alg, "ed25519") != 0) {
-            rc = keel__err(err, KEEL_EUNSUPPORTED, "%s: algorithm \"%s\" is not supported",
-                           where, alg);
+            rc = keel__err(err, KEEL_EUNSUPPORTED, "%s: algorithm \"%s\" is not supported", where,
+                           alg);
             goto out;
         }
         if (keel_hex_decode(it->string, strlen(it->string), id, sizeof(id)) ||
@@ -219,8 +218,8 @@ int keel_trust_from_root(const void *root_json, size_t len, keel_trust **ret, ke
         }
         keel_sha256_buf(raw, sizeof(raw), calc);
         if (memcmp(calc, id, sizeof(id)) != 0) {
-            rc = keel__err(err, KEEL_EINVALID,
-                           "%s: key id is not the SHA-256 of its public key", where);
+            rc = keel__err(err, KEEL_EINVALID, "%s: key id is not the SHA-256 of its public key",
+                           where);
             goto out;
         }
         if (find_key(t, id)) {
@@ -238,8 +237,7 @@ int keel_trust_from_root(const void *root_json, size_t len, keel_trust **ret, ke
         goto out;
     size_t nr = (size_t)cJSON_GetArraySize(pkgs);
     if (nr > TRUST_RULES_MAX) {
-        rc = keel__err(err, KEEL_ETOOBIG, "%s: more than %d package rules", what,
-                       TRUST_RULES_MAX);
+        rc = keel__err(err, KEEL_ETOOBIG, "%s: more than %d package rules", what, TRUST_RULES_MAX);
         goto out;
     }
     t->rules = calloc(nr ? nr : 1, sizeof(*t->rules));
@@ -259,8 +257,8 @@ int keel_trust_from_root(const void *root_json, size_t len, keel_trust **ret, ke
         keel__strlcpy(r->prefix, prefix, sizeof(r->prefix));
         for (size_t j = 0; j + 1 < t->nrules; j++)
             if (strcmp(t->rules[j].prefix, r->prefix) == 0) {
-                rc = keel__err(err, KEEL_EINVALID, "%s: prefix \"%s\" has two rules", where,
-                               prefix);
+                rc =
+                    keel__err(err, KEEL_EINVALID, "%s: prefix \"%s\" has two rules", where, prefix);
                 goto out;
             }
     }
@@ -306,15 +304,14 @@ static const rule *match_rule(const keel_trust *t, const char *name)
     const rule *best = NULL;
     for (size_t i = 0; i < t->nrules; i++) {
         size_t pl = strlen(t->rules[i].prefix);
-        if (strncmp(name, t->rules[i].prefix, pl) == 0 &&
-            (!best || pl > strlen(best->prefix)))
+        if (strncmp(name, t->rules[i].prefix, pl) == 0 && (!best || pl > strlen(best->prefix)))
             best = &t->rules[i];
     }
     return best;
 }
 
-static int threshold_result(unsigned good, unsigned need, const keel_sigset *sigs,
-                            keel_buf *notes, const char *what, keel_error *err)
+static int threshold_result(unsigned good, unsigned need, const keel_sigset *sigs, keel_buf *notes,
+                            const char *what, keel_error *err)
 {
     if (good >= need)
         return KEEL_OK;
@@ -326,8 +323,8 @@ static int threshold_result(unsigned good, unsigned need, const keel_sigset *sig
     /* An invalid signature by a known, allowed key is tampering: BADSIG. */
     bool bad = notes->data && strstr(notes->data, "invalid signature");
     return keel__err(err, bad ? KEEL_EBADSIG : KEEL_EUNTRUSTED,
-                     "%s has %u valid signature%s of %u needed%s", what, good,
-                     good == 1 ? "" : "s", need, notes->data ? notes->data : "");
+                     "%s has %u valid signature%s of %u needed%s", what, good, good == 1 ? "" : "s",
+                     need, notes->data ? notes->data : "");
 }
 
 int keel_trust_check_package(const keel_trust *t, const char *name, const void *manifest,
@@ -410,8 +407,7 @@ static int apply_revocations(keel_trust *t, const char *doc, size_t len, const k
     {
         if (!cJSON_IsString(it) ||
             keel_hex_decode(it->valuestring, strlen(it->valuestring), rk[i++], KEEL_KEYID_LEN)) {
-            rc = keel__err(err, KEEL_EINVALID, "%s: keys[%zu] must be 64 hex digits", what,
-                           i - 1);
+            rc = keel__err(err, KEEL_EINVALID, "%s: keys[%zu] must be 64 hex digits", what, i - 1);
             break;
         }
     }
@@ -422,8 +418,8 @@ static int apply_revocations(keel_trust *t, const char *doc, size_t len, const k
         if (strncmp(s, "sha256:", 7) != 0 ||
             keel_hex_decode(s + 7, strlen(s + 7), rp[i++], KEEL_SHA256_LEN)) {
             rc = keel__err(err, KEEL_EINVALID,
-                           "%s: packages[%zu] must be a \"sha256:<64 hex>\" package digest",
-                           what, i - 1);
+                           "%s: packages[%zu] must be a \"sha256:<64 hex>\" package digest", what,
+                           i - 1);
             break;
         }
     }
@@ -480,8 +476,9 @@ int keel_trust_load(const char *dir, keel_trust **ret, keel_error *err)
         keel_sigset sigs;
         if ((rc = read_sigs(dir, "revoked.sig", &sigs, err)) ||
             (rc = apply_revocations(t, rev, vlen, &sigs, err))) {
-            keel__err_prefix(err, "%s (refusing every package until the revocation list is "
-                                  "valid)",
+            keel__err_prefix(err,
+                             "%s (refusing every package until the revocation list is "
+                             "valid)",
                              dir);
             goto out;
         }
@@ -578,24 +575,23 @@ out:
     return rc;
 }
 
-int keel_trust_init(const char *dir, const keel_key *const *keys, size_t nkeys,
-                    unsigned threshold, keel_error *err)
+int keel_trust_init(const char *dir, const keel_key *const *keys, size_t nkeys, unsigned threshold,
+                    keel_error *err)
 {
     char path[PATH_MAX];
     keel_buf b, ids;
     int rc;
     if (nkeys == 0 || threshold < 1 || threshold > nkeys)
         return keel__err(err, KEEL_EINVALID,
-                         "threshold %u must be between 1 and the number of keys (%zu)",
-                         threshold, nkeys);
+                         "threshold %u must be between 1 and the number of keys (%zu)", threshold,
+                         nkeys);
     if ((rc = keel__fs_mkdir_p(dir, 0755, err)))
         return rc;
     if (keel__snprintf(path, sizeof(path), "%s/root.json", dir))
         return keel__err(err, KEEL_ETOOBIG, "path too long: %s", dir);
     if (keel__fs_exists(path))
         return keel__err(err, KEEL_EEXISTS,
-                         "%s already exists; rotate roots with `keel trust rotate` instead",
-                         path);
+                         "%s already exists; rotate roots with `keel trust rotate` instead", path);
     keel__buf_init(&b, 0);
     keel__buf_init(&ids, 0);
     rc = keel__buf_appendf(&b, "{\n  \"format\": 1,\n  \"type\": \"keel-root\",\n"

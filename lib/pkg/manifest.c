@@ -20,7 +20,7 @@ struct keel_manifest {
     int format;
     const char *name, *version, *description, *task, *created;
     size_t nfiles;
-    keel_file *files;  /* sorted by path */
+    keel_file *files;   /* sorted by path */
     keel_chunk *chunks; /* all files' chunks, one allocation */
     uint64_t total;
     size_t ntiers;
@@ -40,8 +40,7 @@ bool keel__pkg_name_valid(const char *s)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-              c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
             return false;
     }
     return true;
@@ -144,14 +143,13 @@ static int parse_files(keel_manifest *m, const cJSON *files, const keel_limits *
             (rc = keel__json_member(it, "chunks", cJSON_Array, false, &ch, where, err)))
             return rc;
         if ((problem = keel__pkg_path_problem(path, strlen(path))))
-            return keel__err(err, KEEL_EINVALID, "%s: path \"%s\" is not allowed: %s", where,
-                             path, problem);
+            return keel__err(err, KEEL_EINVALID, "%s: path \"%s\" is not allowed: %s", where, path,
+                             problem);
         if (!strcmp(path, KEEL_MANIFEST_NAME) || !strcmp(path, KEEL_SIG_NAME))
             return keel__err(err, KEEL_EINVALID, "%s: \"%s\" is reserved", where, path);
         if (f->size > lim->max_file_bytes)
-            return keel__err(err, KEEL_ETOOBIG,
-                             "%s: \"%s\" is %llu bytes, over the limit of %llu", where, path,
-                             (unsigned long long)f->size,
+            return keel__err(err, KEEL_ETOOBIG, "%s: \"%s\" is %llu bytes, over the limit of %llu",
+                             where, path, (unsigned long long)f->size,
                              (unsigned long long)lim->max_file_bytes);
         f->path = path;
         m->total += f->size;
@@ -231,8 +229,7 @@ static int parse_tensors(const cJSON *arr, const char *what, keel_error *err)
             if (!cJSON_IsNumber(d) || d->valuedouble < -1 || d->valuedouble > 1e15 ||
                 d->valuedouble != (double)(long long)d->valuedouble)
                 return keel__err(err, KEEL_EINVALID,
-                                 "%s: shape entries must be sizes, -1 (dynamic) or names",
-                                 where);
+                                 "%s: shape entries must be sizes, -1 (dynamic) or names", where);
         }
     }
     return KEEL_OK;
@@ -263,8 +260,8 @@ static int parse_tiers(keel_manifest *m, const cJSON *arr, keel_error *err)
             return rc;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(keel_manifest_tier_name(m, j), name))
-                return keel__err(err, KEEL_EINVALID, "%s: tier name \"%s\" is used twice",
-                                 where, name);
+                return keel__err(err, KEEL_EINVALID, "%s: tier name \"%s\" is used twice", where,
+                                 name);
         m->tiers[i++] = it;
         m->ntiers = i;
         if (model && !keel_manifest_find(m, model))
@@ -276,8 +273,8 @@ static int parse_tiers(keel_manifest *m, const cJSON *arr, keel_error *err)
     return KEEL_OK;
 }
 
-int keel_manifest_parse(const void *data, size_t len, const keel_limits *lim,
-                        keel_manifest **ret, keel_error *err)
+int keel_manifest_parse(const void *data, size_t len, const keel_limits *lim, keel_manifest **ret,
+                        keel_error *err)
 {
     keel_manifest *m = NULL;
     keel_limits deflim;
@@ -320,12 +317,11 @@ int keel_manifest_parse(const void *data, size_t len, const keel_limits *lim,
     }
     m->format = (int)format;
     m->description = m->task = m->created = "";
-    if ((rc = keel__json_str(m->root, "name", true, KEEL_NAME_MAX, &m->name, "keel.json",
+    if ((rc = keel__json_str(m->root, "name", true, KEEL_NAME_MAX, &m->name, "keel.json", err)) ||
+        (rc = keel__json_str(m->root, "version", true, KEEL_VERSION_MAX, &m->version, "keel.json",
                              err)) ||
-        (rc = keel__json_str(m->root, "version", true, KEEL_VERSION_MAX, &m->version,
-                             "keel.json", err)) ||
-        (rc = keel__json_str(m->root, "description", false, 4096, &m->description,
-                             "keel.json", err)) ||
+        (rc = keel__json_str(m->root, "description", false, 4096, &m->description, "keel.json",
+                             err)) ||
         (rc = keel__json_str(m->root, "task", false, 64, &m->task, "keel.json", err)) ||
         (rc = keel__json_str(m->root, "created", false, 64, &m->created, "keel.json", err)))
         goto out;
@@ -337,24 +333,24 @@ int keel_manifest_parse(const void *data, size_t len, const keel_limits *lim,
         goto out;
     }
     if (!keel_semver_valid(m->version)) {
-        rc = keel__err(err, KEEL_EINVALID,
-                       "keel.json: version \"%s\" is not a semantic version like 1.2.3", m->version);
+        rc =
+            keel__err(err, KEEL_EINVALID,
+                      "keel.json: version \"%s\" is not a semantic version like 1.2.3", m->version);
         goto out;
     }
     if ((rc = keel__json_member(m->root, "files", cJSON_Array, true, &files, "keel.json", err)) ||
-        (rc = keel__json_member(m->root, "tiers", cJSON_Array, false, &tiers, "keel.json",
-                                err)) ||
-        (rc = keel__json_member(m->root, "inputs", cJSON_Array, false, &inputs, "keel.json",
-                                err)) ||
-        (rc = keel__json_member(m->root, "outputs", cJSON_Array, false, &outputs, "keel.json",
-                                err)))
+        (rc = keel__json_member(m->root, "tiers", cJSON_Array, false, &tiers, "keel.json", err)) ||
+        (rc =
+             keel__json_member(m->root, "inputs", cJSON_Array, false, &inputs, "keel.json", err)) ||
+        (rc =
+             keel__json_member(m->root, "outputs", cJSON_Array, false, &outputs, "keel.json", err)))
         goto out;
     /* Sections later modules read: checked for type here so a wrong type is
      * refused at pack and install, not at first use. */
     static const char *const objects[] = {"policy", "validation", "health", "baseline"};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(objects); i++)
-        if ((rc = keel__json_member(m->root, objects[i], cJSON_Object, false, &o, "keel.json",
-                                    err)))
+        if ((rc =
+                 keel__json_member(m->root, objects[i], cJSON_Object, false, &o, "keel.json", err)))
             goto out;
     static const char *const steps[] = {"preprocess", "postprocess"};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(steps); i++) {

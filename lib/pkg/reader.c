@@ -51,9 +51,8 @@ const keel_sigset *keel_pkg_sigs(const keel_pkg *p)
 static int ar_err(keel_pkg *p, keel_error *err, const char *member)
 {
     const char *why = archive_error_string(p->ar);
-    return keel__err(err, KEEL_ECORRUPT,
-                     "%s: the package is truncated or not a valid tar%s%s: %s", p->origin,
-                     member ? " at member " : "", member ? member : "",
+    return keel__err(err, KEEL_ECORRUPT, "%s: the package is truncated or not a valid tar%s%s: %s",
+                     p->origin, member ? " at member " : "", member ? member : "",
                      why ? why : "unexpected end of data");
 }
 
@@ -98,8 +97,8 @@ static int read_small(keel_pkg *p, struct archive_entry *e, uint32_t max, char *
     const char *name = archive_entry_pathname(e);
     la_int64_t size = archive_entry_size(e);
     if ((uint64_t)size > max)
-        return keel__err(err, KEEL_ETOOBIG, "%s: %s is %lld bytes, over the limit of %u",
-                         p->origin, name, (long long)size, max);
+        return keel__err(err, KEEL_ETOOBIG, "%s: %s is %lld bytes, over the limit of %u", p->origin,
+                         name, (long long)size, max);
     char *buf = malloc((size_t)size + 1);
     if (!buf)
         return keel__err(err, KEEL_ENOMEM, "out of memory");
@@ -183,9 +182,8 @@ int keel_pkg_open(const char *path, const keel_limits *lim, keel_pkg **ret, keel
         goto fail;
     }
     if ((uint64_t)st.st_size > p->lim.max_package_bytes) {
-        rc = keel__err(err, KEEL_ETOOBIG, "%s is %lld bytes, over the package limit of %llu",
-                       path, (long long)st.st_size,
-                       (unsigned long long)p->lim.max_package_bytes);
+        rc = keel__err(err, KEEL_ETOOBIG, "%s is %lld bytes, over the package limit of %llu", path,
+                       (long long)st.st_size, (unsigned long long)p->lim.max_package_bytes);
         goto fail;
     }
     if (archive_read_open_filename(p->ar, path, READ_BLOCK) != ARCHIVE_OK) {
@@ -230,8 +228,8 @@ int keel_pkg_check_trust(const keel_pkg *p, const keel_trust *trust, keel_error 
 {
     size_t len;
     const uint8_t *bytes = keel_manifest_bytes(p->manifest, &len);
-    int rc = keel_trust_check_package(trust, keel_manifest_name(p->manifest), bytes, len,
-                                      &p->sigs, err);
+    int rc =
+        keel_trust_check_package(trust, keel_manifest_name(p->manifest), bytes, len, &p->sigs, err);
     return rc ? keel__err_prefix(err, "%s", p->origin) : KEEL_OK;
 }
 
@@ -323,8 +321,7 @@ int keel_pkg_extract(keel_pkg *p, const keel_pkg_sink *sink, keel_error *err)
         }
         size_t idx = (size_t)(f - keel_manifest_file(m, 0));
         if (seen[idx]) {
-            rc = keel__err(err, KEEL_EINVALID, "%s: member \"%s\" appears twice", p->origin,
-                           name);
+            rc = keel__err(err, KEEL_EINVALID, "%s: member \"%s\" appears twice", p->origin, name);
             goto out;
         }
         seen[idx] = true;

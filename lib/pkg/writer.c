@@ -74,8 +74,8 @@ static int walk(const char *root, const char *rel, strlist *out, const keel_limi
         const char *problem;
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
             continue;
-        if (!rel[0] && (!strcmp(de->d_name, KEEL_MANIFEST_NAME) ||
-                        !strcmp(de->d_name, KEEL_SIG_NAME)))
+        if (!rel[0] &&
+            (!strcmp(de->d_name, KEEL_MANIFEST_NAME) || !strcmp(de->d_name, KEEL_SIG_NAME)))
             continue;
         if (keel__snprintf(sub, sizeof(sub), "%s%s%s", rel, rel[0] ? "/" : "", de->d_name) ||
             keel__snprintf(full, sizeof(full), "%s/%s", root, sub)) {
@@ -256,8 +256,7 @@ static int tar_data(tar_out *t, const void *data, size_t len, keel_error *err)
     return KEEL_OK;
 }
 
-static int tar_member(tar_out *t, const char *name, const void *data, size_t len,
-                      keel_error *err)
+static int tar_member(tar_out *t, const char *name, const void *data, size_t len, keel_error *err)
 {
     int rc = tar_header(t, name, len, err);
     return rc ? rc : tar_data(t, data, len, err);
@@ -467,8 +466,7 @@ static int sink_end(void *ud, const keel_file *f, bool ok, keel_error *err)
     return KEEL_OK;
 }
 
-int keel_pkg_sign(const char *path, const keel_key *key, const keel_limits *lim,
-                  keel_error *err)
+int keel_pkg_sign(const char *path, const keel_key *key, const keel_limits *lim, keel_error *err)
 {
     keel_pkg *p = NULL;
     keel_sigset sigs;

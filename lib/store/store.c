@@ -137,12 +137,11 @@ static int slot_set(keel_store *s, const char *name, keel_slot slot, const char 
                     keel_error *err)
 {
     sqlite3_stmt *st;
-    int rc = keel__db_prepare(
-        s->db,
-        ver ? "INSERT INTO slots(name, slot, version) VALUES(?1, ?2, ?3) "
-              "ON CONFLICT(name, slot) DO UPDATE SET version=excluded.version"
-            : "DELETE FROM slots WHERE name=?1 AND slot=?2",
-        &st, err);
+    int rc = keel__db_prepare(s->db,
+                              ver ? "INSERT INTO slots(name, slot, version) VALUES(?1, ?2, ?3) "
+                                    "ON CONFLICT(name, slot) DO UPDATE SET version=excluded.version"
+                                  : "DELETE FROM slots WHERE name=?1 AND slot=?2",
+                              &st, err);
     if (rc)
         return rc;
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -180,8 +179,8 @@ static int highwater_raise(keel_store *s, const char *name, const char *ver, kee
 {
     char hw[KEEL_VERSION_MAX];
     bool found;
-    int rc = get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw,
-                      sizeof(hw), &found, err);
+    int rc = get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw, sizeof(hw),
+                      &found, err);
     if (rc || (found && keel_semver_cmp(ver, hw) <= 0))
         return rc;
     sqlite3_stmt *st;
@@ -204,8 +203,8 @@ static int rollback_allowed(keel_store *s, const char *name, const char *ver, ke
 {
     char hw[KEEL_VERSION_MAX], kg[KEEL_VERSION_MAX];
     bool found, kg_found;
-    int rc = get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw,
-                      sizeof(hw), &found, err);
+    int rc = get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw, sizeof(hw),
+                      &found, err);
     if (rc || !found || keel_semver_cmp(ver, hw) >= 0)
         return rc;
     if ((rc = slot_get(s, name, KEEL_SLOT_KNOWN_GOOD, kg, &kg_found, err)))
@@ -287,8 +286,8 @@ static int verify_blob(keel_store *s, const char *path_in_pkg, const char *hex, 
     char ghex[KEEL_SHA256_HEX];
     blob_path(s, hex, bp, sizeof(bp));
     if (stat(bp, &st) != 0)
-        return keel__err(err, KEEL_ECORRUPT, "%s is missing from the blob store (%s)",
-                         path_in_pkg, bp);
+        return keel__err(err, KEEL_ECORRUPT, "%s is missing from the blob store (%s)", path_in_pkg,
+                         bp);
     if ((uint64_t)st.st_size != size) {
         stamp_drop(s, hex);
         return keel__err(err, KEEL_ECORRUPT, "%s is %lld bytes on disk, expected %llu (%s)",
@@ -321,9 +320,8 @@ static int verify_locked(keel_store *s, const char *name, const char *ver, unsig
                          keel_error *err)
 {
     sqlite3_stmt *q;
-    int rc = keel__db_prepare(s->db,
-                              "SELECT path, sha256, size FROM files WHERE name=?1 AND version=?2",
-                              &q, err);
+    int rc = keel__db_prepare(
+        s->db, "SELECT path, sha256, size FROM files WHERE name=?1 AND version=?2", &q, err);
     bool any = false;
     if (rc)
         return rc;
@@ -343,8 +341,8 @@ static int verify_locked(keel_store *s, const char *name, const char *ver, unsig
         /* A package with no files is valid only if it is recorded. */
         bool found;
         char d[80];
-        if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name,
-                           ver, d, sizeof(d), &found, err)))
+        if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name, ver,
+                           d, sizeof(d), &found, err)))
             return rc;
         if (!found)
             return keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", name, ver);
@@ -401,8 +399,7 @@ static int sink_write(void *ud, const void *data, size_t len, keel_error *err)
 {
     install_ctx *c = ud;
     if (keel__fs_write_all(c->fd, data, len) != 0)
-        return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot write %s",
-                               c->tmp);
+        return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot write %s", c->tmp);
     return KEEL_OK;
 }
 
@@ -530,8 +527,8 @@ out:
     return rc;
 }
 
-int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *trust,
-                       unsigned flags, keel_install_result *ret, keel_error *err)
+int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *trust, unsigned flags,
+                       keel_install_result *ret, keel_error *err)
 {
     keel_pkg *p = NULL;
     install_ctx c = {.s = s, .fd = -1};
@@ -541,8 +538,7 @@ int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *tr
     int rc;
     memset(&res, 0, sizeof(res));
     if (!trust)
-        return keel__err(err, KEEL_EUNTRUSTED, "no trust root: refusing to install %s",
-                         pkg_path);
+        return keel__err(err, KEEL_EUNTRUSTED, "no trust root: refusing to install %s", pkg_path);
     pthread_mutex_lock(&s->lock);
     s->installs++;
     pthread_mutex_unlock(&s->lock);
@@ -654,7 +650,8 @@ static int activate_locked(keel_store *s, const char *name, const char *ver, con
             return rc;
     }
     if ((rc = slot_set(s, name, KEEL_SLOT_ACTIVE, ver, err)) ||
-        (has_staged && !strcmp(staged, ver) && (rc = slot_set(s, name, KEEL_SLOT_STAGED, NULL, err))) ||
+        (has_staged && !strcmp(staged, ver) &&
+         (rc = slot_set(s, name, KEEL_SLOT_STAGED, NULL, err))) ||
         (rc = highwater_raise(s, name, ver, err)) ||
         (rc = journal(s, name, action, ver, has_cur ? cur : "", err)))
         return rc;
@@ -690,12 +687,11 @@ static int do_activate(keel_store *s, void *arg, keel_error *err)
     int rc;
     if (a->version) {
         char d[80];
-        if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2",
-                           a->name, a->version, d, sizeof(d), &found, err)))
+        if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", a->name,
+                           a->version, d, sizeof(d), &found, err)))
             return rc;
         if (!found)
-            return keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", a->name,
-                             a->version);
+            return keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", a->name, a->version);
         keel__strlcpy(a->chosen, a->version, sizeof(a->chosen));
     } else {
         if ((rc = slot_get(s, a->name, KEEL_SLOT_STAGED, a->chosen, &found, err)))
@@ -818,8 +814,8 @@ static int resolve_locked(keel_store *s, const char *name, unsigned flags, keel_
         if (verify_locked(s, name, ver, flags, &e) == KEEL_OK) {
             bool f2;
             keel__strlcpy(out.version, ver, sizeof(out.version));
-            if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2",
-                               name, ver, out.digest, sizeof(out.digest), &f2, err)))
+            if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name,
+                               ver, out.digest, sizeof(out.digest), &f2, err)))
                 goto out;
             out.slot = order[i];
             out.degraded = order[i] != KEEL_SLOT_ACTIVE;
@@ -900,9 +896,8 @@ int keel_store_resolve_all(keel_store *s, unsigned flags, bool *ret_ready, char 
             }
         } else {
             any = true;
-            if (sv.degraded &&
-                keel__buf_appendf(&reasons, "%sdegraded: %s: %s", reasons.len ? "; " : "", name,
-                                  sv.reason)) {
+            if (sv.degraded && keel__buf_appendf(&reasons, "%sdegraded: %s: %s",
+                                                 reasons.len ? "; " : "", name, sv.reason)) {
             }
         }
     }
@@ -939,9 +934,8 @@ int keel_store_file_path(keel_store *s, const char *name, const char *path, char
         rc = keel__err(err, KEEL_ENOTREADY, "%s has no verified version to serve", name);
         goto out;
     }
-    if ((rc = keel__db_prepare(s->db,
-                               "SELECT sha256 FROM files WHERE name=?1 AND version=?2 AND path=?3",
-                               &q, err)))
+    if ((rc = keel__db_prepare(
+             s->db, "SELECT sha256 FROM files WHERE name=?1 AND version=?2 AND path=?3", &q, err)))
         goto out;
     sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 2, ver, -1, SQLITE_STATIC);
@@ -1000,8 +994,9 @@ int keel_store_status_json(keel_store *s, char **ret_json, keel_error *err)
             break;
         cJSON_AddStringToObject(p, "name", name);
         cJSON_AddItemToObject(p, "slots", package_slots(s, name));
-        if (get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw,
-                     sizeof(hw), &found, err) == KEEL_OK && found)
+        if (get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw, sizeof(hw),
+                     &found, err) == KEEL_OK &&
+            found)
             cJSON_AddStringToObject(p, "highest_activated", hw);
         for (size_t i = 0; i < s->nserving; i++) {
             const keel_serving *sv = &s->serving[i].s;

@@ -101,8 +101,8 @@ void th_expect_err_(int rc, const keel_error *err, int want, const char *sub, co
                     int line)
 {
     if (rc != want)
-        fail_msg("%s:%d: expected %s, got %s: %s", file, line, keel_errname(want),
-                 keel_errname(rc), err->msg);
+        fail_msg("%s:%d: expected %s, got %s: %s", file, line, keel_errname(want), keel_errname(rc),
+                 err->msg);
     if (sub && !strstr(err->msg, sub))
         fail_msg("%s:%d: message \"%s\" lacks \"%s\"", file, line, err->msg, sub);
 }

@@ -56,8 +56,8 @@ static void test_config_table(void **state)
         keel_config c;
         keel_error e = {0};
         keel_config_default(&c);
-        int rc = keel_config_parse(&c, config_cases[i].text, strlen(config_cases[i].text), "cfg",
-                                   &e);
+        int rc =
+            keel_config_parse(&c, config_cases[i].text, strlen(config_cases[i].text), "cfg", &e);
         th_expect_err(rc, &e, config_cases[i].rc, config_cases[i].msg);
     }
     keel_config c;
@@ -123,7 +123,7 @@ int main(void)
 {
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_errors),      cmocka_unit_test(test_buf_bounds),
+        cmocka_unit_test(test_errors),       cmocka_unit_test(test_buf_bounds),
         cmocka_unit_test(test_config_table), cmocka_unit_test(test_json_errors),
         cmocka_unit_test(test_atomic_write),
     };

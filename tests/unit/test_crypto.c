@@ -127,8 +127,8 @@ static void test_sigset(void **state)
     assert_int_equal(back.count, 1);
     assert_memory_equal(back.sigs[0].sig, sig, 64);
     char one[300], dup[700];
-    snprintf(one, sizeof(one), "{\"keyid\":\"%064d\",\"alg\":\"ed25519\",\"sig\":\"%0128d\"}",
-             0, 0);
+    snprintf(one, sizeof(one), "{\"keyid\":\"%064d\",\"alg\":\"ed25519\",\"sig\":\"%0128d\"}", 0,
+             0);
     snprintf(dup, sizeof(dup), "{\"format\":1,\"signatures\":[%s,%s]}", one, one);
     th_expect_err(keel_sigset_parse(dup, strlen(dup), &back, &e), &e, KEEL_EINVALID,
                   "signed twice");
@@ -139,8 +139,10 @@ int main(void)
 {
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sha256_vectors), cmocka_unit_test(test_hex),
-        cmocka_unit_test(test_keys), cmocka_unit_test(test_sigset),
+        cmocka_unit_test(test_sha256_vectors),
+        cmocka_unit_test(test_hex),
+        cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_sigset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

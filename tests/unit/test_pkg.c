@@ -18,19 +18,19 @@
 
 static void test_semver(void **state)
 {
-    static const char *const valid[] = {"0.0.0", "1.2.3", "10.20.30", "1.0.0-alpha.1",
-                                        "1.0.0+build.5", "1.0.0-rc.1+b"};
-    static const char *const invalid[] = {"1", "1.2", "01.2.3", "1.2.3-", "1.2.3-01",
-                                          "v1.2.3", "1.2.3.4", "", "1.2.3+", "1..3"};
+    static const char *const valid[] = {"0.0.0",         "1.2.3",         "10.20.30",
+                                        "1.0.0-alpha.1", "1.0.0+build.5", "1.0.0-rc.1+b"};
+    static const char *const invalid[] = {"1",      "1.2",     "01.2.3", "1.2.3-", "1.2.3-01",
+                                          "v1.2.3", "1.2.3.4", "",       "1.2.3+", "1..3"};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(valid); i++)
         assert_true(keel_semver_valid(valid[i]));
     for (size_t i = 0; i < KEEL_ARRAY_LEN(invalid); i++)
         assert_false(keel_semver_valid(invalid[i]));
     /* semver.org precedence example, ascending */
-    static const char *const order[] = {"1.0.0-alpha",      "1.0.0-alpha.1", "1.0.0-alpha.beta",
-                                        "1.0.0-beta",       "1.0.0-beta.2",  "1.0.0-beta.11",
-                                        "1.0.0-rc.1",       "1.0.0",         "1.0.1",
-                                        "1.1.0",            "2.0.0",         "10.0.0"};
+    static const char *const order[] = {"1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta",
+                                        "1.0.0-beta",  "1.0.0-beta.2",  "1.0.0-beta.11",
+                                        "1.0.0-rc.1",  "1.0.0",         "1.0.1",
+                                        "1.1.0",       "2.0.0",         "10.0.0"};
     for (size_t i = 0; i + 1 < KEEL_ARRAY_LEN(order); i++) {
         assert_true(keel_semver_cmp(order[i], order[i + 1]) < 0);
         assert_true(keel_semver_cmp(order[i + 1], order[i]) > 0);
@@ -117,9 +117,9 @@ static void test_chunking(void **state)
 
 /* --- manifests ------------------------------------------------------------------- */
 
-#define SHA0 "\"0000000000000000000000000000000000000000000000000000000000000000\""
+#define SHA0  "\"0000000000000000000000000000000000000000000000000000000000000000\""
 #define FILE0 "{\"path\":\"m.onnx\",\"size\":3,\"sha256\":" SHA0 "}"
-#define HDR "\"format\":1,\"name\":\"a\",\"version\":\"1.0.0\""
+#define HDR   "\"format\":1,\"name\":\"a\",\"version\":\"1.0.0\""
 
 static const struct {
     const char *json;
@@ -135,21 +135,20 @@ static const struct {
      "name \"A b\""},
     {"{\"format\":1,\"name\":\"a\",\"version\":\"1.0\",\"files\":[]}", KEEL_EINVALID,
      "semantic version"},
-    {"{\"format\":1,\"name\":\"a\",\"version\":\"1.0.0\"}", KEEL_EINVALID,
-     "\"files\" is missing"},
+    {"{\"format\":1,\"name\":\"a\",\"version\":\"1.0.0\"}", KEEL_EINVALID, "\"files\" is missing"},
     {"{" HDR ",\"files\":[{\"path\":\"../x\",\"size\":1,\"sha256\":" SHA0 "}]}", KEEL_EINVALID,
      "\"..\""},
-    {"{" HDR ",\"files\":[{\"path\":\"/etc/x\",\"size\":1,\"sha256\":" SHA0 "}]}",
-     KEEL_EINVALID, "absolute"},
-    {"{" HDR ",\"files\":[{\"path\":\"keel.sig\",\"size\":1,\"sha256\":" SHA0 "}]}",
-     KEEL_EINVALID, "reserved"},
+    {"{" HDR ",\"files\":[{\"path\":\"/etc/x\",\"size\":1,\"sha256\":" SHA0 "}]}", KEEL_EINVALID,
+     "absolute"},
+    {"{" HDR ",\"files\":[{\"path\":\"keel.sig\",\"size\":1,\"sha256\":" SHA0 "}]}", KEEL_EINVALID,
+     "reserved"},
     {"{" HDR ",\"files\":[" FILE0 "," FILE0 "]}", KEEL_EINVALID, "listed twice"},
     {"{" HDR ",\"files\":[{\"path\":\"m\",\"size\":-1,\"sha256\":" SHA0 "}]}", KEEL_EINVALID,
      "files[0]: field \"size\""},
     {"{" HDR ",\"files\":[{\"path\":\"m\",\"size\":1,\"sha256\":\"xyz\"}]}", KEEL_EINVALID,
      "64 hex"},
-    {"{" HDR ",\"files\":[{\"path\":\"m\",\"size\":5,\"sha256\":" SHA0
-     ",\"chunks\":[[3," SHA0 "]]}]}",
+    {"{" HDR ",\"files\":[{\"path\":\"m\",\"size\":5,\"sha256\":" SHA0 ",\"chunks\":[[3," SHA0
+     "]]}]}",
      KEEL_EINVALID, "add up to 3"},
     {"{" HDR ",\"files\":[],\"tiers\":[{\"name\":\"p\",\"backend\":\"onnx\",\"model\":\"no\"}]}",
      KEEL_EINVALID, "model \"no\" is not in \"files\""},
@@ -165,8 +164,8 @@ static void test_manifest_table(void **state)
     for (size_t i = 0; i < KEEL_ARRAY_LEN(manifest_cases); i++) {
         keel_manifest *m = NULL;
         keel_error e = {0};
-        int rc = keel_manifest_parse(manifest_cases[i].json, strlen(manifest_cases[i].json),
-                                     NULL, &m, &e);
+        int rc = keel_manifest_parse(manifest_cases[i].json, strlen(manifest_cases[i].json), NULL,
+                                     &m, &e);
         th_expect_err(rc, &e, manifest_cases[i].rc, manifest_cases[i].msg);
         if (!rc) {
             assert_string_equal(keel_manifest_name(m), "a");
@@ -374,9 +373,24 @@ static void resign(tarball *t, const keel_key *key)
 }
 
 enum tweak {
-    T_MODEL_BYTE, T_MANIFEST_BYTE, T_NO_SIG, T_WRONG_KEY, T_REVOKED, T_THRESHOLD, T_DOTDOT,
-    T_ABSOLUTE, T_SYMLINK, T_OVERSIZED, T_OVER_LIMIT, T_DUPLICATE, T_TRUNCATED, T_UNLISTED,
-    T_MISSING, T_NEWER_FORMAT, T_ORDER, T_DIRECTORY,
+    T_MODEL_BYTE,
+    T_MANIFEST_BYTE,
+    T_NO_SIG,
+    T_WRONG_KEY,
+    T_REVOKED,
+    T_THRESHOLD,
+    T_DOTDOT,
+    T_ABSOLUTE,
+    T_SYMLINK,
+    T_OVERSIZED,
+    T_OVER_LIMIT,
+    T_DUPLICATE,
+    T_TRUNCATED,
+    T_UNLISTED,
+    T_MISSING,
+    T_NEWER_FORMAT,
+    T_ORDER,
+    T_DIRECTORY,
 };
 
 static const struct {
@@ -430,7 +444,8 @@ static void test_bad_packages(void **state)
     fixture *f = *state;
     keel_error e;
     /* trust A: k1 alone; trust B: k1+k2, threshold 2; trust C: k1 revoked */
-    const char *ta = th_path(f->dir, "ta"), *tb = th_path(f->dir, "tb"), *tc = th_path(f->dir, "tc");
+    const char *ta = th_path(f->dir, "ta"), *tb = th_path(f->dir, "tb"),
+               *tc = th_path(f->dir, "tc");
     char tas[512], tbs[512], tcs[512];
     snprintf(tas, sizeof(tas), "%s", ta);
     snprintf(tbs, sizeof(tbs), "%s", tb);
@@ -445,8 +460,7 @@ static void test_bad_packages(void **state)
         keel_sigset s = {0};
         keel_key_id_hex(f->k1, id);
         snprintf(rev, sizeof(rev),
-                 "{\"format\":1,\"type\":\"keel-revocations\",\"serial\":1,\"keys\":[\"%s\"]}",
-                 id);
+                 "{\"format\":1,\"type\":\"keel-revocations\",\"serial\":1,\"keys\":[\"%s\"]}", id);
         assert_int_equal(keel_key_sign(f->k2, KEEL_SIGCTX_REVOCATIONS, rev, strlen(rev), sig, &e),
                          0);
         keel_key_id(f->k2, kid);
@@ -463,7 +477,9 @@ static void test_bad_packages(void **state)
         snprintf(bad, sizeof(bad), "%s/bad%zu.keel", f->dir, i);
         snprintf(sdir, sizeof(sdir), "%s/state%zu", f->dir, i);
         switch (bad_cases[i].tweak) {
-        case T_MODEL_BYTE: find(&t, "model.onnx")->data[1234] ^= 1; break;
+        case T_MODEL_BYTE:
+            find(&t, "model.onnx")->data[1234] ^= 1;
+            break;
         case T_MANIFEST_BYTE: {
             member *m = find(&t, "keel.json");
             unsigned char *p = memmem(m->data, m->len, "\"test\"", 6);
@@ -471,13 +487,27 @@ static void test_bad_packages(void **state)
             p[1] = 'b';
             break;
         }
-        case T_NO_SIG: resign(&t, NULL); break;
-        case T_WRONG_KEY: resign(&t, f->k2); break;
-        case T_REVOKED: trust_dir = tcs; break;
-        case T_THRESHOLD: trust_dir = tbs; break;
-        case T_DOTDOT: add(&t, "labels/../../evil", AE_IFREG, NULL, "x"); break;
-        case T_ABSOLUTE: add(&t, "/tmp/evil", AE_IFREG, NULL, "x"); break;
-        case T_SYMLINK: add(&t, "model2.onnx", AE_IFLNK, "/etc/passwd", NULL); break;
+        case T_NO_SIG:
+            resign(&t, NULL);
+            break;
+        case T_WRONG_KEY:
+            resign(&t, f->k2);
+            break;
+        case T_REVOKED:
+            trust_dir = tcs;
+            break;
+        case T_THRESHOLD:
+            trust_dir = tbs;
+            break;
+        case T_DOTDOT:
+            add(&t, "labels/../../evil", AE_IFREG, NULL, "x");
+            break;
+        case T_ABSOLUTE:
+            add(&t, "/tmp/evil", AE_IFREG, NULL, "x");
+            break;
+        case T_SYMLINK:
+            add(&t, "model2.onnx", AE_IFLNK, "/etc/passwd", NULL);
+            break;
         case T_OVERSIZED: {
             member *m = find(&t, "labels/labels.txt");
             m->data = realloc(m->data, m->len + 10);
@@ -485,14 +515,19 @@ static void test_bad_packages(void **state)
             m->len += 10;
             break;
         }
-        case T_OVER_LIMIT: lim.max_file_bytes = 1000; break;
+        case T_OVER_LIMIT:
+            lim.max_file_bytes = 1000;
+            break;
         case T_DUPLICATE: {
             member *m = find(&t, "labels/labels.txt");
             add(&t, "labels/labels.txt", AE_IFREG, NULL, (const char *)m->data);
             break;
         }
-        case T_TRUNCATED: break; /* cut below */
-        case T_UNLISTED: add(&t, "extra.bin", AE_IFREG, NULL, "surprise"); break;
+        case T_TRUNCATED:
+            break; /* cut below */
+        case T_UNLISTED:
+            add(&t, "extra.bin", AE_IFREG, NULL, "surprise");
+            break;
         case T_MISSING: {
             member *m = find(&t, "labels/labels.txt");
             free(m->data);
@@ -515,7 +550,9 @@ static void test_bad_packages(void **state)
             t.m[1] = tmp;
             break;
         }
-        case T_DIRECTORY: add(&t, "labels", AE_IFDIR, NULL, NULL); break;
+        case T_DIRECTORY:
+            add(&t, "labels", AE_IFDIR, NULL, NULL);
+            break;
         }
         tar_save(&t, bad);
         tar_free(&t);

@@ -50,8 +50,9 @@ static char *root_doc(unsigned v, const keel_key *r0, const keel_key *r1, unsign
 {
     keel_buf b;
     keel__buf_init(&b, 0);
-    assert_int_equal(keel__buf_appendf(&b, "{\"format\":1,\"type\":\"keel-root\",\"version\":%u,"
-                                           "\"keys\":{",
+    assert_int_equal(keel__buf_appendf(&b,
+                                       "{\"format\":1,\"type\":\"keel-root\",\"version\":%u,"
+                                       "\"keys\":{",
                                        v),
                      0);
     for (int i = 0; i < 4; i++)
@@ -106,7 +107,8 @@ static void test_rules_and_thresholds(void **state)
     static const struct {
         const char *doc, *msg;
     } bad[] = {
-        {"{\"format\":1,\"type\":\"keel-root\",\"version\":1,\"keys\":{},\"root\":{},\"packages\":[]}",
+        {"{\"format\":1,\"type\":\"keel-root\",\"version\":1,\"keys\":{},\"root\":{},\"packages\":["
+         "]}",
          "1..256 keys"},
         {"{\"format\":3,\"type\":\"keel-root\"}", "upgrade keel"},
         {"{\"format\":1,\"type\":\"other\"}", "expected \"keel-root\""},
@@ -177,8 +179,8 @@ static void test_revocation_and_rotation(void **state)
     sign_with(&s2, keys[0], KEEL_SIGCTX_REVOCATIONS, rev2);
     sign_with(&s2, keys[1], KEEL_SIGCTX_REVOCATIONS, rev2);
     /* key0 is revoked under serial 5, so only key1 counts: refused */
-    th_expect_err(keel_trust_revoke_install(dir, rev2, strlen(rev2), &s2, &e), &e,
-                  KEEL_EUNTRUSTED, "revoked key");
+    th_expect_err(keel_trust_revoke_install(dir, rev2, strlen(rev2), &s2, &e), &e, KEEL_EUNTRUSTED,
+                  "revoked key");
     assert_int_equal(keel__fs_rm_rf(th_path(dir, "revoked.json"), &e), 0);
     assert_int_equal(keel__fs_rm_rf(th_path(dir, "revoked.sig"), &e), 0);
     sign_with(&rs, keys[0], KEEL_SIGCTX_ROOT, next);
