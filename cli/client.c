@@ -1,0 +1,245 @@
+/*
+ * client.c - the CLI's verbs that talk to a running keeld over HTTP
+ * (libcurl): status, packages, install, activate, rollback, mark-good.
+ */
+#include <curl/curl.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "client.h"
+#include "core/json.h"
+
+typedef struct copts {
+    const char *url, *unix_socket, *token, *state_dir, *version;
+    bool json, activate;
+    const char *pos[2];
+    int npos;
+} copts;
+
+static size_t on_body(char *p, size_t sz, size_t n, void *ud)
+{
+    return keel__buf_append(ud, p, sz * n) ? 0 : sz * n;
+}
+
+/* One request. body_file streams a file; body_json sends a small JSON body. */
+static int request(const copts *o, const char *method, const char *path, const char *body_file,
+                   const char *body_json, long *ret_status, keel_buf *out)
+{
+    char url[2048], auth[128];
+    struct curl_slist *hdr = NULL;
+    FILE *f = NULL;
+    CURL *c = curl_easy_init();
+    int rc = 1;
+    if (!c)
+        return 1;
+    snprintf(url, sizeof(url), "%s%s", o->url, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 5L);
+    if (o->unix_socket)
+        curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
+    if (o->token) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", o->token);
+        hdr = curl_slist_append(hdr, auth);
+    }
+    if (!strcmp(method, "POST")) {
+        curl_easy_setopt(c, CURLOPT_POST, 1L);
+        if (body_file) {
+            struct stat st;
+            f = fopen(body_file, "rb");
+            if (!f || fstat(fileno(f), &st) != 0) {
+                fprintf(stderr, "keel: cannot open %s: %s\n", body_file, strerror(errno));
+                goto out;
+            }
+            curl_easy_setopt(c, CURLOPT_READDATA, f); /* default read function: fread */
+            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)st.st_size);
+            hdr = curl_slist_append(hdr, "Content-Type: application/octet-stream");
+            hdr = curl_slist_append(hdr, "Expect:");
+        } else {
+            const char *b = body_json ? body_json : "";
+            curl_easy_setopt(c, CURLOPT_POSTFIELDS, b);
+            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(b));
+            hdr = curl_slist_append(hdr, "Content-Type: application/json");
+        }
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    CURLcode cr = curl_easy_perform(c);
+    if (cr != CURLE_OK) {
+        if (cr == CURLE_COULDNT_CONNECT)
+            fprintf(stderr,
+                    "keel: cannot reach keeld at %s (is it running? start it with `keeld` or "
+                    "`make run`)\n",
+                    o->unix_socket ? o->unix_socket : o->url);
+        else
+            fprintf(stderr, "keel: request to %s failed: %s\n", url, curl_easy_strerror(cr));
+        goto out;
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, ret_status);
+    rc = 0;
+out:
+    if (f)
+        fclose(f);
+    curl_slist_free_all(hdr);
+    curl_easy_cleanup(c);
+    return rc;
+}
+
+/* Prints the server's error and returns 1, or 0 for a 2xx. */
+static int check(long status, const keel_buf *body)
+{
+    if (status >= 200 && status < 300)
+        return 0;
+    cJSON *j = NULL;
+    const cJSON *err = NULL;
+    if (body->data && keel__json_parse(body->data, body->len, "response", &j, NULL) == 0 &&
+        (err = cJSON_GetObjectItemCaseSensitive(j, "error"))) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(err, "code");
+        fprintf(stderr, "keel: %s (%s, HTTP %ld)\n", cJSON_IsString(m) ? m->valuestring : "?",
+                cJSON_IsString(c) ? c->valuestring : "?", status);
+    } else {
+        fprintf(stderr, "keel: keeld answered HTTP %ld: %s\n", status,
+                body->data ? body->data : "");
+    }
+    cJSON_Delete(j);
+    return 1;
+}
+
+static void print_status(const char *json)
+{
+    cJSON *j = NULL;
+    if (keel__json_parse(json, strlen(json), "status", &j, NULL)) {
+        printf("%s\n", json);
+        return;
+    }
+    const cJSON *rd = cJSON_GetObjectItemCaseSensitive(j, "readiness");
+    const cJSON *ready = cJSON_GetObjectItemCaseSensitive(rd, "ready");
+    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(rd, "reason");
+    printf("keeld %s: %s%s%s\n",
+           cJSON_GetObjectItemCaseSensitive(j, "keel_version")
+               ? cJSON_GetObjectItemCaseSensitive(j, "keel_version")->valuestring
+               : "?",
+           cJSON_IsTrue(ready) ? "ready" : "NOT READY",
+           cJSON_IsString(reason) && reason->valuestring[0] ? ": " : "",
+           cJSON_IsString(reason) ? reason->valuestring : "");
+    const cJSON *pkgs =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "store"), "packages");
+    const cJSON *p;
+    cJSON_ArrayForEach(p, pkgs)
+    {
+        const cJSON *sv = cJSON_GetObjectItemCaseSensitive(p, "serving");
+        const cJSON *slots = cJSON_GetObjectItemCaseSensitive(p, "slots");
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(sv, "version");
+        const cJSON *sl = cJSON_GetObjectItemCaseSensitive(sv, "slot");
+        printf("%s: serving %s (%s)%s\n", cJSON_GetObjectItemCaseSensitive(p, "name")->valuestring,
+               cJSON_IsString(v) ? v->valuestring : "nothing",
+               cJSON_IsString(sl) ? sl->valuestring : "-",
+               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sv, "degraded")) ? " DEGRADED" : "");
+        const cJSON *s;
+        cJSON_ArrayForEach(s, slots) printf("  %-10s %s\n", s->string,
+                                            cJSON_IsString(s) ? s->valuestring : "-");
+        const cJSON *why = cJSON_GetObjectItemCaseSensitive(sv, "reason");
+        if (cJSON_IsString(why) && why->valuestring[0])
+            printf("  why: %s\n", why->valuestring);
+    }
+    cJSON_Delete(j);
+}
+
+int keel_cli_client(const char *verb, int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"url", required_argument, 0, 'U'},       {"unix-socket", required_argument, 0, 'S'},
+        {"token", required_argument, 0, 'T'},     {"state-dir", required_argument, 0, 'D'},
+        {"version", required_argument, 0, 'V'},   {"json", no_argument, 0, 'j'},
+        {"activate", no_argument, 0, 'a'},        {0, 0, 0, 0}};
+    copts o = {0};
+    char tokbuf[128], path[512];
+    int c;
+    o.url = getenv("KEEL_URL") ? getenv("KEEL_URL") : "http://127.0.0.1:8480";
+    o.token = getenv("KEEL_TOKEN");
+    o.state_dir = getenv("KEEL_STATE_DIR") ? getenv("KEEL_STATE_DIR") : "/var/lib/keel";
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 'U': o.url = optarg; break;
+        case 'S': o.unix_socket = optarg; break;
+        case 'T': o.token = optarg; break;
+        case 'D': o.state_dir = optarg; break;
+        case 'V': o.version = optarg; break;
+        case 'j': o.json = true; break;
+        case 'a': o.activate = true; break;
+        default: return 2;
+        }
+    }
+    for (int i = optind; i < argc; i++) {
+        if (o.npos == 2) {
+            fprintf(stderr, "keel: too many arguments\n");
+            return 2;
+        }
+        o.pos[o.npos++] = argv[i];
+    }
+    if (o.unix_socket && !getenv("KEEL_URL"))
+        o.url = "http://localhost";
+    bool mutating = strcmp(verb, "status") && strcmp(verb, "packages");
+    if (mutating && !o.token) {
+        char tp[PATH_MAX], *t = NULL;
+        size_t tl;
+        snprintf(tp, sizeof(tp), "%s/token", o.state_dir);
+        if (keel__fs_read(tp, 100, &t, &tl, NULL) == 0) {
+            snprintf(tokbuf, sizeof(tokbuf), "%.64s", t);
+            o.token = tokbuf;
+            free(t);
+        } else {
+            fprintf(stderr,
+                    "keel: no API token: pass --token, set KEEL_TOKEN, or make %s readable "
+                    "(--state-dir DIR)\n",
+                    tp);
+            return 1;
+        }
+    }
+    if ((!strcmp(verb, "install") || !strcmp(verb, "activate") || !strcmp(verb, "rollback") ||
+         !strcmp(verb, "mark-good")) &&
+        o.npos != 1) {
+        fprintf(stderr, "keel: usage: keel %s %s\n", verb,
+                !strcmp(verb, "install") ? "FILE [--activate]" : "NAME");
+        return 2;
+    }
+    keel_buf body;
+    long status = 0;
+    int rc;
+    char json[256];
+    keel__buf_init(&body, 64u << 20);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (!strcmp(verb, "status")) {
+        rc = request(&o, "GET", "/api/status", NULL, NULL, &status, &body);
+    } else if (!strcmp(verb, "packages")) {
+        rc = request(&o, "GET", "/api/packages", NULL, NULL, &status, &body);
+    } else if (!strcmp(verb, "install")) {
+        rc = request(&o, "POST", o.activate ? "/api/packages?activate=1" : "/api/packages",
+                     o.pos[0], NULL, &status, &body);
+    } else {
+        snprintf(path, sizeof(path), "/api/packages/%s/%s", o.pos[0], verb);
+        if (o.version)
+            snprintf(json, sizeof(json), "{\"version\":\"%.64s\"}", o.version);
+        rc = request(&o, "POST", path, NULL, o.version ? json : NULL, &status, &body);
+    }
+    if (!rc)
+        rc = check(status, &body);
+    if (!rc) {
+        if (!strcmp(verb, "status") && !o.json)
+            print_status(body.data ? body.data : "{}");
+        else
+            printf("%s%s", body.data ? body.data : "",
+                   body.len && body.data[body.len - 1] == '\n' ? "" : "\n");
+    }
+    keel__buf_done(&body);
+    curl_global_cleanup();
+    return rc;
+}

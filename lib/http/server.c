@@ -1,0 +1,616 @@
+/*
+ * server.c - keeld's HTTP API on libmicrohttpd (thread pool, epoll).
+ *
+ *   GET  /healthz                         alive
+ *   GET  /readyz                          200 ready / 503 and why
+ *   GET  /api/status                      versions, slots, verification
+ *   GET  /api/packages                    installed packages
+ *   POST /api/packages[?activate=1]       body: a .keel file            (token)
+ *   POST /api/packages/NAME/activate      body: {"version": "x"} or none (token)
+ *   POST /api/packages/NAME/rollback                                     (token)
+ *   POST /api/packages/NAME/mark-good                                    (token)
+ *   POST /api/verify[?deep=1]                                            (token)
+ *
+ * GETs are open to whoever can reach the listen address (loopback by
+ * default); every POST needs `Authorization: Bearer TOKEN`.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "core/json.h"
+#include "http/server.h"
+
+#define MOD "http"
+
+struct keel__http {
+    struct MHD_Daemon *tcp, *unix_d;
+    keel_store *store;
+    pthread_mutex_t lock; /* guards cfg limits and readiness */
+    keel_config cfg;
+    char token[65];
+    bool ready;
+    char why[4096];
+    uint64_t started_ns;
+};
+
+enum route {
+    R_NONE, R_HEALTH, R_READY, R_STATUS, R_LIST, R_INSTALL, R_ACTIVATE, R_ROLLBACK, R_MARK_GOOD,
+    R_VERIFY,
+};
+
+typedef struct req {
+    enum route route;
+    char name[KEEL_NAME_MAX];
+    keel_buf body;        /* small JSON bodies */
+    int fd;               /* upload file */
+    char upload[PATH_MAX];
+    uint64_t got, limit;
+    bool too_big;
+} req;
+
+/* --- responses ---------------------------------------------------------------- */
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, char *body)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (status == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"keel\"");
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static unsigned status_of(int code)
+{
+    switch (code) {
+    case KEEL_EINVALID: return 400;
+    case KEEL_ECORRUPT:
+    case KEEL_EBADSIG:
+    case KEEL_EUNTRUSTED:
+    case KEEL_EUNSUPPORTED:
+    case KEEL_EDOWNGRADE: return 422;
+    case KEEL_ENOTFOUND: return 404;
+    case KEEL_ETOOBIG: return 413;
+    case KEEL_EPERM: return 403;
+    case KEEL_EEXISTS:
+    case KEEL_ECONFLICT: return 409;
+    case KEEL_EBUSY:
+    case KEEL_ENOTREADY: return 503;
+    case KEEL_ENOSPACE: return 507;
+    default: return 500;
+    }
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, int code,
+                                  const char *msg)
+{
+    keel_buf b;
+    keel__buf_init(&b, 0);
+    if (keel__buf_appendf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", keel_errname(code)) ||
+        keel__json_quote(&b, msg) || keel__buf_append(&b, "}}\n", 3)) {
+        keel__buf_done(&b);
+        return MHD_NO;
+    }
+    return send_json(c, status, keel__buf_steal(&b));
+}
+
+static enum MHD_Result send_keel_error(struct MHD_Connection *c, const keel_error *e)
+{
+    return send_error(c, status_of(e->code), e->code, e->msg);
+}
+
+/* --- readiness ----------------------------------------------------------------- */
+
+static void refresh(keel__http *h, unsigned flags)
+{
+    bool ready = false;
+    char why[sizeof(h->why)];
+    keel_error e;
+    if (keel_store_resolve_all(h->store, flags, &ready, why, sizeof(why), &e)) {
+        ready = false;
+        snprintf(why, sizeof(why), "cannot read the store: %s", e.msg);
+    }
+    pthread_mutex_lock(&h->lock);
+    if (ready != h->ready || strcmp(why, h->why) != 0) {
+        if (ready && !why[0])
+            KEEL_LOG_I(MOD, "ready");
+        else
+            KEEL_LOG_W(MOD, "%s: %s", ready ? "ready, degraded" : "not ready", why);
+    }
+    h->ready = ready;
+    keel__strlcpy(h->why, why, sizeof(h->why));
+    pthread_mutex_unlock(&h->lock);
+}
+
+void keel__http_refresh(keel__http *h, unsigned verify_flags)
+{
+    refresh(h, verify_flags);
+}
+
+static char *readiness_json(keel__http *h, bool *ret_ready)
+{
+    keel_buf b;
+    keel__buf_init(&b, 0);
+    pthread_mutex_lock(&h->lock);
+    bool ready = h->ready;
+    int rc = keel__buf_appendf(&b, "{\"ready\":%s,\"reason\":", ready ? "true" : "false");
+    if (!rc)
+        rc = keel__json_quote(&b, h->why);
+    pthread_mutex_unlock(&h->lock);
+    if (!rc)
+        rc = keel__buf_append(&b, "}", 1);
+    if (rc) {
+        keel__buf_done(&b);
+        return NULL;
+    }
+    *ret_ready = ready;
+    return keel__buf_steal(&b);
+}
+
+/* --- handlers -------------------------------------------------------------------- */
+
+static enum MHD_Result do_status(keel__http *h, struct MHD_Connection *c)
+{
+    char *store = NULL, *ready = NULL;
+    keel_error e;
+    bool r;
+    keel_buf b;
+    if (keel_store_status_json(h->store, &store, &e))
+        return send_keel_error(c, &e);
+    ready = readiness_json(h, &r);
+    keel__buf_init(&b, 0);
+    int rc = !ready;
+    if (!rc)
+        rc = keel__buf_appendf(&b, "{\"keel_version\":\"%s\",\"uptime_s\":%llu,\"state_dir\":",
+                               keel_version(),
+                               (unsigned long long)((keel__now_mono_ns() - h->started_ns) /
+                                                    1000000000ull));
+    if (!rc)
+        rc = keel__json_quote(&b, h->cfg.state_dir);
+    /* readiness object without its closing brace, then the store */
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"readiness\":%s,\"store\":%s}\n", ready, store);
+    free(store);
+    free(ready);
+    if (rc) {
+        keel__buf_done(&b);
+        return MHD_NO;
+    }
+    return send_json(c, 200, keel__buf_steal(&b));
+}
+
+static enum MHD_Result do_install(keel__http *h, struct MHD_Connection *c, req *q)
+{
+    keel_error e = {0};
+    keel_trust *t = NULL;
+    keel_install_result r;
+    char tdir[PATH_MAX];
+    const char *act = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "activate");
+    unsigned flags = act && (!strcmp(act, "1") || !strcmp(act, "true")) ? KEEL_INSTALL_ACTIVATE : 0;
+    if (fsync(q->fd) != 0) {
+        /* not needed for correctness: the store copies and syncs blobs */
+    }
+    keel_config_trust_dir(&h->cfg, tdir, sizeof(tdir));
+    int rc = keel_trust_load(tdir, &t, &e);
+    if (!rc)
+        rc = keel_store_install(h->store, q->upload, t, flags, &r, &e);
+    keel_trust_free(t);
+    if (rc) {
+        KEEL_LOG_W(MOD, "install refused: %s", e.msg);
+        return send_keel_error(c, &e);
+    }
+    refresh(h, 0);
+    keel_buf b;
+    keel__buf_init(&b, 0);
+    if (keel__buf_appendf(&b,
+                          "{\"name\":\"%s\",\"version\":\"%s\",\"digest\":\"%s\",\"bytes\":%llu,"
+                          "\"new_bytes\":%llu,\"already_installed\":%s,\"activated\":%s}\n",
+                          r.name, r.version, r.digest, (unsigned long long)r.bytes,
+                          (unsigned long long)r.new_bytes, r.already ? "true" : "false",
+                          r.activated ? "true" : "false")) {
+        keel__buf_done(&b);
+        return MHD_NO;
+    }
+    return send_json(c, r.already ? 200 : 201, keel__buf_steal(&b));
+}
+
+static enum MHD_Result do_slot_action(keel__http *h, struct MHD_Connection *c, req *q)
+{
+    keel_error e = {0};
+    const char *version = NULL;
+    cJSON *body = NULL;
+    int rc = KEEL_OK;
+    if (q->route == R_ACTIVATE && q->body.len) {
+        if ((rc = keel__json_parse(q->body.data, q->body.len, "request body", &body, &e)) ||
+            (rc = keel__json_str(body, "version", false, KEEL_VERSION_MAX, &version,
+                                 "request body", &e))) {
+            cJSON_Delete(body);
+            return send_keel_error(c, &e);
+        }
+    }
+    switch (q->route) {
+    case R_ACTIVATE: rc = keel_store_activate(h->store, q->name, version, &e); break;
+    case R_ROLLBACK: rc = keel_store_rollback(h->store, q->name, &e); break;
+    default: rc = keel_store_mark_good(h->store, q->name, &e); break;
+    }
+    cJSON_Delete(body);
+    if (rc) {
+        KEEL_LOG_W(MOD, "%s refused: %s", q->name, e.msg);
+        return send_keel_error(c, &e);
+    }
+    refresh(h, 0);
+    keel_serving sv;
+    if (keel_store_resolve(h->store, q->name, 0, &sv, &e))
+        return send_keel_error(c, &e);
+    keel_buf b;
+    keel__buf_init(&b, 0);
+    if (keel__buf_appendf(&b, "{\"name\":\"%s\",\"serving\":\"%s\",\"slot\":\"%s\"}\n", sv.name,
+                          sv.version, keel_slot_name(sv.slot))) {
+        keel__buf_done(&b);
+        return MHD_NO;
+    }
+    return send_json(c, 200, keel__buf_steal(&b));
+}
+
+/* --- routing --------------------------------------------------------------------- */
+
+static enum route route_of(const char *method, const char *url, char *name, bool *ret_post,
+                           bool *ret_known_path)
+{
+    static const struct {
+        const char *path;
+        bool post;
+        enum route r;
+    } fixed[] = {
+        {"/healthz", false, R_HEALTH},     {"/readyz", false, R_READY},
+        {"/api/status", false, R_STATUS},  {"/api/packages", false, R_LIST},
+        {"/api/packages", true, R_INSTALL}, {"/api/verify", true, R_VERIFY},
+    };
+    bool post = !strcmp(method, "POST");
+    *ret_post = post;
+    *ret_known_path = false;
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(fixed); i++) {
+        if (strcmp(url, fixed[i].path))
+            continue;
+        *ret_known_path = true;
+        if (fixed[i].post == post && (post || !strcmp(method, "GET") || !strcmp(method, "HEAD")))
+            return fixed[i].r;
+    }
+    const char *p = url;
+    if (strncmp(p, "/api/packages/", 14) == 0) {
+        p += 14;
+        const char *slash = strchr(p, '/');
+        if (slash && (size_t)(slash - p) < KEEL_NAME_MAX && slash > p) {
+            static const struct {
+                const char *verb;
+                enum route r;
+            } verbs[] = {{"activate", R_ACTIVATE}, {"rollback", R_ROLLBACK},
+                         {"mark-good", R_MARK_GOOD}};
+            for (size_t i = 0; i < KEEL_ARRAY_LEN(verbs); i++) {
+                if (strcmp(slash + 1, verbs[i].verb))
+                    continue;
+                *ret_known_path = true;
+                memcpy(name, p, (size_t)(slash - p));
+                name[slash - p] = '\0';
+                return post ? verbs[i].r : R_NONE;
+            }
+        }
+    }
+    return R_NONE;
+}
+
+static bool token_ok(keel__http *h, struct MHD_Connection *c)
+{
+    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!a || strncmp(a, "Bearer ", 7) != 0)
+        return false;
+    a += 7;
+    size_t n = strlen(a);
+    unsigned char diff = n != 64;
+    for (size_t i = 0; i < 64; i++)
+        diff |= (unsigned char)((i < n ? a[i] : 0) ^ h->token[i]);
+    return diff == 0;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
+                               const char *method, const char *version, const char *data,
+                               size_t *data_size, void **con_cls)
+{
+    keel__http *h = cls;
+    req *q = *con_cls;
+    if (!q) {
+        bool post, known;
+        q = calloc(1, sizeof(*q));
+        if (!q)
+            return MHD_NO;
+        q->fd = -1;
+        *con_cls = q;
+        q->route = route_of(method, url, q->name, &post, &known);
+        if (q->route == R_NONE) {
+            if (known) {
+                struct MHD_Response *r = MHD_create_response_from_buffer(
+                    0, (void *)"", MHD_RESPMEM_PERSISTENT);
+                if (!r)
+                    return MHD_NO;
+                MHD_add_response_header(r, "Allow", post ? "GET, HEAD" : "POST");
+                enum MHD_Result ret = MHD_queue_response(c, 405, r);
+                MHD_destroy_response(r);
+                return ret;
+            }
+            return send_error(c, 404, KEEL_ENOTFOUND, "no such endpoint (see README: API)");
+        }
+        if (post && !token_ok(h, c))
+            return send_error(c, 401, KEEL_EPERM,
+                              "missing or wrong bearer token (it is in STATE_DIR/token)");
+        pthread_mutex_lock(&h->lock);
+        q->limit = q->route == R_INSTALL ? h->cfg.limits.max_package_bytes : h->cfg.max_body_bytes;
+        pthread_mutex_unlock(&h->lock);
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > q->limit) {
+            q->too_big = true;
+            return send_error(c, 413, KEEL_ETOOBIG, "request body is over the size limit");
+        }
+        if (q->route == R_INSTALL) {
+            snprintf(q->upload, sizeof(q->upload), "%s/staging/upload-XXXXXX", h->cfg.state_dir);
+            q->fd = mkostemp(q->upload, O_CLOEXEC);
+            if (q->fd < 0) {
+                keel_error e;
+                keel__err_errno(&e, keel__err_from_errno(errno), errno,
+                                "cannot create an upload file in %s/staging", h->cfg.state_dir);
+                KEEL_LOG_E(MOD, "%s", e.msg);
+                q->upload[0] = '\0';
+                return send_keel_error(c, &e);
+            }
+        }
+        keel__buf_init(&q->body, (size_t)q->limit);
+        return MHD_YES;
+    }
+    if (*data_size) {
+        size_t n = *data_size;
+        *data_size = 0;
+        if (q->too_big)
+            return MHD_YES;
+        q->got += n;
+        if (q->got > q->limit) {
+            q->too_big = true;
+            return MHD_YES;
+        }
+        if (q->fd >= 0 ? keel__fs_write_all(q->fd, data, n) != 0
+                       : keel__buf_append(&q->body, data, n) != 0)
+            q->too_big = true; /* reported below */
+        return MHD_YES;
+    }
+    if (q->too_big)
+        return send_error(c, 413, KEEL_ETOOBIG,
+                          "request body is over the size limit (or could not be stored)");
+    keel_error e = {0};
+    bool ready;
+    char *json = NULL;
+    switch (q->route) {
+    case R_HEALTH: return send_json(c, 200, strdup("{\"status\":\"alive\"}\n"));
+    case R_READY:
+        json = readiness_json(h, &ready);
+        return json ? send_json(c, ready ? 200 : 503, json) : MHD_NO;
+    case R_STATUS: return do_status(h, c);
+    case R_LIST:
+        if (keel_store_list_json(h->store, &json, &e))
+            return send_keel_error(c, &e);
+        return send_json(c, 200, json);
+    case R_INSTALL: return do_install(h, c, q);
+    case R_VERIFY: {
+        const char *deep = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "deep");
+        refresh(h, deep && strcmp(deep, "0") ? KEEL_VERIFY_DEEP : 0);
+        json = readiness_json(h, &ready);
+        return json ? send_json(c, 200, json) : MHD_NO;
+    }
+    default: return do_slot_action(h, c, q);
+    }
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+    req *q = *con_cls;
+    if (!q)
+        return;
+    if (q->fd >= 0)
+        close(q->fd);
+    if (q->upload[0])
+        unlink(q->upload);
+    keel__buf_done(&q->body);
+    free(q);
+    *con_cls = NULL;
+}
+
+/* --- lifecycle --------------------------------------------------------------------- */
+
+int keel__http_token(const char *state_dir, char out[65], keel_error *err)
+{
+    char path[PATH_MAX], *data = NULL;
+    size_t len;
+    snprintf(path, sizeof(path), "%s/token", state_dir);
+    if (keel__fs_read(path, 256, &data, &len, NULL) == KEEL_OK) {
+        while (len && (data[len - 1] == '\n' || data[len - 1] == ' '))
+            len--;
+        bool ok = len == 64;
+        if (ok)
+            memcpy(out, data, 64);
+        out[64] = '\0';
+        free(data);
+        if (ok)
+            return KEEL_OK;
+        KEEL_LOG_W(MOD, "%s is not 64 hex digits; writing a new token", path);
+    }
+    uint8_t raw[32];
+    int rc = keel__random_bytes(raw, sizeof(raw), err);
+    if (rc)
+        return rc;
+    keel_hex_encode(raw, sizeof(raw), out);
+    char line[66];
+    snprintf(line, sizeof(line), "%s\n", out);
+    if ((rc = keel__fs_write_atomic(path, line, 65, 0600, err)))
+        return rc;
+    KEEL_LOG_I(MOD, "wrote a new API token to %s (readable by this user only)", path);
+    return KEEL_OK;
+}
+
+static void clean_uploads(const char *state_dir)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/staging", state_dir);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    if (!d)
+        return;
+    while ((de = readdir(d)))
+        if (!strncmp(de->d_name, "upload-", 7)) {
+            char p[PATH_MAX];
+            snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+            unlink(p);
+        }
+    closedir(d);
+}
+
+static struct MHD_Daemon *start_daemon(keel__http *h, const struct sockaddr *addr, int listen_fd,
+                                       keel_error *err)
+{
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+    if (addr && addr->sa_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    struct MHD_Daemon *d;
+    if (listen_fd >= 0)
+        d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_LISTEN_SOCKET, listen_fd,
+                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)1,
+                             MHD_OPTION_CONNECTION_TIMEOUT, h->cfg.request_timeout_s,
+                             MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections,
+                             MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
+    else
+        d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_SOCK_ADDR, addr,
+                             MHD_OPTION_THREAD_POOL_SIZE, h->cfg.threads,
+                             MHD_OPTION_CONNECTION_TIMEOUT, h->cfg.request_timeout_s,
+                             MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections,
+                             MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)128,
+                             MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
+    if (!d)
+        keel__err(err, KEEL_EIO,
+                  "cannot listen on %s%s%u (is another keeld running, or the port taken?)",
+                  listen_fd >= 0 ? h->cfg.unix_socket : h->cfg.listen, listen_fd >= 0 ? "" : ":",
+                  listen_fd >= 0 ? 0u : h->cfg.port);
+    return d;
+}
+
+int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret,
+                     keel_error *err)
+{
+    keel__http *h = calloc(1, sizeof(*h));
+    int rc = KEEL_OK, ufd = -1;
+    if (!h)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    pthread_mutex_init(&h->lock, NULL);
+    h->cfg = *cfg;
+    h->store = store;
+    h->started_ns = keel__now_mono_ns();
+    clean_uploads(cfg->state_dir);
+    if ((rc = keel__http_token(cfg->state_dir, h->token, err)))
+        goto fail;
+    refresh(h, 0);
+    if (cfg->port) {
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof(ss));
+        struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+        if (inet_pton(AF_INET, cfg->listen, &a4->sin_addr) == 1) {
+            a4->sin_family = AF_INET;
+            a4->sin_port = htons(cfg->port);
+        } else if (inet_pton(AF_INET6, cfg->listen, &a6->sin6_addr) == 1) {
+            a6->sin6_family = AF_INET6;
+            a6->sin6_port = htons(cfg->port);
+        } else {
+            rc = keel__err(err, KEEL_EINVALID,
+                           "listen address \"%s\" is not an IPv4 or IPv6 literal", cfg->listen);
+            goto fail;
+        }
+        if (!(h->tcp = start_daemon(h, (struct sockaddr *)&ss, -1, err))) {
+            rc = KEEL_EIO;
+            goto fail;
+        }
+    }
+    if (cfg->unix_socket[0]) {
+        struct sockaddr_un sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sun_family = AF_UNIX;
+        if (strlen(cfg->unix_socket) >= sizeof(sa.sun_path)) {
+            rc = keel__err(err, KEEL_ETOOBIG, "unix socket path too long: %s", cfg->unix_socket);
+            goto fail;
+        }
+        keel__strlcpy(sa.sun_path, cfg->unix_socket, sizeof(sa.sun_path));
+        unlink(cfg->unix_socket);
+        ufd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (ufd < 0 || bind(ufd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+            chmod(cfg->unix_socket, 0660) != 0 || listen(ufd, 64) != 0) {
+            rc = keel__err_errno(err, KEEL_EIO, errno, "cannot listen on %s", cfg->unix_socket);
+            goto fail;
+        }
+        if (!(h->unix_d = start_daemon(h, NULL, ufd, err))) {
+            rc = KEEL_EIO;
+            goto fail;
+        }
+        ufd = -1;
+    }
+    if (!h->tcp && !h->unix_d) {
+        rc = keel__err(err, KEEL_EINVALID, "nothing to listen on: set port or unix_socket");
+        goto fail;
+    }
+    *ret = h;
+    return KEEL_OK;
+fail:
+    if (ufd >= 0)
+        close(ufd);
+    keel__http_stop(h);
+    return rc;
+}
+
+void keel__http_stop(keel__http *h)
+{
+    if (!h)
+        return;
+    if (h->tcp)
+        MHD_stop_daemon(h->tcp);
+    if (h->unix_d) {
+        MHD_stop_daemon(h->unix_d);
+        unlink(h->cfg.unix_socket);
+    }
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+}
+
+void keel__http_reload(keel__http *h, const keel_config *cfg)
+{
+    pthread_mutex_lock(&h->lock);
+    if (strcmp(cfg->listen, h->cfg.listen) || cfg->port != h->cfg.port ||
+        strcmp(cfg->unix_socket, h->cfg.unix_socket) || cfg->threads != h->cfg.threads)
+        KEEL_LOG_W(MOD, "listen address, socket and threads change only on restart");
+    h->cfg.limits = cfg->limits;
+    h->cfg.max_body_bytes = cfg->max_body_bytes;
+    keel__strlcpy(h->cfg.trust_dir, cfg->trust_dir, sizeof(h->cfg.trust_dir));
+    pthread_mutex_unlock(&h->lock);
+}
