@@ -43,6 +43,8 @@ typedef struct keel_store keel_store;
 KEEL_API KEEL_WUR int keel_store_open(const char *state_dir, const keel_limits *lim,
                                       keel_store **ret, keel_error *err);
 KEEL_API void keel_store_close(keel_store *s);
+/* Replaces the limits installs are checked against (config reload). Copied. */
+KEEL_API void keel_store_set_limits(keel_store *s, const keel_limits *lim);
 
 /* --- install, activate, rollback -------------------------------------------- */
 

@@ -610,6 +610,7 @@ void keel__http_reload(keel__http *h, const keel_config *cfg)
         strcmp(cfg->unix_socket, h->cfg.unix_socket) || cfg->threads != h->cfg.threads)
         KEEL_LOG_W(MOD, "listen address, socket and threads change only on restart");
     h->cfg.limits = cfg->limits;
+    keel_store_set_limits(h->store, &cfg->limits);
     h->cfg.max_body_bytes = cfg->max_body_bytes;
     keel__strlcpy(h->cfg.trust_dir, cfg->trust_dir, sizeof(h->cfg.trust_dir));
     pthread_mutex_unlock(&h->lock);

@@ -187,7 +187,7 @@ int keel_pkg_open(const char *path, const keel_limits *lim, keel_pkg **ret, keel
         goto fail;
     }
     if (archive_read_open_filename(p->ar, path, READ_BLOCK) != ARCHIVE_OK) {
-        rc = keel__err(err, KEEL_EIO, "cannot open %s: %s", path, archive_error_string(p->ar));
+        rc = ar_err(p, err, NULL);
         goto fail;
     }
     if ((rc = pkg_start(p, err)))

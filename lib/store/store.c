@@ -92,6 +92,13 @@ fail:
     return rc;
 }
 
+void keel_store_set_limits(keel_store *s, const keel_limits *lim)
+{
+    pthread_mutex_lock(&s->lock);
+    s->lim = *lim;
+    pthread_mutex_unlock(&s->lock);
+}
+
 void keel_store_close(keel_store *s)
 {
     if (!s)
@@ -539,10 +546,12 @@ int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *tr
     memset(&res, 0, sizeof(res));
     if (!trust)
         return keel__err(err, KEEL_EUNTRUSTED, "no trust root: refusing to install %s", pkg_path);
+    keel_limits lim;
     pthread_mutex_lock(&s->lock);
     s->installs++;
+    lim = s->lim;
     pthread_mutex_unlock(&s->lock);
-    if ((rc = keel_pkg_open(pkg_path, &s->lim, &p, err)) ||
+    if ((rc = keel_pkg_open(pkg_path, &lim, &p, err)) ||
         (rc = keel_pkg_check_trust(p, trust, err)))
         goto out;
     const keel_manifest *m = keel_pkg_manifest(p);
