@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every libFuzzer target for SECONDS (default 60) over its corpus.
+# New interesting inputs are merged into fuzz/corpus/<target>/; crashes are
+# copied to fuzz/regressions/<target>/, which `make test` replays forever.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+secs=${1:-60}
+build=$top/build/fuzz
+CC=clang cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DKEEL_SANITIZE=OFF \
+    -DKEEL_FUZZ=ON -DCMAKE_C_FLAGS="-fsanitize=address,undefined,fuzzer-no-link -g -O1" \
+    -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
+targets=(manifest sigset package config trust)
+cmake --build "$build" -j "$(nproc)" --target "${targets[@]/#/fuzz_}" >/dev/null
+status=0
+for t in "${targets[@]}"; do
+    corpus=$top/fuzz/corpus/$t new=$build/new-$t art=$build/crash-$t/
+    rm -rf "$new" "$art" && mkdir -p "$new" "$art"
+    echo "fuzz: $t for ${secs}s"
+    if ! "$build/fuzz/fuzz_$t" -max_total_time="$secs" -max_len=65536 -timeout=10 \
+        -rss_limit_mb=2048 -artifact_prefix="$art" "$new" "$corpus" >"$build/fuzz-$t.log" 2>&1; then
+        status=1
+        mkdir -p "$top/fuzz/regressions/$t"
+        cp "$art"* "$top/fuzz/regressions/$t/" 2>/dev/null || true
+        echo "fuzz: $t FOUND A PROBLEM; input kept in fuzz/regressions/$t; log $build/fuzz-$t.log"
+        grep -m3 -E 'ERROR|SUMMARY' "$build/fuzz-$t.log" || true
+    fi
+    # keep the corpus small: merge new coverage only
+    "$build/fuzz/fuzz_$t" -merge=1 -max_len=65536 "$corpus" "$new" >/dev/null 2>&1 || true
+    grep -E '^#[0-9]+.*DONE' "$build/fuzz-$t.log" | tail -1 || true
+done
+exit $status
