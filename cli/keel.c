@@ -45,6 +45,7 @@ static const char usage[] =
     "  verify --installed --state-dir D [--deep]\n"
     "                                   check what is installed on this device\n"
     "  inspect FILE [--json]            show a package's manifest\n"
+    "  hash FILE...                     SHA-256 of files, as sha256sum prints it\n"
     "  trust init DIR --key PUB [--key PUB ...] [--threshold N]\n"
     "  trust sign DOC --key K --kind root|revocations   add a signature to DOC.sig\n"
     "  trust rotate DIR NEW_ROOT.json   accept a new root (signed in NEW_ROOT.json.sig)\n"
@@ -330,6 +331,23 @@ static int cmd_inspect(const opts *o)
     return 0;
 }
 
+/* `keel hash FILE...`: SHA-256 as sha256sum prints it, with keel's reader. */
+static int cmd_hash(const opts *o)
+{
+    if (!o->npos)
+        return usage_error("usage: keel hash FILE...");
+    for (size_t i = 0; i < o->npos; i++) {
+        uint8_t d[KEEL_SHA256_LEN];
+        char hex[KEEL_SHA256_HEX];
+        keel_error e;
+        if (keel_sha256_file(o->pos[i], d, NULL, &e))
+            return fail(&e);
+        keel_hex_encode(d, sizeof(d), hex);
+        printf("%s  %s\n", hex, o->pos[i]);
+    }
+    return 0;
+}
+
 /* --- trust -------------------------------------------------------------------------- */
 
 static int read_doc_and_sigs(const char *doc, char **data, size_t *len, keel_sigset *sigs,
@@ -527,5 +545,7 @@ int main(int argc, char **argv)
         return cmd_verify(&o);
     if (!strcmp(verb, "inspect"))
         return cmd_inspect(&o);
+    if (!strcmp(verb, "hash"))
+        return cmd_hash(&o);
     return usage_error("unknown command \"%s\"", verb);
 }

@@ -172,7 +172,7 @@ static int pkg_new(const keel_limits *lim, const char *origin, keel_pkg **ret, k
 
 int keel_pkg_open(const char *path, const keel_limits *lim, keel_pkg **ret, keel_error *err)
 {
-    keel_pkg *p;
+    keel_pkg *p = NULL;
     struct stat st;
     int rc = pkg_new(lim, path, &p, err);
     if (rc)
@@ -202,7 +202,7 @@ fail:
 int keel_pkg_open_mem(const void *data, size_t len, const keel_limits *lim, keel_pkg **ret,
                       keel_error *err)
 {
-    keel_pkg *p;
+    keel_pkg *p = NULL;
     int rc = pkg_new(lim, "package", &p, err);
     if (rc)
         return rc;
