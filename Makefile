@@ -23,12 +23,12 @@ setup:
 
 build: setup
 	@cmake -S . -B build/debug -DCMAKE_BUILD_TYPE=Debug -DKEEL_WERROR=ON >/dev/null
-	@cmake --build build/debug -j $(JOBS)
+	@cmake --build build/debug -j $(JOBS) -- --no-print-directory
 
 release: setup
 	@cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DKEEL_TESTS=OFF \
 		-DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
-	@cmake --build build/release -j $(JOBS)
+	@cmake --build build/release -j $(JOBS) -- --no-print-directory
 
 test: build
 	@cd build/debug && ctest --output-on-failure -j $(JOBS)
