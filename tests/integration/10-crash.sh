@@ -2,51 +2,13 @@
 # kill -9 of keeld at random points during install and activation, repeated;
 # after each restart the store must be consistent and serve either the old or
 # the new version, verified. Iterations: KEEL_CRASH_ITERATIONS (default 50).
-set -euo pipefail
-: "${KEELD:?path to keeld}" "${KEEL:?path to keel}"
+source "$(dirname "$0")/lib.sh"
 iters=${KEEL_CRASH_ITERATIONS:-50}
-work=$(mktemp -d /tmp/keel-crash-XXXXXX)
-state=$work/state
-pid=""
-cleanup() {
-    [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
-die() { echo "FAIL: $*" >&2; [[ -f $work/keeld.log ]] && tail -20 "$work/keeld.log" >&2; exit 1; }
+start() { start_keeld --log-level warn; pid=$keeld_pid; }
 
-free_port() {
-    local p
-    for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 20000))
-        if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
-    done
-    die "no free port"
-}
-port=$(free_port)
-url=http://127.0.0.1:$port
-
-start() {
-    ASAN_OPTIONS=detect_leaks=0 "$KEELD" --state-dir "$state" --port "$port" --log-level warn \
-        >>"$work/keeld.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 200); do
-        curl -sf "$url/healthz" >/dev/null 2>&1 && return
-        kill -0 "$pid" 2>/dev/null || die "keeld exited at start"
-        sleep 0.05
-    done
-    die "keeld did not answer /healthz"
-}
-
-make_pkg() { # version -> path
-    local v=$1 src=$work/src-$1
-    mkdir -p "$src"
-    head -c $((24 * 1024 * 1024 + RANDOM)) /dev/urandom >"$src/model.onnx"
-    printf '{"format":1,"name":"demo","version":"%s","tiers":[{"name":"primary","backend":"onnx","model":"model.onnx"}]}' "$v" >"$src/keel.json"
-    "$KEEL" pack "$src" -o "$work/demo-$v.keel" --key "$work/k.key" >/dev/null
-    rm -rf "$src"
-    echo "$work/demo-$v.keel"
+make_big_pkg() { # version -> path (24 MiB model, so kills land inside installs)
+    make_pkg demo "$1" $((24 * 1024 * 1024 + RANDOM))
 }
 
 serving() { # prints "version slot verified degraded" of demo
@@ -62,9 +24,8 @@ else:
     print("none none False False")'
 }
 
-"$KEEL" keygen -o "$work/k" >/dev/null
-"$KEEL" trust init "$state/trust" --key "$work/k.pub" >/dev/null
-first=$(make_pkg 1.0.0)
+setup_trust
+first=$(make_big_pkg 1.0.0)
 "$KEEL" install "$first" --activate --offline --state-dir "$state" >/dev/null
 start
 token=$(cat "$state/token")
@@ -74,7 +35,7 @@ got_old=0
 got_new=0
 for i in $(seq 1 "$iters"); do
     new=1.0.$i
-    pkg=$(make_pkg "$new")
+    pkg=$(make_big_pkg "$new")
     delay=$(printf '0.%03d' $((RANDOM % 400)))
     if ((i % 5 == 0)); then
         # activation race: roll back to the previous version
@@ -93,6 +54,7 @@ for i in $(seq 1 "$iters"); do
     wait "$pid" 2>/dev/null || true
     wait "$cpid" 2>/dev/null || true
     pid=""
+    keeld_pid=""
     rm -f "$pkg"
     start
     read -r ver slot verified degraded < <(serving)
@@ -112,8 +74,7 @@ for i in $(seq 1 "$iters"); do
     left=$(find "$state/staging/blobs" -type f | wc -l)
     ((left == 0)) || die "iteration $i: $left partial blobs left in staging after restart"
 done
-kill "$pid" && wait "$pid" 2>/dev/null || true
-pid=""
+stop_keeld
 "$KEEL" verify --installed --deep --state-dir "$state" >/dev/null || die "deep verification after crashes"
 # Kill points must land on both sides of the commit, or the test proved little.
 ((got_old > 0 && got_new > 0)) || die "kills landed only on one side (old=$got_old new=$got_new)"
