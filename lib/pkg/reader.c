@@ -7,14 +7,13 @@
  * devices, directories, absolute paths and `..` are refused by name. Nothing
  * is trusted until the caller checked the signatures (keel_pkg_check_trust).
  */
-#include <archive.h>
-#include <archive_entry.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "core/core.h"
+#include "pkg/archive_dl.h"
 #include "pkg/pkg_internal.h"
 
 #define READ_BLOCK (1u << 20)
@@ -155,6 +154,9 @@ static int pkg_start(keel_pkg *p, keel_error *err)
 
 static int pkg_new(const keel_limits *lim, const char *origin, keel_pkg **ret, keel_error *err)
 {
+    int rc = keel__archive_load(err);
+    if (rc)
+        return rc;
     keel_pkg *p = calloc(1, sizeof(*p));
     if (!p || !(p->ar = archive_read_new())) {
         free(p);

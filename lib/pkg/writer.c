@@ -6,8 +6,6 @@
  * SOURCE_DATE_EPOCH (0 when unset). The output file is written beside its
  * final name and renamed into place only when complete.
  */
-#include <archive.h>
-#include <archive_entry.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/json.h"
+#include "pkg/archive_dl.h"
 #include "pkg/pkg_internal.h"
 
 #define IO_BLOCK (1u << 20)
@@ -217,6 +216,9 @@ static int tar_open(tar_out *t, const char *path, keel_error *err)
     memset(t, 0, sizeof(*t));
     t->fd = -1;
     t->final = path;
+    int rc = keel__archive_load(err);
+    if (rc)
+        return rc;
     if (keel__snprintf(t->tmp, sizeof(t->tmp), "%s.tmp.XXXXXX", path))
         return keel__err(err, KEEL_ETOOBIG, "path too long: %s", path);
     t->fd = mkostemp(t->tmp, O_CLOEXEC);
