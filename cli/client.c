@@ -143,8 +143,8 @@ static void print_status(const char *json)
                cJSON_IsString(sl) ? sl->valuestring : "-",
                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sv, "degraded")) ? " DEGRADED" : "");
         const cJSON *s;
-        cJSON_ArrayForEach(s, slots) printf("  %-10s %s\n", s->string,
-                                            cJSON_IsString(s) ? s->valuestring : "-");
+        cJSON_ArrayForEach(s, slots)
+            printf("  %-10s %s\n", s->string, cJSON_IsString(s) ? s->valuestring : "-");
         const cJSON *why = cJSON_GetObjectItemCaseSensitive(sv, "reason");
         if (cJSON_IsString(why) && why->valuestring[0])
             printf("  why: %s\n", why->valuestring);
@@ -155,10 +155,10 @@ static void print_status(const char *json)
 int keel_cli_client(const char *verb, int argc, char **argv)
 {
     static const struct option lo[] = {
-        {"url", required_argument, 0, 'U'},       {"unix-socket", required_argument, 0, 'S'},
-        {"token", required_argument, 0, 'T'},     {"state-dir", required_argument, 0, 'D'},
-        {"version", required_argument, 0, 'V'},   {"json", no_argument, 0, 'j'},
-        {"activate", no_argument, 0, 'a'},        {0, 0, 0, 0}};
+        {"url", required_argument, 0, 'U'},     {"unix-socket", required_argument, 0, 'S'},
+        {"token", required_argument, 0, 'T'},   {"state-dir", required_argument, 0, 'D'},
+        {"version", required_argument, 0, 'V'}, {"json", no_argument, 0, 'j'},
+        {"activate", no_argument, 0, 'a'},      {0, 0, 0, 0}};
     copts o = {0};
     char tokbuf[128], path[512];
     int c;
@@ -168,14 +168,29 @@ int keel_cli_client(const char *verb, int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
-        case 'U': o.url = optarg; break;
-        case 'S': o.unix_socket = optarg; break;
-        case 'T': o.token = optarg; break;
-        case 'D': o.state_dir = optarg; break;
-        case 'V': o.version = optarg; break;
-        case 'j': o.json = true; break;
-        case 'a': o.activate = true; break;
-        default: return 2;
+        case 'U':
+            o.url = optarg;
+            break;
+        case 'S':
+            o.unix_socket = optarg;
+            break;
+        case 'T':
+            o.token = optarg;
+            break;
+        case 'D':
+            o.state_dir = optarg;
+            break;
+        case 'V':
+            o.version = optarg;
+            break;
+        case 'j':
+            o.json = true;
+            break;
+        case 'a':
+            o.activate = true;
+            break;
+        default:
+            return 2;
         }
     }
     for (int i = optind; i < argc; i++) {

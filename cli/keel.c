@@ -42,8 +42,8 @@ static const char usage[] =
     "  pack SRC_DIR -o FILE [--key K]   build a package from SRC_DIR/keel.json + files\n"
     "  sign FILE --key K                add a signature to a package\n"
     "  verify FILE [--trust DIR]        check hashes (and signatures against DIR)\n"
-    "  verify --installed --state-dir D [--deep]\n"
-    "                                   check what is installed on this device\n"
+    "  verify --state-dir D [--deep]    check what is installed on this device\n"
+    "                                   (--deep re-hashes every byte)\n"
     "  inspect FILE [--json]            show a package's manifest\n"
     "  hash FILE...                     SHA-256 of files, as sha256sum prints it\n"
     "  trust init DIR --key PUB [--key PUB ...] [--threshold N]\n"
@@ -253,7 +253,7 @@ static int cmd_verify(const opts *o)
 {
     keel_trust *t = NULL;
     keel_error e;
-    if (o->installed)
+    if (o->installed || (o->npos == 0 && (o->deep || o->state_dir)))
         return cmd_verify_installed(o);
     if (o->npos != 1)
         return usage_error("usage: keel verify FILE [--trust DIR]%s", "");

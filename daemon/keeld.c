@@ -19,7 +19,7 @@
 #include "core/core.h"
 #include "http/server.h"
 
-#define MOD "keeld"
+#define MOD            "keeld"
 #define DEFAULT_CONFIG "/etc/keel/keeld.conf"
 
 static const char usage[] =
@@ -65,22 +65,31 @@ static void *check_loop(void *arg)
 static int apply_flags(keel_config *cfg, int argc, char **argv, const char **ret_config,
                        bool only_config)
 {
-    static const struct option lo[] = {
-        {"config", required_argument, 0, 'c'},    {"state-dir", required_argument, 0, 's'},
-        {"listen", required_argument, 0, 'l'},    {"port", required_argument, 0, 'p'},
-        {"unix-socket", required_argument, 0, 'u'}, {"log-level", required_argument, 0, 'L'},
-        {"foreground", no_argument, 0, 'f'},      {"version", no_argument, 0, 'V'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
-    static const char *const keys[128] = {['s'] = "state_dir", ['l'] = "listen",
-                                          ['p'] = "port", ['u'] = "unix_socket",
+    static const struct option lo[] = {{"config", required_argument, 0, 'c'},
+                                       {"state-dir", required_argument, 0, 's'},
+                                       {"listen", required_argument, 0, 'l'},
+                                       {"port", required_argument, 0, 'p'},
+                                       {"unix-socket", required_argument, 0, 'u'},
+                                       {"log-level", required_argument, 0, 'L'},
+                                       {"foreground", no_argument, 0, 'f'},
+                                       {"version", no_argument, 0, 'V'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+    static const char *const keys[128] = {['s'] = "state_dir",
+                                          ['l'] = "listen",
+                                          ['p'] = "port",
+                                          ['u'] = "unix_socket",
                                           ['L'] = "log_level"};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:", lo, NULL)) != -1) {
         keel_error e;
         switch (c) {
-        case 'c': *ret_config = optarg; break;
-        case 'f': break;
+        case 'c':
+            *ret_config = optarg;
+            break;
+        case 'f':
+            break;
         case 'V':
             if (only_config) {
                 printf("keeld %s\n", keel_version());
@@ -90,7 +99,8 @@ static int apply_flags(keel_config *cfg, int argc, char **argv, const char **ret
         case 'h':
             fputs(usage, stdout);
             exit(0);
-        case '?': return 2;
+        case '?':
+            return 2;
         default:
             if (!only_config && keel_config_set(cfg, keys[c], optarg, &e)) {
                 fprintf(stderr, "keeld: --%s: %s\n", keys[c], e.msg);

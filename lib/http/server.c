@@ -46,15 +46,23 @@ struct keel__http {
 };
 
 enum route {
-    R_NONE, R_HEALTH, R_READY, R_STATUS, R_LIST, R_INSTALL, R_ACTIVATE, R_ROLLBACK, R_MARK_GOOD,
+    R_NONE,
+    R_HEALTH,
+    R_READY,
+    R_STATUS,
+    R_LIST,
+    R_INSTALL,
+    R_ACTIVATE,
+    R_ROLLBACK,
+    R_MARK_GOOD,
     R_VERIFY,
 };
 
 typedef struct req {
     enum route route;
     char name[KEEL_NAME_MAX];
-    keel_buf body;        /* small JSON bodies */
-    int fd;               /* upload file */
+    keel_buf body; /* small JSON bodies */
+    int fd;        /* upload file */
     char upload[PATH_MAX];
     uint64_t got, limit;
     bool too_big;
@@ -82,21 +90,30 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, char
 static unsigned status_of(int code)
 {
     switch (code) {
-    case KEEL_EINVALID: return 400;
+    case KEEL_EINVALID:
+        return 400;
     case KEEL_ECORRUPT:
     case KEEL_EBADSIG:
     case KEEL_EUNTRUSTED:
     case KEEL_EUNSUPPORTED:
-    case KEEL_EDOWNGRADE: return 422;
-    case KEEL_ENOTFOUND: return 404;
-    case KEEL_ETOOBIG: return 413;
-    case KEEL_EPERM: return 403;
+    case KEEL_EDOWNGRADE:
+        return 422;
+    case KEEL_ENOTFOUND:
+        return 404;
+    case KEEL_ETOOBIG:
+        return 413;
+    case KEEL_EPERM:
+        return 403;
     case KEEL_EEXISTS:
-    case KEEL_ECONFLICT: return 409;
+    case KEEL_ECONFLICT:
+        return 409;
     case KEEL_EBUSY:
-    case KEEL_ENOTREADY: return 503;
-    case KEEL_ENOSPACE: return 507;
-    default: return 500;
+    case KEEL_ENOTREADY:
+        return 503;
+    case KEEL_ENOSPACE:
+        return 507;
+    default:
+        return 500;
     }
 }
 
@@ -180,10 +197,9 @@ static enum MHD_Result do_status(keel__http *h, struct MHD_Connection *c)
     keel__buf_init(&b, 0);
     int rc = !ready;
     if (!rc)
-        rc = keel__buf_appendf(&b, "{\"keel_version\":\"%s\",\"uptime_s\":%llu,\"state_dir\":",
-                               keel_version(),
-                               (unsigned long long)((keel__now_mono_ns() - h->started_ns) /
-                                                    1000000000ull));
+        rc = keel__buf_appendf(
+            &b, "{\"keel_version\":\"%s\",\"uptime_s\":%llu,\"state_dir\":", keel_version(),
+            (unsigned long long)((keel__now_mono_ns() - h->started_ns) / 1000000000ull));
     if (!rc)
         rc = keel__json_quote(&b, h->cfg.state_dir);
     /* readiness object without its closing brace, then the store */
@@ -241,16 +257,22 @@ static enum MHD_Result do_slot_action(keel__http *h, struct MHD_Connection *c, r
     int rc = KEEL_OK;
     if (q->route == R_ACTIVATE && q->body.len) {
         if ((rc = keel__json_parse(q->body.data, q->body.len, "request body", &body, &e)) ||
-            (rc = keel__json_str(body, "version", false, KEEL_VERSION_MAX, &version,
-                                 "request body", &e))) {
+            (rc = keel__json_str(body, "version", false, KEEL_VERSION_MAX, &version, "request body",
+                                 &e))) {
             cJSON_Delete(body);
             return send_keel_error(c, &e);
         }
     }
     switch (q->route) {
-    case R_ACTIVATE: rc = keel_store_activate(h->store, q->name, version, &e); break;
-    case R_ROLLBACK: rc = keel_store_rollback(h->store, q->name, &e); break;
-    default: rc = keel_store_mark_good(h->store, q->name, &e); break;
+    case R_ACTIVATE:
+        rc = keel_store_activate(h->store, q->name, version, &e);
+        break;
+    case R_ROLLBACK:
+        rc = keel_store_rollback(h->store, q->name, &e);
+        break;
+    default:
+        rc = keel_store_mark_good(h->store, q->name, &e);
+        break;
     }
     cJSON_Delete(body);
     if (rc) {
@@ -281,8 +303,8 @@ static enum route route_of(const char *method, const char *url, char *name, bool
         bool post;
         enum route r;
     } fixed[] = {
-        {"/healthz", false, R_HEALTH},     {"/readyz", false, R_READY},
-        {"/api/status", false, R_STATUS},  {"/api/packages", false, R_LIST},
+        {"/healthz", false, R_HEALTH},      {"/readyz", false, R_READY},
+        {"/api/status", false, R_STATUS},   {"/api/packages", false, R_LIST},
         {"/api/packages", true, R_INSTALL}, {"/api/verify", true, R_VERIFY},
     };
     bool post = !strcmp(method, "POST");
@@ -303,8 +325,8 @@ static enum route route_of(const char *method, const char *url, char *name, bool
             static const struct {
                 const char *verb;
                 enum route r;
-            } verbs[] = {{"activate", R_ACTIVATE}, {"rollback", R_ROLLBACK},
-                         {"mark-good", R_MARK_GOOD}};
+            } verbs[] = {
+                {"activate", R_ACTIVATE}, {"rollback", R_ROLLBACK}, {"mark-good", R_MARK_GOOD}};
             for (size_t i = 0; i < KEEL_ARRAY_LEN(verbs); i++) {
                 if (strcmp(slash + 1, verbs[i].verb))
                     continue;
@@ -347,8 +369,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         q->route = route_of(method, url, q->name, &post, &known);
         if (q->route == R_NONE) {
             if (known) {
-                struct MHD_Response *r = MHD_create_response_from_buffer(
-                    0, (void *)"", MHD_RESPMEM_PERSISTENT);
+                struct MHD_Response *r =
+                    MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
                 if (!r)
                     return MHD_NO;
                 MHD_add_response_header(r, "Allow", post ? "GET, HEAD" : "POST");
@@ -406,23 +428,27 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     bool ready;
     char *json = NULL;
     switch (q->route) {
-    case R_HEALTH: return send_json(c, 200, strdup("{\"status\":\"alive\"}\n"));
+    case R_HEALTH:
+        return send_json(c, 200, strdup("{\"status\":\"alive\"}\n"));
     case R_READY:
         json = readiness_json(h, &ready);
         return json ? send_json(c, ready ? 200 : 503, json) : MHD_NO;
-    case R_STATUS: return do_status(h, c);
+    case R_STATUS:
+        return do_status(h, c);
     case R_LIST:
         if (keel_store_list_json(h->store, &json, &e))
             return send_keel_error(c, &e);
         return send_json(c, 200, json);
-    case R_INSTALL: return do_install(h, c, q);
+    case R_INSTALL:
+        return do_install(h, c, q);
     case R_VERIFY: {
         const char *deep = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "deep");
         refresh(h, deep && strcmp(deep, "0") ? KEEL_VERIFY_DEEP : 0);
         json = readiness_json(h, &ready);
         return json ? send_json(c, 200, json) : MHD_NO;
     }
-    default: return do_slot_action(h, c, q);
+    default:
+        return do_slot_action(h, c, q);
     }
 }
 
@@ -518,8 +544,7 @@ static struct MHD_Daemon *start_daemon(keel__http *h, const struct sockaddr *add
     return d;
 }
 
-int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret,
-                     keel_error *err)
+int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret, keel_error *err)
 {
     keel__http *h = calloc(1, sizeof(*h));
     int rc = KEEL_OK, ufd = -1;

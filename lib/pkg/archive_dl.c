@@ -24,7 +24,7 @@ static void load(void)
 #define KEEL__AR_LOAD(f)                                                                           \
     *(void **)&api.f = dlsym(h, #f);                                                               \
     if (!api.f) {                                                                                  \
-        snprintf(load_error, sizeof(load_error), "%s has no symbol %s", KEEL_ARCHIVE_SONAME, #f); \
+        snprintf(load_error, sizeof(load_error), "%s has no symbol %s", KEEL_ARCHIVE_SONAME, #f);  \
         return;                                                                                    \
     }
     KEEL__ARCHIVE_FUNCS(KEEL__AR_LOAD)

@@ -551,8 +551,7 @@ int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *tr
     s->installs++;
     lim = s->lim;
     pthread_mutex_unlock(&s->lock);
-    if ((rc = keel_pkg_open(pkg_path, &lim, &p, err)) ||
-        (rc = keel_pkg_check_trust(p, trust, err)))
+    if ((rc = keel_pkg_open(pkg_path, &lim, &p, err)) || (rc = keel_pkg_check_trust(p, trust, err)))
         goto out;
     const keel_manifest *m = keel_pkg_manifest(p);
     const char *name = keel_manifest_name(m), *ver = keel_manifest_version(m);
