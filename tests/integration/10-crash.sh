@@ -75,7 +75,7 @@ for i in $(seq 1 "$iters"); do
     ((left == 0)) || die "iteration $i: $left partial blobs left in staging after restart"
 done
 stop_keeld
-"$KEEL" verify --installed --deep --state-dir "$state" >/dev/null || die "deep verification after crashes"
+"$KEEL" verify --deep --state-dir "$state" >/dev/null || die "deep verification after crashes"
 # Kill points must land on both sides of the commit, or the test proved little.
 ((got_old > 0 && got_new > 0)) || die "kills landed only on one side (old=$got_old new=$got_new)"
 echo "crash: $iters kills of keeld (alive at kill: $killed_mid); afterwards old version $got_old times, new $got_new times; store consistent every time"
