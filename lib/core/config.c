@@ -189,17 +189,14 @@ int keel_config_set(keel_config *cfg, const char *key, const char *value, keel_e
         *(uint16_t *)field = (uint16_t)v;
         break;
     case K_UINT:
-    case K_DUR:
-        if (k->kind == K_DUR && k->off == offsetof(keel_config, verify_interval_s))
-            *(uint64_t *)field = v;
-        else
-            *(unsigned *)field = (unsigned)v;
+        *(unsigned *)field = (unsigned)v;
         break;
     case K_COUNT32:
     case K_SIZE32:
         *(uint32_t *)field = (uint32_t)v;
         break;
     case K_SIZE:
+    case K_DUR:
         *(uint64_t *)field = v;
         break;
     default:

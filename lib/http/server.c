@@ -202,7 +202,6 @@ static enum MHD_Result do_status(keel__http *h, struct MHD_Connection *c)
             (unsigned long long)((keel__now_mono_ns() - h->started_ns) / 1000000000ull));
     if (!rc)
         rc = keel__json_quote(&b, h->cfg.state_dir);
-    /* readiness object without its closing brace, then the store */
     if (!rc)
         rc = keel__buf_appendf(&b, ",\"readiness\":%s,\"store\":%s}\n", ready, store);
     free(store);
@@ -526,13 +525,13 @@ static struct MHD_Daemon *start_daemon(keel__http *h, const struct sockaddr *add
     if (listen_fd >= 0)
         d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_LISTEN_SOCKET, listen_fd,
                              MHD_OPTION_THREAD_POOL_SIZE, (unsigned)1,
-                             MHD_OPTION_CONNECTION_TIMEOUT, h->cfg.request_timeout_s,
+                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)h->cfg.request_timeout_s,
                              MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections,
                              MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
     else
         d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_SOCK_ADDR, addr,
                              MHD_OPTION_THREAD_POOL_SIZE, h->cfg.threads,
-                             MHD_OPTION_CONNECTION_TIMEOUT, h->cfg.request_timeout_s,
+                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)h->cfg.request_timeout_s,
                              MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections,
                              MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)128,
                              MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
