@@ -1,0 +1,447 @@
+/*
+ * ort.c - ONNX Runtime through dlopen and the OrtApi function table.
+ *
+ * OrtGetApiBase() is the one exported entry point; it hands out the OrtApi
+ * table, an append-only array of function pointers. The slots below are the
+ * positions of the entries keel uses in onnxruntime_c_api.h (struct OrtApi,
+ * in declaration order, unchanged since ORT_API_VERSION 1). We ask for API
+ * version KEEL_ORT_API_VERSION and refuse runtimes that do not offer it.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "infer/ort.h"
+
+#define MOD                  "onnx"
+#define KEEL_ORT_API_VERSION 16 /* ORT >= 1.16; every slot used exists since 1 */
+
+enum ort_slot {
+    S_GetErrorMessage = 2,
+    S_CreateEnv = 3,
+    S_CreateSession = 7,
+    S_Run = 9,
+    S_CreateSessionOptions = 10,
+    S_SetOptimizedModelFilePath = 11,
+    S_SetSessionGraphOptimizationLevel = 23,
+    S_SetIntraOpNumThreads = 24,
+    S_SessionGetInputCount = 30,
+    S_SessionGetOutputCount = 31,
+    S_SessionGetInputTypeInfo = 33,
+    S_SessionGetOutputTypeInfo = 34,
+    S_SessionGetInputName = 36,
+    S_SessionGetOutputName = 37,
+    S_CreateTensorWithDataAsOrtValue = 49,
+    S_GetTensorMutableData = 51,
+    S_CastTypeInfoToTensorInfo = 55,
+    S_GetTensorElementType = 60,
+    S_GetDimensionsCount = 61,
+    S_GetDimensions = 62,
+    S_GetTensorTypeAndShape = 65,
+    S_GetValueType = 67,
+    S_CreateCpuMemoryInfo = 69,
+    S_AllocatorFree = 76,
+    S_GetAllocatorWithDefaultOptions = 78,
+    S_ReleaseEnv = 92,
+    S_ReleaseStatus = 93,
+    S_ReleaseMemoryInfo = 94,
+    S_ReleaseSession = 95,
+    S_ReleaseValue = 96,
+    S_ReleaseTypeInfo = 98,
+    S_ReleaseTensorTypeAndShapeInfo = 99,
+    S_ReleaseSessionOptions = 100,
+};
+
+typedef void *status_t;       /* OrtStatus*; NULL is success */
+typedef void (*ort_fn)(void); /* a slot of the OrtApi table, cast to its real type at use */
+typedef struct ort_api_base {
+    ort_fn const *(*GetApi)(uint32_t version);
+    const char *(*GetVersionString)(void);
+} ort_api_base;
+
+static ort_fn const *api;
+static void *env, *meminfo, *allocator;
+static char version[32];
+static char load_error[512];
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static const char *want_path;
+
+#define FN(slot, type) ((type)api[slot])
+
+static int status_err(status_t st, keel_error *err, const char *what)
+{
+    const char *msg = FN(S_GetErrorMessage, const char *(*)(status_t))(st);
+    int rc =
+        keel__err(err, KEEL_EINVALID, "%s: %s", what, msg ? msg : "unknown ONNX Runtime error");
+    FN(S_ReleaseStatus, void (*)(status_t))(st);
+    return rc;
+}
+
+static void load(void)
+{
+    const char *cands[3] = {want_path, getenv("KEEL_ORT_LIB"), NULL};
+    static const char *const defaults[] = {".deps/onnxruntime/lib/libonnxruntime.so.1",
+                                           "libonnxruntime.so.1"};
+    void *h = NULL;
+    for (size_t i = 0; !h && i < 2; i++)
+        if (cands[i] && *cands[i])
+            h = dlopen(cands[i], RTLD_NOW | RTLD_LOCAL);
+    for (size_t i = 0; !h && i < KEEL_ARRAY_LEN(defaults) && !(want_path && *want_path); i++)
+        h = dlopen(defaults[i], RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(load_error, sizeof(load_error),
+                 "cannot load ONNX Runtime (%s); run `make setup`, or set KEEL_ORT_LIB to "
+                 "libonnxruntime.so.1",
+                 dlerror());
+        return;
+    }
+    const ort_api_base *(*get_base)(void) =
+        (const ort_api_base *(*)(void))dlsym(h, "OrtGetApiBase");
+    const ort_api_base *base = get_base ? get_base() : NULL;
+    if (!base) {
+        snprintf(load_error, sizeof(load_error), "the ONNX Runtime library has no OrtGetApiBase");
+        return;
+    }
+    keel__strlcpy(version, base->GetVersionString(), sizeof(version));
+    api = base->GetApi(KEEL_ORT_API_VERSION);
+    if (!api) {
+        snprintf(load_error, sizeof(load_error),
+                 "ONNX Runtime %s does not offer C API version %d (keel needs ONNX Runtime >= "
+                 "1.16)",
+                 version, KEEL_ORT_API_VERSION);
+        return;
+    }
+    status_t st =
+        FN(S_CreateEnv, status_t(*)(int, const char *, void **))(3 /* ERROR */, "keel", &env);
+    if (!st)
+        st = FN(S_CreateCpuMemoryInfo, status_t(*)(int, int, void **))(1 /* arena */,
+                                                                       0 /* default */, &meminfo);
+    if (!st)
+        st = FN(S_GetAllocatorWithDefaultOptions, status_t(*)(void **))(&allocator);
+    if (st) {
+        keel_error e;
+        status_err(st, &e, "ONNX Runtime start-up");
+        keel__strlcpy(load_error, e.msg, sizeof(load_error));
+        api = NULL;
+        return;
+    }
+    KEEL_LOG_I(MOD, "ONNX Runtime %s loaded", version);
+}
+
+int keel__ort_load(const char *lib_path, keel_error *err)
+{
+    want_path = lib_path;
+    pthread_once(&once, load);
+    if (!api)
+        return keel__err(err, KEEL_EUNSUPPORTED, "%s", load_error);
+    return KEEL_OK;
+}
+
+const char *keel__ort_version(void)
+{
+    return api ? version : NULL;
+}
+
+size_t keel__dtype_size(int dtype)
+{
+    switch (dtype) {
+    case KEEL_DT_UINT8:
+    case KEEL_DT_INT8:
+    case KEEL_DT_BOOL:
+        return 1;
+    case KEEL_DT_UINT16:
+    case KEEL_DT_INT16:
+    case KEEL_DT_FLOAT16:
+    case KEEL_DT_BFLOAT16:
+        return 2;
+    case KEEL_DT_FLOAT32:
+    case KEEL_DT_INT32:
+    case KEEL_DT_UINT32:
+        return 4;
+    case KEEL_DT_FLOAT64:
+    case KEEL_DT_INT64:
+    case KEEL_DT_UINT64:
+        return 8;
+    default:
+        return 0;
+    }
+}
+
+const char *keel__dtype_name(int dtype)
+{
+    static const char *const names[] = {
+        [KEEL_DT_FLOAT32] = "float32", [KEEL_DT_UINT8] = "uint8",      [KEEL_DT_INT8] = "int8",
+        [KEEL_DT_UINT16] = "uint16",   [KEEL_DT_INT16] = "int16",      [KEEL_DT_INT32] = "int32",
+        [KEEL_DT_INT64] = "int64",     [KEEL_DT_STRING] = "string",    [KEEL_DT_BOOL] = "bool",
+        [KEEL_DT_FLOAT16] = "float16", [KEEL_DT_FLOAT64] = "float64",  [KEEL_DT_UINT32] = "uint32",
+        [KEEL_DT_UINT64] = "uint64",   [KEEL_DT_BFLOAT16] = "bfloat16"};
+    if (dtype < 0 || (size_t)dtype >= KEEL_ARRAY_LEN(names) || !names[dtype])
+        return "unknown";
+    return names[dtype];
+}
+
+void keel__tensor_done(keel__tensor *t)
+{
+    if (!t)
+        return;
+    free(t->data);
+    t->data = NULL;
+    t->nbytes = 0;
+}
+
+/* --- sessions ------------------------------------------------------------------ */
+
+struct keel__ort_session {
+    void *session;
+    size_t nin, nout;
+    keel__tensor *in, *out;       /* descriptions; names malloc'd */
+    char **in_names, **out_names; /* owned; the descriptions' names point here */
+};
+
+/* Reads dtype and shape from an OrtTensorTypeAndShapeInfo. */
+static int read_info(const void *info, keel__tensor *t, keel_error *err)
+{
+    int dtype = 0;
+    size_t nd = 0;
+    status_t st = FN(S_GetTensorElementType, status_t(*)(const void *, int *))(info, &dtype);
+    if (!st)
+        st = FN(S_GetDimensionsCount, status_t(*)(const void *, size_t *))(info, &nd);
+    if (st)
+        return status_err(st, err, "reading a tensor type");
+    if (nd > KEEL_TENSOR_MAX_DIMS)
+        return keel__err(err, KEEL_EUNSUPPORTED, "tensor has %zu dimensions, more than %d", nd,
+                         KEEL_TENSOR_MAX_DIMS);
+    if ((st =
+             FN(S_GetDimensions, status_t(*)(const void *, int64_t *, size_t))(info, t->shape, nd)))
+        return status_err(st, err, "reading a tensor shape");
+    t->dtype = dtype;
+    t->ndim = nd;
+    return KEEL_OK;
+}
+
+static int describe(keel__ort_session *s, bool input, size_t i, keel__tensor *t, keel_error *err)
+{
+    char **owned = input ? &s->in_names[i] : &s->out_names[i];
+    char *name = NULL;
+    void *ti = NULL;
+    const void *tensor_info = NULL;
+    status_t st = FN(input ? S_SessionGetInputName : S_SessionGetOutputName,
+                     status_t(*)(void *, size_t, void *, char **))(s->session, i, allocator, &name);
+    if (st)
+        return status_err(st, err, "reading an input/output name");
+    *owned = strdup(name);
+    t->name = *owned;
+    FN(S_AllocatorFree, status_t(*)(void *, void *))(allocator, name);
+    if (!*owned)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    st = FN(input ? S_SessionGetInputTypeInfo : S_SessionGetOutputTypeInfo,
+            status_t(*)(void *, size_t, void **))(s->session, i, &ti);
+    if (st)
+        return status_err(st, err, "reading an input/output type");
+    st = FN(S_CastTypeInfoToTensorInfo, status_t(*)(const void *, const void **))(ti, &tensor_info);
+    int rc = KEEL_OK;
+    if (st)
+        rc = status_err(st, err, "reading an input/output type");
+    else if (tensor_info)
+        rc = read_info(tensor_info, t, err);
+    else
+        t->dtype = 0; /* not a tensor (sequence, map) */
+    FN(S_ReleaseTypeInfo, void (*)(void *))(ti);
+    return rc;
+}
+
+void keel__ort_session_free(keel__ort_session *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; s->in_names && i < s->nin; i++)
+        free(s->in_names[i]);
+    for (size_t i = 0; s->out_names && i < s->nout; i++)
+        free(s->out_names[i]);
+    free(s->in);
+    free(s->out);
+    free(s->in_names);
+    free(s->out_names);
+    if (s->session)
+        FN(S_ReleaseSession, void (*)(void *))(s->session);
+    free(s);
+}
+
+int keel__ort_session_new(const char *model_path, const keel__ort_opts *opts,
+                          keel__ort_session **ret, keel_error *err)
+{
+    void *so = NULL;
+    keel__ort_session *s = NULL;
+    status_t st;
+    int rc = keel__ort_load(NULL, err);
+    if (rc)
+        return rc;
+    if ((st = FN(S_CreateSessionOptions, status_t(*)(void **))(&so)))
+        return status_err(st, err, "creating session options");
+    int level = opts ? opts->opt_level : 99;
+    if (!(st = FN(S_SetSessionGraphOptimizationLevel, status_t(*)(void *, int))(so, level)) &&
+        opts && opts->intra_threads > 0)
+        st = FN(S_SetIntraOpNumThreads, status_t(*)(void *, int))(so, opts->intra_threads);
+    if (!st && opts && opts->optimized_model_path)
+        st = FN(S_SetOptimizedModelFilePath,
+                status_t(*)(void *, const char *))(so, opts->optimized_model_path);
+    if (st) {
+        rc = status_err(st, err, "setting session options");
+        goto out;
+    }
+    s = calloc(1, sizeof(*s));
+    if (!s) {
+        rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((st = FN(S_CreateSession, status_t(*)(void *, const char *, void *, void **))(
+             env, model_path, so, &s->session))) {
+        rc = status_err(st, err, model_path);
+        rc = KEEL_ECORRUPT;
+        if (err)
+            err->code = rc;
+        goto out;
+    }
+    if ((st = FN(S_SessionGetInputCount, status_t(*)(void *, size_t *))(s->session, &s->nin)) ||
+        (st = FN(S_SessionGetOutputCount, status_t(*)(void *, size_t *))(s->session, &s->nout))) {
+        rc = status_err(st, err, "counting inputs/outputs");
+        goto out;
+    }
+    s->in = calloc(s->nin + 1, sizeof(*s->in));
+    s->out = calloc(s->nout + 1, sizeof(*s->out));
+    s->in_names = calloc(s->nin + 1, sizeof(char *));
+    s->out_names = calloc(s->nout + 1, sizeof(char *));
+    if (!s->in || !s->out || !s->in_names || !s->out_names) {
+        rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; !rc && i < s->nin; i++)
+        rc = describe(s, true, i, &s->in[i], err);
+    for (size_t i = 0; !rc && i < s->nout; i++)
+        rc = describe(s, false, i, &s->out[i], err);
+    if (rc)
+        goto out;
+    *ret = s;
+    s = NULL;
+out:
+    keel__ort_session_free(s);
+    if (so)
+        FN(S_ReleaseSessionOptions, void (*)(void *))(so);
+    return rc;
+}
+
+size_t keel__ort_ninputs(const keel__ort_session *s)
+{
+    return s->nin;
+}
+size_t keel__ort_noutputs(const keel__ort_session *s)
+{
+    return s->nout;
+}
+const keel__tensor *keel__ort_input(const keel__ort_session *s, size_t i)
+{
+    return i < s->nin ? &s->in[i] : NULL;
+}
+const keel__tensor *keel__ort_output(const keel__ort_session *s, size_t i)
+{
+    return i < s->nout ? &s->out[i] : NULL;
+}
+
+/* --- run ----------------------------------------------------------------------- */
+
+static int take_output(void *v, keel__tensor *t, keel_error *err)
+{
+    int type = 0;
+    void *info = NULL, *data = NULL;
+    status_t st = FN(S_GetValueType, status_t(*)(const void *, int *))(v, &type);
+    if (st)
+        return status_err(st, err, "reading an output");
+    if (type != 1 /* ONNX_TYPE_TENSOR */)
+        return keel__err(err, KEEL_EUNSUPPORTED,
+                         "output \"%s\" is not a tensor (ONNX type %d); non-tensor outputs are "
+                         "not supported yet",
+                         t->name, type);
+    if ((st = FN(S_GetTensorTypeAndShape, status_t(*)(const void *, void **))(v, &info)))
+        return status_err(st, err, "reading an output shape");
+    int rc = read_info(info, t, err);
+    FN(S_ReleaseTensorTypeAndShapeInfo, void (*)(void *))(info);
+    if (rc)
+        return rc;
+    size_t es = keel__dtype_size(t->dtype), n = 1;
+    if (!es)
+        return keel__err(err, KEEL_EUNSUPPORTED, "output \"%s\" has dtype %s, not supported yet",
+                         t->name, keel__dtype_name(t->dtype));
+    for (size_t i = 0; i < t->ndim; i++)
+        n *= (size_t)t->shape[i];
+    if ((st = FN(S_GetTensorMutableData, status_t(*)(void *, void **))(v, &data)))
+        return status_err(st, err, "reading output data");
+    t->nbytes = n * es;
+    t->data = malloc(t->nbytes ? t->nbytes : 1);
+    if (!t->data)
+        return keel__err(err, KEEL_ENOMEM, "out of memory for output \"%s\"", t->name);
+    if (t->nbytes)
+        memcpy(t->data, data, t->nbytes);
+    return KEEL_OK;
+}
+
+int keel__ort_run(keel__ort_session *s, const keel__tensor *inputs, size_t ninputs,
+                  keel__tensor *outputs, keel_error *err)
+{
+    void *in_vals[32] = {0}, *out_vals[32] = {0};
+    const char *in_names[32];
+    int rc = KEEL_OK;
+    status_t st;
+    if (ninputs > 32 || s->nout > 32)
+        return keel__err(err, KEEL_ETOOBIG, "more than 32 inputs or outputs");
+    for (size_t i = 0; i < ninputs; i++) {
+        const keel__tensor *t = &inputs[i];
+        size_t es = keel__dtype_size(t->dtype), n = 1;
+        if (!es) {
+            rc = keel__err(err, KEEL_EUNSUPPORTED, "input \"%s\": dtype %s is not supported yet",
+                           t->name, keel__dtype_name(t->dtype));
+            goto out;
+        }
+        for (size_t d = 0; d < t->ndim; d++)
+            n *= (size_t)t->shape[d];
+        if (n * es != t->nbytes) {
+            rc = keel__err(err, KEEL_EINVALID,
+                           "input \"%s\": %zu bytes of data for a shape of %zu %s elements",
+                           t->name, t->nbytes, n, keel__dtype_name(t->dtype));
+            goto out;
+        }
+        in_names[i] = t->name;
+        if ((st = FN(S_CreateTensorWithDataAsOrtValue,
+                     status_t(*)(const void *, void *, size_t, const int64_t *, size_t, int,
+                                 void **))(meminfo, t->data, t->nbytes, t->shape, t->ndim, t->dtype,
+                                           &in_vals[i]))) {
+            rc = status_err(st, err, t->name);
+            goto out;
+        }
+    }
+    if ((st = FN(S_Run, status_t(*)(void *, const void *, const char *const *, const void *const *,
+                                    size_t, const char *const *, size_t, void **))(
+             s->session, NULL, in_names, (const void *const *)in_vals, ninputs,
+             (const char *const *)s->out_names, s->nout, out_vals))) {
+        rc = status_err(st, err, "run");
+        goto out;
+    }
+    for (size_t i = 0; i < s->nout; i++) {
+        memset(&outputs[i], 0, sizeof(outputs[i]));
+        outputs[i].name = s->out[i].name;
+        if ((rc = take_output(out_vals[i], &outputs[i], err))) {
+            for (size_t j = 0; j <= i; j++)
+                keel__tensor_done(&outputs[j]);
+            goto out;
+        }
+    }
+out:
+    for (size_t i = 0; i < 32; i++) {
+        if (in_vals[i])
+            FN(S_ReleaseValue, void (*)(void *))(in_vals[i]);
+        if (out_vals[i])
+            FN(S_ReleaseValue, void (*)(void *))(out_vals[i]);
+    }
+    return rc;
+}

@@ -1,0 +1,80 @@
+/*
+ * ort.h - the adapter to ONNX Runtime, loaded with dlopen.
+ *
+ * No C header for ONNX Runtime is reachable from this build, so ort.c
+ * declares the OrtApi entries it uses at their slot positions in the
+ * append-only OrtApi table (onnxruntime_c_api.h, stable since API 1) and
+ * checks the runtime's version string at load. Nothing of ONNX Runtime's
+ * types leaves lib/infer/ort.c.
+ *
+ * Status: the adapter (load, sessions, tensor run for every numeric dtype).
+ * The backend interface, tiers and HTTP inference (issue 3) build on it.
+ */
+#ifndef KEEL_INFER_ORT_H
+#define KEEL_INFER_ORT_H
+
+#include "core/core.h"
+
+/* Element types use ONNX's TensorProto codes. */
+enum {
+    KEEL_DT_FLOAT32 = 1,
+    KEEL_DT_UINT8 = 2,
+    KEEL_DT_INT8 = 3,
+    KEEL_DT_UINT16 = 4,
+    KEEL_DT_INT16 = 5,
+    KEEL_DT_INT32 = 6,
+    KEEL_DT_INT64 = 7,
+    KEEL_DT_STRING = 8,
+    KEEL_DT_BOOL = 9,
+    KEEL_DT_FLOAT16 = 10,
+    KEEL_DT_FLOAT64 = 11,
+    KEEL_DT_UINT32 = 12,
+    KEEL_DT_UINT64 = 13,
+    KEEL_DT_BFLOAT16 = 16,
+};
+/* Bytes per element of a numeric dtype; 0 for string/unknown. */
+size_t keel__dtype_size(int dtype);
+const char *keel__dtype_name(int dtype);
+
+#define KEEL_TENSOR_MAX_DIMS 8
+
+typedef struct keel__tensor {
+    const char *name; /* borrowed */
+    int dtype;
+    size_t ndim;
+    int64_t shape[KEEL_TENSOR_MAX_DIMS];
+    void *data; /* inputs: borrowed; outputs: malloc'd, freed by keel__tensor_done */
+    size_t nbytes;
+} keel__tensor;
+
+void keel__tensor_done(keel__tensor *t);
+
+/* Loads the runtime once (thread-safe): lib_path, or KEEL_ORT_LIB, or
+ * .deps/onnxruntime/lib/libonnxruntime.so.1, or the system's. */
+KEEL_WUR int keel__ort_load(const char *lib_path, keel_error *err);
+/* The runtime's version ("1.30.0") once loaded, else NULL. */
+const char *keel__ort_version(void);
+
+typedef struct keel__ort_opts {
+    int intra_threads;                /* 0: ORT default */
+    int opt_level;                    /* 0 disable, 1 basic, 2 extended, 99 all (default) */
+    const char *optimized_model_path; /* save the optimized graph here (may be NULL) */
+} keel__ort_opts;
+
+typedef struct keel__ort_session keel__ort_session;
+
+KEEL_WUR int keel__ort_session_new(const char *model_path, const keel__ort_opts *opts,
+                                   keel__ort_session **ret, keel_error *err);
+void keel__ort_session_free(keel__ort_session *s);
+size_t keel__ort_ninputs(const keel__ort_session *s);
+size_t keel__ort_noutputs(const keel__ort_session *s);
+/* Describes input/output i: name (valid until free), dtype, shape (-1 dynamic). */
+const keel__tensor *keel__ort_input(const keel__ort_session *s, size_t i);
+const keel__tensor *keel__ort_output(const keel__ort_session *s, size_t i);
+
+/* Runs with inputs (by name) and fills outputs[0..noutputs) in session order.
+ * Thread-safe for one session (ORT sessions allow concurrent Run). */
+KEEL_WUR int keel__ort_run(keel__ort_session *s, const keel__tensor *inputs, size_t ninputs,
+                           keel__tensor *outputs, keel_error *err);
+
+#endif
