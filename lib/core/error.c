@@ -45,6 +45,8 @@ void keel__err_clear(keel_error *err)
 }
 
 static int err_vset(keel_error *err, int code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static int err_vset(keel_error *err, int code, const char *fmt, va_list ap)
 {
     if (err) {
         err->code = code;
