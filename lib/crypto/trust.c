@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/json.h"
 
@@ -452,6 +453,22 @@ static int read_sigs(const char *dir, const char *file, keel_sigset *sigs, keel_
     return rc ? keel__err_prefix(err, "%s/%s", dir, file) : KEEL_OK;
 }
 
+static int load_prev_revocations(keel_trust *t, const char *dir, keel_error *err)
+{
+    char *doc = NULL;
+    size_t len = 0;
+    keel_sigset sigs;
+    int rc = read_doc(dir, "revoked.json.prev", false, &doc, &len, err);
+    if (!rc && !doc)
+        rc = keel__err(err, KEEL_ENOTFOUND, "no previous revocation list");
+    if (!rc)
+        rc = read_sigs(dir, "revoked.sig.prev", &sigs, err);
+    if (!rc)
+        rc = apply_revocations(t, doc, len, &sigs, err);
+    free(doc);
+    return rc;
+}
+
 int keel_trust_load(const char *dir, keel_trust **ret, keel_error *err)
 {
     char *root = NULL, *rev = NULL;
@@ -476,11 +493,22 @@ int keel_trust_load(const char *dir, keel_trust **ret, keel_error *err)
         keel_sigset sigs;
         if ((rc = read_sigs(dir, "revoked.sig", &sigs, err)) ||
             (rc = apply_revocations(t, rev, vlen, &sigs, err))) {
-            keel__err_prefix(err,
-                             "%s (refusing every package until the revocation list is "
-                             "valid)",
-                             dir);
-            goto out;
+            /* An update of the list interrupted between its two files leaves
+             * the previous pair beside them (write_doc_pair): use it. */
+            keel_error pe;
+            if (load_prev_revocations(t, dir, &pe) == KEEL_OK) {
+                KEEL_LOG_W("trust",
+                           "%s/revoked.json does not verify (%s); an update was interrupted: "
+                           "using the previous list, serial %llu",
+                           dir, err ? err->msg : "", (unsigned long long)t->rev_serial);
+                rc = KEEL_OK;
+            } else {
+                keel__err_prefix(err,
+                                 "%s (refusing every package until the revocation list is "
+                                 "valid)",
+                                 dir);
+                goto out;
+            }
         }
     }
     *ret = t;
@@ -495,21 +523,34 @@ out:
 static int write_doc_pair(const char *dir, const char *doc_name, const void *doc, size_t len,
                           const char *sig_name, const keel_sigset *sigs, keel_error *err)
 {
-    char path[PATH_MAX];
     char *sj = NULL;
     int rc;
+    char doc_path[PATH_MAX], sig_path[PATH_MAX], doc_prev[PATH_MAX], sig_prev[PATH_MAX];
     if ((rc = keel_sigset_format(sigs, &sj, err)))
         return rc;
-    /* Signatures first: a crash between the two leaves the old document,
-     * which is still valid on its own. */
-    if (keel__snprintf(path, sizeof(path), "%s/%s", dir, sig_name))
-        rc = keel__err(err, KEEL_ETOOBIG, "path too long: %s", dir);
+    if (keel__snprintf(doc_path, sizeof(doc_path), "%s/%s", dir, doc_name) ||
+        keel__snprintf(sig_path, sizeof(sig_path), "%s/%s", dir, sig_name) ||
+        keel__snprintf(doc_prev, sizeof(doc_prev), "%s.prev", doc_path) ||
+        keel__snprintf(sig_prev, sizeof(sig_prev), "%s.prev", sig_path)) {
+        free(sj);
+        return keel__err(err, KEEL_ETOOBIG, "path too long: %s", dir);
+    }
+    /* Two files cannot be replaced in one step. Keep the current pair as
+     * *.prev (hard links) until both new files are in place: a crash in
+     * between leaves a pair that verifies, and the loader falls back to it. */
+    unlink(doc_prev);
+    unlink(sig_prev);
+    bool kept = link(doc_path, doc_prev) == 0 && link(sig_path, sig_prev) == 0;
+    if (kept)
+        rc = keel__fs_fsync_dir(dir, err);
     if (!rc)
-        rc = keel__fs_write_atomic(path, sj, strlen(sj), 0644, err);
-    if (!rc && keel__snprintf(path, sizeof(path), "%s/%s", dir, doc_name))
-        rc = keel__err(err, KEEL_ETOOBIG, "path too long: %s", dir);
+        rc = keel__fs_write_atomic(sig_path, sj, strlen(sj), 0644, err);
     if (!rc)
-        rc = keel__fs_write_atomic(path, doc, len, 0644, err);
+        rc = keel__fs_write_atomic(doc_path, doc, len, 0644, err);
+    if (!rc) {
+        unlink(doc_prev);
+        unlink(sig_prev);
+    }
     free(sj);
     return rc;
 }
@@ -544,6 +585,29 @@ int keel_trust_rotate(const char *dir, const void *new_root, size_t len, const k
     if ((rc = threshold_result(good, next->root.threshold, sigs, &notes,
                                "new root (by its own root keys)", err)))
         goto out;
+    if (cur->rev_keys) {
+        /* The list is checked against the root at every load: rotating to
+         * keys that did not sign it would make the device refuse everything. */
+        char *rev = NULL;
+        size_t rlen = 0;
+        keel_sigset rsigs;
+        keel_error re;
+        int vr = read_doc(dir, "revoked.json", true, &rev, &rlen, &re);
+        if (!vr)
+            vr = read_sigs(dir, "revoked.sig", &rsigs, &re);
+        if (!vr)
+            vr = apply_revocations(next, rev, rlen, &rsigs, &re);
+        free(rev);
+        if (vr) {
+            rc = keel__err(err, KEEL_ECONFLICT,
+                           "the installed revocation list (serial %llu) is not signed by the new "
+                           "root's keys (%s): sign a list with a higher serial by both the "
+                           "current and the new root keys, install it with `keel trust revoke`, "
+                           "then rotate",
+                           (unsigned long long)cur->rev_serial, re.msg);
+            goto out;
+        }
+    }
     rc = write_doc_pair(dir, "root.json", new_root, len, "root.sig", sigs, err);
 out:
     keel__buf_done(&notes);

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "helpers.h"
 
@@ -199,12 +200,75 @@ static void test_revocation_and_rotation(void **state)
     th_cleanup();
 }
 
+/* Rotation must not strand an installed revocation list, and an update of
+ * the list interrupted between its two files falls back to the previous pair. */
+static void test_rotation_keeps_revocations_valid(void **state)
+{
+    const char *dir = th_tmpdir();
+    keel_error e;
+    keel_trust *t = NULL;
+    char *root = root_doc(1, keys[0], keys[1], 1);
+    th_write_str(dir, "root.json", root);
+    char rev[300];
+    snprintf(rev, sizeof(rev), "{\"format\":1,\"type\":\"keel-revocations\",\"serial\":1}");
+    keel_sigset s = {0};
+    sign_with(&s, keys[0], KEEL_SIGCTX_REVOCATIONS, rev);
+    assert_int_equal(keel_trust_revoke_install(dir, rev, strlen(rev), &s, &e), 0);
+    /* new root: keys 2 and 3; the list is signed by key0 only */
+    char *next = root_doc(2, keys[2], keys[3], 1);
+    keel_sigset rs = {0};
+    sign_with(&rs, keys[0], KEEL_SIGCTX_ROOT, next);
+    sign_with(&rs, keys[2], KEEL_SIGCTX_ROOT, next);
+    th_expect_err(keel_trust_rotate(dir, next, strlen(next), &rs, &e), &e, KEEL_ECONFLICT,
+                  "not signed by the new root's keys");
+    /* the way out the message names: a list signed by both, then rotate */
+    char rev2[300];
+    snprintf(rev2, sizeof(rev2), "{\"format\":1,\"type\":\"keel-revocations\",\"serial\":2}");
+    keel_sigset s2 = {0};
+    sign_with(&s2, keys[0], KEEL_SIGCTX_REVOCATIONS, rev2);
+    sign_with(&s2, keys[2], KEEL_SIGCTX_REVOCATIONS, rev2);
+    assert_int_equal(keel_trust_revoke_install(dir, rev2, strlen(rev2), &s2, &e), 0);
+    assert_int_equal(keel_trust_rotate(dir, next, strlen(next), &rs, &e), 0);
+    assert_int_equal(keel_trust_load(dir, &t, &e), 0);
+    assert_int_equal(keel_trust_root_version(t), 2);
+    assert_int_equal(keel_trust_revocation_serial(t), 2);
+    keel_trust_free(t);
+
+    /* crash between the two files of a list update: previous pair kept as
+     * *.prev, new signatures written, document still old */
+    char *old_doc, *old_sig, *new_sig;
+    size_t l1, l2;
+    assert_int_equal(keel__fs_read(th_path(dir, "revoked.json"), 4096, &old_doc, &l1, &e), 0);
+    assert_int_equal(keel__fs_read(th_path(dir, "revoked.sig"), 4096, &old_sig, &l2, &e), 0);
+    th_write(dir, "revoked.json.prev", old_doc, l1);
+    th_write(dir, "revoked.sig.prev", old_sig, l2);
+    char rev3[300];
+    snprintf(rev3, sizeof(rev3), "{\"format\":1,\"type\":\"keel-revocations\",\"serial\":3}");
+    keel_sigset s3 = {0};
+    sign_with(&s3, keys[2], KEEL_SIGCTX_REVOCATIONS, rev3);
+    assert_int_equal(keel_sigset_format(&s3, &new_sig, &e), 0);
+    th_write_str(dir, "revoked.sig", new_sig);
+    assert_int_equal(keel_trust_load(dir, &t, &e), 0);
+    assert_int_equal(keel_trust_revocation_serial(t), 2);
+    keel_trust_free(t);
+    /* without a previous pair the device fails closed */
+    assert_int_equal(unlink(th_path(dir, "revoked.json.prev")), 0);
+    th_expect_err(keel_trust_load(dir, &t, &e), &e, KEEL_EBADSIG, "refusing every package");
+    free(old_doc);
+    free(old_sig);
+    free(new_sig);
+    free(next);
+    free(root);
+    th_cleanup();
+}
+
 int main(void)
 {
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rules_and_thresholds),
         cmocka_unit_test(test_revocation_and_rotation),
+        cmocka_unit_test(test_rotation_keeps_revocations_valid),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
