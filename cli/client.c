@@ -1,6 +1,6 @@
 /*
  * client.c - the CLI's verbs that talk to a running keeld over HTTP
- * (libcurl): status, packages, install, activate, rollback, mark-good.
+ * (libcurl): status, packages, install, activate, rollback, mark-good, gc.
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -236,6 +236,8 @@ int keel_cli_client(const char *verb, int argc, char **argv)
         rc = request(&o, "GET", "/api/status", NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "packages")) {
         rc = request(&o, "GET", "/api/packages", NULL, NULL, &status, &body);
+    } else if (!strcmp(verb, "gc")) {
+        rc = request(&o, "POST", "/api/gc", NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "install")) {
         rc = request(&o, "POST", o.activate ? "/api/packages?activate=1" : "/api/packages",
                      o.pos[0], NULL, &status, &body);

@@ -2,7 +2,7 @@
 #ifndef KEEL_CLI_CLIENT_H
 #define KEEL_CLI_CLIENT_H
 
-/* verb: status, install, activate, rollback, mark-good, packages.
+/* verb: status, install, activate, rollback, mark-good, packages, gc.
  * argv[0] is the verb; returns the process exit status. */
 int keel_cli_client(const char *verb, int argc, char **argv);
 

@@ -53,7 +53,7 @@ static const char usage[] =
     "\n"
     "Device (talks to keeld; --offline --state-dir D works on the store directly):\n"
     "  status | packages | install FILE [--activate] | activate NAME [--version V]\n"
-    "  rollback NAME | mark-good NAME | gc --state-dir D\n"
+    "  rollback NAME | mark-good NAME | gc (drop versions in no slot, unused blobs)\n"
     "  common: --url URL --unix-socket PATH --token T --state-dir D --json\n";
 
 /* --- argument helpers -------------------------------------------------------- */
@@ -524,7 +524,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < KEEL_ARRAY_LEN(client_verbs); i++) {
         if (strcmp(verb, client_verbs[i]))
             continue;
-        bool off = !strcmp(verb, "gc");
+        bool off = false;
         for (int j = 2; j < argc; j++)
             off = off || !strcmp(argv[j], "--offline");
         if (!off)

@@ -5,6 +5,47 @@
 
 #include "core/json.h"
 
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Finds a key that appears twice in one object, anywhere in the tree. Two
+ * parsers that pick different copies of a duplicated key would read a
+ * different document from the same signed bytes, so duplicates are refused. */
+static const char *find_duplicate(const cJSON *v)
+{
+    for (; v; v = v->next) {
+        if (cJSON_IsObject(v)) {
+            size_t n = 0, i = 0;
+            const cJSON *c;
+            for (c = v->child; c; c = c->next)
+                n++;
+            if (n > 1) {
+                const char **names = malloc(n * sizeof(*names));
+                if (!names)
+                    return "(out of memory)";
+                for (c = v->child; c; c = c->next)
+                    names[i++] = c->string ? c->string : "";
+                qsort(names, n, sizeof(*names), name_cmp);
+                const char *dup = NULL;
+                for (i = 1; i < n && !dup; i++)
+                    if (!strcmp(names[i - 1], names[i]))
+                        dup = names[i];
+                free(names);
+                if (dup)
+                    return dup;
+            }
+        }
+        if ((cJSON_IsObject(v) || cJSON_IsArray(v)) && v->child) {
+            const char *d = find_duplicate(v->child);
+            if (d)
+                return d;
+        }
+    }
+    return NULL;
+}
+
 int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret, keel_error *err)
 {
     const char *end = NULL;
@@ -38,6 +79,13 @@ int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret
                                  (size_t)(p - s));
             }
         }
+    }
+    const char *dup = find_duplicate(root);
+    if (dup) {
+        int rc = keel__err(err, KEEL_EINVALID, "%s: key \"%.100s\" appears twice in one object",
+                           what, dup);
+        cJSON_Delete(root);
+        return rc;
     }
     *ret = root;
     return KEEL_OK;

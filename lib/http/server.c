@@ -10,6 +10,7 @@
  *   POST /api/packages/NAME/rollback                                     (token)
  *   POST /api/packages/NAME/mark-good                                    (token)
  *   POST /api/verify[?deep=1]                                            (token)
+ *   POST /api/gc                     drop unused versions and blobs      (token)
  *
  * GETs are open to whoever can reach the listen address (loopback by
  * default); every POST needs `Authorization: Bearer TOKEN`.
@@ -56,6 +57,7 @@ enum route {
     R_ROLLBACK,
     R_MARK_GOOD,
     R_VERIFY,
+    R_GC,
 };
 
 typedef struct req {
@@ -302,9 +304,13 @@ static enum route route_of(const char *method, const char *url, char *name, bool
         bool post;
         enum route r;
     } fixed[] = {
-        {"/healthz", false, R_HEALTH},      {"/readyz", false, R_READY},
-        {"/api/status", false, R_STATUS},   {"/api/packages", false, R_LIST},
-        {"/api/packages", true, R_INSTALL}, {"/api/verify", true, R_VERIFY},
+        {"/healthz", false, R_HEALTH},
+        {"/readyz", false, R_READY},
+        {"/api/status", false, R_STATUS},
+        {"/api/packages", false, R_LIST},
+        {"/api/packages", true, R_INSTALL},
+        {"/api/verify", true, R_VERIFY},
+        {"/api/gc", true, R_GC},
     };
     bool post = !strcmp(method, "POST");
     *ret_post = post;
@@ -445,6 +451,14 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         refresh(h, deep && strcmp(deep, "0") ? KEEL_VERIFY_DEEP : 0);
         json = readiness_json(h, &ready);
         return json ? send_json(c, 200, json) : MHD_NO;
+    }
+    case R_GC: {
+        uint64_t freed = 0;
+        char body[64];
+        if (keel_store_gc(h->store, &freed, &e))
+            return send_keel_error(c, &e);
+        snprintf(body, sizeof(body), "{\"freed_bytes\":%llu}\n", (unsigned long long)freed);
+        return send_json(c, 200, strdup(body));
     }
     default:
         return do_slot_action(h, c, q);

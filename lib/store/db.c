@@ -36,6 +36,8 @@ int keel__db_err(sqlite3 *db, keel_error *err, const char *what)
         kc = KEEL_ENOSPACE;
     else if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
         kc = KEEL_ECORRUPT;
+    else if (code == SQLITE_CONSTRAINT)
+        kc = KEEL_ECONFLICT; /* e.g. the same name@version recorded concurrently */
     else if (code == SQLITE_NOMEM)
         kc = KEEL_ENOMEM;
     else if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,7 +29,8 @@ struct keel_store {
     sqlite3 *db;
     char dir[PATH_MAX - 128];
     keel_limits lim;
-    unsigned installs; /* in progress: gc waits for none */
+    unsigned installs; /* in progress in this process */
+    int lockfd;        /* STATE_DIR/lock: shared while open, exclusive to clean or gc */
     size_t nserving;
     serving_rec *serving;
 };
@@ -65,6 +67,7 @@ int keel_store_open(const char *state_dir, const keel_limits *lim, keel_store **
     int rc;
     if (!s)
         return keel__err(err, KEEL_ENOMEM, "out of memory");
+    s->lockfd = -1;
     pthread_mutex_init(&s->lock, NULL);
     if (strlen(state_dir) >= sizeof(s->dir)) {
         rc = keel__err(err, KEEL_ETOOBIG, "state dir path too long: %s", state_dir);
@@ -78,7 +81,22 @@ int keel_store_open(const char *state_dir, const keel_limits *lim, keel_store **
     snprintf(path, sizeof(path), "%s/blobs/sha256", state_dir);
     if ((rc = keel__fs_mkdir_p(state_dir, 0700, err)) || (rc = keel__fs_mkdir_p(path, 0755, err)))
         goto fail;
-    clean_staging(state_dir);
+    /* Several processes may open one store (keeld, `keel --offline`, `keel
+     * verify`). Each holds a shared lock for its lifetime; only a process
+     * that can take the lock exclusively (nobody else has the store open)
+     * removes leftovers of a killed install, and gc needs it too. */
+    snprintf(path, sizeof(path), "%s/lock", state_dir);
+    s->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lockfd < 0) {
+        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s", path);
+        goto fail;
+    }
+    if (flock(s->lockfd, LOCK_EX | LOCK_NB) == 0)
+        clean_staging(state_dir);
+    if (flock(s->lockfd, LOCK_SH) != 0) {
+        rc = keel__err_errno(err, KEEL_EIO, errno, "cannot lock %s", path);
+        goto fail;
+    }
     snprintf(path, sizeof(path), "%s/staging/blobs", state_dir);
     if ((rc = keel__fs_mkdir_p(path, 0700, err)))
         goto fail;
@@ -104,6 +122,8 @@ void keel_store_close(keel_store *s)
     if (!s)
         return;
     sqlite3_close(s->db);
+    if (s->lockfd >= 0)
+        close(s->lockfd);
     pthread_mutex_destroy(&s->lock);
     free(s->serving);
     free(s);
@@ -179,6 +199,24 @@ static int journal(keel_store *s, const char *name, const char *action, const ch
     if (sqlite3_step(st) != SQLITE_DONE)
         rc = keel__db_err(s->db, err, "writing the journal");
     sqlite3_finalize(st);
+    return rc;
+}
+
+/* Transactions: every BEGIN is closed by txn_end, which commits on success
+ * and rolls back on any failure, a failed COMMIT included. */
+static int txn_begin(keel_store *s, const char *what, keel_error *err)
+{
+    return keel__db_exec(s->db, "BEGIN IMMEDIATE", what, err);
+}
+
+static int txn_end(keel_store *s, int rc, const char *what, keel_error *err)
+{
+    if (!rc)
+        rc = keel__db_exec(s->db, "COMMIT", what, err);
+    if (rc && !sqlite3_get_autocommit(s->db) &&
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK)
+        KEEL_LOG_E(MOD, "rollback after a failed %s did not complete: %s", what,
+                   sqlite3_errmsg(s->db));
     return rc;
 }
 
@@ -466,7 +504,7 @@ static int record_package(keel_store *s, const keel_pkg *p, install_ctx *c, unsi
     keel_manifest_digest_str(m, digest);
     if ((rc = keel_sigset_format(keel_pkg_sigs(p), &sigjson, err)))
         return rc;
-    if ((rc = keel__db_exec(s->db, "BEGIN IMMEDIATE", "starting the install", err)))
+    if ((rc = txn_begin(s, "install", err)))
         goto out;
     if ((rc = keel__db_prepare(s->db,
                                "INSERT INTO packages(name, version, digest, manifest, sigs, "
@@ -521,13 +559,10 @@ static int record_package(keel_store *s, const keel_pkg *p, install_ctx *c, unsi
     } else if ((rc = slot_set(s, name, KEEL_SLOT_STAGED, ver, err))) {
         goto rollback;
     }
-    if ((rc = keel__db_exec(s->db, "COMMIT", "committing the install", err)))
-        goto rollback;
-    goto out;
 rollback:
-    if (sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
-        /* the transaction is gone already; nothing was recorded */
-    }
+    sqlite3_finalize(q);
+    q = NULL;
+    rc = txn_end(s, rc, "install", err);
 out:
     sqlite3_finalize(q);
     free(sigjson);
@@ -593,6 +628,7 @@ int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *tr
             goto out;
         pthread_mutex_lock(&s->lock);
         if (found) {
+            rc = txn_begin(s, "repair", err);
             for (size_t i = 0; !rc && i < c.nnew; i++) {
                 char bp[PATH_MAX];
                 struct stat st;
@@ -602,18 +638,15 @@ int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *tr
             }
             if (!rc && (flags & KEEL_INSTALL_ACTIVATE))
                 rc = activate_locked(s, name, ver, "activate", err);
+            rc = txn_end(s, rc, "repair", err);
         } else {
             rc = record_package(s, p, &c, flags, err);
         }
         pthread_mutex_unlock(&s->lock);
     } else if (flags & KEEL_INSTALL_ACTIVATE) {
         pthread_mutex_lock(&s->lock);
-        rc = keel__db_exec(s->db, "BEGIN IMMEDIATE", "activating", err);
-        if (!rc && !(rc = activate_locked(s, name, ver, "activate", err)))
-            rc = keel__db_exec(s->db, "COMMIT", "activating", err);
-        else if (sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
-            /* nothing to undo */
-        }
+        if (!(rc = txn_begin(s, "activation", err)))
+            rc = txn_end(s, activate_locked(s, name, ver, "activate", err), "activation", err);
         pthread_mutex_unlock(&s->lock);
     }
     if (rc)
@@ -670,15 +703,9 @@ static int in_txn(keel_store *s, const char *what, int (*fn)(keel_store *, void 
                   void *arg, keel_error *err)
 {
     pthread_mutex_lock(&s->lock);
-    int rc = keel__db_exec(s->db, "BEGIN IMMEDIATE", what, err);
-    if (!rc) {
-        rc = fn(s, arg, err);
-        if (!rc)
-            rc = keel__db_exec(s->db, "COMMIT", what, err);
-        if (rc && sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
-            /* already rolled back */
-        }
-    }
+    int rc = txn_begin(s, what, err);
+    if (!rc)
+        rc = txn_end(s, fn(s, arg, err), what, err);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
@@ -1085,24 +1112,34 @@ int keel_store_gc(keel_store *s, uint64_t *ret_freed_bytes, keel_error *err)
     uint64_t freed = 0;
     int rc;
     pthread_mutex_lock(&s->lock);
-    if (s->installs) {
-        rc = keel__err(err, KEEL_EBUSY, "an install is in progress; collect garbage later");
+    /* A blob renamed into place by an install not yet recorded looks
+     * unreferenced: gc runs only when no install can be running, here or in
+     * another process holding the store open. */
+    if (s->installs || flock(s->lockfd, LOCK_EX | LOCK_NB) != 0) {
+        /* a failed conversion drops our shared lock: take it back */
+        if (!s->installs && flock(s->lockfd, LOCK_SH) != 0)
+            KEEL_LOG_W(MOD, "cannot return to a shared store lock");
+        rc = keel__err(err, KEEL_EBUSY,
+                       "the store is in use (an install here, or another process such as "
+                       "keeld has it open); stop it or try again later");
         goto out;
     }
     /* Versions in no slot go first (one transaction), then unreferenced blobs. */
-    if ((rc = keel__db_exec(s->db,
-                            "BEGIN IMMEDIATE;"
-                            "DELETE FROM files WHERE NOT EXISTS (SELECT 1 FROM slots s WHERE "
-                            "s.name=files.name AND s.version=files.version);"
-                            "DELETE FROM packages WHERE NOT EXISTS (SELECT 1 FROM slots s WHERE "
-                            "s.name=packages.name AND s.version=packages.version);"
-                            "COMMIT;",
-                            "dropping unused versions", err)))
-        goto out;
+    if (!(rc = txn_begin(s, "garbage collection", err)))
+        rc = txn_end(s,
+                     keel__db_exec(s->db,
+                                   "DELETE FROM files WHERE NOT EXISTS (SELECT 1 FROM slots s "
+                                   "WHERE s.name=files.name AND s.version=files.version);"
+                                   "DELETE FROM packages WHERE NOT EXISTS (SELECT 1 FROM slots s "
+                                   "WHERE s.name=packages.name AND s.version=packages.version);",
+                                   "dropping unused versions", err),
+                     "garbage collection", err);
+    if (rc)
+        goto out_unlock;
     char top[PATH_MAX];
     snprintf(top, sizeof(top), "%s/blobs/sha256", s->dir);
     if ((rc = keel__db_prepare(s->db, "SELECT 1 FROM files WHERE sha256=?1 LIMIT 1", &q, err)))
-        goto out;
+        goto out_unlock;
     for (int hi = 0; hi < 256; hi++) {
         char sub[PATH_MAX];
         snprintf(sub, sizeof(sub), "%s/%02x", top, hi);
@@ -1130,6 +1167,9 @@ int keel_store_gc(keel_store *s, uint64_t *ret_freed_bytes, keel_error *err)
     KEEL_LOG_I(MOD, "garbage collection freed %llu bytes", (unsigned long long)freed);
     if (ret_freed_bytes)
         *ret_freed_bytes = freed;
+out_unlock:
+    if (flock(s->lockfd, LOCK_SH) != 0)
+        KEEL_LOG_W(MOD, "cannot return to a shared store lock");
 out:
     sqlite3_finalize(q);
     pthread_mutex_unlock(&s->lock);

@@ -52,6 +52,11 @@ out=$("$KEEL" status --url "$url" --json)
 expect_has "$out" '"ready":true'
 out=$("$KEEL" packages --url "$url")
 expect_has "$out" '"version":"1.0.0"'
+# gc through keeld (a second process may not collect while keeld has the store)
+out=$("$KEEL" gc --url "$url" --state-dir "$state")
+expect_has "$out" '"freed_bytes":'
+if "$KEEL" gc --offline --state-dir "$state" 2>"$work/gc.err"; then die "offline gc ran while keeld had the store open"; fi
+expect_has "$(cat "$work/gc.err")" "in use"
 stop_keeld
 
 # limits from the config file: a small max_package and max_body

@@ -86,6 +86,12 @@ static void test_json_errors(void **state)
     th_expect_err(keel__json_parse("{} x", 4, "doc", &j, &e), &e, KEEL_EINVALID,
                   "unexpected bytes");
     th_expect_err(keel__json_parse("", 0, "doc", &j, &e), &e, KEEL_EINVALID, "empty");
+    const char *dup = "{\"a\": {\"n\": 1, \"x\": [{\"k\": 1, \"k\": 2}]}}";
+    th_expect_err(keel__json_parse(dup, strlen(dup), "doc", &j, &e), &e, KEEL_EINVALID,
+                  "key \"k\" appears twice");
+    const char *top = "{\"name\": \"a\", \"version\": \"1\", \"name\": \"b\"}";
+    th_expect_err(keel__json_parse(top, strlen(top), "doc", &j, &e), &e, KEEL_EINVALID,
+                  "key \"name\" appears twice");
     assert_int_equal(keel__json_parse("{\"n\": 1.5, \"s\": 3}", 18, "doc", &j, &e), 0);
     uint64_t v;
     const char *s;

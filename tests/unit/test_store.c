@@ -227,6 +227,30 @@ static void test_stamps_skip_rehash(void **state)
     free(json);
 }
 
+/* Two handles on one store behave like two processes (flock is per open
+ * file): leftovers are cleaned and gc runs only when nobody else has it open. */
+static void test_store_shared_between_processes(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_store *other = NULL;
+    uint64_t freed;
+    th_write_str(th_path(f->state, "staging/blobs"), "partial.XXXX", "half a blob");
+    assert_int_equal(keel_store_open(f->state, NULL, &other, &e), 0);
+    assert_true(keel__fs_exists(th_path(f->state, "staging/blobs/partial.XXXX")));
+    th_expect_err(keel_store_gc(other, &freed, &e), &e, KEEL_EBUSY, "in use");
+    th_expect_err(keel_store_gc(f->s, &freed, &e), &e, KEEL_EBUSY, "in use");
+    keel_store_close(other);
+    assert_int_equal(keel_store_gc(f->s, &freed, &e), 0);
+    /* the store is still usable after gc (back to a shared lock) */
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t,
+                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
+                     0);
+    keel_store_close(f->s);
+    assert_int_equal(keel_store_open(f->state, NULL, &f->s, &e), 0);
+    assert_false(keel__fs_exists(th_path(f->state, "staging/blobs/partial.XXXX")));
+}
+
 int main(void)
 {
     keel_log_set_stderr(false);
@@ -234,6 +258,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_install_activate_rollback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corruption_fallback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stamps_skip_rehash, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_shared_between_processes, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
