@@ -2,7 +2,9 @@
  * keeld - the keel daemon. Thin: read the config, open the store, verify
  * what is about to serve, start the HTTP API, then wait for signals.
  *   SIGTERM, SIGINT  graceful stop (requests in flight finish)
- *   SIGHUP           re-read the config file (limits, log level, trust dir)
+ *   SIGHUP           re-read the config file: package limits, max_body, trust_dir,
+ *                    log_level and verify_interval apply at once; the rest
+ *                    (addresses, threads, timeouts) needs a restart
  * A background thread re-hashes every installed file each verify_interval.
  */
 #include <errno.h>

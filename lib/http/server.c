@@ -490,7 +490,8 @@ int keel__http_token(const char *state_dir, char out[65], keel_error *err)
     if (keel__fs_read(path, 256, &data, &len, NULL) == KEEL_OK) {
         while (len && (data[len - 1] == '\n' || data[len - 1] == ' '))
             len--;
-        bool ok = len == 64;
+        uint8_t raw[32];
+        bool ok = len == 64 && keel_hex_decode(data, 64, raw, sizeof(raw)) == KEEL_OK;
         if (ok)
             memcpy(out, data, 64);
         out[64] = '\0';

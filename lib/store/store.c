@@ -355,8 +355,8 @@ static int verify_blob(keel_store *s, const char *path_in_pkg, const char *hex, 
     }
     /* Re-stat after hashing: the stamp must describe what was hashed. */
     struct stat st2;
-    if (stat(bp, &st2) == 0 && st2.st_mtim.tv_sec == st.st_mtim.tv_sec &&
-        st2.st_mtim.tv_nsec == st.st_mtim.tv_nsec && st2.st_size == st.st_size)
+    if (stat(bp, &st2) == 0 && ts_ns(st2.st_mtim) == ts_ns(st.st_mtim) &&
+        ts_ns(st2.st_ctim) == ts_ns(st.st_ctim) && st2.st_size == st.st_size)
         return stamp_put(s, hex, &st2, err);
     return KEEL_OK;
 }
