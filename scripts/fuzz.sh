@@ -24,8 +24,17 @@ for t in "${targets[@]}"; do
         echo "fuzz: $t FOUND A PROBLEM; input kept in fuzz/regressions/$t; log $build/fuzz-$t.log"
         grep -m3 -E 'ERROR|SUMMARY' "$build/fuzz-$t.log" || true
     fi
-    # keep the corpus small: merge new coverage only
-    "$build/fuzz/fuzz_$t" -merge=1 -max_len=65536 "$corpus" "$new" >/dev/null 2>&1 || true
+    # Keep the corpus small: a fresh set-cover merge of the old corpus and
+    # the new inputs replaces it. Hand-written seeds (names that are not a
+    # SHA-1) always stay; their hash-named copies are dropped.
+    min=$build/min-$t
+    rm -rf "$min" && mkdir -p "$min"
+    if "$build/fuzz/fuzz_$t" -merge=1 -max_len=65536 "$min" "$corpus" "$new" >/dev/null 2>&1; then
+        find "$corpus" -maxdepth 1 -type f -regextype posix-extended -regex '.*/[0-9a-f]{40}' -delete
+        for f in "$corpus"/*; do rm -f "$min/$(sha1sum <"$f" | cut -c1-40)"; done
+        cp "$min"/* "$corpus"/ 2>/dev/null || true
+    fi
+    echo "fuzz: $t corpus now $(find "$corpus" -type f | wc -l) files"
     grep -E '^#[0-9]+.*DONE' "$build/fuzz-$t.log" | tail -1 || true
 done
 exit $status
