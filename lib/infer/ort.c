@@ -44,6 +44,8 @@ enum ort_slot {
     S_CreateCpuMemoryInfo = 69,
     S_AllocatorFree = 76,
     S_GetAllocatorWithDefaultOptions = 78,
+    S_GetValue = 80,
+    S_GetValueCount = 81,
     S_ReleaseEnv = 92,
     S_ReleaseStatus = 93,
     S_ReleaseMemoryInfo = 94,
@@ -351,6 +353,137 @@ const keel__tensor *keel__ort_output(const keel__ort_session *s, size_t i)
 
 /* --- run ----------------------------------------------------------------------- */
 
+enum { ONNX_TYPE_TENSOR = 1, ONNX_TYPE_SEQUENCE = 2, ONNX_TYPE_MAP = 3 };
+
+/* Appends tensor element i as a JSON number (or a quoted object key). */
+static int json_elem(keel_buf *b, int dtype, const void *data, size_t i, bool as_key)
+{
+    const char *q = as_key ? "\"" : "";
+    double v;
+    switch (dtype) {
+    case KEEL_DT_FLOAT32:
+    case KEEL_DT_FLOAT64:
+        v = dtype == KEEL_DT_FLOAT32 ? ((const float *)data)[i] : ((const double *)data)[i];
+        if (v != v || v - v != 0) /* NaN or infinite: JSON has no such number */
+            return keel__buf_appendf(b, "%snull%s", q, q);
+        return keel__buf_appendf(b, "%s%.9g%s", q, v, q);
+    case KEEL_DT_INT64:
+        return keel__buf_appendf(b, "%s%lld%s", q, (long long)((const int64_t *)data)[i], q);
+    case KEEL_DT_INT32:
+        return keel__buf_appendf(b, "%s%d%s", q, ((const int32_t *)data)[i], q);
+    case KEEL_DT_UINT8:
+    case KEEL_DT_BOOL:
+        return keel__buf_appendf(b, "%s%u%s", q, ((const uint8_t *)data)[i], q);
+    default:
+        return KEEL_EUNSUPPORTED;
+    }
+}
+
+/* A tensor held by a value: its description and data (borrowed from v). */
+static int tensor_view(void *v, keel__tensor *t, void **ret_data, keel_error *err)
+{
+    void *info = NULL;
+    status_t st = FN(S_GetTensorTypeAndShape, status_t(*)(const void *, void **))(v, &info);
+    if (st)
+        return status_err(st, err, "reading an output shape");
+    int rc = read_info(info, t, err);
+    FN(S_ReleaseTensorTypeAndShapeInfo, void (*)(void *))(info);
+    if (!rc && (st = FN(S_GetTensorMutableData, status_t(*)(void *, void **))(v, ret_data)))
+        rc = status_err(st, err, "reading output data");
+    return rc;
+}
+
+static size_t elem_count(const keel__tensor *t)
+{
+    size_t n = 1;
+    for (size_t i = 0; i < t->ndim; i++)
+        n *= (size_t)t->shape[i];
+    return n;
+}
+
+/* Renders a non-tensor value (a sequence, a map, or a tensor inside them) as
+ * JSON: sequences as arrays, maps as objects, tensors as flat arrays. This is
+ * how scikit-learn's ZipMap output (a sequence of maps) reaches callers. */
+static int value_json(void *v, keel_buf *b, unsigned depth, keel_error *err)
+{
+    int type = 0, rc = KEEL_OK;
+    size_t count = 0;
+    status_t st = FN(S_GetValueType, status_t(*)(const void *, int *))(v, &type);
+    if (st)
+        return status_err(st, err, "reading an output value");
+    if (depth > 8)
+        return keel__err(err, KEEL_EUNSUPPORTED, "output nests deeper than 8 levels");
+    if (type == ONNX_TYPE_TENSOR) {
+        keel__tensor t = {.name = "element"};
+        void *data = NULL;
+        if ((rc = tensor_view(v, &t, &data, err)))
+            return rc;
+        size_t n = elem_count(&t);
+        rc = keel__buf_append(b, "[", 1);
+        for (size_t i = 0; !rc && i < n; i++) {
+            rc = i ? keel__buf_append(b, ",", 1) : 0;
+            if (!rc)
+                rc = json_elem(b, t.dtype, data, i, false);
+        }
+        if (rc)
+            return keel__err(err, rc, "cannot render a %s tensor as JSON",
+                             keel__dtype_name(t.dtype));
+        return keel__buf_append(b, "]", 1);
+    }
+    if (type != ONNX_TYPE_SEQUENCE && type != ONNX_TYPE_MAP)
+        return keel__err(err, KEEL_EUNSUPPORTED, "output of ONNX type %d is not supported", type);
+    if ((st = FN(S_GetValueCount, status_t(*)(const void *, size_t *))(v, &count)))
+        return status_err(st, err, "reading an output's length");
+    if (type == ONNX_TYPE_SEQUENCE) {
+        rc = keel__buf_append(b, "[", 1);
+        for (size_t i = 0; !rc && i < count; i++) {
+            void *e = NULL;
+            if ((st = FN(S_GetValue, status_t(*)(const void *, int, void *, void **))(
+                     v, (int)i, allocator, &e)))
+                return status_err(st, err, "reading a sequence element");
+            rc = i ? keel__buf_append(b, ",", 1) : 0;
+            if (!rc)
+                rc = value_json(e, b, depth + 1, err);
+            FN(S_ReleaseValue, void (*)(void *))(e);
+        }
+        return rc ? rc : keel__buf_append(b, "]", 1);
+    }
+    /* a map: value 0 is the keys tensor, value 1 the values tensor */
+    void *kv[2] = {NULL, NULL}, *kd[2] = {NULL, NULL};
+    keel__tensor kt[2] = {{.name = "keys"}, {.name = "values"}};
+    for (int i = 0; !rc && i < 2; i++) {
+        if ((st = FN(S_GetValue, status_t(*)(const void *, int, void *, void **))(v, i, allocator,
+                                                                                  &kv[i])))
+            rc = status_err(st, err, "reading a map");
+        else
+            rc = tensor_view(kv[i], &kt[i], &kd[i], err);
+    }
+    size_t n = rc ? 0 : elem_count(&kt[0]);
+    if (!rc && elem_count(&kt[1]) != n)
+        rc = keel__err(err, KEEL_ECORRUPT, "map output has %zu keys but %zu values", n,
+                       elem_count(&kt[1]));
+    if (!rc)
+        rc = keel__buf_append(b, "{", 1);
+    for (size_t i = 0; !rc && i < n; i++) {
+        rc = i ? keel__buf_append(b, ",", 1) : 0;
+        if (!rc)
+            rc = json_elem(b, kt[0].dtype, kd[0], i, true);
+        if (!rc)
+            rc = keel__buf_append(b, ":", 1);
+        if (!rc)
+            rc = json_elem(b, kt[1].dtype, kd[1], i, false);
+        if (rc)
+            rc = keel__err(err, rc, "cannot render a map of %s to %s as JSON",
+                           keel__dtype_name(kt[0].dtype), keel__dtype_name(kt[1].dtype));
+    }
+    if (!rc)
+        rc = keel__buf_append(b, "}", 1);
+    for (int i = 0; i < 2; i++)
+        if (kv[i])
+            FN(S_ReleaseValue, void (*)(void *))(kv[i]);
+    return rc;
+}
+
 static int take_output(void *v, keel__tensor *t, keel_error *err)
 {
     int type = 0;
@@ -358,11 +491,20 @@ static int take_output(void *v, keel__tensor *t, keel_error *err)
     status_t st = FN(S_GetValueType, status_t(*)(const void *, int *))(v, &type);
     if (st)
         return status_err(st, err, "reading an output");
-    if (type != 1 /* ONNX_TYPE_TENSOR */)
-        return keel__err(err, KEEL_EUNSUPPORTED,
-                         "output \"%s\" is not a tensor (ONNX type %d); non-tensor outputs are "
-                         "not supported yet",
-                         t->name, type);
+    if (type != ONNX_TYPE_TENSOR) {
+        keel_buf b;
+        keel__buf_init(&b, 64u << 20);
+        int rc = value_json(v, &b, 0, err);
+        if (rc) {
+            keel__buf_done(&b);
+            return rc;
+        }
+        t->dtype = KEEL_DT_JSON;
+        t->ndim = 0;
+        t->nbytes = b.len;
+        t->data = keel__buf_steal(&b);
+        return t->data ? KEEL_OK : keel__err(err, KEEL_ENOMEM, "out of memory");
+    }
     if ((st = FN(S_GetTensorTypeAndShape, status_t(*)(const void *, void **))(v, &info)))
         return status_err(st, err, "reading an output shape");
     int rc = read_info(info, t, err);

@@ -7,7 +7,8 @@
  * checks the runtime's version string at load. Nothing of ONNX Runtime's
  * types leaves lib/infer/ort.c.
  *
- * Status: the adapter (load, sessions, tensor run for every numeric dtype).
+ * Status: the adapter (load, sessions, tensor run for every numeric dtype,
+ * sequence/map outputs as JSON).
  * The backend interface, tiers and HTTP inference (issue 3) build on it.
  */
 #ifndef KEEL_INFER_ORT_H
@@ -31,6 +32,9 @@ enum {
     KEEL_DT_UINT32 = 12,
     KEEL_DT_UINT64 = 13,
     KEEL_DT_BFLOAT16 = 16,
+    /* not ONNX: a non-tensor output (sequence, map) rendered as JSON text in
+     * data (nbytes long, NUL-terminated), e.g. scikit-learn's ZipMap */
+    KEEL_DT_JSON = 1000,
 };
 /* Bytes per element of a numeric dtype; 0 for string/unknown. */
 size_t keel__dtype_size(int dtype);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "helpers.h"
+#include "core/json.h"
 #include "infer/ort.h"
 
 #ifndef KEEL_TEST_DATA
@@ -155,12 +156,88 @@ static void test_mnist_accuracy(void **state)
     assert_int_equal(correct, 9891);
 }
 
+/* scikit-learn random forest with ZipMap: a tensor label output and a
+ * sequence-of-maps probability output (as JSON). Raw ORT scores 149/150. */
+static void test_iris_zipmap(void **state)
+{
+    char model[1024], csv[1024];
+    snprintf(model, sizeof(model), "%s/models/onnx/tabular/rf_iris.onnx", KEEL_SHARED_DIR);
+    snprintf(csv, sizeof(csv), "%s/data/sklearn/iris.csv", KEEL_SHARED_DIR);
+    if (!keel__fs_exists(model) || !keel__fs_exists(csv)) {
+        skip();
+        return;
+    }
+    keel_error e = {0};
+    char *text;
+    size_t len;
+    assert_int_equal(keel__fs_read(csv, 1 << 20, &text, &len, &e), 0);
+    float x[150 * 4];
+    int64_t truth[150];
+    int n = 0;
+    char *line = strchr(text, '\n') + 1; /* skip the header */
+    while (n < 150 && line && *line) {
+        float f[4];
+        int y;
+        assert_int_equal(sscanf(line, "%f,%f,%f,%f,%d", &f[0], &f[1], &f[2], &f[3], &y), 5);
+        memcpy(&x[n * 4], f, sizeof(f));
+        truth[n++] = y;
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    free(text);
+    assert_int_equal(n, 150);
+    keel__ort_session *s = NULL;
+    if (keel__ort_session_new(model, NULL, &s, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(keel__ort_noutputs(s), 2);
+    keel__tensor in = {.name = "float_input",
+                       .dtype = KEEL_DT_FLOAT32,
+                       .ndim = 2,
+                       .shape = {150, 4},
+                       .data = x,
+                       .nbytes = sizeof(x)};
+    keel__tensor out[2];
+    if (keel__ort_run(s, &in, 1, out, &e))
+        fail_msg("%s", e.msg);
+    assert_string_equal(out[0].name, "output_label");
+    assert_int_equal(out[0].dtype, KEEL_DT_INT64);
+    const int64_t *label = out[0].data;
+    int correct = 0;
+    for (int i = 0; i < 150; i++)
+        correct += label[i] == truth[i];
+    assert_int_equal(correct, 149);
+    /* the probabilities: 150 objects {"0": p, "1": p, "2": p}, each summing to 1 */
+    assert_int_equal(out[1].dtype, KEEL_DT_JSON);
+    cJSON *j = cJSON_ParseWithLength(out[1].data, out[1].nbytes);
+    assert_non_null(j);
+    assert_int_equal(cJSON_GetArraySize(j), 150);
+    const cJSON *row;
+    cJSON_ArrayForEach(row, j)
+    {
+        double sum = 0;
+        assert_int_equal(cJSON_GetArraySize(row), 3);
+        for (int k = 0; k < 3; k++) {
+            char key[4];
+            snprintf(key, sizeof(key), "%d", k);
+            const cJSON *p = cJSON_GetObjectItemCaseSensitive(row, key);
+            assert_non_null(p);
+            sum += p->valuedouble;
+        }
+        assert_float_equal(sum, 1.0, 1e-4);
+    }
+    cJSON_Delete(j);
+    keel__tensor_done(&out[0]);
+    keel__tensor_done(&out[1]);
+    keel__ort_session_free(s);
+}
+
 int main(void)
 {
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_and_describe),
         cmocka_unit_test(test_mnist_accuracy),
+        cmocka_unit_test(test_iris_zipmap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
