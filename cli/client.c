@@ -21,6 +21,43 @@ typedef struct copts {
     int npos;
 } copts;
 
+static const char common_usage[] =
+    "options: --url URL (default $KEEL_URL or http://127.0.0.1:8480), --unix-socket PATH,\n"
+    "         --token TOKEN (default $KEEL_TOKEN, else STATE_DIR/token), --state-dir DIR\n"
+    "         (default $KEEL_STATE_DIR or /var/lib/keel), --json (print the raw answer)\n";
+
+static const char *verb_usage(const char *verb)
+{
+    static const struct {
+        const char *verb, *text;
+    } u[] = {
+        {"status", "keel status: is keeld ready, and what serves each package"},
+        {"packages", "keel packages: the installed packages (JSON)"},
+        {"install", "keel install FILE [--activate]: upload a .keel package to keeld"},
+        {"activate", "keel activate NAME [--version V]: make V (default: the staged one) active"},
+        {"rollback", "keel rollback NAME: go back to the previous (or known-good) version"},
+        {"mark-good", "keel mark-good NAME: record the active version as known-good"},
+        {"gc", "keel gc: remove versions in no slot and blobs nothing uses"},
+    };
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(u); i++)
+        if (!strcmp(u[i].verb, verb))
+            return u[i].text;
+    return "keel VERB";
+}
+
+static int usage_error(const char *verb, const char *what)
+{
+    fprintf(stderr, "keel: %s\nusage: %s\n%s", what, verb_usage(verb), common_usage);
+    return 2;
+}
+
+/* String member s of o, or dflt. */
+static const char *str_or(const cJSON *o, const char *key, const char *dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) && v->valuestring ? v->valuestring : dflt;
+}
+
 static size_t on_body(char *p, size_t sz, size_t n, void *ud)
 {
     return keel__buf_append(ud, p, sz * n) ? 0 : sz * n;
@@ -121,14 +158,9 @@ static void print_status(const char *json)
     }
     const cJSON *rd = cJSON_GetObjectItemCaseSensitive(j, "readiness");
     const cJSON *ready = cJSON_GetObjectItemCaseSensitive(rd, "ready");
-    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(rd, "reason");
-    printf("keeld %s: %s%s%s\n",
-           cJSON_GetObjectItemCaseSensitive(j, "keel_version")
-               ? cJSON_GetObjectItemCaseSensitive(j, "keel_version")->valuestring
-               : "?",
-           cJSON_IsTrue(ready) ? "ready" : "NOT READY",
-           cJSON_IsString(reason) && reason->valuestring[0] ? ": " : "",
-           cJSON_IsString(reason) ? reason->valuestring : "");
+    const char *reason = str_or(rd, "reason", "");
+    printf("keeld %s: %s%s%s\n", str_or(j, "keel_version", "?"),
+           cJSON_IsTrue(ready) ? "ready" : "NOT READY", reason[0] ? ": " : "", reason);
     const cJSON *pkgs =
         cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "store"), "packages");
     const cJSON *p;
@@ -136,29 +168,30 @@ static void print_status(const char *json)
     {
         const cJSON *sv = cJSON_GetObjectItemCaseSensitive(p, "serving");
         const cJSON *slots = cJSON_GetObjectItemCaseSensitive(p, "slots");
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(sv, "version");
-        const cJSON *sl = cJSON_GetObjectItemCaseSensitive(sv, "slot");
-        printf("%s: serving %s (%s)%s\n", cJSON_GetObjectItemCaseSensitive(p, "name")->valuestring,
-               cJSON_IsString(v) ? v->valuestring : "nothing",
-               cJSON_IsString(sl) ? sl->valuestring : "-",
+        printf("%s: serving %s (%s)%s\n", str_or(p, "name", "?"), str_or(sv, "version", "nothing"),
+               str_or(sv, "slot", "-"),
                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sv, "degraded")) ? " DEGRADED" : "");
         const cJSON *s;
-        cJSON_ArrayForEach(s, slots)
-            printf("  %-10s %s\n", s->string, cJSON_IsString(s) ? s->valuestring : "-");
-        const cJSON *why = cJSON_GetObjectItemCaseSensitive(sv, "reason");
-        if (cJSON_IsString(why) && why->valuestring[0])
-            printf("  why: %s\n", why->valuestring);
+        cJSON_ArrayForEach(s, slots) printf("  %-10s %s\n", s->string ? s->string : "?",
+                                            cJSON_IsString(s) ? s->valuestring : "-");
+        const char *why = str_or(sv, "reason", "");
+        if (why[0])
+            printf("  why: %s\n", why);
     }
     cJSON_Delete(j);
 }
 
 int keel_cli_client(const char *verb, int argc, char **argv)
 {
-    static const struct option lo[] = {
-        {"url", required_argument, 0, 'U'},     {"unix-socket", required_argument, 0, 'S'},
-        {"token", required_argument, 0, 'T'},   {"state-dir", required_argument, 0, 'D'},
-        {"version", required_argument, 0, 'V'}, {"json", no_argument, 0, 'j'},
-        {"activate", no_argument, 0, 'a'},      {0, 0, 0, 0}};
+    static const struct option lo[] = {{"url", required_argument, 0, 'U'},
+                                       {"unix-socket", required_argument, 0, 'S'},
+                                       {"token", required_argument, 0, 'T'},
+                                       {"state-dir", required_argument, 0, 'D'},
+                                       {"version", required_argument, 0, 'V'},
+                                       {"json", no_argument, 0, 'j'},
+                                       {"activate", no_argument, 0, 'a'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
     copts o = {0};
     char tokbuf[128], path[512];
     int c;
@@ -189,19 +222,24 @@ int keel_cli_client(const char *verb, int argc, char **argv)
         case 'a':
             o.activate = true;
             break;
+        case 'h':
+            printf("usage: %s\n%s", verb_usage(verb), common_usage);
+            return 0;
         default:
-            return 2;
+            return usage_error(verb, "unknown option");
         }
     }
     for (int i = optind; i < argc; i++) {
-        if (o.npos == 2) {
-            fprintf(stderr, "keel: too many arguments\n");
-            return 2;
-        }
+        if (o.npos == 2)
+            return usage_error(verb, "too many arguments");
         o.pos[o.npos++] = argv[i];
     }
     if (o.unix_socket && !getenv("KEEL_URL"))
         o.url = "http://localhost";
+    bool takes_arg = !strcmp(verb, "install") || !strcmp(verb, "activate") ||
+                     !strcmp(verb, "rollback") || !strcmp(verb, "mark-good");
+    if (o.npos != (takes_arg ? 1 : 0))
+        return usage_error(verb, takes_arg ? "wrong number of arguments" : "unexpected argument");
     bool mutating = strcmp(verb, "status") && strcmp(verb, "packages");
     if (mutating && !o.token) {
         char tp[PATH_MAX], *t = NULL;
@@ -219,18 +257,11 @@ int keel_cli_client(const char *verb, int argc, char **argv)
             return 1;
         }
     }
-    if ((!strcmp(verb, "install") || !strcmp(verb, "activate") || !strcmp(verb, "rollback") ||
-         !strcmp(verb, "mark-good")) &&
-        o.npos != 1) {
-        fprintf(stderr, "keel: usage: keel %s %s\n", verb,
-                !strcmp(verb, "install") ? "FILE [--activate]" : "NAME");
-        return 2;
-    }
-    keel_buf body;
+    keel_buf body, json;
     long status = 0;
-    int rc;
-    char json[256];
+    int rc = 0;
     keel__buf_init(&body, 64u << 20);
+    keel__buf_init(&json, 1024);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (!strcmp(verb, "status")) {
         rc = request(&o, "GET", "/api/status", NULL, NULL, &status, &body);
@@ -242,10 +273,21 @@ int keel_cli_client(const char *verb, int argc, char **argv)
         rc = request(&o, "POST", o.activate ? "/api/packages?activate=1" : "/api/packages",
                      o.pos[0], NULL, &status, &body);
     } else {
-        snprintf(path, sizeof(path), "/api/packages/%s/%s", o.pos[0], verb);
-        if (o.version)
-            snprintf(json, sizeof(json), "{\"version\":\"%.64s\"}", o.version);
-        rc = request(&o, "POST", path, NULL, o.version ? json : NULL, &status, &body);
+        /* NAME goes into the path: escape it so it cannot reach another route. */
+        char *name = curl_easy_escape(NULL, o.pos[0], 0);
+        if (!name || keel__snprintf(path, sizeof(path), "/api/packages/%s/%s", name, verb)) {
+            fprintf(stderr, "keel: package name too long: %s\n", o.pos[0]);
+            rc = 1;
+        }
+        curl_free(name);
+        if (!rc && o.version &&
+            (keel__buf_append(&json, "{\"version\":", 11) || keel__json_quote(&json, o.version) ||
+             keel__buf_append(&json, "}", 1))) {
+            fprintf(stderr, "keel: --version too long: %s\n", o.version);
+            rc = 1;
+        }
+        if (!rc)
+            rc = request(&o, "POST", path, NULL, o.version ? json.data : NULL, &status, &body);
     }
     if (!rc)
         rc = check(status, &body);
@@ -257,6 +299,7 @@ int keel_cli_client(const char *verb, int argc, char **argv)
                    body.len && body.data[body.len - 1] == '\n' ? "" : "\n");
     }
     keel__buf_done(&body);
+    keel__buf_done(&json);
     curl_global_cleanup();
     return rc;
 }

@@ -35,6 +35,7 @@ typedef struct checker {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool stop;
+    bool changed; /* interval_s was reloaded: restart the wait */
     uint64_t interval_s;
     keel__http *http;
 } checker;
@@ -49,10 +50,13 @@ static void *check_loop(void *arg)
         uint64_t iv = c->interval_s ? c->interval_s : 3600;
         until.tv_sec += (time_t)iv;
         int rc = 0;
-        while (!c->stop && rc != ETIMEDOUT)
+        c->changed = false;
+        while (!c->stop && !c->changed && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&c->cond, &c->lock, &until);
         if (c->stop)
             break;
+        if (c->changed)
+            continue; /* a new interval counts from the reload */
         if (!c->interval_s)
             continue;
         pthread_mutex_unlock(&c->lock);
@@ -133,7 +137,7 @@ static int load_config(keel_config *cfg, const char *path, bool explicit_path, i
 int main(int argc, char **argv)
 {
     keel_config cfg;
-    keel_error e;
+    keel_error e = {0};
     keel_store *store = NULL;
     keel__http *http = NULL;
     const char *config_path = NULL;
@@ -174,9 +178,11 @@ int main(int argc, char **argv)
         KEEL_LOG_E(MOD, "%s", e.msg);
         goto out;
     }
-    if (cfg.port)
-        KEEL_LOG_I(MOD, "listening on http://%s:%u (state %s)", cfg.listen, cfg.port,
-                   cfg.state_dir);
+    if (cfg.port) {
+        bool v6 = strchr(cfg.listen, ':') != NULL; /* URLs bracket IPv6 literals */
+        KEEL_LOG_I(MOD, "listening on http://%s%s%s:%u (state %s)", v6 ? "[" : "", cfg.listen,
+                   v6 ? "]" : "", cfg.port, cfg.state_dir);
+    }
     if (cfg.unix_socket[0])
         KEEL_LOG_I(MOD, "listening on unix:%s", cfg.unix_socket);
 
@@ -205,15 +211,19 @@ int main(int argc, char **argv)
             continue;
         if (sig == SIGHUP) {
             keel_config next;
-            keel_error re;
+            keel_error re = {0};
             if (load_config(&next, config_path, explicit_path, argc, argv, &re)) {
-                KEEL_LOG_E(MOD, "reload: keeping the old config: %s", re.msg);
+                KEEL_LOG_E(MOD, "reload: keeping the old config: %s",
+                           re.code ? re.msg : "invalid command-line flags");
                 continue;
             }
             keel_log_set_level(next.log_level);
             keel__http_reload(http, &next);
             pthread_mutex_lock(&chk.lock);
-            chk.interval_s = next.verify_interval_s;
+            if (chk.interval_s != next.verify_interval_s) {
+                chk.interval_s = next.verify_interval_s;
+                chk.changed = true;
+            }
             pthread_cond_signal(&chk.cond);
             pthread_mutex_unlock(&chk.lock);
             KEEL_LOG_I(MOD, "reloaded %s", config_path);

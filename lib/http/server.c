@@ -68,11 +68,14 @@ typedef struct req {
     char upload[PATH_MAX];
     uint64_t got, limit;
     bool too_big;
+    int write_errno; /* storing the upload failed (disk full, ...) */
 } req;
 
 /* --- responses ---------------------------------------------------------------- */
 
-static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, char *body)
+/* Queues body (malloc'd; taken) as JSON. hdr/val: one extra header, or NULL. */
+static enum MHD_Result send_json_hdr(struct MHD_Connection *c, unsigned status, char *body,
+                                     const char *hdr, const char *val)
 {
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
@@ -84,11 +87,22 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, char
     MHD_add_response_header(r, "Cache-Control", "no-store");
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"keel\"");
+    if (hdr)
+        MHD_add_response_header(r, hdr, val);
     enum MHD_Result ret = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return ret;
 }
 
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, char *body)
+{
+    return send_json_hdr(c, status, body, NULL, NULL);
+}
+
+/* HTTP status per error class. Package refusals (the bytes or their
+ * signatures are wrong, or the version goes backwards) are 422; a malformed
+ * request is 400; a missing/wrong token is 401 (sent by the auth check), a
+ * PERM from below 403. */
 static unsigned status_of(int code)
 {
     switch (code) {
@@ -119,8 +133,8 @@ static unsigned status_of(int code)
     }
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, int code,
-                                  const char *msg)
+static enum MHD_Result send_error_hdr(struct MHD_Connection *c, unsigned status, int code,
+                                      const char *msg, const char *hdr, const char *val)
 {
     keel_buf b;
     keel__buf_init(&b, 0);
@@ -129,7 +143,13 @@ static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, int
         keel__buf_done(&b);
         return MHD_NO;
     }
-    return send_json(c, status, keel__buf_steal(&b));
+    return send_json_hdr(c, status, keel__buf_steal(&b), hdr, val);
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, int code,
+                                  const char *msg)
+{
+    return send_error_hdr(c, status, code, msg, NULL, NULL);
 }
 
 static enum MHD_Result send_keel_error(struct MHD_Connection *c, const keel_error *e)
@@ -223,10 +243,9 @@ static enum MHD_Result do_install(keel__http *h, struct MHD_Connection *c, req *
     char tdir[PATH_MAX];
     const char *act = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "activate");
     unsigned flags = act && (!strcmp(act, "1") || !strcmp(act, "true")) ? KEEL_INSTALL_ACTIVATE : 0;
-    if (fsync(q->fd) != 0) {
-        /* not needed for correctness: the store copies and syncs blobs */
-    }
+    pthread_mutex_lock(&h->lock); /* SIGHUP may change trust_dir */
     keel_config_trust_dir(&h->cfg, tdir, sizeof(tdir));
+    pthread_mutex_unlock(&h->lock);
     int rc = keel_trust_load(tdir, &t, &e);
     if (!rc)
         rc = keel_store_install(h->store, q->upload, t, flags, &r, &e);
@@ -296,8 +315,10 @@ static enum MHD_Result do_slot_action(keel__http *h, struct MHD_Connection *c, r
 
 /* --- routing --------------------------------------------------------------------- */
 
+/* The route for method+url. When the path exists but not for this method,
+ * returns R_NONE with *ret_allow set to the methods it takes (for 405). */
 static enum route route_of(const char *method, const char *url, char *name, bool *ret_post,
-                           bool *ret_known_path)
+                           const char **ret_allow)
 {
     static const struct {
         const char *path;
@@ -313,14 +334,21 @@ static enum route route_of(const char *method, const char *url, char *name, bool
         {"/api/gc", true, R_GC},
     };
     bool post = !strcmp(method, "POST");
+    bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    bool takes_get = false, takes_post = false;
     *ret_post = post;
-    *ret_known_path = false;
+    *ret_allow = NULL;
     for (size_t i = 0; i < KEEL_ARRAY_LEN(fixed); i++) {
         if (strcmp(url, fixed[i].path))
             continue;
-        *ret_known_path = true;
-        if (fixed[i].post == post && (post || !strcmp(method, "GET") || !strcmp(method, "HEAD")))
+        if (fixed[i].post ? post : get)
             return fixed[i].r;
+        takes_post |= fixed[i].post;
+        takes_get |= !fixed[i].post;
+    }
+    if (takes_get || takes_post) {
+        *ret_allow = takes_get && takes_post ? "GET, HEAD, POST" : takes_get ? "GET, HEAD" : "POST";
+        return R_NONE;
     }
     const char *p = url;
     if (strncmp(p, "/api/packages/", 14) == 0) {
@@ -335,7 +363,7 @@ static enum route route_of(const char *method, const char *url, char *name, bool
             for (size_t i = 0; i < KEEL_ARRAY_LEN(verbs); i++) {
                 if (strcmp(slash + 1, verbs[i].verb))
                     continue;
-                *ret_known_path = true;
+                *ret_allow = "POST";
                 memcpy(name, p, (size_t)(slash - p));
                 name[slash - p] = '\0';
                 return post ? verbs[i].r : R_NONE;
@@ -365,36 +393,42 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     keel__http *h = cls;
     req *q = *con_cls;
     if (!q) {
-        bool post, known;
+        bool post;
+        const char *allow;
         q = calloc(1, sizeof(*q));
         if (!q)
             return MHD_NO;
         q->fd = -1;
         *con_cls = q;
-        q->route = route_of(method, url, q->name, &post, &known);
+        q->route = route_of(method, url, q->name, &post, &allow);
         if (q->route == R_NONE) {
-            if (known) {
-                struct MHD_Response *r =
-                    MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-                if (!r)
-                    return MHD_NO;
-                MHD_add_response_header(r, "Allow", post ? "GET, HEAD" : "POST");
-                enum MHD_Result ret = MHD_queue_response(c, 405, r);
-                MHD_destroy_response(r);
-                return ret;
+            if (allow) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "method %.16s is not allowed here; use %s", method,
+                         allow);
+                return send_error_hdr(c, 405, KEEL_EINVALID, msg, "Allow", allow);
             }
             return send_error(c, 404, KEEL_ENOTFOUND, "no such endpoint (see README: API)");
         }
-        if (post && !token_ok(h, c))
+        if (post && !token_ok(h, c)) {
+            KEEL_LOG_W(MOD, "POST %s refused: missing or wrong bearer token", url);
             return send_error(c, 401, KEEL_EPERM,
                               "missing or wrong bearer token (it is in STATE_DIR/token)");
+        }
         pthread_mutex_lock(&h->lock);
         q->limit = q->route == R_INSTALL ? h->cfg.limits.max_package_bytes : h->cfg.max_body_bytes;
         pthread_mutex_unlock(&h->lock);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > q->limit) {
+            char msg[160];
             q->too_big = true;
-            return send_error(c, 413, KEEL_ETOOBIG, "request body is over the size limit");
+            snprintf(msg, sizeof(msg),
+                     "request body of %.24s bytes is over the limit of %llu bytes (%s)", cl,
+                     (unsigned long long)q->limit,
+                     q->route == R_INSTALL ? "max_package in keeld.conf"
+                                           : "max_body in keeld.conf");
+            KEEL_LOG_W(MOD, "%s %s refused: %s", method, url, msg);
+            return send_error(c, 413, KEEL_ETOOBIG, msg);
         }
         if (q->route == R_INSTALL) {
             snprintf(q->upload, sizeof(q->upload), "%s/staging/upload-XXXXXX", h->cfg.state_dir);
@@ -414,7 +448,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (*data_size) {
         size_t n = *data_size;
         *data_size = 0;
-        if (q->too_big)
+        if (q->too_big || q->write_errno)
             return MHD_YES;
         q->got += n;
         if (q->got > q->limit) {
@@ -423,12 +457,25 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         }
         if (q->fd >= 0 ? keel__fs_write_all(q->fd, data, n) != 0
                        : keel__buf_append(&q->body, data, n) != 0)
-            q->too_big = true; /* reported below */
+            q->write_errno = q->fd >= 0 ? (errno ? errno : EIO) : ENOMEM; /* reported below */
         return MHD_YES;
     }
-    if (q->too_big)
-        return send_error(c, 413, KEEL_ETOOBIG,
-                          "request body is over the size limit (or could not be stored)");
+    if (q->too_big) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "request body is over the limit of %llu bytes (%s)",
+                 (unsigned long long)q->limit,
+                 q->route == R_INSTALL ? "max_package in keeld.conf" : "max_body in keeld.conf");
+        KEEL_LOG_W(MOD, "%s %s refused: %s", method, url, msg);
+        return send_error(c, 413, KEEL_ETOOBIG, msg);
+    }
+    if (q->write_errno) {
+        keel_error e;
+        keel__err_errno(&e, keel__err_from_errno(q->write_errno), q->write_errno,
+                        "cannot store the request body in %s/staging (free some space: `keel gc`)",
+                        h->cfg.state_dir);
+        KEEL_LOG_E(MOD, "%s", e.msg);
+        return send_keel_error(c, &e);
+    }
     keel_error e = {0};
     bool ready;
     char *json = NULL;
@@ -530,10 +577,65 @@ static void clean_uploads(const char *state_dir)
     closedir(d);
 }
 
+/* Binds and listens on the unix socket at path (mode 0660). A socket file
+ * left by a keeld that died is replaced; a live one, or anything that is not
+ * a socket, is refused rather than removed. */
+static int listen_unix(const char *path, int *ret_fd, keel_error *err)
+{
+    struct sockaddr_un sa;
+    struct stat st;
+    int fd = -1, rc;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return keel__err(err, KEEL_ETOOBIG, "unix socket path too long (max %zu bytes): %s",
+                         sizeof(sa.sun_path) - 1, path);
+    keel__strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return keel__err_errno(err, KEEL_EIO, errno, "cannot create a unix socket");
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            rc = keel__err(err, KEEL_EEXISTS,
+                           "%s exists and is not a socket: remove it or set another unix_socket",
+                           path);
+            goto fail;
+        }
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            rc = keel__err(err, KEEL_EBUSY,
+                           "another server is listening on %s (is another keeld running?)", path);
+            goto fail;
+        }
+        close(fd);
+        if (unlink(path) != 0 && errno != ENOENT)
+            return keel__err_errno(err, keel__err_from_errno(errno), errno,
+                                   "cannot remove the stale socket %s", path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return keel__err_errno(err, KEEL_EIO, errno, "cannot create a unix socket");
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot bind %s", path);
+        goto fail;
+    }
+    if (chmod(path, 0660) != 0 || listen(fd, 64) != 0) {
+        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot listen on %s", path);
+        unlink(path);
+        goto fail;
+    }
+    *ret_fd = fd;
+    return KEEL_OK;
+fail:
+    close(fd);
+    return rc;
+}
+
 static struct MHD_Daemon *start_daemon(keel__http *h, const struct sockaddr *addr, int listen_fd,
                                        keel_error *err)
 {
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD;
+    if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES)
+        flags |= MHD_USE_EPOLL;
     if (addr && addr->sa_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     struct MHD_Daemon *d;
@@ -594,22 +696,10 @@ int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret
         }
     }
     if (cfg->unix_socket[0]) {
-        struct sockaddr_un sa;
-        memset(&sa, 0, sizeof(sa));
-        sa.sun_family = AF_UNIX;
-        if (strlen(cfg->unix_socket) >= sizeof(sa.sun_path)) {
-            rc = keel__err(err, KEEL_ETOOBIG, "unix socket path too long: %s", cfg->unix_socket);
+        if ((rc = listen_unix(cfg->unix_socket, &ufd, err)))
             goto fail;
-        }
-        keel__strlcpy(sa.sun_path, cfg->unix_socket, sizeof(sa.sun_path));
-        unlink(cfg->unix_socket);
-        ufd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (ufd < 0 || bind(ufd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-            chmod(cfg->unix_socket, 0660) != 0 || listen(ufd, 64) != 0) {
-            rc = keel__err_errno(err, KEEL_EIO, errno, "cannot listen on %s", cfg->unix_socket);
-            goto fail;
-        }
         if (!(h->unix_d = start_daemon(h, NULL, ufd, err))) {
+            unlink(cfg->unix_socket);
             rc = KEEL_EIO;
             goto fail;
         }

@@ -15,6 +15,11 @@ p1=$(make_pkg demo 1.0.0)
 p2=$(make_pkg demo 1.1.0)
 # auth: no token, wrong token
 r=$(http POST /api/packages --data-binary "@$p1"); expect_eq "$(status_of "$r")" 401 "install without token"
+expect_has "$(body_of "$r")" '"code":"PERM"' "401 body"
+hdr=$(curl -s -o /dev/null -D - -X POST "$url/api/verify")
+expect_has "$hdr" "WWW-Authenticate: Bearer" "401 headers"
+expect_has "$hdr" "Content-Type: application/json" "401 headers"
+expect_has "$hdr" "Cache-Control: no-store" "401 headers"
 r=$(http POST /api/packages -H "Authorization: Bearer $(printf '0%.0s' {1..64})" --data-binary "@$p1")
 expect_eq "$(status_of "$r")" 401 "install with a wrong token"
 # install staged, then activate
@@ -48,6 +53,14 @@ r=$(http POST /api/packages/nope/rollback -H "Authorization: Bearer $token")
 expect_eq "$(status_of "$r")" 404 "rollback of an unknown package"
 r=$(http GET /api/nothing); expect_eq "$(status_of "$r")" 404 "unknown route"
 r=$(http DELETE /healthz); expect_eq "$(status_of "$r")" 405 "wrong method"
+expect_has "$(body_of "$r")" '"error":' "405 body"
+expect_has "$(curl -s -o /dev/null -D - -X DELETE "$url/healthz")" "Allow: GET, HEAD" "Allow of /healthz"
+expect_has "$(curl -s -o /dev/null -D - -X PUT "$url/api/packages")" "Allow: GET, HEAD, POST" "Allow of /api/packages"
+expect_has "$(curl -s -o /dev/null -D - "$url/api/verify")" "Allow: POST" "Allow of /api/verify"
+expect_has "$(body_of "$(http GET /api/nothing)")" '"code":"NOTFOUND"' "404 body"
+# a NAME with a slash is escaped by the CLI, never routed elsewhere
+if out=$("$KEEL" activate 'demo/rollback' --url "$url" --state-dir "$state" 2>&1); then die "activate of 'demo/rollback' succeeded: $out"; fi
+expect_has "$out" "HTTP 404" "escaped package name"
 out=$("$KEEL" status --url "$url" --json)
 expect_has "$out" '"ready":true'
 out=$("$KEEL" packages --url "$url")
@@ -85,12 +98,23 @@ grep -q 'unknown setting "bogus_key"' "$work/keeld.log" || die "bad config not r
 r=$(http GET /healthz); expect_eq "$(status_of "$r")" 200 "healthz after a bad reload"
 stop_keeld
 
-# unix socket only
+# unix socket only; a path that is not a socket is refused, never removed
 sock=$work/keeld.sock
+echo precious >"$sock"
+if "$KEELD" --state-dir "$state" --port 0 --unix-socket "$sock" >>"$work/keeld.log" 2>&1; then die "keeld started over a regular file"; fi
+expect_eq "$(cat "$sock")" precious "regular file at the socket path"
+grep -q "is not a socket" "$work/keeld.log" || die "refusal of a non-socket path not logged"
+rm -f "$sock"
+# a stale socket (its keeld died) is replaced
+python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$sock"
 "$KEELD" --state-dir "$state" --port 0 --unix-socket "$sock" >>"$work/keeld.log" 2>&1 &
 keeld_pid=$!
-for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
-r=$(curl -s --unix-socket "$sock" http://localhost/readyz)
+for _ in $(seq 200); do
+    curl -sf --unix-socket "$sock" http://localhost/healthz >/dev/null 2>&1 && break
+    kill -0 "$keeld_pid" 2>/dev/null || die "keeld exited instead of replacing a stale socket"
+    sleep 0.05
+done
+r=$(curl -s --unix-socket "$sock" http://localhost/readyz) || die "no answer over the unix socket"
 expect_has "$r" '"ready":true' "readyz over the unix socket"
 out=$("$KEEL" status --unix-socket "$sock")
 expect_has "$out" "demo: serving 2.0.0 (active)"
