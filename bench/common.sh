@@ -1,0 +1,55 @@
+# shellcheck shell=bash
+# bench/common.sh - sourced by the bench scripts: paths, and the work files
+# they share in bench/out/ (ignored by git): a 1 GiB random file, a signing
+# key, a trust dir, a package holding the file, and a state dir with that
+# package installed and active. Each is made once and then reused.
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=$top/build/release
+out=$top/bench/out
+big=$out/model.bin
+mkdir -p "$out"
+
+need_release() {
+    [[ -x $bin/keeld && -x $bin/keel && -x $bin/bench/startup ]] ||
+        { echo "bench: build first with bench/run.sh (release build in build/release)" >&2; exit 1; }
+}
+
+ensure_big() {
+    if [[ ! -f $big || $(stat -c %s "$big") != 1073741824 ]]; then
+        echo "bench: generating a 1 GiB file" >&2
+        head -c 1073741824 /dev/urandom >"$big"
+    fi
+}
+
+# $out/big.keel signed by $out/k.key, trusted by $out/trust
+ensure_package() {
+    ensure_big
+    [[ -f $out/k.key ]] || "$bin/keel" keygen -o "$out/k" >/dev/null
+    [[ -f $out/trust/root.json ]] || "$bin/keel" trust init "$out/trust" --key "$out/k.pub" >/dev/null
+    if [[ ! -f $out/big.keel || $out/big.keel -ot $big ]]; then
+        mkdir -p "$out/src"
+        ln -f "$big" "$out/src/model.bin"
+        printf '{"format":1,"name":"big","version":"1.0.0","tiers":[{"name":"primary","backend":"onnx","model":"model.bin"}]}' \
+            >"$out/src/keel.json"
+        "$bin/keel" pack "$out/src" -o "$out/big.keel" --key "$out/k.key" >/dev/null
+    fi
+}
+
+# $out/state: the package installed, verified and active; $out/empty: a fresh store
+ensure_state() {
+    ensure_package
+    if [[ ! -f $out/state/keel.db || $out/state/keel.db -ot $out/big.keel ]]; then
+        rm -rf "$out/state" && mkdir -p "$out/state"
+        cp -r "$out/trust" "$out/state/trust"
+        "$bin/keel" install "$out/big.keel" --offline --state-dir "$out/state" --activate >/dev/null
+    fi
+    rm -rf "$out/empty" && mkdir -p "$out/empty"
+}
+
+free_port() { # a loopback port nobody listens on right now
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 30000))
+        ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
+    done
+}
