@@ -172,23 +172,29 @@ static int pkg_new(const keel_limits *lim, const char *origin, keel_pkg **ret, k
     return KEEL_OK;
 }
 
-int keel_pkg_open(const char *path, const keel_limits *lim, keel_pkg **ret, keel_error *err)
+/* Opens from a file (path) or from memory (data, len), then reads keel.json
+ * and keel.sig. The size limit applies before anything is parsed. */
+static int pkg_open_any(const char *path, const void *data, size_t len, const keel_limits *lim,
+                        keel_pkg **ret, keel_error *err)
 {
     keel_pkg *p = NULL;
     struct stat st;
-    int rc = pkg_new(lim, path, &p, err);
+    int rc = pkg_new(lim, path ? path : "package", &p, err);
     if (rc)
         return rc;
-    if (stat(path, &st) != 0) {
+    if (path && stat(path, &st) != 0) {
         rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s", path);
         goto fail;
     }
-    if ((uint64_t)st.st_size > p->lim.max_package_bytes) {
-        rc = keel__err(err, KEEL_ETOOBIG, "%s is %lld bytes, over the package limit of %llu", path,
-                       (long long)st.st_size, (unsigned long long)p->lim.max_package_bytes);
+    uint64_t size = path ? (uint64_t)st.st_size : (uint64_t)len;
+    if (size > p->lim.max_package_bytes) {
+        rc = keel__err(err, KEEL_ETOOBIG, "%s is %llu bytes, over the package limit of %llu",
+                       p->origin, (unsigned long long)size,
+                       (unsigned long long)p->lim.max_package_bytes);
         goto fail;
     }
-    if (archive_read_open_filename(p->ar, path, READ_BLOCK) != ARCHIVE_OK) {
+    if ((path ? archive_read_open_filename(p->ar, path, READ_BLOCK)
+              : archive_read_open_memory(p->ar, data, len)) != ARCHIVE_OK) {
         rc = ar_err(p, err, NULL);
         goto fail;
     }
@@ -201,29 +207,15 @@ fail:
     return rc;
 }
 
+int keel_pkg_open(const char *path, const keel_limits *lim, keel_pkg **ret, keel_error *err)
+{
+    return pkg_open_any(path, NULL, 0, lim, ret, err);
+}
+
 int keel_pkg_open_mem(const void *data, size_t len, const keel_limits *lim, keel_pkg **ret,
                       keel_error *err)
 {
-    keel_pkg *p = NULL;
-    int rc = pkg_new(lim, "package", &p, err);
-    if (rc)
-        return rc;
-    if (len > p->lim.max_package_bytes) {
-        rc = keel__err(err, KEEL_ETOOBIG, "package is over the limit of %llu bytes",
-                       (unsigned long long)p->lim.max_package_bytes);
-        goto fail;
-    }
-    if (archive_read_open_memory(p->ar, data, len) != ARCHIVE_OK) {
-        rc = ar_err(p, err, NULL);
-        goto fail;
-    }
-    if ((rc = pkg_start(p, err)))
-        goto fail;
-    *ret = p;
-    return KEEL_OK;
-fail:
-    keel_pkg_close(p);
-    return rc;
+    return pkg_open_any(NULL, data, len, lim, ret, err);
 }
 
 int keel_pkg_check_trust(const keel_pkg *p, const keel_trust *trust, keel_error *err)

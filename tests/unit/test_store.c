@@ -243,9 +243,9 @@ static void test_store_shared_between_processes(void **state)
     keel_store_close(other);
     assert_int_equal(keel_store_gc(f->s, &freed, &e), 0);
     /* the store is still usable after gc (back to a shared lock) */
-    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t,
-                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
-                     0);
+    assert_int_equal(
+        keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t, KEEL_INSTALL_ACTIVATE, NULL, &e),
+        0);
     keel_store_close(f->s);
     assert_int_equal(keel_store_open(f->state, NULL, &f->s, &e), 0);
     assert_false(keel__fs_exists(th_path(f->state, "staging/blobs/partial.XXXX")));
