@@ -264,6 +264,18 @@ static int tar_member(tar_out *t, const char *name, const void *data, size_t len
     return rc ? rc : tar_data(t, data, len, err);
 }
 
+/* The first two members: keel.json (exact bytes) and keel.sig (sigs). */
+static int tar_head(tar_out *t, const void *manifest, size_t len, const keel_sigset *sigs,
+                    keel_error *err)
+{
+    char *sigjson = NULL;
+    int rc = keel_sigset_format(sigs, &sigjson, err);
+    if (!rc && !(rc = tar_member(t, KEEL_MANIFEST_NAME, manifest, len, err)))
+        rc = tar_member(t, KEEL_SIG_NAME, sigjson, strlen(sigjson), err);
+    free(sigjson);
+    return rc;
+}
+
 /* Finishes (commit=true: fsync + rename) or abandons the output. */
 static int tar_close(tar_out *t, bool commit, keel_error *err)
 {
@@ -354,7 +366,7 @@ int keel_pack_dir(const char *src_dir, const char *out_path, const keel_key *con
                   size_t nkeys, const keel_limits *lim, keel_error *err)
 {
     char path[PATH_MAX], created[32];
-    char *tmpl = NULL, *text = NULL, *sigjson = NULL;
+    char *tmpl = NULL, *text = NULL;
     size_t tlen;
     cJSON *doc = NULL, *files = NULL;
     strlist list = {0};
@@ -421,14 +433,10 @@ int keel_pack_dir(const char *src_dir, const char *out_path, const keel_key *con
         keel__err_prefix(err, "%s", path);
         goto out;
     }
-    if ((rc = sign_all(m, keys, nkeys, &sigs, err)) ||
-        (rc = keel_sigset_format(&sigs, &sigjson, err)))
-        goto out;
-    if ((rc = tar_open(&t, out_path, err)))
+    if ((rc = sign_all(m, keys, nkeys, &sigs, err)) || (rc = tar_open(&t, out_path, err)))
         goto out;
     opened = true;
-    if ((rc = tar_member(&t, KEEL_MANIFEST_NAME, text, strlen(text), err)) ||
-        (rc = tar_member(&t, KEEL_SIG_NAME, sigjson, strlen(sigjson), err)))
+    if ((rc = tar_head(&t, text, strlen(text), &sigs, err)))
         goto out;
     for (size_t i = 0; i < keel_manifest_nfiles(m); i++)
         if ((rc = copy_file(&t, src_dir, keel_manifest_file(m, i), buf, h, err)))
@@ -442,7 +450,6 @@ out:
     strlist_done(&list);
     cJSON_Delete(files);
     cJSON_Delete(doc);
-    free(sigjson);
     free(text);
     free(tmpl);
     free(buf);
@@ -472,7 +479,6 @@ int keel_pkg_sign(const char *path, const keel_key *key, const keel_limits *lim,
 {
     keel_pkg *p = NULL;
     keel_sigset sigs;
-    char *sigjson = NULL;
     tar_out t = {.fd = -1};
     bool opened = false;
     size_t len;
@@ -482,21 +488,17 @@ int keel_pkg_sign(const char *path, const keel_key *key, const keel_limits *lim,
     const keel_manifest *m = keel_pkg_manifest(p);
     const uint8_t *bytes = keel_manifest_bytes(m, &len);
     memcpy(&sigs, keel_pkg_sigs(p), sizeof(sigs));
-    if ((rc = sign_all(m, &key, 1, &sigs, err)) ||
-        (rc = keel_sigset_format(&sigs, &sigjson, err)) || (rc = tar_open(&t, path, err)))
+    if ((rc = sign_all(m, &key, 1, &sigs, err)) || (rc = tar_open(&t, path, err)))
         goto out;
     opened = true;
     keel_pkg_sink sink = {sink_begin, sink_write, sink_end, &t};
-    if ((rc = tar_member(&t, KEEL_MANIFEST_NAME, bytes, len, err)) ||
-        (rc = tar_member(&t, KEEL_SIG_NAME, sigjson, strlen(sigjson), err)) ||
-        (rc = keel_pkg_extract(p, &sink, err)))
+    if ((rc = tar_head(&t, bytes, len, &sigs, err)) || (rc = keel_pkg_extract(p, &sink, err)))
         goto out;
     opened = false;
     rc = tar_close(&t, true, err);
 out:
     if (opened)
         (void)tar_close(&t, false, NULL);
-    free(sigjson);
     keel_pkg_close(p);
     return rc;
 }

@@ -153,6 +153,14 @@ static int get_text(keel_store *s, const char *sql, const char *a, const char *b
     return rc;
 }
 
+/* The digest of a recorded name@version; *found says whether it is recorded. */
+static int package_digest(keel_store *s, const char *name, const char *ver, char *out, size_t n,
+                          bool *found, keel_error *err)
+{
+    return get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name, ver, out,
+                    n, found, err);
+}
+
 static int slot_get(keel_store *s, const char *name, keel_slot slot, char *ver, bool *found,
                     keel_error *err)
 {
@@ -386,8 +394,7 @@ static int verify_locked(keel_store *s, const char *name, const char *ver, unsig
         /* A package with no files is valid only if it is recorded. */
         bool found;
         char d[80];
-        if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name, ver,
-                           d, sizeof(d), &found, err)))
+        if ((rc = package_digest(s, name, ver, d, sizeof(d), &found, err)))
             return rc;
         if (!found)
             return keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", name, ver);
@@ -596,8 +603,7 @@ int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *tr
     keel__strlcpy(res.digest, digest, sizeof(res.digest));
     res.bytes = keel_manifest_total_bytes(m);
     pthread_mutex_lock(&s->lock);
-    rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name, ver, have,
-                  sizeof(have), &found, err);
+    rc = package_digest(s, name, ver, have, sizeof(have), &found, err);
     if (!rc && found && strcmp(have, digest) != 0)
         rc = keel__err(err, KEEL_ECONFLICT,
                        "%s %s is already installed with different content (%s, this one is "
@@ -722,8 +728,7 @@ static int do_activate(keel_store *s, void *arg, keel_error *err)
     int rc;
     if (a->version) {
         char d[80];
-        if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", a->name,
-                           a->version, d, sizeof(d), &found, err)))
+        if ((rc = package_digest(s, a->name, a->version, d, sizeof(d), &found, err)))
             return rc;
         if (!found)
             return keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", a->name, a->version);
@@ -849,8 +854,7 @@ static int resolve_locked(keel_store *s, const char *name, unsigned flags, keel_
         if (verify_locked(s, name, ver, flags, &e) == KEEL_OK) {
             bool f2;
             keel__strlcpy(out.version, ver, sizeof(out.version));
-            if ((rc = get_text(s, "SELECT digest FROM packages WHERE name=?1 AND version=?2", name,
-                               ver, out.digest, sizeof(out.digest), &f2, err)))
+            if ((rc = package_digest(s, name, ver, out.digest, sizeof(out.digest), &f2, err)))
                 goto out;
             out.slot = order[i];
             out.degraded = order[i] != KEEL_SLOT_ACTIVE;
