@@ -171,11 +171,11 @@ static void test_corruption_fallback(void **state)
     assert_int_equal(keel_store_install(f->s, p2, f->t, KEEL_INSTALL_ACTIVATE, NULL, &e), 0);
     assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
     assert_int_equal(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), 0);
-    /* silent corruption keeping size, mtime and ctime is only caught deeply */
+    /* a changed byte changes mtime/ctime, so the stamp no longer matches */
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
     corrupt(path, 5000);
-    /* the stamp no longer matches (mtime/ctime changed): re-hash catches it */
+    /* resolve re-hashes the file and falls back to previous */
     assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
     assert_int_equal(sv.slot, KEEL_SLOT_PREVIOUS);
     assert_true(sv.degraded);
