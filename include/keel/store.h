@@ -83,6 +83,27 @@ KEEL_API KEEL_WUR int keel_store_rollback(keel_store *s, const char *name, keel_
 /* Records the active version as this device's known-good. */
 KEEL_API KEEL_WUR int keel_store_mark_good(keel_store *s, const char *name, keel_error *err);
 
+/*
+ * A validator runs before any activation (keel_store_activate, and install
+ * with KEEL_INSTALL_ACTIVATE, which then installs staged, validates, and
+ * activates). It gets the installed-but-not-active version and returns
+ * KEEL_OK to let it go live, or an error whose message is the report. The
+ * store lock is not held while it runs: it may call the keel_store_version_*
+ * readers. keeld and the CLI set the inference self-test here.
+ */
+typedef int (*keel_store_validator)(void *ctx, keel_store *s, const char *name,
+                                    const char *version, keel_error *err);
+KEEL_API void keel_store_set_validator(keel_store *s, keel_store_validator fn, void *ctx);
+
+/* keel.json of an installed version (malloc'd copy). */
+KEEL_API KEEL_WUR int keel_store_version_manifest(keel_store *s, const char *name,
+                                                  const char *version, char **ret,
+                                                  size_t *ret_len, keel_error *err);
+/* Path of a file of an installed version (not necessarily serving). */
+KEEL_API KEEL_WUR int keel_store_version_file(keel_store *s, const char *name,
+                                              const char *version, const char *path, char *buf,
+                                              size_t n, keel_error *err);
+
 /* --- verification and serving ------------------------------------------------ */
 
 #define KEEL_VERIFY_DEEP 0x1u /* re-hash every file, ignoring stamps */
@@ -113,6 +134,10 @@ KEEL_API KEEL_WUR int keel_store_resolve_all(keel_store *s, unsigned flags, bool
 /* Verifies one installed version's files (stamps, or re-hash with DEEP). */
 KEEL_API KEEL_WUR int keel_store_verify(keel_store *s, const char *name, const char *version,
                                         unsigned flags, keel_error *err);
+
+/* What serves each package right now, as last resolved (malloc'd array). */
+KEEL_API KEEL_WUR int keel_store_serving_list(keel_store *s, keel_serving **ret, size_t *ret_n,
+                                              keel_error *err);
 
 /* Path of an installed file of the serving version of `name`, into buf. */
 KEEL_API KEEL_WUR int keel_store_file_path(keel_store *s, const char *name, const char *path,

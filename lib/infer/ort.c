@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json.h"
 #include "infer/ort.h"
 
 #define MOD                  "onnx"
@@ -33,8 +34,15 @@ enum ort_slot {
     S_SessionGetOutputTypeInfo = 34,
     S_SessionGetInputName = 36,
     S_SessionGetOutputName = 37,
+    S_CreateRunOptions = 39,
+    S_RunOptionsSetTerminate = 46,
+    S_RunOptionsUnsetTerminate = 47,
+    S_CreateTensorAsOrtValue = 48,
     S_CreateTensorWithDataAsOrtValue = 49,
     S_GetTensorMutableData = 51,
+    S_FillStringTensor = 52,
+    S_GetStringTensorDataLength = 53,
+    S_GetStringTensorContent = 54,
     S_CastTypeInfoToTensorInfo = 55,
     S_GetTensorElementType = 60,
     S_GetDimensionsCount = 61,
@@ -51,6 +59,7 @@ enum ort_slot {
     S_ReleaseMemoryInfo = 94,
     S_ReleaseSession = 95,
     S_ReleaseValue = 96,
+    S_ReleaseRunOptions = 97,
     S_ReleaseTypeInfo = 98,
     S_ReleaseTensorTypeAndShapeInfo = 99,
     S_ReleaseSessionOptions = 100,
@@ -64,7 +73,7 @@ typedef struct ort_api_base {
 } ort_api_base;
 
 static ort_fn const *api;
-static void *env, *meminfo, *allocator;
+static void *lib, *env, *meminfo, *allocator;
 static char version[32];
 static char load_error[512];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -106,6 +115,7 @@ static void load(void)
         snprintf(load_error, sizeof(load_error), "the ONNX Runtime library has no OrtGetApiBase");
         return;
     }
+    lib = h;
     keel__strlcpy(version, base->GetVersionString(), sizeof(version));
     api = base->GetApi(KEEL_ORT_API_VERSION);
     if (!api) {
@@ -200,7 +210,43 @@ struct keel__ort_session {
     size_t nin, nout;
     keel__tensor *in, *out;       /* descriptions; names malloc'd */
     char **in_names, **out_names; /* owned; the descriptions' names point here */
+    char provider[32];            /* the execution provider that took the session */
 };
+
+/* Appends an execution provider by name. The runtime exports plain
+ * functions for CUDA and TensorRT; they fail (and we stay on CPU) when the
+ * provider's own library is not installed. "cpu" always works and ends the
+ * preference list. */
+static bool add_provider(void *so, const char *name)
+{
+    static const struct {
+        const char *name, *sym;
+    } eps[] = {{"cuda", "OrtSessionOptionsAppendExecutionProvider_CUDA"},
+               {"tensorrt", "OrtSessionOptionsAppendExecutionProvider_Tensorrt"}};
+    if (!strcmp(name, "cpu"))
+        return true;
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(eps); i++) {
+        if (strcmp(name, eps[i].name))
+            continue;
+        status_t (*fn)(void *, int) = (status_t(*)(void *, int))dlsym(lib, eps[i].sym);
+        status_t st = fn ? fn(so, 0) : (status_t)1;
+        if (!st)
+            return true;
+        if (fn) {
+            KEEL_LOG_W(MOD, "execution provider %s unavailable (%s); trying the next", name,
+                       FN(S_GetErrorMessage, const char *(*)(status_t))(st));
+            FN(S_ReleaseStatus, void (*)(status_t))(st);
+        }
+        return false;
+    }
+    KEEL_LOG_W(MOD, "unknown execution provider \"%s\"; trying the next", name);
+    return false;
+}
+
+const char *keel__ort_provider(const keel__ort_session *s)
+{
+    return s->provider;
+}
 
 /* Reads dtype and shape from an OrtTensorTypeAndShapeInfo. */
 static int read_info(const void *info, keel__tensor *t, keel_error *err)
@@ -298,6 +344,12 @@ int keel__ort_session_new(const char *model_path, const keel__ort_opts *opts,
         rc = keel__err(err, KEEL_ENOMEM, "out of memory");
         goto out;
     }
+    keel__strlcpy(s->provider, "cpu", sizeof(s->provider));
+    for (size_t i = 0; opts && i < opts->nproviders; i++)
+        if (add_provider(so, opts->providers[i])) {
+            keel__strlcpy(s->provider, opts->providers[i], sizeof(s->provider));
+            break;
+        }
     if ((st = FN(S_CreateSession, status_t(*)(void *, const char *, void *, void **))(
              env, model_path, so, &s->session))) {
         rc = status_err(st, err, model_path);
@@ -371,26 +423,29 @@ static int json_elem(keel_buf *b, int dtype, const void *data, size_t i, bool as
         return keel__buf_appendf(b, "%s%lld%s", q, (long long)((const int64_t *)data)[i], q);
     case KEEL_DT_INT32:
         return keel__buf_appendf(b, "%s%d%s", q, ((const int32_t *)data)[i], q);
+    case KEEL_DT_INT16:
+        return keel__buf_appendf(b, "%s%d%s", q, ((const int16_t *)data)[i], q);
+    case KEEL_DT_INT8:
+        return keel__buf_appendf(b, "%s%d%s", q, ((const int8_t *)data)[i], q);
+    case KEEL_DT_UINT64:
+        return keel__buf_appendf(b, "%s%llu%s", q, (unsigned long long)((const uint64_t *)data)[i],
+                                 q);
+    case KEEL_DT_UINT32:
+        return keel__buf_appendf(b, "%s%u%s", q, ((const uint32_t *)data)[i], q);
+    case KEEL_DT_UINT16:
+        return keel__buf_appendf(b, "%s%u%s", q, ((const uint16_t *)data)[i], q);
     case KEEL_DT_UINT8:
     case KEEL_DT_BOOL:
         return keel__buf_appendf(b, "%s%u%s", q, ((const uint8_t *)data)[i], q);
+    case KEEL_DT_STRING: { /* data: n NUL-terminated strings back to back */
+        const char *p = data;
+        for (size_t k = 0; k < i; k++)
+            p += strlen(p) + 1;
+        return keel__json_quote(b, p);
+    }
     default:
         return KEEL_EUNSUPPORTED;
     }
-}
-
-/* A tensor held by a value: its description and data (borrowed from v). */
-static int tensor_view(void *v, keel__tensor *t, void **ret_data, keel_error *err)
-{
-    void *info = NULL;
-    status_t st = FN(S_GetTensorTypeAndShape, status_t(*)(const void *, void **))(v, &info);
-    if (st)
-        return status_err(st, err, "reading an output shape");
-    int rc = read_info(info, t, err);
-    FN(S_ReleaseTensorTypeAndShapeInfo, void (*)(void *))(info);
-    if (!rc && (st = FN(S_GetTensorMutableData, status_t(*)(void *, void **))(v, ret_data)))
-        rc = status_err(st, err, "reading output data");
-    return rc;
 }
 
 static size_t elem_count(const keel__tensor *t)
@@ -399,6 +454,71 @@ static size_t elem_count(const keel__tensor *t)
     for (size_t i = 0; i < t->ndim; i++)
         n *= (size_t)t->shape[i];
     return n;
+}
+
+/* The n strings of a string tensor value as one malloc'd block of
+ * NUL-terminated strings back to back (the keel__tensor string layout). */
+static int read_strings(void *v, size_t n, char **ret, size_t *ret_len, keel_error *err)
+{
+    size_t len = 0;
+    status_t st = FN(S_GetStringTensorDataLength, status_t(*)(const void *, size_t *))(v, &len);
+    if (st)
+        return status_err(st, err, "reading a string tensor");
+    if (len > (256u << 20))
+        return keel__err(err, KEEL_ETOOBIG, "string output of %zu bytes is over 256 MiB", len);
+    char *raw = malloc(len + 1), *out = malloc(len + n + 1);
+    size_t *offs = calloc(n + 1, sizeof(size_t));
+    int rc = KEEL_OK;
+    if (!raw || !out || !offs) {
+        rc = keel__err(err, KEEL_ENOMEM, "out of memory for a string output");
+        goto done;
+    }
+    if ((st = FN(S_GetStringTensorContent,
+                 status_t(*)(const void *, void *, size_t, size_t *, size_t))(v, raw, len, offs,
+                                                                              n))) {
+        rc = status_err(st, err, "reading a string tensor");
+        goto done;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t a = offs[i], b = i + 1 < n ? offs[i + 1] : len;
+        if (a > b || b > len) {
+            rc = keel__err(err, KEEL_ECORRUPT, "string tensor offsets out of order");
+            goto done;
+        }
+        memcpy(out + o, raw + a, b - a);
+        o += b - a;
+        out[o++] = 0;
+    }
+    *ret = out;
+    *ret_len = o;
+    out = NULL;
+done:
+    free(raw);
+    free(out);
+    free(offs);
+    return rc;
+}
+
+/* A tensor held by a value: its description and data. Numeric data is
+ * borrowed from v; string data is copied (*ret_owned, caller frees). */
+static int tensor_view(void *v, keel__tensor *t, void **ret_data, char **ret_owned,
+                       keel_error *err)
+{
+    void *info = NULL;
+    *ret_owned = NULL;
+    status_t st = FN(S_GetTensorTypeAndShape, status_t(*)(const void *, void **))(v, &info);
+    if (st)
+        return status_err(st, err, "reading an output shape");
+    int rc = read_info(info, t, err);
+    FN(S_ReleaseTensorTypeAndShapeInfo, void (*)(void *))(info);
+    if (!rc && t->dtype == KEEL_DT_STRING) {
+        size_t len = 0;
+        if (!(rc = read_strings(v, elem_count(t), ret_owned, &len, err)))
+            *ret_data = *ret_owned;
+    } else if (!rc && (st = FN(S_GetTensorMutableData, status_t(*)(void *, void **))(v, ret_data)))
+        rc = status_err(st, err, "reading output data");
+    return rc;
 }
 
 /* Renders a non-tensor value (a sequence, a map, or a tensor inside them) as
@@ -416,7 +536,8 @@ static int value_json(void *v, keel_buf *b, unsigned depth, keel_error *err)
     if (type == ONNX_TYPE_TENSOR) {
         keel__tensor t = {.name = "element"};
         void *data = NULL;
-        if ((rc = tensor_view(v, &t, &data, err)))
+        char *owned = NULL;
+        if ((rc = tensor_view(v, &t, &data, &owned, err)))
             return rc;
         size_t n = elem_count(&t);
         rc = keel__buf_append(b, "[", 1);
@@ -425,6 +546,7 @@ static int value_json(void *v, keel_buf *b, unsigned depth, keel_error *err)
             if (!rc)
                 rc = json_elem(b, t.dtype, data, i, false);
         }
+        free(owned);
         if (rc)
             return keel__err(err, rc, "cannot render a %s tensor as JSON",
                              keel__dtype_name(t.dtype));
@@ -450,13 +572,14 @@ static int value_json(void *v, keel_buf *b, unsigned depth, keel_error *err)
     }
     /* a map: value 0 is the keys tensor, value 1 the values tensor */
     void *kv[2] = {NULL, NULL}, *kd[2] = {NULL, NULL};
+    char *owned[2] = {NULL, NULL};
     keel__tensor kt[2] = {{.name = "keys"}, {.name = "values"}};
     for (int i = 0; !rc && i < 2; i++) {
         if ((st = FN(S_GetValue, status_t(*)(const void *, int, void *, void **))(v, i, allocator,
                                                                                   &kv[i])))
             rc = status_err(st, err, "reading a map");
         else
-            rc = tensor_view(kv[i], &kt[i], &kd[i], err);
+            rc = tensor_view(kv[i], &kt[i], &kd[i], &owned[i], err);
     }
     size_t n = rc ? 0 : elem_count(&kt[0]);
     if (!rc && elem_count(&kt[1]) != n)
@@ -478,9 +601,11 @@ static int value_json(void *v, keel_buf *b, unsigned depth, keel_error *err)
     }
     if (!rc)
         rc = keel__buf_append(b, "}", 1);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (kv[i])
             FN(S_ReleaseValue, void (*)(void *))(kv[i]);
+        free(owned[i]);
+    }
     return rc;
 }
 
@@ -511,12 +636,19 @@ static int take_output(void *v, keel__tensor *t, keel_error *err)
     FN(S_ReleaseTensorTypeAndShapeInfo, void (*)(void *))(info);
     if (rc)
         return rc;
-    size_t es = keel__dtype_size(t->dtype), n = 1;
+    size_t es = keel__dtype_size(t->dtype), n = elem_count(t);
+    if (t->dtype == KEEL_DT_STRING) {
+        char *strs = NULL;
+        size_t len = 0;
+        if ((rc = read_strings(v, n, &strs, &len, err)))
+            return rc;
+        t->data = strs;
+        t->nbytes = len;
+        return KEEL_OK;
+    }
     if (!es)
-        return keel__err(err, KEEL_EUNSUPPORTED, "output \"%s\" has dtype %s, not supported yet",
+        return keel__err(err, KEEL_EUNSUPPORTED, "output \"%s\" has dtype %s, not supported",
                          t->name, keel__dtype_name(t->dtype));
-    for (size_t i = 0; i < t->ndim; i++)
-        n *= (size_t)t->shape[i];
     if ((st = FN(S_GetTensorMutableData, status_t(*)(void *, void **))(v, &data)))
         return status_err(st, err, "reading output data");
     t->nbytes = n * es;
@@ -528,8 +660,104 @@ static int take_output(void *v, keel__tensor *t, keel_error *err)
     return KEEL_OK;
 }
 
+/* --- run control ----------------------------------------------------------------- */
+
+struct keel__ort_runctl {
+    void *ro; /* OrtRunOptions */
+};
+
+int keel__ort_runctl_new(keel__ort_runctl **ret, keel_error *err)
+{
+    int rc = keel__ort_load(NULL, err);
+    if (rc)
+        return rc;
+    keel__ort_runctl *c = calloc(1, sizeof(*c));
+    if (!c)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    status_t st = FN(S_CreateRunOptions, status_t(*)(void **))(&c->ro);
+    if (st) {
+        free(c);
+        return status_err(st, err, "creating run options");
+    }
+    *ret = c;
+    return KEEL_OK;
+}
+
+void keel__ort_runctl_free(keel__ort_runctl *c)
+{
+    if (!c)
+        return;
+    FN(S_ReleaseRunOptions, void (*)(void *))(c->ro);
+    free(c);
+}
+
+/* ONNX Runtime checks the flag between kernels: a Run in flight returns an
+ * error soon after. Safe from any thread. */
+void keel__ort_runctl_terminate(keel__ort_runctl *c)
+{
+    status_t st = FN(S_RunOptionsSetTerminate, status_t(*)(void *))(c->ro);
+    if (st)
+        FN(S_ReleaseStatus, void (*)(status_t))(st);
+}
+
+void keel__ort_runctl_reset(keel__ort_runctl *c)
+{
+    status_t st = FN(S_RunOptionsUnsetTerminate, status_t(*)(void *))(c->ro);
+    if (st)
+        FN(S_ReleaseStatus, void (*)(status_t))(st);
+}
+
+/* One input as an OrtValue. Numeric data is used in place; strings are
+ * copied into a runtime-owned string tensor. */
+static int make_input(const keel__tensor *t, void **ret, keel_error *err)
+{
+    size_t es = keel__dtype_size(t->dtype), n = elem_count(t);
+    status_t st;
+    if (t->dtype == KEEL_DT_STRING) {
+        const char **ptrs = calloc(n + 1, sizeof(char *));
+        if (!ptrs)
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+        const char *p = t->data, *end = p + t->nbytes;
+        for (size_t i = 0; i < n; i++) {
+            const char *z = p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
+            if (!z) {
+                free(ptrs);
+                return keel__err(err, KEEL_EINVALID, "input \"%s\": %zu strings expected", t->name,
+                                 n);
+            }
+            ptrs[i] = p;
+            p = z + 1;
+        }
+        st = FN(S_CreateTensorAsOrtValue,
+                status_t(*)(void *, const int64_t *, size_t, int, void **))(allocator, t->shape,
+                                                                           t->ndim, t->dtype, ret);
+        if (!st)
+            st = FN(S_FillStringTensor, status_t(*)(void *, const char *const *, size_t))(
+                *ret, ptrs, n);
+        free(ptrs);
+        return st ? status_err(st, err, t->name) : KEEL_OK;
+    }
+    if (!es)
+        return keel__err(err, KEEL_EUNSUPPORTED, "input \"%s\": dtype %s is not supported",
+                         t->name, keel__dtype_name(t->dtype));
+    if (n * es != t->nbytes)
+        return keel__err(err, KEEL_EINVALID,
+                         "input \"%s\": %zu bytes of data for a shape of %zu %s elements", t->name,
+                         t->nbytes, n, keel__dtype_name(t->dtype));
+    st = FN(S_CreateTensorWithDataAsOrtValue,
+            status_t(*)(const void *, void *, size_t, const int64_t *, size_t, int, void **))(
+        meminfo, t->data, t->nbytes, t->shape, t->ndim, t->dtype, ret);
+    return st ? status_err(st, err, t->name) : KEEL_OK;
+}
+
 int keel__ort_run(keel__ort_session *s, const keel__tensor *inputs, size_t ninputs,
                   keel__tensor *outputs, keel_error *err)
+{
+    return keel__ort_run_ctl(s, inputs, ninputs, outputs, NULL, err);
+}
+
+int keel__ort_run_ctl(keel__ort_session *s, const keel__tensor *inputs, size_t ninputs,
+                      keel__tensor *outputs, keel__ort_runctl *ctl, keel_error *err)
 {
     void *in_vals[32] = {0}, *out_vals[32] = {0};
     const char *in_names[32];
@@ -538,33 +766,13 @@ int keel__ort_run(keel__ort_session *s, const keel__tensor *inputs, size_t ninpu
     if (ninputs > 32 || s->nout > 32)
         return keel__err(err, KEEL_ETOOBIG, "more than 32 inputs or outputs");
     for (size_t i = 0; i < ninputs; i++) {
-        const keel__tensor *t = &inputs[i];
-        size_t es = keel__dtype_size(t->dtype), n = 1;
-        if (!es) {
-            rc = keel__err(err, KEEL_EUNSUPPORTED, "input \"%s\": dtype %s is not supported yet",
-                           t->name, keel__dtype_name(t->dtype));
+        in_names[i] = inputs[i].name;
+        if ((rc = make_input(&inputs[i], &in_vals[i], err)))
             goto out;
-        }
-        for (size_t d = 0; d < t->ndim; d++)
-            n *= (size_t)t->shape[d];
-        if (n * es != t->nbytes) {
-            rc = keel__err(err, KEEL_EINVALID,
-                           "input \"%s\": %zu bytes of data for a shape of %zu %s elements",
-                           t->name, t->nbytes, n, keel__dtype_name(t->dtype));
-            goto out;
-        }
-        in_names[i] = t->name;
-        if ((st = FN(S_CreateTensorWithDataAsOrtValue,
-                     status_t(*)(const void *, void *, size_t, const int64_t *, size_t, int,
-                                 void **))(meminfo, t->data, t->nbytes, t->shape, t->ndim, t->dtype,
-                                           &in_vals[i]))) {
-            rc = status_err(st, err, t->name);
-            goto out;
-        }
     }
     if ((st = FN(S_Run, status_t(*)(void *, const void *, const char *const *, const void *const *,
                                     size_t, const char *const *, size_t, void **))(
-             s->session, NULL, in_names, (const void *const *)in_vals, ninputs,
+             s->session, ctl ? ctl->ro : NULL, in_names, (const void *const *)in_vals, ninputs,
              (const char *const *)s->out_names, s->nout, out_vals))) {
         rc = status_err(st, err, "run");
         goto out;

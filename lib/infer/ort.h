@@ -7,9 +7,9 @@
  * checks the runtime's version string at load. Nothing of ONNX Runtime's
  * types leaves lib/infer/ort.c.
  *
- * Status: the adapter (load, sessions, tensor run for every numeric dtype,
- * sequence/map outputs as JSON).
- * The backend interface, tiers and HTTP inference (issue 3) build on it.
+ * It covers load, sessions (options, execution providers), runs with every
+ * tensor dtype including strings, run cancellation, and sequence/map outputs
+ * as JSON. lib/infer/onnx.c is the backend built on it.
  */
 #ifndef KEEL_INFER_ORT_H
 #define KEEL_INFER_ORT_H
@@ -47,7 +47,8 @@ typedef struct keel__tensor {
     int dtype;
     size_t ndim;
     int64_t shape[KEEL_TENSOR_MAX_DIMS];
-    void *data; /* inputs: borrowed; outputs: malloc'd, freed by keel__tensor_done */
+    void *data; /* inputs: borrowed; outputs: malloc'd, freed by keel__tensor_done.
+                 * strings: the elements as NUL-terminated strings back to back */
     size_t nbytes;
 } keel__tensor;
 
@@ -63,6 +64,8 @@ typedef struct keel__ort_opts {
     int intra_threads;                /* 0: ORT default */
     int opt_level;                    /* 0 disable, 1 basic, 2 extended, 99 all (default) */
     const char *optimized_model_path; /* save the optimized graph here (may be NULL) */
+    const char *const *providers;     /* preference order, e.g. {"cuda", "cpu"}; CPU if none takes */
+    size_t nproviders;
 } keel__ort_opts;
 
 typedef struct keel__ort_session keel__ort_session;
@@ -75,6 +78,18 @@ size_t keel__ort_noutputs(const keel__ort_session *s);
 /* Describes input/output i: name (valid until free), dtype, shape (-1 dynamic). */
 const keel__tensor *keel__ort_input(const keel__ort_session *s, size_t i);
 const keel__tensor *keel__ort_output(const keel__ort_session *s, size_t i);
+
+/* The execution provider the session runs on ("cpu", "cuda", ...). */
+const char *keel__ort_provider(const keel__ort_session *s);
+
+/* A run control: lets another thread stop a Run in flight (deadlines). */
+typedef struct keel__ort_runctl keel__ort_runctl;
+KEEL_WUR int keel__ort_runctl_new(keel__ort_runctl **ret, keel_error *err);
+void keel__ort_runctl_free(keel__ort_runctl *c);
+void keel__ort_runctl_terminate(keel__ort_runctl *c); /* thread-safe */
+void keel__ort_runctl_reset(keel__ort_runctl *c);
+KEEL_WUR int keel__ort_run_ctl(keel__ort_session *s, const keel__tensor *inputs, size_t ninputs,
+                               keel__tensor *outputs, keel__ort_runctl *ctl, keel_error *err);
 
 /* Runs with inputs (by name) and fills outputs[0..noutputs) in session order.
  * Thread-safe for one session (ORT sessions allow concurrent Run). */

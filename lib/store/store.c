@@ -33,6 +33,8 @@ struct keel_store {
     int lockfd;        /* STATE_DIR/lock: shared while open, exclusive to clean or gc */
     size_t nserving;
     serving_rec *serving;
+    keel_store_validator validator;
+    void *validator_ctx;
 };
 
 static const char *const slot_names[] = {"active", "previous", "known_good", "staged"};
@@ -576,7 +578,7 @@ out:
     return rc;
 }
 
-int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *trust, unsigned flags,
+static int install_one(keel_store *s, const char *pkg_path, const keel_trust *trust, unsigned flags,
                        keel_install_result *ret, keel_error *err)
 {
     keel_pkg *p = NULL;
@@ -673,6 +675,23 @@ out:
     return rc;
 }
 
+int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *trust,
+                       unsigned flags, keel_install_result *ret, keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    bool validated = s->validator != NULL;
+    pthread_mutex_unlock(&s->lock);
+    if (!validated || !(flags & KEEL_INSTALL_ACTIVATE))
+        return install_one(s, pkg_path, trust, flags, ret, err);
+    keel_install_result res;
+    int rc = install_one(s, pkg_path, trust, flags & ~KEEL_INSTALL_ACTIVATE, &res, err);
+    if (!rc && !(rc = keel_store_activate(s, res.name, res.version, err)))
+        res.activated = true;
+    if (ret)
+        *ret = res;
+    return rc;
+}
+
 /* --- activation ------------------------------------------------------------------------ */
 
 /* Inside a transaction, lock held. Makes ver active. */
@@ -745,10 +764,49 @@ static int do_activate(keel_store *s, void *arg, keel_error *err)
     return activate_locked(s, a->name, a->chosen, "activate", err);
 }
 
+void keel_store_set_validator(keel_store *s, keel_store_validator fn, void *ctx)
+{
+    pthread_mutex_lock(&s->lock);
+    s->validator = fn;
+    s->validator_ctx = ctx;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Runs the validator (if any) on name@version, lock not held. */
+static int validate(keel_store *s, const char *name, const char *version, keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    keel_store_validator fn = s->validator;
+    void *ctx = s->validator_ctx;
+    pthread_mutex_unlock(&s->lock);
+    if (!fn)
+        return KEEL_OK;
+    int rc = fn(ctx, s, name, version, err);
+    if (rc) {
+        keel__err_prefix(err, "%s %s failed validation, not activated", name, version);
+        KEEL_LOG_W(MOD, "%s", err ? err->msg : "validation failed");
+    }
+    return rc;
+}
+
 int keel_store_activate(keel_store *s, const char *name, const char *version, keel_error *err)
 {
     struct act_arg a = {name, version, ""};
-    int rc = in_txn(s, "activating", do_activate, &a, err);
+    char staged[KEEL_VERSION_MAX];
+    bool found = false;
+    int rc = KEEL_OK;
+    if (!version) {
+        pthread_mutex_lock(&s->lock);
+        rc = slot_get(s, name, KEEL_SLOT_STAGED, staged, &found, err);
+        pthread_mutex_unlock(&s->lock);
+        if (rc)
+            return rc;
+        if (found)
+            version = staged;
+    }
+    if (version && (rc = validate(s, name, version, err)))
+        return rc;
+    rc = in_txn(s, "activating", do_activate, &a, err);
     if (!rc)
         KEEL_LOG_I(MOD, "activated %s %s", name, a.chosen);
     return rc;
@@ -958,37 +1016,100 @@ int keel_store_resolve_all(keel_store *s, unsigned flags, bool *ret_ready, char 
     return rc;
 }
 
-int keel_store_file_path(keel_store *s, const char *name, const char *path, char *buf, size_t n,
-                         keel_error *err)
+int keel_store_serving_list(keel_store *s, keel_serving **ret, size_t *ret_n, keel_error *err)
 {
-    char ver[KEEL_VERSION_MAX] = "";
-    sqlite3_stmt *q = NULL;
-    int rc = KEEL_OK;
     pthread_mutex_lock(&s->lock);
-    for (size_t i = 0; i < s->nserving; i++)
-        if (s->serving[i].valid && !strcmp(s->serving[i].s.name, name) &&
-            s->serving[i].s.slot != KEEL_SLOT_NONE)
-            keel__strlcpy(ver, s->serving[i].s.version, sizeof(ver));
-    if (!ver[0]) {
-        rc = keel__err(err, KEEL_ENOTREADY, "%s has no verified version to serve", name);
-        goto out;
+    keel_serving *v = calloc(s->nserving + 1, sizeof(*v));
+    size_t n = 0;
+    for (size_t i = 0; v && i < s->nserving; i++)
+        if (s->serving[i].valid)
+            v[n++] = s->serving[i].s;
+    pthread_mutex_unlock(&s->lock);
+    if (!v)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    *ret = v;
+    *ret_n = n;
+    return KEEL_OK;
+}
+
+int keel_store_version_manifest(keel_store *s, const char *name, const char *version, char **ret,
+                                size_t *ret_len, keel_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    pthread_mutex_lock(&s->lock);
+    int rc = keel__db_prepare(s->db, "SELECT manifest FROM packages WHERE name=?1 AND version=?2",
+                              &q, err);
+    if (!rc) {
+        sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, version, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) != SQLITE_ROW) {
+            rc = keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", name, version);
+        } else {
+            size_t len = (size_t)sqlite3_column_bytes(q, 0);
+            const void *b = sqlite3_column_blob(q, 0);
+            char *copy = malloc(len + 1);
+            if (!copy) {
+                rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+            } else {
+                if (len)
+                    memcpy(copy, b, len);
+                copy[len] = 0;
+                *ret = copy;
+                *ret_len = len;
+            }
+        }
     }
-    if ((rc = keel__db_prepare(
-             s->db, "SELECT sha256 FROM files WHERE name=?1 AND version=?2 AND path=?3", &q, err)))
-        goto out;
+    sqlite3_finalize(q);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static int file_path_locked(keel_store *s, const char *name, const char *ver, const char *path,
+                            char *buf, size_t n, keel_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = keel__db_prepare(
+        s->db, "SELECT sha256 FROM files WHERE name=?1 AND version=?2 AND path=?3", &q, err);
+    if (rc)
+        return rc;
     sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 2, ver, -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 3, path, -1, SQLITE_STATIC);
     if (sqlite3_step(q) != SQLITE_ROW) {
         rc = keel__err(err, KEEL_ENOTFOUND, "%s %s has no file %s", name, ver, path);
-        goto out;
+    } else {
+        char bp[PATH_MAX];
+        blob_path(s, (const char *)sqlite3_column_text(q, 0), bp, sizeof(bp));
+        if (keel__snprintf(buf, n, "%s", bp))
+            rc = keel__err(err, KEEL_ETOOBIG, "buffer too small for %s", bp);
     }
-    char bp[PATH_MAX];
-    blob_path(s, (const char *)sqlite3_column_text(q, 0), bp, sizeof(bp));
-    if (keel__snprintf(buf, n, "%s", bp))
-        rc = keel__err(err, KEEL_ETOOBIG, "buffer too small for %s", bp);
-out:
     sqlite3_finalize(q);
+    return rc;
+}
+
+int keel_store_version_file(keel_store *s, const char *name, const char *version, const char *path,
+                            char *buf, size_t n, keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    int rc = file_path_locked(s, name, version, path, buf, n, err);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int keel_store_file_path(keel_store *s, const char *name, const char *path, char *buf, size_t n,
+                         keel_error *err)
+{
+    char ver[KEEL_VERSION_MAX] = "";
+    int rc;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->nserving; i++)
+        if (s->serving[i].valid && !strcmp(s->serving[i].s.name, name) &&
+            s->serving[i].s.slot != KEEL_SLOT_NONE)
+            keel__strlcpy(ver, s->serving[i].s.version, sizeof(ver));
+    if (!ver[0])
+        rc = keel__err(err, KEEL_ENOTREADY, "%s has no verified version to serve", name);
+    else
+        rc = file_path_locked(s, name, ver, path, buf, n, err);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
