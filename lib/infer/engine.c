@@ -1,0 +1,474 @@
+/*
+ * engine.c - the registry of served models: one per package name, swapped
+ * in place when the store serves another version. Readers take a reference
+ * under a short lock; the old model is freed by whoever drops the last one,
+ * so requests in flight finish on the version they started with.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/json.h"
+#include "infer/model.h"
+
+#define MOD "infer"
+
+typedef struct entry {
+    char name[KEEL_NAME_MAX];
+    keel__model *m;
+    char error[512]; /* why the serving version could not be loaded ("" ok) */
+    char failed_digest[72];
+} entry;
+
+struct keel__infer {
+    keel_store *store;
+    keel__infer_opts opts;
+    char cache_dir[PATH_MAX];
+    pthread_mutex_t mu;       /* entries */
+    pthread_mutex_t refresh_mu; /* one refresh at a time */
+    entry *entries;
+    size_t n;
+};
+
+int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **ret,
+                    keel_error *err)
+{
+    keel__infer *e = calloc(1, sizeof(*e));
+    if (!e)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    e->store = store;
+    if (o)
+        e->opts = *o;
+    if (o && o->cache_dir) {
+        keel__strlcpy(e->cache_dir, o->cache_dir, sizeof(e->cache_dir));
+        e->opts.cache_dir = e->cache_dir;
+    }
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->refresh_mu, NULL);
+    *ret = e;
+    return KEEL_OK;
+}
+
+void keel__model_unref(keel__model *m)
+{
+    if (m && atomic_fetch_sub(&m->refs, 1) == 1)
+        keel__model_free(m);
+}
+
+void keel__infer_free(keel__infer *e)
+{
+    if (!e)
+        return;
+    for (size_t i = 0; i < e->n; i++)
+        keel__model_unref(e->entries[i].m);
+    free(e->entries);
+    pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->refresh_mu);
+    free(e);
+}
+
+struct version_ctx {
+    keel_store *s;
+    const char *name, *version;
+};
+
+static int version_path(void *ctx, const char *rel, char *buf, size_t n, keel_error *err)
+{
+    struct version_ctx *v = ctx;
+    return keel_store_version_file(v->s, v->name, v->version, rel, buf, n, err);
+}
+
+int keel__model_load(keel__infer *e, const char *name, const char *version, keel__model **ret,
+                     keel_error *err)
+{
+    char *man = NULL;
+    size_t len = 0;
+    struct version_ctx v = {e->store, name, version};
+    int rc = keel_store_version_manifest(e->store, name, version, &man, &len, err);
+    if (!rc)
+        rc = keel__model_build(man, len, version_path, &v, &e->opts, ret, err);
+    free(man);
+    return rc;
+}
+
+keel__model *keel__infer_get(keel__infer *e, const char *name)
+{
+    keel__model *m = NULL;
+    pthread_mutex_lock(&e->mu);
+    for (size_t i = 0; i < e->n; i++)
+        if (!strcmp(e->entries[i].name, name) && (m = e->entries[i].m))
+            atomic_fetch_add(&m->refs, 1);
+    pthread_mutex_unlock(&e->mu);
+    return m;
+}
+
+/* Sets name's model (NULL: drop the entry unless err says why). Takes m. */
+static void put(keel__infer *e, const char *name, keel__model *m, const char *why,
+                const char *digest)
+{
+    keel__model *old = NULL;
+    pthread_mutex_lock(&e->mu);
+    size_t i = 0;
+    while (i < e->n && strcmp(e->entries[i].name, name))
+        i++;
+    if (i == e->n) {
+        entry *grown = realloc(e->entries, (e->n + 1) * sizeof(entry));
+        if (!grown) {
+            pthread_mutex_unlock(&e->mu);
+            keel__model_unref(m);
+            return;
+        }
+        e->entries = grown;
+        memset(&e->entries[e->n], 0, sizeof(entry));
+        keel__strlcpy(e->entries[e->n].name, name, KEEL_NAME_MAX);
+        e->n++;
+    }
+    entry *en = &e->entries[i];
+    if (m || !why) {
+        old = en->m;
+        en->m = m;
+    }
+    keel__strlcpy(en->error, why ? why : "", sizeof(en->error));
+    keel__strlcpy(en->failed_digest, why && digest ? digest : "", sizeof(en->failed_digest));
+    if (!m && !why) { /* gone */
+        e->entries[i] = e->entries[--e->n];
+    }
+    pthread_mutex_unlock(&e->mu);
+    keel__model_unref(old);
+}
+
+int keel__infer_refresh(keel__infer *e, keel_error *err)
+{
+    keel_serving *sv = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&e->refresh_mu);
+    int rc = keel_store_serving_list(e->store, &sv, &n, err);
+    if (rc) {
+        pthread_mutex_unlock(&e->refresh_mu);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (sv[i].slot == KEEL_SLOT_NONE)
+            continue;
+        keel__model *cur = keel__infer_get(e, sv[i].name);
+        bool same = cur && !strcmp(cur->digest, sv[i].digest);
+        keel__model_unref(cur);
+        pthread_mutex_lock(&e->mu);
+        for (size_t k = 0; k < e->n; k++)
+            if (!strcmp(e->entries[k].name, sv[i].name) &&
+                !strcmp(e->entries[k].failed_digest, sv[i].digest))
+                same = true; /* failed before: the same bytes fail the same way */
+        pthread_mutex_unlock(&e->mu);
+        if (same)
+            continue;
+        keel__model *m = NULL;
+        keel_error e2 = {0};
+        uint64_t t0 = keel__now_mono_ns();
+        if (keel__model_load(e, sv[i].name, sv[i].version, &m, &e2)) {
+            KEEL_LOG_E(MOD, "%s %s cannot serve inference: %s", sv[i].name, sv[i].version,
+                       e2.msg);
+            put(e, sv[i].name, NULL, e2.msg, sv[i].digest);
+            continue;
+        }
+        KEEL_LOG_I(MOD, "serving %s %s (%zu tiers) loaded in %.1f ms", m->name, m->version,
+                   m->ntiers, (double)(keel__now_mono_ns() - t0) / 1e6);
+        put(e, sv[i].name, m, NULL, NULL);
+    }
+    /* names no longer served */
+    pthread_mutex_lock(&e->mu);
+    for (size_t k = 0; k < e->n;) {
+        bool found = false;
+        for (size_t i = 0; i < n; i++)
+            found |= !strcmp(sv[i].name, e->entries[k].name) && sv[i].slot != KEEL_SLOT_NONE;
+        if (found) {
+            k++;
+            continue;
+        }
+        keel__model *old = e->entries[k].m;
+        e->entries[k] = e->entries[--e->n];
+        pthread_mutex_unlock(&e->mu);
+        keel__model_unref(old);
+        pthread_mutex_lock(&e->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    free(sv);
+    pthread_mutex_unlock(&e->refresh_mu);
+    return KEEL_OK;
+}
+
+const char *keel__model_name(const keel__model *m)
+{
+    return m->name;
+}
+
+const char *keel__model_version(const keel__model *m)
+{
+    return m->version;
+}
+
+bool keel__model_ready(keel__model *m)
+{
+    for (size_t i = 0; i < m->ntiers; i++)
+        if (atomic_load(&m->tiers[i].inst))
+            return true;
+    return false;
+}
+
+const char *keel__model_image_input(const keel__model *m)
+{
+    return m->pre.kind == KEEL__PRE_IMAGE ? m->pre.input : NULL;
+}
+
+const keel__tensor *keel__model_input(const keel__model *m, size_t i)
+{
+    return i < m->nin ? &m->in[i] : NULL;
+}
+
+bool keel__infer_ready(keel__infer *e, char *why, size_t n)
+{
+    bool ok = true;
+    size_t o = 0;
+    if (n)
+        why[0] = 0;
+    pthread_mutex_lock(&e->mu);
+    for (size_t i = 0; i < e->n; i++) {
+        const entry *en = &e->entries[i];
+        const char *problem = NULL;
+        if (!en->m)
+            problem = en->error;
+        else if (!keel__model_ready(en->m))
+            problem = "no tier could load";
+        if (!problem)
+            continue;
+        ok = false;
+        if (o < n)
+            o += (size_t)snprintf(why + o, n - o, "%s%s: %s", o ? "; " : "", en->name, problem);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return ok;
+}
+
+/* --- metadata and status ------------------------------------------------------------- */
+
+static const char *kserve_dtype(int dt)
+{
+    switch (dt) {
+    case KEEL_DT_FLOAT32:
+        return "FP32";
+    case KEEL_DT_FLOAT16:
+        return "FP16";
+    case KEEL_DT_FLOAT64:
+        return "FP64";
+    case KEEL_DT_BFLOAT16:
+        return "BF16";
+    case KEEL_DT_INT8:
+        return "INT8";
+    case KEEL_DT_INT16:
+        return "INT16";
+    case KEEL_DT_INT32:
+        return "INT32";
+    case KEEL_DT_INT64:
+        return "INT64";
+    case KEEL_DT_UINT8:
+        return "UINT8";
+    case KEEL_DT_UINT16:
+        return "UINT16";
+    case KEEL_DT_UINT32:
+        return "UINT32";
+    case KEEL_DT_UINT64:
+        return "UINT64";
+    case KEEL_DT_BOOL:
+        return "BOOL";
+    case KEEL_DT_STRING:
+        return "BYTES";
+    default:
+        return "BYTES"; /* JSON outputs travel as text */
+    }
+}
+
+const char *keel__kserve_dtype(int dt)
+{
+    return kserve_dtype(dt);
+}
+
+static cJSON *decls_json(const keel__tensor *t, size_t n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < n; i++) {
+        cJSON *o = cJSON_CreateObject(), *sh = cJSON_CreateArray();
+        cJSON_AddStringToObject(o, "name", t[i].name);
+        cJSON_AddStringToObject(o, "datatype", kserve_dtype(t[i].dtype));
+        for (size_t d = 0; d < t[i].ndim; d++)
+            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t[i].shape[d]));
+        cJSON_AddItemToObject(o, "shape", sh);
+        cJSON_AddItemToArray(a, o);
+    }
+    return a;
+}
+
+char *keel__model_metadata_json(const keel__model *m)
+{
+    cJSON *o = cJSON_CreateObject(), *v = cJSON_CreateArray(), *tiers = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "name", m->name);
+    cJSON_AddItemToArray(v, cJSON_CreateString(m->version));
+    cJSON_AddItemToObject(o, "versions", v);
+    cJSON_AddStringToObject(o, "platform", "keel");
+    cJSON_AddItemToObject(o, "inputs", decls_json(m->in, m->nin));
+    cJSON_AddItemToObject(o, "outputs", decls_json(m->out, m->nout));
+    cJSON *p = cJSON_AddObjectToObject(o, "parameters");
+    cJSON_AddStringToObject(p, "package_digest", m->digest);
+    if (m->pre.kind == KEEL__PRE_IMAGE)
+        cJSON_AddStringToObject(p, "image_input", m->pre.input);
+    for (size_t i = 0; i < m->ntiers; i++)
+        cJSON_AddItemToArray(tiers, cJSON_CreateString(m->tiers[i].name));
+    cJSON_AddItemToObject(p, "tiers", tiers);
+    char *s = keel__json_print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+static cJSON *model_status(keel__model *m)
+{
+    cJSON *o = cJSON_CreateObject(), *tiers = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "version", m->version);
+    cJSON_AddStringToObject(o, "digest", m->digest);
+    pthread_mutex_lock(&m->mu);
+    cJSON_AddStringToObject(o, "serving_tier",
+                            m->serving_tier >= 0 ? m->tiers[m->serving_tier].name : "");
+    cJSON_AddBoolToObject(o, "degraded", m->serving_tier > 0);
+    cJSON_AddNumberToObject(o, "tier_transitions", (double)m->transitions);
+    cJSON_AddNumberToObject(o, "all_tiers_failed", (double)m->all_failed);
+    cJSON_AddNumberToObject(o, "sessions", (double)m->nsessions);
+    for (size_t i = 0; i < m->ntiers; i++) {
+        tier *t = &m->tiers[i];
+        void *inst = atomic_load(&t->inst);
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "name", t->name);
+        cJSON_AddStringToObject(x, "backend", t->be->name);
+        cJSON_AddBoolToObject(x, "loaded", inst != NULL);
+        if (t->load_error[0])
+            cJSON_AddStringToObject(x, "load_error", t->load_error);
+        if (inst && t->be->device)
+            cJSON_AddStringToObject(x, "device", t->be->device(inst));
+        cJSON_AddNumberToObject(x, "memory_bytes",
+                                inst && t->be->memory ? (double)t->be->memory(inst) : 0);
+        cJSON_AddStringToObject(x, "breaker", keel__breaker_name(t->br.state));
+        cJSON_AddNumberToObject(x, "breaker_trips", t->br.trips);
+        cJSON_AddNumberToObject(x, "served", (double)t->ok);
+        cJSON_AddNumberToObject(x, "failed", (double)t->failed);
+        cJSON_AddNumberToObject(x, "deadline_ms", (double)t->deadline_ns / 1e6);
+        cJSON_AddItemToArray(tiers, x);
+    }
+    pthread_mutex_unlock(&m->mu);
+    cJSON_AddItemToObject(o, "tiers", tiers);
+    return o;
+}
+
+char *keel__infer_status_json(keel__infer *e)
+{
+    cJSON *o = cJSON_CreateObject();
+    pthread_mutex_lock(&e->mu);
+    for (size_t i = 0; i < e->n; i++) {
+        cJSON *x = e->entries[i].m ? model_status(e->entries[i].m) : cJSON_CreateObject();
+        if (e->entries[i].error[0])
+            cJSON_AddStringToObject(x, "error", e->entries[i].error);
+        cJSON_AddItemToObject(o, e->entries[i].name, x);
+    }
+    pthread_mutex_unlock(&e->mu);
+    char *s = keel__json_print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* --- metrics ------------------------------------------------------------------------- */
+
+static int metric_head(keel_buf *b, const char *name, const char *type, const char *help)
+{
+    return keel__buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+int keel__infer_metrics(keel__infer *e, keel_buf *b)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"keel_infer_requests_total", "counter", "Inference attempts per tier and outcome."},
+        {"keel_infer_latency_seconds", "histogram", "Latency of successful tier runs."},
+        {"keel_infer_tier_transitions_total", "counter", "Changes of the tier that serves."},
+        {"keel_infer_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open."},
+        {"keel_infer_breaker_trips_total", "counter", "Times a tier's breaker opened."},
+        {"keel_infer_model_memory_bytes", "gauge", "Memory attributed to a loaded tier model."},
+        {"keel_infer_all_tiers_failed_total", "counter", "Requests no tier could answer."},
+        {"keel_infer_sessions", "gauge", "Open stateful sessions."},
+    };
+    int rc = KEEL_OK;
+    pthread_mutex_lock(&e->mu);
+    keel__model *ms[256];
+    size_t n = 0;
+    for (size_t i = 0; i < e->n && n < KEEL_ARRAY_LEN(ms); i++)
+        if (e->entries[i].m) {
+            ms[n] = e->entries[i].m;
+            atomic_fetch_add(&ms[n]->refs, 1);
+            n++;
+        }
+    pthread_mutex_unlock(&e->mu);
+    for (size_t f = 0; !rc && f < KEEL_ARRAY_LEN(fam); f++) {
+        rc = metric_head(b, fam[f].name, fam[f].type, fam[f].help);
+        for (size_t k = 0; !rc && k < n; k++) {
+            keel__model *m = ms[k];
+            pthread_mutex_lock(&m->mu);
+            if (f == 2)
+                rc = keel__buf_appendf(b, "%s{model=\"%s\"} %" PRIu64 "\n", fam[f].name, m->name,
+                                       m->transitions);
+            else if (f == 6)
+                rc = keel__buf_appendf(b, "%s{model=\"%s\"} %" PRIu64 "\n", fam[f].name, m->name,
+                                       m->all_failed);
+            else if (f == 7)
+                rc = keel__buf_appendf(b, "%s{model=\"%s\"} %zu\n", fam[f].name, m->name,
+                                       m->nsessions);
+            for (size_t i = 0; !rc && i < m->ntiers && f != 2 && f < 6; i++) {
+                tier *t = &m->tiers[i];
+                void *inst = atomic_load(&t->inst);
+                char l[160];
+                snprintf(l, sizeof(l), "model=\"%s\",tier=\"%s\"", m->name, t->name);
+                if (f == 0) {
+                    rc = keel__buf_appendf(
+                        b,
+                        "%s{%s,outcome=\"ok\"} %" PRIu64 "\n%s{%s,outcome=\"error\"} %" PRIu64
+                        "\n%s{%s,outcome=\"timeout\"} %" PRIu64 "\n%s{%s,outcome=\"skipped\"} "
+                        "%" PRIu64 "\n%s{%s,outcome=\"overloaded\"} %" PRIu64 "\n",
+                        fam[f].name, l, t->ok, fam[f].name, l, t->failed - t->timeouts,
+                        fam[f].name, l, t->timeouts, fam[f].name, l, t->skipped, fam[f].name, l,
+                        t->overloaded);
+                } else if (f == 1) {
+                    uint64_t cum = 0;
+                    for (size_t h = 0; !rc && h < KEEL__NBUCKETS; h++) {
+                        cum += t->hist[h];
+                        rc = keel__buf_appendf(b, "%s_bucket{%s,le=\"%g\"} %" PRIu64 "\n",
+                                               fam[f].name, l, keel__latency_bounds[h], cum);
+                    }
+                    if (!rc)
+                        rc = keel__buf_appendf(
+                            b,
+                            "%s_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n%s_sum{%s} %.9f\n%s_count{%s} "
+                            "%" PRIu64 "\n",
+                            fam[f].name, l, t->hist_count, fam[f].name, l, t->hist_sum,
+                            fam[f].name, l, t->hist_count);
+                } else if (f == 3) {
+                    rc = keel__buf_appendf(b, "%s{%s} %d\n", fam[f].name, l, t->br.state);
+                } else if (f == 4) {
+                    rc = keel__buf_appendf(b, "%s{%s} %u\n", fam[f].name, l, t->br.trips);
+                } else if (f == 5) {
+                    rc = keel__buf_appendf(
+                        b, "%s{%s} %" PRIu64 "\n", fam[f].name, l,
+                        inst && t->be->memory ? t->be->memory(inst) : (uint64_t)0);
+                }
+            }
+            pthread_mutex_unlock(&m->mu);
+        }
+    }
+    for (size_t k = 0; k < n; k++)
+        keel__model_unref(ms[k]);
+    return rc;
+}

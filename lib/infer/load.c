@@ -1,0 +1,488 @@
+/*
+ * load.c - builds a keel__model from a package manifest: the contract
+ * (inputs, outputs), the tiers (backend, model file, deadline, memory
+ * budget, constants, recurrent state, context), pre/post-processing, the
+ * breaker policy and the validation set. Every tier is loaded at once; one
+ * that fails to load is recorded with its reason and its breaker opened, so
+ * requests go to the next tier and a later probe retries the load.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/json.h"
+#include "infer/model.h"
+
+#define MOD "infer"
+
+/* Names in keel__tensor are const for borrowers; the model owns its own. */
+static void free_name(const char *p)
+{
+    union {
+        const char *c;
+        char *m;
+    } u = {p};
+    free(u.m);
+}
+
+int keel__dtype_parse(const char *s)
+{
+    static const struct {
+        const char *name;
+        int dt;
+    } names[] = {
+        {"float32", KEEL_DT_FLOAT32}, {"float", KEEL_DT_FLOAT32},  {"float16", KEEL_DT_FLOAT16},
+        {"float64", KEEL_DT_FLOAT64}, {"double", KEEL_DT_FLOAT64}, {"int8", KEEL_DT_INT8},
+        {"int16", KEEL_DT_INT16},     {"int32", KEEL_DT_INT32},    {"int64", KEEL_DT_INT64},
+        {"uint8", KEEL_DT_UINT8},     {"uint16", KEEL_DT_UINT16},  {"uint32", KEEL_DT_UINT32},
+        {"uint64", KEEL_DT_UINT64},   {"bool", KEEL_DT_BOOL},      {"string", KEEL_DT_STRING},
+        {"bfloat16", KEEL_DT_BFLOAT16}};
+    for (size_t i = 0; s && i < KEEL_ARRAY_LEN(names); i++)
+        if (!strcmp(s, names[i].name))
+            return names[i].dt;
+    return 0;
+}
+
+/* {"name", "dtype", "shape"} into t (name malloc'd). */
+static int parse_decl(const cJSON *j, keel__tensor *t, const char *where, bool need_shape,
+                      keel_error *err)
+{
+    const char *name = NULL, *dtype = NULL;
+    const cJSON *shape = NULL, *d;
+    int rc;
+    if ((rc = keel__json_str(j, "name", true, 63, &name, where, err)) ||
+        (rc = keel__json_str(j, "dtype", true, 16, &dtype, where, err)) ||
+        (rc = keel__json_member(j, "shape", cJSON_Array, need_shape, &shape, where, err)))
+        return rc;
+    memset(t, 0, sizeof(*t));
+    if (!(t->dtype = keel__dtype_parse(dtype)))
+        return keel__err(err, KEEL_EINVALID,
+                         "%s.dtype: \"%s\" is not float32, float16, float64, int8..int64, "
+                         "uint8..uint64, bool or string",
+                         where, dtype);
+    cJSON_ArrayForEach(d, shape)
+    {
+        if (t->ndim == KEEL_TENSOR_MAX_DIMS || !cJSON_IsNumber(d) || d->valuedouble < -1 ||
+            d->valuedouble > 1e12 || d->valuedouble != (double)(int64_t)d->valuedouble)
+            return keel__err(err, KEEL_EINVALID,
+                             "%s.shape: expected up to %d integers (-1 for any size)", where,
+                             KEEL_TENSOR_MAX_DIMS);
+        t->shape[t->ndim++] = (int64_t)d->valuedouble;
+    }
+    if (!(t->name = strdup(name)))
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    return KEEL_OK;
+}
+
+static int parse_decls(const cJSON *root, const char *key, keel__tensor *out, size_t *n,
+                       keel_error *err)
+{
+    const cJSON *a = NULL, *it;
+    int rc = keel__json_member(root, key, cJSON_Array, false, &a, "keel.json", err);
+    cJSON_ArrayForEach(it, a)
+    {
+        char where[64];
+        snprintf(where, sizeof(where), "%s[%zu]", key, *n);
+        if (*n == KEEL__MAX_IO)
+            return keel__err(err, KEEL_ETOOBIG, "%s: more than %d", key, KEEL__MAX_IO);
+        if ((rc = parse_decl(it, &out[*n], where, true, err)))
+            return rc;
+        ++*n;
+    }
+    return rc;
+}
+
+static int ms_field(const cJSON *o, const char *key, uint64_t *ret_ns, const char *where,
+                    keel_error *err)
+{
+    uint64_t ms = 0;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v)
+        return KEEL_OK;
+    int rc = keel__json_u64(o, key, true, &ms, where, err);
+    if (!rc && ms > 3600000)
+        rc = keel__err(err, KEEL_EINVALID, "%s.%s: at most an hour", where, key);
+    if (!rc)
+        *ret_ns = ms * 1000000u;
+    return rc;
+}
+
+static int parse_consts(const cJSON *c, tier *t, const char *where, keel_error *err)
+{
+    const cJSON *it;
+    if (c && !cJSON_IsObject(c))
+        return keel__err(err, KEEL_EINVALID, "%s.constants: expected an object", where);
+    cJSON_ArrayForEach(it, c)
+    {
+        keel__tensor *x = &t->consts[t->nconsts];
+        const char *dtype = NULL;
+        const cJSON *shape = NULL, *data = NULL, *e;
+        char w[128];
+        snprintf(w, sizeof(w), "%s.constants.%s", where, it->string);
+        if (t->nconsts == KEEL__MAX_CONSTS)
+            return keel__err(err, KEEL_ETOOBIG, "%s.constants: more than %d", where,
+                             KEEL__MAX_CONSTS);
+        int rc;
+        if ((rc = keel__json_str(it, "dtype", true, 16, &dtype, w, err)) ||
+            (rc = keel__json_member(it, "shape", cJSON_Array, true, &shape, w, err)) ||
+            (rc = keel__json_member(it, "data", cJSON_Array, true, &data, w, err)))
+            return rc;
+        memset(x, 0, sizeof(*x));
+        x->dtype = keel__dtype_parse(dtype);
+        size_t es = keel__dtype_size(x->dtype), n = 1;
+        if (!es || x->dtype == KEEL_DT_FLOAT16 || x->dtype == KEEL_DT_BFLOAT16)
+            return keel__err(err, KEEL_EINVALID, "%s.dtype: \"%s\" cannot be a constant", w,
+                             dtype);
+        cJSON_ArrayForEach(e, shape)
+        {
+            if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > 65536 ||
+                x->ndim == KEEL_TENSOR_MAX_DIMS)
+                return keel__err(err, KEEL_EINVALID, "%s.shape: expected sizes", w);
+            x->shape[x->ndim++] = (int64_t)e->valuedouble;
+            n *= (size_t)e->valuedouble;
+        }
+        if ((size_t)cJSON_GetArraySize(data) != n || n > 65536)
+            return keel__err(err, KEEL_EINVALID, "%s.data: expected %zu numbers for the shape", w,
+                             n);
+        x->nbytes = n * es;
+        x->data = calloc(1, x->nbytes ? x->nbytes : 1);
+        x->name = strdup(it->string);
+        t->nconsts++;
+        if (!x->data || !x->name)
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+        size_t i = 0;
+        cJSON_ArrayForEach(e, data)
+        {
+            double v = cJSON_IsNumber(e) ? e->valuedouble : cJSON_IsTrue(e) ? 1 : 0;
+            switch (x->dtype) {
+            case KEEL_DT_FLOAT32:
+                ((float *)x->data)[i] = (float)v;
+                break;
+            case KEEL_DT_FLOAT64:
+                ((double *)x->data)[i] = v;
+                break;
+            case KEEL_DT_INT64:
+                ((int64_t *)x->data)[i] = (int64_t)v;
+                break;
+            case KEEL_DT_INT32:
+                ((int32_t *)x->data)[i] = (int32_t)v;
+                break;
+            case KEEL_DT_UINT8:
+            case KEEL_DT_BOOL:
+                ((uint8_t *)x->data)[i] = (uint8_t)v;
+                break;
+            default:
+                return keel__err(err, KEEL_EINVALID, "%s.dtype: \"%s\" cannot be a constant", w,
+                                 dtype);
+            }
+            i++;
+        }
+    }
+    return KEEL_OK;
+}
+
+static int parse_state(const cJSON *a, tier *t, const char *where, keel_error *err)
+{
+    const cJSON *it;
+    if (a && !cJSON_IsArray(a))
+        return keel__err(err, KEEL_EINVALID, "%s.state: expected an array", where);
+    cJSON_ArrayForEach(it, a)
+    {
+        char w[96];
+        snprintf(w, sizeof(w), "%s.state[%zu]", where, t->nstate);
+        if (t->nstate == KEEL__MAX_STATE)
+            return keel__err(err, KEEL_ETOOBIG, "%s.state: more than %d pairs", where,
+                             KEEL__MAX_STATE);
+        state_pair *p = &t->state[t->nstate];
+        const char *in = NULL, *out = NULL;
+        keel__tensor d;
+        int rc;
+        cJSON *copy = cJSON_Duplicate(it, 1);
+        if (!copy)
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+        /* reuse the declaration parser: name = the input */
+        cJSON_AddItemToObject(copy, "name", cJSON_CreateString(""));
+        if ((rc = keel__json_str(it, "input", true, 63, &in, w, err)) ||
+            (rc = keel__json_str(it, "output", true, 63, &out, w, err)) ||
+            (rc = parse_decl(copy, &d, w, true, err))) {
+            cJSON_Delete(copy);
+            return rc;
+        }
+        cJSON_Delete(copy);
+        free_name(d.name);
+        keel__strlcpy(p->in, in, sizeof(p->in));
+        keel__strlcpy(p->out, out, sizeof(p->out));
+        p->dtype = d.dtype;
+        p->ndim = d.ndim;
+        memcpy(p->shape, d.shape, sizeof(p->shape));
+        size_t n = keel__dtype_size(d.dtype);
+        for (size_t i = 0; i < d.ndim; i++) {
+            if (d.shape[i] < 1 || d.shape[i] > (1 << 20))
+                return keel__err(err, KEEL_EINVALID, "%s.shape: needs fixed sizes", w);
+            n *= (size_t)d.shape[i];
+        }
+        if (!n || n > (64u << 20))
+            return keel__err(err, KEEL_EINVALID, "%s: state of %zu bytes is not supported", w, n);
+        p->nbytes = n;
+        t->nstate++;
+    }
+    return KEEL_OK;
+}
+
+static int parse_tier(model *m, const cJSON *j, size_t k, uint64_t default_deadline,
+                      keel__path_fn path_of, void *ctx, keel_error *err)
+{
+    tier *t = &m->tiers[k];
+    char where[32];
+    const char *name = NULL, *backend = NULL, *file = NULL;
+    uint64_t mem_mb = 0, max_inflight = 0;
+    int rc;
+    snprintf(where, sizeof(where), "tiers[%zu]", k);
+    if ((rc = keel__json_str(j, "name", true, sizeof(t->name) - 1, &name, where, err)) ||
+        (rc = keel__json_str(j, "backend", true, 16, &backend, where, err)) ||
+        (rc = keel__json_str(j, "model", true, 255, &file, where, err)) ||
+        (rc = keel__json_u64(j, "memory_mb", false, &mem_mb, where, err)) ||
+        (rc = keel__json_u64(j, "max_inflight", false, &max_inflight, where, err)))
+        return rc;
+    keel__strlcpy(t->name, name, sizeof(t->name));
+    for (size_t i = 0; i < k; i++)
+        if (!strcmp(m->tiers[i].name, name))
+            return keel__err(err, KEEL_EINVALID, "%s.name: \"%s\" is used twice", where, name);
+    if (!(t->be = keel__backend_find(backend)))
+        return keel__err(err, KEEL_EUNSUPPORTED,
+                         "%s.backend: \"%s\" is not a backend this keel has (onnx, rules)", where,
+                         backend);
+    if ((rc = path_of(ctx, file, t->model_path, sizeof(t->model_path), err)))
+        return keel__err_prefix(err, "%s.model", where);
+    const char *base = strrchr(t->model_path, '/');
+    base = base ? base + 1 : t->model_path;
+    if (strlen(base) == 64 && strspn(base, "0123456789abcdef") == 64)
+        keel__strlcpy(t->model_hex, base, sizeof(t->model_hex));
+    t->deadline_ns = default_deadline;
+    if ((rc = ms_field(j, "deadline_ms", &t->deadline_ns, where, err)))
+        return rc;
+    t->memory_budget = mem_mb << 20;
+    t->max_inflight = max_inflight > 100000 ? 100000 : (unsigned)max_inflight;
+    if ((rc = parse_consts(cJSON_GetObjectItemCaseSensitive(j, "constants"), t, where, err)) ||
+        (rc = parse_state(cJSON_GetObjectItemCaseSensitive(j, "state"), t, where, err)))
+        return rc;
+    const cJSON *cx = cJSON_GetObjectItemCaseSensitive(j, "context");
+    if (cx) {
+        const char *in = NULL;
+        uint64_t samples = 0;
+        if ((rc = keel__json_str(cx, "input", true, 63, &in, "context", err)) ||
+            (rc = keel__json_u64(cx, "samples", true, &samples, "context", err)))
+            return keel__err_prefix(err, "%s", where);
+        if (!samples || samples > 65536)
+            return keel__err(err, KEEL_EINVALID, "%s.context.samples: 1..65536", where);
+        keel__strlcpy(t->ctx_input, in, sizeof(t->ctx_input));
+        t->ctx_samples = (size_t)samples;
+    }
+    if (!(t->spec = cJSON_Duplicate(j, 1)))
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    t->br.cooldown_ns = m->pol.cooldown_ns;
+    return KEEL_OK;
+}
+
+static int parse_policy(model *m, const cJSON *pol, uint64_t *ret_deadline, keel_error *err)
+{
+    policy *p = &m->pol;
+    p->failures = 3;
+    p->error_rate = 0.5;
+    p->window = 20;
+    p->min_requests = 10;
+    p->cooldown_ns = 5000000000ull;
+    if (!pol)
+        return KEEL_OK;
+    int rc = ms_field(pol, "deadline_ms", ret_deadline, "policy", err);
+    const cJSON *br = cJSON_GetObjectItemCaseSensitive(pol, "breaker");
+    if (rc || !br)
+        return rc;
+    uint64_t f = p->failures, w = p->window, mr = p->min_requests;
+    if ((rc = keel__json_u64(br, "failures", false, &f, "policy.breaker", err)) ||
+        (rc = keel__json_u64(br, "window", false, &w, "policy.breaker", err)) ||
+        (rc = keel__json_u64(br, "min_requests", false, &mr, "policy.breaker", err)) ||
+        (rc = ms_field(br, "cooldown_ms", &p->cooldown_ns, "policy.breaker", err)))
+        return rc;
+    const cJSON *er = cJSON_GetObjectItemCaseSensitive(br, "error_rate");
+    if (er && (!cJSON_IsNumber(er) || er->valuedouble <= 0 || er->valuedouble > 1))
+        return keel__err(err, KEEL_EINVALID, "policy.breaker.error_rate: expected 0 < rate <= 1");
+    if (er)
+        p->error_rate = er->valuedouble;
+    if (!f || f > 1000 || !w || w > 64 || mr > w)
+        return keel__err(err, KEEL_EINVALID,
+                         "policy.breaker: failures 1..1000, window 1..64, min_requests <= window");
+    p->failures = (unsigned)f;
+    p->window = (unsigned)w;
+    p->min_requests = (unsigned)mr;
+    return KEEL_OK;
+}
+
+void keel__model_free(keel__model *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->nsessions; i++) {
+        session *s = m->sessions[i];
+        for (size_t t = 0; t < m->ntiers; t++) {
+            for (size_t k = 0; k < m->tiers[t].nstate; k++)
+                free(s->state[t][k]);
+            free(s->ctx[t]);
+        }
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+    }
+    free(m->sessions);
+    for (size_t i = 0; i < m->ntiers; i++) {
+        tier *t = &m->tiers[i];
+        void *inst = atomic_load(&t->inst);
+        if (inst)
+            t->be->unload(inst);
+        for (size_t k = 0; k < t->nconsts; k++) {
+            free_name(t->consts[k].name);
+            free(t->consts[k].data);
+        }
+        cJSON_Delete(t->spec);
+    }
+    for (size_t i = 0; i < m->nin; i++)
+        free_name(m->in[i].name);
+    for (size_t i = 0; i < m->nout; i++)
+        free_name(m->out[i].name);
+    keel__pre_done(&m->pre);
+    keel__post_done(&m->post);
+    cJSON_Delete(m->validation);
+    pthread_mutex_destroy(&m->mu);
+    pthread_mutex_destroy(&m->load_mu);
+    free(m);
+}
+
+/* Derives the contract from the first loaded tier that describes itself,
+ * leaving out what keel fills in (constants, state, context is kept). */
+static int derive_inputs(model *m, keel_error *err)
+{
+    for (size_t i = 0; i < m->ntiers && !m->nin; i++) {
+        tier *t = &m->tiers[i];
+        void *inst = atomic_load(&t->inst);
+        if (!inst || !t->be->ninputs)
+            continue;
+        for (size_t k = 0; k < t->be->ninputs(inst) && m->nin < KEEL__MAX_IO; k++) {
+            const keel__tensor *d = t->be->input(inst, k);
+            bool internal = false;
+            for (size_t c = 0; c < t->nconsts; c++)
+                internal |= !strcmp(t->consts[c].name, d->name);
+            for (size_t s = 0; s < t->nstate; s++)
+                internal |= !strcmp(t->state[s].in, d->name);
+            if (internal)
+                continue;
+            m->in[m->nin] = *d;
+            if (!(m->in[m->nin].name = strdup(d->name)))
+                return keel__err(err, KEEL_ENOMEM, "out of memory");
+            if (t->ctx_samples && !strcmp(d->name, t->ctx_input) && d->ndim)
+                m->in[m->nin].shape[d->ndim - 1] = -1;
+            m->nin++;
+        }
+    }
+    return KEEL_OK;
+}
+
+int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, void *ctx,
+                      const keel__infer_opts *o, keel__model **ret, keel_error *err)
+{
+    cJSON *root = NULL;
+    const cJSON *tiers = NULL, *it;
+    const char *name = NULL, *version = NULL;
+    uint64_t deadline = 0;
+    int rc = keel__json_parse(manifest, len, "keel.json", &root, err);
+    if (rc)
+        return rc;
+    model *m = calloc(1, sizeof(*m));
+    if (!m) {
+        cJSON_Delete(root);
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_mutex_init(&m->load_mu, NULL);
+    atomic_init(&m->refs, 1);
+    m->serving_tier = -1;
+    m->eng_opts = *o;
+    if (!m->eng_opts.max_sessions)
+        m->eng_opts.max_sessions = 1024;
+    if (!m->eng_opts.session_idle_s)
+        m->eng_opts.session_idle_s = 300;
+    if (!(m->sessions = calloc(m->eng_opts.max_sessions, sizeof(session *)))) {
+        rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+        goto out;
+    }
+    uint8_t d[KEEL_SHA256_LEN];
+    char hex[2 * KEEL_SHA256_LEN + 1];
+    keel_sha256_buf(manifest, len, d);
+    keel_hex_encode(d, sizeof(d), hex);
+    snprintf(m->digest, sizeof(m->digest), "sha256:%s", hex);
+    if ((rc = keel__json_str(root, "name", true, KEEL_NAME_MAX - 1, &name, "keel.json", err)) ||
+        (rc = keel__json_str(root, "version", true, KEEL_VERSION_MAX - 1, &version, "keel.json",
+                             err)) ||
+        (rc = keel__json_member(root, "tiers", cJSON_Array, true, &tiers, "keel.json", err)) ||
+        (rc = parse_decls(root, "inputs", m->in, &m->nin, err)) ||
+        (rc = parse_decls(root, "outputs", m->out, &m->nout, err)) ||
+        (rc = parse_policy(m, cJSON_GetObjectItemCaseSensitive(root, "policy"), &deadline, err)) ||
+        (rc = keel__pre_parse(cJSON_GetObjectItemCaseSensitive(root, "preprocess"), &m->pre,
+                              err)) ||
+        (rc = keel__post_parse(cJSON_GetObjectItemCaseSensitive(root, "postprocess"), &m->post,
+                               err)))
+        goto out;
+    keel__strlcpy(m->name, name, sizeof(m->name));
+    keel__strlcpy(m->version, version, sizeof(m->version));
+    if (m->post.labels_file[0]) {
+        char p[PATH_MAX];
+        if ((rc = path_of(ctx, m->post.labels_file, p, sizeof(p), err)) ||
+            (rc = keel__post_labels(&m->post, p, err)))
+            goto out;
+    }
+    cJSON_ArrayForEach(it, tiers)
+    {
+        if (m->ntiers == KEEL__MAX_TIERS) {
+            rc = keel__err(err, KEEL_ETOOBIG, "tiers: more than %d", KEEL__MAX_TIERS);
+            goto out;
+        }
+        if ((rc = parse_tier(m, it, m->ntiers, deadline, path_of, ctx, err)))
+            goto out;
+        m->ntiers++;
+    }
+    if (!m->ntiers) {
+        rc = keel__err(err, KEEL_EINVALID, "tiers: the package has no tier to serve");
+        goto out;
+    }
+    const cJSON *val = cJSON_GetObjectItemCaseSensitive(root, "validation");
+    if (val && !(m->validation = cJSON_Duplicate(val, 1))) {
+        rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < m->ntiers; i++) {
+        keel_error e = {0};
+        if (keel__model_tier_load(m, i, &e)) { /* recorded; the breaker keeps requests away */
+            m->tiers[i].br.state = BR_OPEN;
+            m->tiers[i].br.open_until = keel__now_mono_ns() + m->pol.cooldown_ns;
+            m->tiers[i].br.trips++;
+        }
+    }
+    if (!m->nin && (rc = derive_inputs(m, err)))
+        goto out;
+    if (m->pre.kind) {
+        bool found = false;
+        for (size_t i = 0; i < m->nin; i++)
+            found |= !strcmp(m->in[i].name, m->pre.input);
+        if (!found && m->nin) {
+            rc = keel__err(err, KEEL_EINVALID, "preprocess.input: \"%s\" is not a declared input",
+                           m->pre.input);
+            goto out;
+        }
+    }
+out:
+    cJSON_Delete(root);
+    if (rc) {
+        keel__model_free(m);
+        return rc;
+    }
+    *ret = m;
+    return KEEL_OK;
+}

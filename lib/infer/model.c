@@ -1,0 +1,626 @@
+/*
+ * model.c - one loaded package version: its contract, its tiers with their
+ * breakers, its stateful sessions, and the fallback chain that runs them.
+ *
+ * The chain (the only place tier policy lives):
+ *   for each tier in manifest order (or only the pinned one):
+ *     skip it when its breaker is open (a half-open breaker lets one probe
+ *     through), or when more requests are in flight in it than max_inflight
+ *     (overload goes to the next tier instead of queueing without bound);
+ *     run it under its deadline; a hard failure (load failure, runtime
+ *     error, NaN/Inf output, deadline, memory budget) is counted on its
+ *     breaker and the request goes on to the next tier.
+ * Only when every tier failed does the caller get an error, naming each.
+ */
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/json.h"
+#include "infer/model.h"
+
+#define MOD "infer"
+
+/* --- breakers ------------------------------------------------------------------------ */
+
+static const char *const breaker_names[] = {"closed", "open", "half_open"};
+
+const char *keel__breaker_name(int state)
+{
+    return state >= 0 && state <= 2 ? breaker_names[state] : "?";
+}
+
+/* May a request use the tier now? Lock held. A half-open breaker admits one
+ * probe at a time; *probe says this request is it. */
+static bool breaker_admit(tier *t, uint64_t now, bool *probe)
+{
+    breaker *b = &t->br;
+    *probe = false;
+    if (b->state == BR_OPEN && now >= b->open_until) {
+        b->state = BR_HALF_OPEN;
+        b->probing = false;
+    }
+    if (b->state == BR_CLOSED)
+        return true;
+    if (b->state == BR_HALF_OPEN && !b->probing) {
+        b->probing = true;
+        *probe = true;
+        return true;
+    }
+    return false;
+}
+
+static void breaker_trip(model *m, tier *t, uint64_t now, const char *why)
+{
+    breaker *b = &t->br;
+    if (b->state != BR_OPEN)
+        KEEL_LOG_W(MOD, "%s@%s tier %s: breaker open (%s); next probe in %" PRIu64 " ms",
+                   m->name, m->version, t->name, why, b->cooldown_ns / 1000000u);
+    b->state = BR_OPEN;
+    b->open_until = now + b->cooldown_ns;
+    b->trips++;
+    b->probing = false;
+}
+
+/* Records an outcome. Lock held. */
+static void breaker_record(model *m, tier *t, bool ok, bool probe, uint64_t now)
+{
+    breaker *b = &t->br;
+    b->window = (b->window << 1) | (ok ? 0u : 1u);
+    if (b->nwindow < m->pol.window)
+        b->nwindow++;
+    if (probe)
+        b->probing = false;
+    if (ok) {
+        b->consecutive = 0;
+        if (b->state != BR_CLOSED) {
+            KEEL_LOG_I(MOD, "%s@%s tier %s: breaker closed again", m->name, m->version, t->name);
+            b->state = BR_CLOSED;
+            b->window = 0;
+            b->nwindow = 0;
+        }
+        return;
+    }
+    b->consecutive++;
+    unsigned bad = 0;
+    for (unsigned i = 0; i < b->nwindow; i++)
+        bad += (unsigned)((b->window >> i) & 1u);
+    if (b->state == BR_HALF_OPEN || b->consecutive >= m->pol.failures)
+        breaker_trip(m, t, now, b->state == BR_HALF_OPEN ? "probe failed" : "consecutive failures");
+    else if (b->nwindow >= m->pol.min_requests &&
+             (double)bad >= m->pol.error_rate * (double)b->nwindow)
+        breaker_trip(m, t, now, "error rate");
+}
+
+/* --- latency histogram ------------------------------------------------------------------ */
+
+const double keel__latency_bounds[KEEL__NBUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                     0.005,  0.01,    0.025,  0.05,  0.1,
+                                                     0.25,   0.5,     1,      2.5,   10};
+
+static void observe(tier *t, uint64_t ns)
+{
+    double s = (double)ns / 1e9;
+    for (size_t i = 0; i < KEEL__NBUCKETS; i++)
+        if (s <= keel__latency_bounds[i]) {
+            t->hist[i]++;
+            break;
+        }
+    t->hist_count++;
+    t->hist_sum += s;
+}
+
+/* --- sessions ---------------------------------------------------------------------------- */
+
+static void session_free(model *m, session *s)
+{
+    for (size_t i = 0; i < m->ntiers; i++) {
+        for (size_t k = 0; k < m->tiers[i].nstate; k++)
+            free(s->state[i][k]);
+        free(s->ctx[i]);
+    }
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* Finds or makes session id, locked for the caller (release with
+ * session_put). Expires idle sessions; when full, evicts the least recently
+ * used idle one; refuses when all are busy. */
+static int session_get(model *m, const char *id, session **ret, keel_error *err)
+{
+    uint64_t now = keel__now_mono_ns();
+    session *s = NULL;
+    if (strlen(id) >= sizeof(s->id))
+        return keel__err(err, KEEL_EINVALID, "parameters.session: longer than %zu bytes",
+                         sizeof(s->id) - 1);
+    pthread_mutex_lock(&m->mu);
+    for (size_t i = 0; i < m->nsessions;) {
+        session *x = m->sessions[i];
+        if (!x->refs && now - x->last_used > m->eng_opts.session_idle_s * 1000000000ull) {
+            m->sessions[i] = m->sessions[--m->nsessions];
+            m->sessions_expired++;
+            session_free(m, x);
+            continue;
+        }
+        if (!strcmp(x->id, id))
+            s = x;
+        i++;
+    }
+    if (!s) {
+        if (m->nsessions == m->eng_opts.max_sessions) {
+            size_t lru = SIZE_MAX;
+            for (size_t i = 0; i < m->nsessions; i++)
+                if (!m->sessions[i]->refs &&
+                    (lru == SIZE_MAX || m->sessions[i]->last_used < m->sessions[lru]->last_used))
+                    lru = i;
+            if (lru == SIZE_MAX) {
+                pthread_mutex_unlock(&m->mu);
+                return keel__err(err, KEEL_EBUSY, "all %zu sessions are busy; retry shortly",
+                                 m->eng_opts.max_sessions);
+            }
+            session_free(m, m->sessions[lru]);
+            m->sessions[lru] = m->sessions[--m->nsessions];
+            m->sessions_evicted++;
+        }
+        if (!(s = calloc(1, sizeof(*s)))) {
+            pthread_mutex_unlock(&m->mu);
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+        }
+        keel__strlcpy(s->id, id, sizeof(s->id));
+        pthread_mutex_init(&s->mu, NULL);
+        m->sessions[m->nsessions++] = s;
+    }
+    s->refs++;
+    s->last_used = now;
+    pthread_mutex_unlock(&m->mu);
+    pthread_mutex_lock(&s->mu); /* a stream's frames run in order */
+    *ret = s;
+    return KEEL_OK;
+}
+
+static void session_put(model *m, session *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&m->mu);
+    s->refs--;
+    s->last_used = keel__now_mono_ns();
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* --- tiers ---------------------------------------------------------------------------------- */
+
+/* Loads a tier's backend instance. Called with load_mu held (or before the
+ * model is shared). */
+int keel__model_tier_load(model *m, size_t ti, keel_error *err)
+{
+    tier *t = &m->tiers[ti];
+    keel__tier_ctx ctx = {
+        .model_path = t->model_path,
+        .model_hex = t->model_hex,
+        .tier = t->spec,
+        .inputs = m->in,
+        .ninputs = m->nin,
+        .outputs = m->out,
+        .noutputs = m->nout,
+        .cache_dir = m->eng_opts.cache_dir,
+    };
+    void *inst = NULL;
+    int rc = t->be->load(&ctx, &inst, err);
+    if (!rc && t->memory_budget && t->be->memory) {
+        uint64_t used = t->be->memory(inst);
+        if (used > t->memory_budget) {
+            t->be->unload(inst);
+            inst = NULL;
+            rc = keel__err(err, KEEL_ENOSPACE,
+                           "memory budget exceeded: the model takes %.1f MiB, the tier allows "
+                           "%.1f MiB",
+                           (double)used / 1048576.0, (double)t->memory_budget / 1048576.0);
+        }
+    }
+    if (rc) {
+        keel__strlcpy(t->load_error, err->msg, sizeof(t->load_error));
+        KEEL_LOG_W(MOD, "%s@%s tier %s (%s) failed to load: %s", m->name, m->version, t->name,
+                   t->be->name, err->msg);
+        return rc;
+    }
+    t->load_error[0] = 0;
+    atomic_store(&t->inst, inst);
+    return KEEL_OK;
+}
+
+static bool has_nonfinite(const keel__tensor *t)
+{
+    size_t n;
+    switch (t->dtype) {
+    case KEEL_DT_FLOAT32:
+        n = t->nbytes / 4;
+        for (size_t i = 0; i < n; i++)
+            if (!isfinite(((const float *)t->data)[i]))
+                return true;
+        return false;
+    case KEEL_DT_FLOAT64:
+        n = t->nbytes / 8;
+        for (size_t i = 0; i < n; i++)
+            if (!isfinite(((const double *)t->data)[i]))
+                return true;
+        return false;
+    case KEEL_DT_FLOAT16: /* exponent all ones: Inf or NaN */
+        n = t->nbytes / 2;
+        for (size_t i = 0; i < n; i++)
+            if ((((const uint16_t *)t->data)[i] & 0x7c00u) == 0x7c00u)
+                return true;
+        return false;
+    default:
+        return false;
+    }
+}
+
+/* Runs one tier: adds constants, session state and context to the inputs,
+ * checks the outputs, keeps the new state, hands the contract outputs to
+ * resp. */
+static int tier_run(model *m, size_t ti, const keel__tensor *ins, size_t nin, session *s,
+                    keel__infer_resp *resp, uint64_t deadline, keel_error *err)
+{
+    tier *t = &m->tiers[ti];
+    keel__tensor all[KEEL__MAX_IO * 2], out[KEEL__MAX_IO];
+    void *tmp[KEEL__MAX_IO] = {0};
+    size_t n = 0, nout = 0, ntmp = 0;
+    char *result = NULL;
+    int rc = KEEL_OK;
+    void *inst = atomic_load(&t->inst);
+    if (nin + t->nconsts + t->nstate > KEEL_ARRAY_LEN(all))
+        return keel__err(err, KEEL_ETOOBIG, "too many inputs");
+    for (size_t i = 0; i < nin; i++) {
+        all[n] = ins[i];
+        if (t->ctx_samples && !strcmp(ins[i].name, t->ctx_input)) {
+            /* prepend the stream's last samples along the last axis (batch 1) */
+            const keel__tensor *x = &ins[i];
+            size_t per = x->nbytes / sizeof(float), c = t->ctx_samples;
+            if (x->dtype != KEEL_DT_FLOAT32 || x->ndim < 1 || (x->ndim >= 2 && x->shape[0] != 1))
+                return keel__err(err, KEEL_EINVALID,
+                                 "input \"%s\": context needs float32 with batch 1", x->name);
+            float *buf = malloc((per + c) * sizeof(float));
+            if (!buf)
+                return keel__err(err, KEEL_ENOMEM, "out of memory");
+            if (s && s->ctx[ti])
+                memcpy(buf, s->ctx[ti], c * sizeof(float));
+            else
+                memset(buf, 0, c * sizeof(float));
+            memcpy(buf + c, x->data, per * sizeof(float));
+            tmp[ntmp++] = buf;
+            all[n].data = buf;
+            all[n].nbytes = (per + c) * sizeof(float);
+            all[n].shape[all[n].ndim - 1] += (int64_t)c;
+        }
+        n++;
+    }
+    for (size_t i = 0; i < t->nconsts; i++)
+        all[n++] = t->consts[i];
+    for (size_t k = 0; k < t->nstate; k++) {
+        const state_pair *p = &t->state[k];
+        all[n] = (keel__tensor){.name = p->in, .dtype = p->dtype, .ndim = p->ndim,
+                                .nbytes = p->nbytes};
+        memcpy(all[n].shape, p->shape, sizeof(p->shape));
+        if (s && s->state[ti][k]) {
+            all[n].data = s->state[ti][k];
+        } else {
+            if (!(tmp[ntmp] = calloc(1, p->nbytes))) {
+                rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+                goto out;
+            }
+            all[n].data = tmp[ntmp++];
+        }
+        n++;
+    }
+    if ((rc = t->be->run(inst, all, n, out, &nout, &result, deadline, err)))
+        goto out;
+    for (size_t i = 0; i < nout; i++)
+        if (has_nonfinite(&out[i])) {
+            rc = keel__err(err, KEEL_ECORRUPT, "output \"%s\" holds NaN or Inf", out[i].name);
+            goto out_free;
+        }
+    /* keep the stream's state */
+    if (s) {
+        for (size_t k = 0; k < t->nstate; k++)
+            for (size_t i = 0; i < nout; i++)
+                if (!strcmp(out[i].name, t->state[k].out)) {
+                    if (out[i].nbytes != t->state[k].nbytes) {
+                        rc = keel__err(err, KEEL_ECORRUPT,
+                                       "state output \"%s\" has %zu bytes, expected %zu",
+                                       out[i].name, out[i].nbytes, t->state[k].nbytes);
+                        goto out_free;
+                    }
+                    free(s->state[ti][k]);
+                    s->state[ti][k] = out[i].data;
+                    out[i].data = NULL;
+                }
+        if (t->ctx_samples) {
+            for (size_t i = 0; i < nin; i++)
+                if (!strcmp(ins[i].name, t->ctx_input)) {
+                    size_t per = ins[i].nbytes / sizeof(float), c = t->ctx_samples;
+                    if (!s->ctx[ti] && !(s->ctx[ti] = calloc(c, sizeof(float)))) {
+                        rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+                        goto out_free;
+                    }
+                    if (per >= c)
+                        memcpy(s->ctx[ti], (const float *)ins[i].data + per - c,
+                               c * sizeof(float));
+                }
+        }
+    }
+    /* the contract's outputs, in contract order */
+    resp->noutputs = 0;
+    for (size_t o = 0; o < m->nout; o++)
+        for (size_t i = 0; i < nout; i++)
+            if (out[i].data && !strcmp(out[i].name, m->out[o].name)) {
+                resp->outputs[resp->noutputs] = out[i];
+                resp->outputs[resp->noutputs++].name = m->out[o].name;
+                out[i].data = NULL;
+            }
+    resp->result = result;
+    result = NULL;
+out_free:
+    for (size_t i = 0; i < nout; i++)
+        keel__tensor_done(&out[i]);
+out:
+    free(result);
+    for (size_t i = 0; i < ntmp; i++)
+        free(tmp[i]);
+    return rc;
+}
+
+/* --- inputs -------------------------------------------------------------------------------- */
+
+static int check_input(const keel__tensor *decl, const keel__tensor *x, keel_error *err)
+{
+    if (x->dtype != decl->dtype)
+        return keel__err(err, KEEL_EINVALID, "input \"%s\": datatype %s, the model takes %s",
+                         x->name, keel__dtype_name(x->dtype), keel__dtype_name(decl->dtype));
+    if (!decl->ndim && !decl->shape[0])
+        return KEEL_OK; /* declared without a shape */
+    bool ok = x->ndim == decl->ndim;
+    for (size_t d = 0; ok && d < x->ndim; d++)
+        ok = decl->shape[d] < 0 || decl->shape[d] == x->shape[d];
+    if (!ok) {
+        char want[128] = "", got[128] = "";
+        size_t a = 0, b = 0;
+        for (size_t d = 0; d < decl->ndim; d++)
+            a += (size_t)snprintf(want + a, sizeof(want) - a, "%s%" PRId64, d ? "," : "",
+                                  decl->shape[d]);
+        for (size_t d = 0; d < x->ndim && b < sizeof(got); d++)
+            b += (size_t)snprintf(got + b, sizeof(got) - b, "%s%" PRId64, d ? "," : "",
+                                  x->shape[d]);
+        return keel__err(err, KEEL_EINVALID,
+                         "input \"%s\": shape [%s] does not fit [%s] (-1: any size)", x->name,
+                         got, want);
+    }
+    return KEEL_OK;
+}
+
+/* Resolves the request's inputs against the contract into ins (contract
+ * order). Image and tabular preprocessing produce owned buffers (owned[]). */
+static int prepare(model *m, const keel__infer_req *req, keel__tensor *ins, void **owned,
+                   size_t *nowned, keel_error *err)
+{
+    for (size_t i = 0; i < req->ninputs; i++) {
+        size_t k = m->nin;
+        for (size_t j = 0; j < m->nin; j++)
+            if (!strcmp(req->inputs[i].name, m->in[j].name))
+                k = j;
+        if (k == m->nin) {
+            char names[512] = "";
+            size_t o = 0;
+            for (size_t j = 0; j < m->nin && o < sizeof(names); j++)
+                o += (size_t)snprintf(names + o, sizeof(names) - o, "%s\"%s\"", j ? ", " : "",
+                                      m->in[j].name);
+            return keel__err(err, KEEL_EINVALID, "unknown input \"%s\"; %s takes %s",
+                             req->inputs[i].name, m->name, names);
+        }
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(req->inputs[j].name, req->inputs[i].name))
+                return keel__err(err, KEEL_EINVALID, "input \"%s\" given twice",
+                                 req->inputs[i].name);
+        ins[k] = req->inputs[i];
+    }
+    for (size_t j = 0; j < m->nin; j++) {
+        bool is_pre = m->pre.kind && !strcmp(m->pre.input, m->in[j].name);
+        if (is_pre && m->pre.kind == KEEL__PRE_IMAGE && req->image) {
+            if (ins[j].name)
+                return keel__err(err, KEEL_EINVALID,
+                                 "input \"%s\" given both as an image and as a tensor",
+                                 m->in[j].name);
+            int rc = keel__pre_image(&m->pre, &m->in[j], req->image, req->image_len, &ins[j], err);
+            if (rc)
+                return rc;
+            owned[(*nowned)++] = ins[j].data;
+        }
+        if (!ins[j].name)
+            return keel__err(err, KEEL_EINVALID, "input \"%s\" is missing%s", m->in[j].name,
+                             is_pre && m->pre.kind == KEEL__PRE_IMAGE
+                                 ? " (send it as a tensor, or an encoded PNG/JPEG image)"
+                                 : "");
+        int rc = check_input(&m->in[j], &ins[j], err);
+        if (rc)
+            return rc;
+        size_t es = keel__dtype_size(ins[j].dtype), cnt = 1;
+        for (size_t d = 0; d < ins[j].ndim; d++)
+            cnt *= (size_t)ins[j].shape[d];
+        if (es && cnt * es != ins[j].nbytes)
+            return keel__err(err, KEEL_EINVALID, "input \"%s\": %zu bytes for %zu elements of %s",
+                             ins[j].name, ins[j].nbytes, cnt, keel__dtype_name(ins[j].dtype));
+        if (is_pre && m->pre.kind == KEEL__PRE_TABULAR && m->pre.nfeatures) {
+            void *copy = malloc(ins[j].nbytes ? ins[j].nbytes : 1);
+            if (!copy)
+                return keel__err(err, KEEL_ENOMEM, "out of memory");
+            memcpy(copy, ins[j].data, ins[j].nbytes);
+            owned[(*nowned)++] = copy;
+            ins[j].data = copy;
+            if ((rc = keel__pre_tabular(&m->pre, &ins[j], err)))
+                return rc;
+        }
+    }
+    return KEEL_OK;
+}
+
+/* --- the chain ----------------------------------------------------------------------------- */
+
+static void note_served(model *m, size_t ti, const char *reason)
+{
+    /* Lock held. A transition is counted and logged once per change of the
+     * serving tier, not per request. */
+    if (m->serving_tier != (int)ti) {
+        if (m->serving_tier >= 0) {
+            m->transitions++;
+            m->tiers[ti].transitions_in++;
+            if (ti > (size_t)m->serving_tier)
+                KEEL_LOG_W(MOD, "%s@%s now served by tier %s (was %s): %s", m->name, m->version,
+                           m->tiers[ti].name, m->tiers[m->serving_tier].name,
+                           reason[0] ? reason : "pinned");
+            else
+                KEEL_LOG_I(MOD, "%s@%s served by tier %s again (was %s)", m->name, m->version,
+                           m->tiers[ti].name, m->tiers[m->serving_tier].name);
+        }
+        m->serving_tier = (int)ti;
+        m->serving_since = keel__now_wall_s();
+    }
+}
+
+int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp *resp,
+                    keel_error *err)
+{
+    uint64_t t0 = keel__now_mono_ns();
+    keel__tensor ins[KEEL__MAX_IO];
+    void *owned[KEEL__MAX_IO];
+    size_t nowned = 0;
+    session *s = NULL;
+    keel_buf why;
+    int rc;
+    memset(resp, 0, sizeof(*resp));
+    memset(ins, 0, sizeof(ins));
+    keel__buf_init(&why, sizeof(resp->reason) * 4);
+    keel__strlcpy(resp->model, m->name, sizeof(resp->model));
+    keel__strlcpy(resp->version, m->version, sizeof(resp->version));
+    keel__strlcpy(resp->digest, m->digest, sizeof(resp->digest));
+    int pin = -1;
+    if (req->tier) {
+        for (size_t i = 0; i < m->ntiers; i++)
+            if (!strcmp(m->tiers[i].name, req->tier))
+                pin = (int)i;
+        if (pin < 0) {
+            rc = keel__err(err, KEEL_EINVALID, "parameters.tier: %s has no tier \"%s\"", m->name,
+                           req->tier);
+            goto out;
+        }
+    }
+    if ((rc = prepare(m, req, ins, owned, &nowned, err)))
+        goto out;
+    if (req->session && req->session[0] && (rc = session_get(m, req->session, &s, err)))
+        goto out;
+    rc = KEEL_ENOTREADY;
+    for (size_t i = 0; i < m->ntiers; i++) {
+        tier *t = &m->tiers[i];
+        if (pin >= 0 && (int)i != pin)
+            continue;
+        uint64_t now = keel__now_mono_ns();
+        bool probe = false;
+        pthread_mutex_lock(&m->mu);
+        bool admit = pin >= 0 || breaker_admit(t, now, &probe);
+        unsigned inflight = t->inflight;
+        if (admit && pin < 0 && t->max_inflight && inflight >= t->max_inflight) {
+            admit = false;
+            t->overloaded++;
+            if (probe)
+                t->br.probing = false;
+            if (keel__buf_appendf(&why, "%s%s: overloaded (%u requests in flight)",
+                                  why.len ? "; " : "", t->name, inflight)) {
+            }
+        } else if (!admit) {
+            t->skipped++;
+            if (keel__buf_appendf(&why, "%s%s: breaker open%s%s", why.len ? "; " : "", t->name,
+                                  t->load_error[0] ? " after load failure: " : "",
+                                  t->load_error)) {
+            }
+        }
+        if (admit)
+            t->inflight++;
+        pthread_mutex_unlock(&m->mu);
+        if (!admit)
+            continue;
+        keel_error e = {0};
+        int trc = KEEL_OK;
+        if (!atomic_load(&t->inst)) {
+            pthread_mutex_lock(&m->load_mu);
+            if (!atomic_load(&t->inst))
+                trc = keel__model_tier_load(m, i, &e);
+            pthread_mutex_unlock(&m->load_mu);
+        }
+        uint64_t deadline = t->deadline_ns ? now + t->deadline_ns : 0;
+        if (!trc)
+            trc = tier_run(m, i, ins, m->nin, s, resp, deadline, &e);
+        uint64_t dt = keel__now_mono_ns() - now;
+        pthread_mutex_lock(&m->mu);
+        t->inflight--;
+        if (!trc) {
+            t->ok++;
+            observe(t, dt);
+        } else {
+            t->failed++;
+            if (trc == KEEL_ETIMEOUT)
+                t->timeouts++;
+        }
+        if (pin < 0 || trc) /* a pinned success says nothing about the chain's health */
+            breaker_record(m, t, !trc, probe, keel__now_mono_ns());
+        if (!trc) {
+            note_served(m, i, why.data ? why.data : "");
+            if (i > 0 && pin < 0)
+                t->fallbacks++;
+        }
+        pthread_mutex_unlock(&m->mu);
+        if (!trc) {
+            keel__strlcpy(resp->tier, t->name, sizeof(resp->tier));
+            keel__strlcpy(resp->backend, t->be->name, sizeof(resp->backend));
+            resp->degraded = i > 0;
+            rc = KEEL_OK;
+            break;
+        }
+        if (keel__buf_appendf(&why, "%s%s: %s", why.len ? "; " : "", t->name, e.msg)) {
+        }
+    }
+    if (rc) {
+        pthread_mutex_lock(&m->mu);
+        m->all_failed++;
+        pthread_mutex_unlock(&m->mu);
+        rc = keel__err(err, KEEL_ENOTREADY, "%s@%s: every tier failed: %s", m->name, m->version,
+                       why.data ? why.data : "no tier");
+        goto out;
+    }
+    keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
+    if (!resp->result &&
+        (rc = keel__post_result(&m->post, resp->outputs, resp->noutputs, &resp->result, err)))
+        goto out;
+out:
+    session_put(m, s);
+    for (size_t i = 0; i < nowned; i++)
+        free(owned[i]);
+    keel__buf_done(&why);
+    resp->ns = keel__now_mono_ns() - t0;
+    if (rc)
+        keel__infer_resp_done(resp);
+    return rc;
+}
+
+void keel__infer_resp_done(keel__infer_resp *r)
+{
+    for (size_t i = 0; i < r->noutputs; i++)
+        keel__tensor_done(&r->outputs[i]);
+    r->noutputs = 0;
+    free(r->result);
+    r->result = NULL;
+}

@@ -1,0 +1,115 @@
+/*
+ * model.h - the insides of a loaded package version, shared by model.c
+ * (the chain), load.c (building one from a manifest) and engine.c (the
+ * registry, status, metrics). Nothing outside lib/infer includes this.
+ */
+#ifndef KEEL_INFER_MODEL_H
+#define KEEL_INFER_MODEL_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "infer/infer.h"
+#include "infer/pipeline.h"
+
+#define KEEL__MAX_TIERS  8
+#define KEEL__MAX_STATE  8
+#define KEEL__MAX_CONSTS 8
+#define KEEL__NBUCKETS   15
+
+extern const double keel__latency_bounds[KEEL__NBUCKETS];
+
+enum { BR_CLOSED, BR_OPEN, BR_HALF_OPEN };
+const char *keel__breaker_name(int state);
+
+typedef struct breaker {
+    int state;
+    unsigned consecutive; /* failures in a row */
+    uint64_t window;      /* last outcomes, bit 1 = failure */
+    unsigned nwindow;
+    uint64_t open_until, cooldown_ns;
+    unsigned trips;
+    bool probing;
+} breaker;
+
+typedef struct policy {
+    unsigned failures;     /* consecutive hard failures that trip (default 3) */
+    double error_rate;     /* failure share over the window that trips (default 0.5) */
+    unsigned window;       /* outcomes considered, <= 64 (default 20) */
+    unsigned min_requests; /* before the rate counts (default 10) */
+    uint64_t cooldown_ns;  /* open -> half-open (default 5 s) */
+} policy;
+
+typedef struct state_pair {
+    char in[64], out[64];
+    int dtype;
+    size_t ndim;
+    int64_t shape[KEEL_TENSOR_MAX_DIMS];
+    size_t nbytes;
+} state_pair;
+
+typedef struct tier {
+    char name[32];
+    const keel__backend *be;
+    char model_path[PATH_MAX];
+    char model_hex[65];
+    cJSON *spec; /* owned copy of the manifest's tier object */
+    _Atomic(void *) inst;
+    char load_error[512];
+    keel__tensor consts[KEEL__MAX_CONSTS]; /* names and data owned */
+    size_t nconsts;
+    state_pair state[KEEL__MAX_STATE];
+    size_t nstate;
+    char ctx_input[64];
+    size_t ctx_samples;
+    uint64_t deadline_ns, memory_budget;
+    unsigned max_inflight, inflight;
+    breaker br;
+    /* counters (model lock) */
+    uint64_t ok, failed, timeouts, skipped, overloaded, fallbacks, transitions_in;
+    uint64_t hist[KEEL__NBUCKETS], hist_count;
+    double hist_sum;
+} tier;
+
+typedef struct session {
+    char id[128];
+    pthread_mutex_t mu;
+    unsigned refs;
+    uint64_t last_used;
+    void *state[KEEL__MAX_TIERS][KEEL__MAX_STATE];
+    float *ctx[KEEL__MAX_TIERS];
+} session;
+
+typedef struct keel__model model;
+struct keel__model {
+    atomic_uint refs;
+    char name[KEEL_NAME_MAX], version[KEEL_VERSION_MAX], digest[72];
+    keel__infer_opts eng_opts;
+    keel__tensor in[KEEL__MAX_IO], out[KEEL__MAX_IO]; /* the contract; names owned */
+    size_t nin, nout;
+    tier tiers[KEEL__MAX_TIERS];
+    size_t ntiers;
+    keel__pre pre;
+    keel__post post;
+    policy pol;
+    cJSON *validation; /* owned copy, or NULL */
+    pthread_mutex_t mu;      /* breakers, counters, sessions */
+    pthread_mutex_t load_mu; /* lazy tier (re)loads */
+    session **sessions;
+    size_t nsessions;
+    uint64_t sessions_expired, sessions_evicted;
+    int serving_tier; /* the tier that served last, -1 none yet */
+    int64_t serving_since;
+    uint64_t transitions, all_failed;
+};
+
+/* Builds a model from a manifest; files resolved through `path_of`. */
+typedef int (*keel__path_fn)(void *ctx, const char *rel, char *buf, size_t n, keel_error *err);
+KEEL_WUR int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, void *ctx,
+                               const keel__infer_opts *o, keel__model **ret, keel_error *err);
+void keel__model_free(keel__model *m);
+KEEL_WUR int keel__model_tier_load(keel__model *m, size_t ti, keel_error *err);
+int keel__dtype_parse(const char *s);
+
+#endif
