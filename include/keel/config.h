@@ -36,6 +36,9 @@ typedef struct keel_config {
     char unix_socket[KEEL_CONFIG_PATH_MAX]; /* empty: none */
     unsigned threads;                       /* HTTP worker threads, default 2 */
     uint64_t max_body_bytes;                /* JSON request bodies, default 1 MiB */
+    uint64_t max_infer_body_bytes;          /* inference request bodies, default 64 MiB */
+    uint64_t max_sessions;                  /* stateful sessions per package, default 1024 */
+    uint64_t session_idle_s;                /* session idle expiry, default 300 */
     uint64_t request_timeout_s;             /* idle connection timeout, default 30 */
     unsigned max_connections;               /* default 64 */
     uint64_t verify_interval_s;             /* background deep re-check, default 1 day; 0 off */

@@ -28,6 +28,9 @@ void keel_config_default(keel_config *ret)
     ret->port = 8480;
     ret->threads = 2;
     ret->max_body_bytes = 1u << 20;
+    ret->max_infer_body_bytes = 64u << 20;
+    ret->max_sessions = 1024;
+    ret->session_idle_s = 300;
     ret->request_timeout_s = 30;
     ret->max_connections = 64;
     ret->verify_interval_s = 86400;
@@ -110,6 +113,10 @@ static const struct key keys[] = {
     {"max_connections", K_UINT, OFF(max_connections), 1, 65536, "a count 1..65536"},
     {"request_timeout", K_DUR, OFF(request_timeout_s), 1, 86400, "a duration like 30s or 2m"},
     {"max_body", K_SIZE, OFF(max_body_bytes), 1024, 1ull << 32, "a size like 1M (>= 1K)"},
+    {"max_infer_body", K_SIZE, OFF(max_infer_body_bytes), 1024, 1ull << 32,
+     "a size like 64M (>= 1K)"},
+    {"max_sessions", K_SIZE, OFF(max_sessions), 1, 1000000, "a count 1..1000000"},
+    {"session_idle", K_DUR, OFF(session_idle_s), 1, 86400, "a duration like 5m"},
     {"verify_interval", K_DUR, OFF(verify_interval_s), 0, 365ull * 86400,
      "a duration like 24h, or 0 to turn the background re-check off"},
     {"log_level", K_LEVEL, OFF(log_level), 0, 0, "one of error, warn, info, debug"},

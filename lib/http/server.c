@@ -12,6 +12,12 @@
  *   POST /api/verify[?deep=1]                                            (token)
  *   POST /api/gc                     drop unused versions and blobs      (token)
  *
+ * Open Inference Protocol (KServe v2), open like the GETs:
+ *   GET  /v2, /v2/health/live, /v2/health/ready
+ *   GET  /v2/models/NAME[/versions/V], /v2/models/NAME[/versions/V]/ready
+ *   POST /v2/models/NAME[/versions/V]/infer   JSON, binary tensors, or an image
+ *   GET  /metrics                             Prometheus text
+ *
  * GETs are open to whoever can reach the listen address (loopback by
  * default); every POST needs `Authorization: Bearer TOKEN`.
  */
@@ -31,13 +37,16 @@
 #include <unistd.h>
 
 #include "core/json.h"
+#include "http/oip.h"
 #include "http/server.h"
+#include "infer/infer.h"
 
 #define MOD "http"
 
 struct keel__http {
     struct MHD_Daemon *tcp, *unix_d;
     keel_store *store;
+    keel__infer *infer;
     pthread_mutex_t lock; /* guards cfg limits and readiness */
     keel_config cfg;
     char token[65];
@@ -58,11 +67,19 @@ enum route {
     R_MARK_GOOD,
     R_VERIFY,
     R_GC,
+    R_V2_SERVER,
+    R_V2_LIVE,
+    R_V2_READY,
+    R_V2_MODEL,
+    R_V2_MODEL_READY,
+    R_V2_INFER,
+    R_METRICS,
 };
 
 typedef struct req {
     enum route route;
     char name[KEEL_NAME_MAX];
+    char version[KEEL_VERSION_MAX]; /* /v2/models/NAME/versions/V */
     keel_buf body; /* small JSON bodies */
     int fd;        /* upload file */
     char upload[PATH_MAX];
@@ -168,6 +185,16 @@ static void refresh(keel__http *h, unsigned flags)
         ready = false;
         snprintf(why, sizeof(why), "cannot read the store: %s", e.msg);
     }
+    if (h->infer) {
+        char iwhy[1024];
+        if (keel__infer_refresh(h->infer, &e))
+            KEEL_LOG_E(MOD, "loading models: %s", e.msg);
+        if (!keel__infer_ready(h->infer, iwhy, sizeof(iwhy))) {
+            size_t o = strlen(why);
+            ready = false;
+            snprintf(why + o, sizeof(why) - o, "%s%s", o ? "; " : "", iwhy);
+        }
+    }
     pthread_mutex_lock(&h->lock);
     if (ready != h->ready || strcmp(why, h->why) != 0) {
         if (ready && !why[0])
@@ -224,8 +251,11 @@ static enum MHD_Result do_status(keel__http *h, struct MHD_Connection *c)
             (unsigned long long)((keel__now_mono_ns() - h->started_ns) / 1000000000ull));
     if (!rc)
         rc = keel__json_quote(&b, h->cfg.state_dir);
+    char *inf = h->infer ? keel__infer_status_json(h->infer) : NULL;
     if (!rc)
-        rc = keel__buf_appendf(&b, ",\"readiness\":%s,\"store\":%s}\n", ready, store);
+        rc = keel__buf_appendf(&b, ",\"readiness\":%s,\"store\":%s,\"inference\":%s}\n", ready,
+                               store, inf ? inf : "{}");
+    free(inf);
     free(store);
     free(ready);
     if (rc) {
@@ -313,12 +343,234 @@ static enum MHD_Result do_slot_action(keel__http *h, struct MHD_Connection *c, r
     return send_json(c, 200, keel__buf_steal(&b));
 }
 
+/* --- Open Inference Protocol ------------------------------------------------------------ */
+
+static enum MHD_Result send_body(struct MHD_Connection *c, unsigned status, char *body,
+                                 size_t len, const char *ctype, const char *h1, const char *v1,
+                                 const char *h2, const char *v2)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", ctype);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (h1)
+        MHD_add_response_header(r, h1, v1);
+    if (h2)
+        MHD_add_response_header(r, h2, v2);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* The model a /v2/models/NAME[/versions/V] path names, referenced; sends
+ * 404 itself when there is none. */
+static keel__model *v2_model(keel__http *h, struct MHD_Connection *c, req *q,
+                             enum MHD_Result *ret)
+{
+    keel__model *m = h->infer ? keel__infer_get(h->infer, q->name) : NULL;
+    char msg[256];
+    if (!m) {
+        snprintf(msg, sizeof(msg),
+                 "no model \"%s\" is served (GET /api/packages lists what is installed)",
+                 q->name);
+        *ret = send_error(c, 404, KEEL_ENOTFOUND, msg);
+        return NULL;
+    }
+    if (q->version[0] && strcmp(q->version, keel__model_version(m))) {
+        snprintf(msg, sizeof(msg), "%s serves version %s, not %s", q->name,
+                 keel__model_version(m), q->version);
+        keel__model_unref(m);
+        *ret = send_error(c, 404, KEEL_ENOTFOUND, msg);
+        return NULL;
+    }
+    return m;
+}
+
+static enum MHD_Result do_infer(keel__http *h, struct MHD_Connection *c, req *q)
+{
+    enum MHD_Result ret = MHD_NO;
+    keel__model *m = v2_model(h, c, q, &ret);
+    if (!m)
+        return ret;
+    keel_error e = {0};
+    keel__oip_req r;
+    keel__infer_resp resp;
+    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    const char *hl =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+    int rc;
+    bool image = ctype && (!strncmp(ctype, "image/", 6) ||
+                           (!strncmp(ctype, "application/octet-stream", 24) && !hl));
+    if (image) { /* the whole body is an encoded image; parameters in the query */
+        memset(&r, 0, sizeof(r));
+        const char *tier = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "tier");
+        const char *sess = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "session");
+        if (tier)
+            keel__strlcpy(r.tier, tier, sizeof(r.tier));
+        if (sess)
+            keel__strlcpy(r.session, sess, sizeof(r.session));
+        r.req.tier = tier ? r.tier : NULL;
+        r.req.session = sess ? r.session : NULL;
+        r.req.image = q->body.data;
+        r.req.image_len = q->body.len;
+        rc = keel__model_image_input(m)
+                 ? KEEL_OK
+                 : keel__err(&e, KEEL_EINVALID,
+                             "%s takes no image input (its manifest has no image preprocess); "
+                             "send JSON tensors",
+                             q->name);
+    } else {
+        size_t json_len = q->body.len;
+        if (hl) {
+            char *end = NULL;
+            unsigned long long v = strtoull(hl, &end, 10);
+            if (!*hl || *end || v > q->body.len) {
+                keel__model_unref(m);
+                return send_error(c, 400, KEEL_EINVALID,
+                                  "Inference-Header-Content-Length is not a length within the "
+                                  "body");
+            }
+            json_len = (size_t)v;
+        }
+        rc = keel__oip_parse(q->body.data ? q->body.data : "", q->body.len, json_len,
+                             keel__model_image_input(m), &r, &e);
+    }
+    if (!rc)
+        rc = keel__model_run(m, &r.req, &resp, &e);
+    keel__model_unref(m);
+    if (rc) {
+        keel__oip_done(&r);
+        if (rc == KEEL_ENOTREADY) { /* every tier failed: the service, not the request */
+            KEEL_LOG_E(MOD, "%s", e.msg);
+            return send_error(c, 503, rc, e.msg);
+        }
+        return send_keel_error(c, &e);
+    }
+    char *body = NULL, hlen[32];
+    size_t len = 0, jlen = 0;
+    rc = keel__oip_response(&r, &resp, &body, &len, &jlen, &e);
+    char tier_hdr[64];
+    snprintf(tier_hdr, sizeof(tier_hdr), "%s", resp.tier);
+    keel__infer_resp_done(&resp);
+    keel__oip_done(&r);
+    if (rc)
+        return send_keel_error(c, &e);
+    if (jlen != len) {
+        snprintf(hlen, sizeof(hlen), "%zu", jlen);
+        return send_body(c, 200, body, len, "application/octet-stream", "X-Keel-Tier", tier_hdr,
+                         "Inference-Header-Content-Length", hlen);
+    }
+    return send_body(c, 200, body, len, "application/json", "X-Keel-Tier", tier_hdr, NULL, NULL);
+}
+
+static enum MHD_Result do_v2(keel__http *h, struct MHD_Connection *c, req *q)
+{
+    enum MHD_Result ret = MHD_NO;
+    char buf[512];
+    bool ready;
+    switch (q->route) {
+    case R_V2_SERVER:
+        snprintf(buf, sizeof(buf),
+                 "{\"name\":\"keel\",\"version\":\"%s\",\"extensions\":[\"binary_tensor_data\","
+                 "\"keel_image\",\"keel_tiers\"]}\n",
+                 keel_version());
+        return send_json(c, 200, strdup(buf));
+    case R_V2_LIVE:
+        return send_json(c, 200, strdup("{\"live\":true}\n"));
+    case R_V2_READY: {
+        char *json = readiness_json(h, &ready);
+        free(json);
+        return send_json(c, ready ? 200 : 503,
+                         strdup(ready ? "{\"ready\":true}\n" : "{\"ready\":false}\n"));
+    }
+    case R_V2_MODEL: {
+        keel__model *m = v2_model(h, c, q, &ret);
+        if (!m)
+            return ret;
+        char *json = keel__model_metadata_json(m);
+        keel__model_unref(m);
+        return json ? send_json(c, 200, json) : MHD_NO;
+    }
+    case R_V2_MODEL_READY: {
+        keel__model *m = v2_model(h, c, q, &ret);
+        if (!m)
+            return ret;
+        ready = keel__model_ready(m);
+        keel__model_unref(m);
+        snprintf(buf, sizeof(buf), "{\"name\":\"%s\",\"ready\":%s}\n", q->name,
+                 ready ? "true" : "false");
+        return send_json(c, ready ? 200 : 503, strdup(buf));
+    }
+    case R_METRICS: {
+        keel_buf b;
+        keel__buf_init(&b, 0);
+        int rc = keel__buf_appendf(&b,
+                                   "# HELP keel_up keeld is running.\n# TYPE keel_up gauge\n"
+                                   "keel_up 1\n"
+                                   "# HELP keel_ready Whether keeld is ready to serve.\n"
+                                   "# TYPE keel_ready gauge\nkeel_ready %d\n",
+                                   h->ready ? 1 : 0);
+        if (!rc && h->infer)
+            rc = keel__infer_metrics(h->infer, &b);
+        if (rc) {
+            keel__buf_done(&b);
+            return MHD_NO;
+        }
+        size_t len = b.len;
+        return send_body(c, 200, keel__buf_steal(&b), len, "text/plain; version=0.0.4", NULL,
+                         NULL, NULL, NULL);
+    }
+    default:
+        return do_infer(h, c, q);
+    }
+}
+
 /* --- routing --------------------------------------------------------------------- */
 
 /* The route for method+url. When the path exists but not for this method,
  * returns R_NONE with *ret_allow set to the methods it takes (for 405). */
-static enum route route_of(const char *method, const char *url, char *name, bool *ret_post,
+/* /v2/models/NAME[/versions/V][/ready|/infer] */
+static enum route route_v2(const char *p, bool post, char *name, char *version,
                            const char **ret_allow)
+{
+    const char *slash = strchr(p, '/');
+    size_t n = slash ? (size_t)(slash - p) : strlen(p);
+    if (!n || n >= KEEL_NAME_MAX)
+        return R_NONE;
+    memcpy(name, p, n);
+    name[n] = '\0';
+    p += n;
+    if (!strncmp(p, "/versions/", 10)) {
+        p += 10;
+        slash = strchr(p, '/');
+        n = slash ? (size_t)(slash - p) : strlen(p);
+        if (!n || n >= KEEL_VERSION_MAX)
+            return R_NONE;
+        memcpy(version, p, n);
+        version[n] = '\0';
+        p += n;
+    }
+    if (!*p) {
+        *ret_allow = "GET, HEAD";
+        return post ? R_NONE : R_V2_MODEL;
+    }
+    if (!strcmp(p, "/ready")) {
+        *ret_allow = "GET, HEAD";
+        return post ? R_NONE : R_V2_MODEL_READY;
+    }
+    if (!strcmp(p, "/infer")) {
+        *ret_allow = "POST";
+        return post ? R_V2_INFER : R_NONE;
+    }
+    return R_NONE;
+}
+
+static enum route route_of(const char *method, const char *url, char *name, char *version,
+                           bool *ret_post, const char **ret_allow)
 {
     static const struct {
         const char *path;
@@ -332,6 +584,10 @@ static enum route route_of(const char *method, const char *url, char *name, bool
         {"/api/packages", true, R_INSTALL},
         {"/api/verify", true, R_VERIFY},
         {"/api/gc", true, R_GC},
+        {"/v2", false, R_V2_SERVER},
+        {"/v2/health/live", false, R_V2_LIVE},
+        {"/v2/health/ready", false, R_V2_READY},
+        {"/metrics", false, R_METRICS},
     };
     bool post = !strcmp(method, "POST");
     bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
@@ -351,6 +607,11 @@ static enum route route_of(const char *method, const char *url, char *name, bool
         return R_NONE;
     }
     const char *p = url;
+    if (strncmp(p, "/v2/models/", 11) == 0) {
+        enum route r = route_v2(p + 11, post, name, version, ret_allow);
+        if (r != R_NONE || *ret_allow)
+            return r;
+    }
     if (strncmp(p, "/api/packages/", 14) == 0) {
         p += 14;
         const char *slash = strchr(p, '/');
@@ -400,7 +661,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
             return MHD_NO;
         q->fd = -1;
         *con_cls = q;
-        q->route = route_of(method, url, q->name, &post, &allow);
+        q->route = route_of(method, url, q->name, q->version, &post, &allow);
         if (q->route == R_NONE) {
             if (allow) {
                 char msg[160];
@@ -410,13 +671,15 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
             }
             return send_error(c, 404, KEEL_ENOTFOUND, "no such endpoint (see README: API)");
         }
-        if (post && !token_ok(h, c)) {
+        if (post && q->route != R_V2_INFER && !token_ok(h, c)) {
             KEEL_LOG_W(MOD, "POST %s refused: missing or wrong bearer token", url);
             return send_error(c, 401, KEEL_EPERM,
                               "missing or wrong bearer token (it is in STATE_DIR/token)");
         }
         pthread_mutex_lock(&h->lock);
-        q->limit = q->route == R_INSTALL ? h->cfg.limits.max_package_bytes : h->cfg.max_body_bytes;
+        q->limit = q->route == R_INSTALL    ? h->cfg.limits.max_package_bytes
+                   : q->route == R_V2_INFER ? h->cfg.max_infer_body_bytes
+                                            : h->cfg.max_body_bytes;
         pthread_mutex_unlock(&h->lock);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > q->limit) {
@@ -425,8 +688,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
             snprintf(msg, sizeof(msg),
                      "request body of %.24s bytes is over the limit of %llu bytes (%s)", cl,
                      (unsigned long long)q->limit,
-                     q->route == R_INSTALL ? "max_package in keeld.conf"
-                                           : "max_body in keeld.conf");
+                     q->route == R_INSTALL    ? "max_package in keeld.conf"
+                     : q->route == R_V2_INFER ? "max_infer_body in keeld.conf"
+                                              : "max_body in keeld.conf");
             KEEL_LOG_W(MOD, "%s %s refused: %s", method, url, msg);
             return send_error(c, 413, KEEL_ETOOBIG, msg);
         }
@@ -464,7 +728,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         char msg[160];
         snprintf(msg, sizeof(msg), "request body is over the limit of %llu bytes (%s)",
                  (unsigned long long)q->limit,
-                 q->route == R_INSTALL ? "max_package in keeld.conf" : "max_body in keeld.conf");
+                 q->route == R_INSTALL    ? "max_package in keeld.conf"
+                 : q->route == R_V2_INFER ? "max_infer_body in keeld.conf"
+                                          : "max_body in keeld.conf");
         KEEL_LOG_W(MOD, "%s %s refused: %s", method, url, msg);
         return send_error(c, 413, KEEL_ETOOBIG, msg);
     }
@@ -507,8 +773,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         snprintf(body, sizeof(body), "{\"freed_bytes\":%llu}\n", (unsigned long long)freed);
         return send_json(c, 200, strdup(body));
     }
-    default:
+    case R_ACTIVATE:
+    case R_ROLLBACK:
+    case R_MARK_GOOD:
         return do_slot_action(h, c, q);
+    default:
+        return do_v2(h, c, q);
     }
 }
 
@@ -673,6 +943,14 @@ int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret
     clean_uploads(cfg->state_dir);
     if ((rc = keel__http_token(cfg->state_dir, h->token, err)))
         goto fail;
+    char cache[PATH_MAX];
+    snprintf(cache, sizeof(cache), "%s/cache/onnx", cfg->state_dir);
+    keel__infer_opts io = {.cache_dir = cache,
+                           .max_sessions = (size_t)cfg->max_sessions,
+                           .session_idle_s = cfg->session_idle_s};
+    if ((rc = keel__infer_new(store, &io, &h->infer, err)))
+        goto fail;
+    keel_store_set_validator(store, keel__infer_validator, h->infer);
     refresh(h, 0);
     if (cfg->port) {
         struct sockaddr_storage ss;
@@ -728,6 +1006,9 @@ void keel__http_stop(keel__http *h)
         MHD_stop_daemon(h->unix_d);
         unlink(h->cfg.unix_socket);
     }
+    if (h->infer)
+        keel_store_set_validator(h->store, NULL, NULL);
+    keel__infer_free(h->infer);
     pthread_mutex_destroy(&h->lock);
     free(h);
 }

@@ -577,7 +577,7 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
         }
         if (pin < 0 || trc) /* a pinned success says nothing about the chain's health */
             breaker_record(m, t, !trc, probe, keel__now_mono_ns());
-        if (!trc) {
+        if (!trc && pin < 0) {
             note_served(m, i, why.data ? why.data : "");
             if (i > 0 && pin < 0)
                 t->fallbacks++;

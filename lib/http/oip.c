@@ -1,0 +1,727 @@
+/*
+ * oip.c - Open Inference Protocol (KServe v2) codec; see oip.h.
+ *
+ * Request:  {"id": "..", "parameters": {"tier": "secondary", "session": "mic-1",
+ *            "binary_data_output": false},
+ *            "inputs": [{"name", "shape", "datatype", "data" | parameters.binary_data_size}],
+ *            "outputs": [{"name", "parameters": {"binary_data": true}}]}
+ * With the binary extension the body is the JSON header followed by the
+ * tensors' raw little-endian bytes, in input order; BYTES elements are a
+ * 4-byte little-endian length and the bytes.
+ */
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/json.h"
+#include "http/oip.h"
+#include "infer/model.h"
+
+static int dtype_of(const char *kserve)
+{
+    static const struct {
+        const char *n;
+        int dt;
+    } t[] = {{"FP32", KEEL_DT_FLOAT32}, {"FP16", KEEL_DT_FLOAT16}, {"FP64", KEEL_DT_FLOAT64},
+             {"BF16", KEEL_DT_BFLOAT16}, {"INT8", KEEL_DT_INT8},   {"INT16", KEEL_DT_INT16},
+             {"INT32", KEEL_DT_INT32},   {"INT64", KEEL_DT_INT64}, {"UINT8", KEEL_DT_UINT8},
+             {"UINT16", KEEL_DT_UINT16}, {"UINT32", KEEL_DT_UINT32}, {"UINT64", KEEL_DT_UINT64},
+             {"BOOL", KEEL_DT_BOOL},     {"BYTES", KEEL_DT_STRING}};
+    for (size_t i = 0; kserve && i < KEEL_ARRAY_LEN(t); i++)
+        if (!strcmp(kserve, t[i].n))
+            return t[i].dt;
+    return 0;
+}
+
+static uint16_t f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, exp = (x >> 23) & 0xffu, man = x & 0x7fffffu;
+    if (exp == 0xff)
+        return (uint16_t)(sign | 0x7c00u | (man ? 0x200u : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 31)
+        return (uint16_t)(sign | 0x7c00u);
+    if (e <= 0) {
+        if (e < -10)
+            return (uint16_t)sign;
+        man |= 0x800000u;
+        uint32_t shift = (uint32_t)(14 - e);
+        uint32_t h = man >> shift;
+        if ((man >> (shift - 1)) & 1u)
+            h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = sign | ((uint32_t)e << 10) | (man >> 13);
+    if (man & 0x1000u)
+        h++; /* round half up (carry into the exponent is right) */
+    return (uint16_t)h;
+}
+
+static float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, x;
+    if (!exp) {
+        float v = ldexpf((float)man, -24);
+        return sign ? -v : v;
+    }
+    if (exp == 31)
+        x = sign | 0x7f800000u | (man << 13);
+    else
+        x = sign | ((exp - 15 + 127) << 23) | (man << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+static float bf16_to_f32(uint16_t h)
+{
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* Flattens nested JSON arrays into a list of leaves (bounded). */
+static int flatten(const cJSON *a, const cJSON **leaves, size_t max, size_t *n, unsigned depth,
+                   const char *name, keel_error *err)
+{
+    const cJSON *e;
+    if (depth > KEEL_TENSOR_MAX_DIMS)
+        return keel__err(err, KEEL_EINVALID, "input \"%s\": data nests too deep", name);
+    cJSON_ArrayForEach(e, a)
+    {
+        if (cJSON_IsArray(e)) {
+            int rc = flatten(e, leaves, max, n, depth + 1, name, err);
+            if (rc)
+                return rc;
+            continue;
+        }
+        if (*n == max)
+            return keel__err(err, KEEL_EINVALID, "input \"%s\": more data than the shape holds",
+                             name);
+        leaves[(*n)++] = e;
+    }
+    return KEEL_OK;
+}
+
+static int json_data(const cJSON *data, keel__tensor *t, size_t count, keel_error *err)
+{
+    size_t es = keel__dtype_size(t->dtype), n = 0;
+    const cJSON **leaves = calloc(count + 1, sizeof(*leaves));
+    if (!leaves)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    int rc = cJSON_IsArray(data) ? flatten(data, leaves, count, &n, 0, t->name, err)
+                                 : keel__err(err, KEEL_EINVALID,
+                                             "input \"%s\": \"data\" must be an array", t->name);
+    if (!rc && n != count)
+        rc = keel__err(err, KEEL_EINVALID,
+                       "input \"%s\": %zu values for a shape of %zu elements", t->name, n, count);
+    if (rc) {
+        free(leaves);
+        return rc;
+    }
+    if (t->dtype == KEEL_DT_STRING) {
+        keel_buf b;
+        keel__buf_init(&b, 0);
+        for (size_t i = 0; !rc && i < n; i++) {
+            if (!cJSON_IsString(leaves[i]))
+                rc = keel__err(err, KEEL_EINVALID, "input \"%s\": BYTES data [%zu] is not a string",
+                               t->name, i);
+            else
+                rc = keel__buf_append(&b, leaves[i]->valuestring,
+                                      strlen(leaves[i]->valuestring) + 1);
+        }
+        free(leaves);
+        if (rc) {
+            keel__buf_done(&b);
+            return rc == KEEL_EINVALID ? rc : keel__err(err, rc, "out of memory");
+        }
+        t->nbytes = b.len;
+        t->data = keel__buf_steal(&b);
+        if (!t->data)
+            t->data = calloc(1, 1);
+        return KEEL_OK;
+    }
+    t->nbytes = count * es;
+    t->data = malloc(t->nbytes ? t->nbytes : 1);
+    if (!t->data) {
+        free(leaves);
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const cJSON *v = leaves[i];
+        double d;
+        if (t->dtype == KEEL_DT_BOOL && cJSON_IsBool(v))
+            d = cJSON_IsTrue(v) ? 1 : 0;
+        else if (cJSON_IsNumber(v))
+            d = v->valuedouble;
+        else {
+            free(leaves);
+            return keel__err(err, KEEL_EINVALID, "input \"%s\": data [%zu] is not a number",
+                             t->name, i);
+        }
+        bool integral = t->dtype != KEEL_DT_FLOAT32 && t->dtype != KEEL_DT_FLOAT64 &&
+                        t->dtype != KEEL_DT_FLOAT16 && t->dtype != KEEL_DT_BFLOAT16;
+        if (integral && d != floor(d)) {
+            free(leaves);
+            return keel__err(err, KEEL_EINVALID,
+                             "input \"%s\": data [%zu] = %g is not an integer for %s", t->name,
+                             i, d, keel__kserve_dtype(t->dtype));
+        }
+        uint8_t *p = (uint8_t *)t->data + i * es;
+        switch (t->dtype) {
+        case KEEL_DT_FLOAT32: {
+            float f = (float)d;
+            memcpy(p, &f, 4);
+            break;
+        }
+        case KEEL_DT_FLOAT64:
+            memcpy(p, &d, 8);
+            break;
+        case KEEL_DT_FLOAT16: {
+            uint16_t h = f32_to_f16((float)d);
+            memcpy(p, &h, 2);
+            break;
+        }
+        case KEEL_DT_BFLOAT16: {
+            float f = (float)d;
+            uint32_t x;
+            memcpy(&x, &f, 4);
+            uint16_t h = (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+            memcpy(p, &h, 2);
+            break;
+        }
+        case KEEL_DT_INT8: {
+            int8_t x = (int8_t)d;
+            if (d < -128 || d > 127)
+                goto range;
+            memcpy(p, &x, 1);
+            break;
+        }
+        case KEEL_DT_INT16: {
+            if (d < -32768 || d > 32767)
+                goto range;
+            int16_t x = (int16_t)d;
+            memcpy(p, &x, 2);
+            break;
+        }
+        case KEEL_DT_INT32: {
+            if (d < -2147483648.0 || d > 2147483647.0)
+                goto range;
+            int32_t x = (int32_t)d;
+            memcpy(p, &x, 4);
+            break;
+        }
+        case KEEL_DT_INT64: {
+            if (d < -9.2233720368547758e18 || d >= 9.2233720368547758e18)
+                goto range;
+            int64_t x = (int64_t)d;
+            memcpy(p, &x, 8);
+            break;
+        }
+        case KEEL_DT_UINT8:
+        case KEEL_DT_BOOL: {
+            if (d < 0 || d > 255)
+                goto range;
+            uint8_t x = (uint8_t)d;
+            memcpy(p, &x, 1);
+            break;
+        }
+        case KEEL_DT_UINT16: {
+            if (d < 0 || d > 65535)
+                goto range;
+            uint16_t x = (uint16_t)d;
+            memcpy(p, &x, 2);
+            break;
+        }
+        case KEEL_DT_UINT32: {
+            if (d < 0 || d > 4294967295.0)
+                goto range;
+            uint32_t x = (uint32_t)d;
+            memcpy(p, &x, 4);
+            break;
+        }
+        case KEEL_DT_UINT64: {
+            if (d < 0 || d >= 1.8446744073709552e19)
+                goto range;
+            uint64_t x = (uint64_t)d;
+            memcpy(p, &x, 8);
+            break;
+        }
+        default:
+            break;
+        }
+        continue;
+    range:
+        free(leaves);
+        return keel__err(err, KEEL_EINVALID, "input \"%s\": data [%zu] = %g is out of range for %s",
+                         t->name, i, d, keel__kserve_dtype(t->dtype));
+    }
+    free(leaves);
+    return KEEL_OK;
+}
+
+/* BYTES in binary: 4-byte little-endian length + bytes, per element. */
+static int binary_strings(const uint8_t *p, size_t len, keel__tensor *t, size_t count,
+                          keel_error *err)
+{
+    keel_buf b;
+    keel__buf_init(&b, 0);
+    size_t o = 0;
+    int rc = KEEL_OK;
+    for (size_t i = 0; !rc && i < count; i++) {
+        if (len - o < 4) {
+            rc = keel__err(err, KEEL_EINVALID, "input \"%s\": binary BYTES element %zu truncated",
+                           t->name, i);
+            break;
+        }
+        uint32_t n = (uint32_t)p[o] | (uint32_t)p[o + 1] << 8 | (uint32_t)p[o + 2] << 16 |
+                     (uint32_t)p[o + 3] << 24;
+        o += 4;
+        if (n > len - o || memchr(p + o, 0, n)) {
+            rc = keel__err(err, KEEL_EINVALID,
+                           "input \"%s\": binary BYTES element %zu is truncated or holds NUL",
+                           t->name, i);
+            break;
+        }
+        if ((rc = keel__buf_append(&b, p + o, n)) || (rc = keel__buf_append(&b, "", 1)))
+            rc = keel__err(err, rc, "out of memory");
+        o += n;
+    }
+    if (!rc && o != len)
+        rc = keel__err(err, KEEL_EINVALID, "input \"%s\": %zu extra bytes after %zu BYTES elements",
+                       t->name, len - o, count);
+    if (rc) {
+        keel__buf_done(&b);
+        return rc;
+    }
+    t->nbytes = b.len;
+    t->data = keel__buf_steal(&b);
+    if (!t->data)
+        t->data = calloc(1, 1);
+    return t->data ? KEEL_OK : keel__err(err, KEEL_ENOMEM, "out of memory");
+}
+
+static int base64_image(const char *s, keel__oip_req *r, keel_error *err)
+{
+    size_t n = strlen(s);
+    if (n > (96u << 20))
+        return keel__err(err, KEEL_ETOOBIG, "image: base64 text over 96 MiB");
+    unsigned char *out = malloc(n / 4 * 3 + 4);
+    if (!out)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    int len = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
+    if (len < 0 || n % 4) {
+        free(out);
+        return keel__err(err, KEEL_EINVALID, "image: data is not valid base64");
+    }
+    while (n && s[n - 1] == '=') { /* EVP_DecodeBlock counts padding as zero bytes */
+        n--;
+        len--;
+    }
+    r->image = out;
+    r->req.image = out;
+    r->req.image_len = (size_t)len;
+    return KEEL_OK;
+}
+
+static int parse_param_str(const cJSON *params, const char *key, char *out, size_t n,
+                           keel_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(params, key);
+    if (!v)
+        return KEEL_OK;
+    if (!cJSON_IsString(v) || strlen(v->valuestring) >= n)
+        return keel__err(err, KEEL_EINVALID, "parameters.%s: expected a string under %zu bytes",
+                         key, n);
+    keel__strlcpy(out, v->valuestring, n);
+    return KEEL_OK;
+}
+
+int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *image_input,
+                    keel__oip_req *r, keel_error *err)
+{
+    cJSON *root = NULL;
+    const cJSON *inputs = NULL, *it, *params;
+    memset(r, 0, sizeof(*r));
+    if (json_len > len)
+        return keel__err(err, KEEL_EINVALID,
+                         "Inference-Header-Content-Length %zu is larger than the body (%zu)",
+                         json_len, len);
+    int rc = keel__json_parse(body, json_len, "request", &root, err);
+    if (rc)
+        return rc;
+    const char *id = NULL;
+    if ((rc = keel__json_str(root, "id", false, sizeof(r->id) - 1, &id, "request", err)) ||
+        (rc = keel__json_member(root, "inputs", cJSON_Array, true, &inputs, "request", err)))
+        goto out;
+    if (id)
+        keel__strlcpy(r->id, id, sizeof(r->id));
+    params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+    if (params && !cJSON_IsObject(params)) {
+        rc = keel__err(err, KEEL_EINVALID, "parameters: expected an object");
+        goto out;
+    }
+    if ((rc = parse_param_str(params, "tier", r->tier, sizeof(r->tier), err)) ||
+        (rc = parse_param_str(params, "session", r->session, sizeof(r->session), err)))
+        goto out;
+    r->binary_all = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(params, "binary_data_output"));
+    size_t off = json_len; /* binary data cursor */
+    cJSON_ArrayForEach(it, inputs)
+    {
+        char where[32];
+        snprintf(where, sizeof(where), "inputs[%zu]", r->ntensors);
+        if (r->ntensors == KEEL__MAX_IO) {
+            rc = keel__err(err, KEEL_ETOOBIG, "more than %d inputs", KEEL__MAX_IO);
+            goto out;
+        }
+        const char *name = NULL, *dt = NULL;
+        const cJSON *shape = NULL, *data, *ip, *d;
+        if ((rc = keel__json_str(it, "name", true, 63, &name, where, err)) ||
+            (rc = keel__json_str(it, "datatype", true, 8, &dt, where, err)) ||
+            (rc = keel__json_member(it, "shape", cJSON_Array, true, &shape, where, err)))
+            goto out;
+        keel__tensor *t = &r->tensors[r->ntensors];
+        memset(t, 0, sizeof(*t));
+        t->name = cJSON_GetObjectItemCaseSensitive(it, "name")->valuestring;
+        if (!(t->dtype = dtype_of(dt))) {
+            rc = keel__err(err, KEEL_EINVALID,
+                           "%s.datatype: \"%s\" is not an Open Inference Protocol type (FP32, "
+                           "INT64, BYTES, ...)",
+                           where, dt);
+            goto out;
+        }
+        size_t count = 1;
+        cJSON_ArrayForEach(d, shape)
+        {
+            if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble > 1e9 ||
+                d->valuedouble != floor(d->valuedouble) || t->ndim == KEEL_TENSOR_MAX_DIMS) {
+                rc = keel__err(err, KEEL_EINVALID,
+                               "%s.shape: expected up to %d non-negative integers", where,
+                               KEEL_TENSOR_MAX_DIMS);
+                goto out;
+            }
+            t->shape[t->ndim++] = (int64_t)d->valuedouble;
+            count *= (size_t)d->valuedouble;
+            if (count > (1u << 28)) {
+                rc = keel__err(err, KEEL_ETOOBIG, "%s.shape: over 2^28 elements", where);
+                goto out;
+            }
+        }
+        ip = cJSON_GetObjectItemCaseSensitive(it, "parameters");
+        data = cJSON_GetObjectItemCaseSensitive(it, "data");
+        const cJSON *bsize = cJSON_GetObjectItemCaseSensitive(ip, "binary_data_size");
+        bool is_image = image_input && !strcmp(name, image_input) && t->dtype == KEEL_DT_STRING;
+        r->owned[r->ntensors] = true;
+        if (bsize) {
+            uint64_t bs = 0;
+            if (!keel__json_is_uint(bsize, &bs) || bs > len - off) {
+                rc = keel__err(err, KEEL_EINVALID,
+                               "%s.parameters.binary_data_size: %s; %zu bytes of binary data "
+                               "are left",
+                               where, keel__json_is_uint(bsize, &bs) ? "runs past the body" :
+                                                                       "expected a byte count",
+                               len - off);
+                goto out;
+            }
+            const char *p = body + off;
+            off += (size_t)bs;
+            if (is_image) {
+                r->req.image = p;
+                r->req.image_len = (size_t)bs;
+                continue; /* not a tensor */
+            }
+            if (t->dtype == KEEL_DT_STRING) {
+                if ((rc = binary_strings((const uint8_t *)p, (size_t)bs, t, count, err)))
+                    goto out;
+            } else {
+                size_t want = count * keel__dtype_size(t->dtype);
+                if (bs != want) {
+                    rc = keel__err(err, KEEL_EINVALID,
+                                   "%s: binary_data_size %llu, but shape and %s need %zu bytes",
+                                   where, (unsigned long long)bs, dt, want);
+                    goto out;
+                }
+                t->data = (void *)(uintptr_t)p; /* in place: the body outlives the request */
+                t->nbytes = want;
+                r->owned[r->ntensors] = false;
+            }
+        } else if (is_image) {
+            const cJSON *first = cJSON_GetArrayItem(data, 0);
+            while (cJSON_IsArray(first))
+                first = cJSON_GetArrayItem(first, 0);
+            if (!cJSON_IsString(first)) {
+                rc = keel__err(err, KEEL_EINVALID, "%s: an image input takes one base64 string",
+                               where);
+                goto out;
+            }
+            if ((rc = base64_image(first->valuestring, r, err)))
+                goto out;
+            continue;
+        } else if (!data) {
+            rc = keel__err(err, KEEL_EINVALID,
+                           "%s: no \"data\" (or parameters.binary_data_size with binary data)",
+                           where);
+            goto out;
+        } else if ((rc = json_data(data, t, count, err))) {
+            goto out;
+        }
+        r->ntensors++;
+    }
+    if (off != len) {
+        rc = keel__err(err, KEEL_EINVALID, "%zu bytes of binary data are not claimed by any input",
+                       len - off);
+        goto out;
+    }
+    const cJSON *outs = cJSON_GetObjectItemCaseSensitive(root, "outputs");
+    if (outs && !cJSON_IsArray(outs)) {
+        rc = keel__err(err, KEEL_EINVALID, "outputs: expected an array");
+        goto out;
+    }
+    cJSON_ArrayForEach(it, outs)
+    {
+        const char *name = NULL;
+        if (r->noutputs == KEEL__MAX_IO ||
+            (rc = keel__json_str(it, "name", true, 63, &name, "outputs[]", err))) {
+            rc = rc ? rc : keel__err(err, KEEL_ETOOBIG, "outputs: more than %d", KEEL__MAX_IO);
+            goto out;
+        }
+        keel__strlcpy(r->outputs[r->noutputs], name, sizeof(r->outputs[0]));
+        r->out_binary[r->noutputs] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(it, "parameters"), "binary_data"));
+        r->noutputs++;
+    }
+out:
+    /* names point into root: keep copies */
+    for (size_t i = 0; !rc && i < r->ntensors; i++) {
+        char *copy = strdup(r->tensors[i].name);
+        if (!copy) {
+            rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+            break;
+        }
+        r->tensors[i].name = copy;
+    }
+    if (rc) {
+        for (size_t i = 0; i < r->ntensors; i++)
+            r->tensors[i].name = NULL;
+    }
+    cJSON_Delete(root);
+    if (rc) {
+        keel__oip_done(r);
+        return rc;
+    }
+    r->req.inputs = r->tensors;
+    r->req.ninputs = r->ntensors;
+    r->req.tier = r->tier[0] ? r->tier : NULL;
+    r->req.session = r->session[0] ? r->session : NULL;
+    return KEEL_OK;
+}
+
+void keel__oip_done(keel__oip_req *r)
+{
+    for (size_t i = 0; i < KEEL__MAX_IO; i++) {
+        if (r->owned[i])
+            free(r->tensors[i].data);
+        union {
+            const char *c;
+            char *m;
+        } u = {r->tensors[i].name};
+        free(u.m);
+        r->tensors[i].name = NULL;
+        r->tensors[i].data = NULL;
+        r->owned[i] = false;
+    }
+    free(r->image);
+    r->image = NULL;
+}
+
+/* --- responses ---------------------------------------------------------------------------- */
+
+static int num_json(keel_buf *b, const keel__tensor *t, size_t i)
+{
+    const uint8_t *p = (const uint8_t *)t->data;
+    double d;
+    switch (t->dtype) {
+    case KEEL_DT_FLOAT32: {
+        float f;
+        memcpy(&f, p + i * 4, 4);
+        return isfinite(f) ? keel__buf_appendf(b, "%.9g", (double)f) : keel__buf_append(b, "null", 4);
+    }
+    case KEEL_DT_FLOAT64:
+        memcpy(&d, p + i * 8, 8);
+        return isfinite(d) ? keel__buf_appendf(b, "%.17g", d) : keel__buf_append(b, "null", 4);
+    case KEEL_DT_FLOAT16:
+    case KEEL_DT_BFLOAT16: {
+        uint16_t h;
+        memcpy(&h, p + i * 2, 2);
+        float f = t->dtype == KEEL_DT_FLOAT16 ? f16_to_f32(h) : bf16_to_f32(h);
+        return isfinite(f) ? keel__buf_appendf(b, "%.9g", (double)f) : keel__buf_append(b, "null", 4);
+    }
+    case KEEL_DT_INT8:
+        return keel__buf_appendf(b, "%d", ((const int8_t *)t->data)[i]);
+    case KEEL_DT_INT16:
+        return keel__buf_appendf(b, "%d", ((const int16_t *)t->data)[i]);
+    case KEEL_DT_INT32:
+        return keel__buf_appendf(b, "%d", ((const int32_t *)t->data)[i]);
+    case KEEL_DT_INT64:
+        return keel__buf_appendf(b, "%lld", (long long)((const int64_t *)t->data)[i]);
+    case KEEL_DT_UINT8:
+        return keel__buf_appendf(b, "%u", p[i]);
+    case KEEL_DT_BOOL:
+        return keel__buf_appendf(b, "%s", p[i] ? "true" : "false");
+    case KEEL_DT_UINT16:
+        return keel__buf_appendf(b, "%u", ((const uint16_t *)t->data)[i]);
+    case KEEL_DT_UINT32:
+        return keel__buf_appendf(b, "%u", ((const uint32_t *)t->data)[i]);
+    case KEEL_DT_UINT64:
+        return keel__buf_appendf(b, "%llu", (unsigned long long)((const uint64_t *)t->data)[i]);
+    default:
+        return KEEL_EUNSUPPORTED;
+    }
+}
+
+static bool wants(const keel__oip_req *r, const char *name, bool *binary)
+{
+    *binary = r->binary_all;
+    if (!r->noutputs)
+        return true;
+    for (size_t i = 0; i < r->noutputs; i++)
+        if (!strcmp(r->outputs[i], name)) {
+            *binary = r->binary_all || r->out_binary[i];
+            return true;
+        }
+    return false;
+}
+
+int keel__oip_response(const keel__oip_req *r, const keel__infer_resp *resp, char **ret,
+                       size_t *ret_len, size_t *ret_json_len, keel_error *err)
+{
+    keel_buf b, bin;
+    keel__buf_init(&b, 0);
+    keel__buf_init(&bin, 0);
+    int rc = keel__buf_append(&b, "{\"model_name\":", 14);
+    if (!rc)
+        rc = keel__json_quote(&b, resp->model);
+    if (!rc)
+        rc = keel__buf_append(&b, ",\"model_version\":", 17);
+    if (!rc)
+        rc = keel__json_quote(&b, resp->version);
+    if (!rc && r->id[0]) {
+        rc = keel__buf_append(&b, ",\"id\":", 6);
+        if (!rc)
+            rc = keel__json_quote(&b, r->id);
+    }
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"parameters\":{\"tier\":");
+    if (!rc)
+        rc = keel__json_quote(&b, resp->tier);
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"backend\":\"%s\",\"package\":\"%s@%s\","
+                                   "\"package_digest\":\"%s\",\"degraded\":%s,"
+                                   "\"fallback_reason\":",
+                               resp->backend, resp->model, resp->version, resp->digest,
+                               resp->degraded ? "true" : "false");
+    if (!rc)
+        rc = keel__json_quote(&b, resp->reason);
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"latency_us\":%.1f},\"outputs\":[", (double)resp->ns / 1e3);
+    size_t k = 0;
+    for (size_t i = 0; !rc && i < resp->noutputs; i++) {
+        const keel__tensor *t = &resp->outputs[i];
+        bool binary = false;
+        if (!wants(r, t->name, &binary))
+            continue;
+        rc = keel__buf_appendf(&b, "%s{\"name\":", k++ ? "," : "");
+        if (!rc)
+            rc = keel__json_quote(&b, t->name);
+        if (t->dtype == KEEL_DT_JSON) { /* sequence/map output: its JSON, as is */
+            cJSON *j = NULL;
+            int count = 1;
+            if (!keel__json_parse(t->data, t->nbytes, "output", &j, NULL) && cJSON_IsArray(j))
+                count = cJSON_GetArraySize(j);
+            cJSON_Delete(j);
+            if (!rc)
+                rc = keel__buf_appendf(&b, ",\"datatype\":\"BYTES\",\"shape\":[%d],\"data\":", count);
+            if (!rc)
+                rc = keel__buf_append(&b, t->data, t->nbytes);
+            if (!rc)
+                rc = keel__buf_append(&b, "}", 1);
+            continue;
+        }
+        if (!rc)
+            rc = keel__buf_appendf(&b, ",\"datatype\":\"%s\",\"shape\":[",
+                                   keel__kserve_dtype(t->dtype));
+        size_t count = 1;
+        for (size_t d = 0; !rc && d < t->ndim; d++) {
+            rc = keel__buf_appendf(&b, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+            count *= (size_t)t->shape[d];
+        }
+        if (!rc)
+            rc = keel__buf_append(&b, "]", 1);
+        if (!rc && binary) {
+            size_t start = bin.len;
+            if (t->dtype == KEEL_DT_STRING) {
+                const char *s = t->data;
+                for (size_t e = 0; !rc && e < count; e++) {
+                    uint32_t n = (uint32_t)strlen(s);
+                    uint8_t le[4] = {(uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16),
+                                     (uint8_t)(n >> 24)};
+                    rc = keel__buf_append(&bin, le, 4);
+                    if (!rc)
+                        rc = keel__buf_append(&bin, s, n);
+                    s += n + 1;
+                }
+            } else {
+                rc = keel__buf_append(&bin, t->data, t->nbytes);
+            }
+            if (!rc)
+                rc = keel__buf_appendf(&b, ",\"parameters\":{\"binary_data_size\":%zu}}",
+                                       bin.len - start);
+            continue;
+        }
+        if (!rc)
+            rc = keel__buf_append(&b, ",\"data\":[", 9);
+        if (t->dtype == KEEL_DT_STRING) {
+            const char *s = t->data;
+            for (size_t e = 0; !rc && e < count; e++) {
+                rc = e ? keel__buf_append(&b, ",", 1) : 0;
+                if (!rc)
+                    rc = keel__json_quote(&b, s);
+                s += strlen(s) + 1;
+            }
+        } else {
+            for (size_t e = 0; !rc && e < count; e++) {
+                rc = e ? keel__buf_append(&b, ",", 1) : 0;
+                if (!rc)
+                    rc = num_json(&b, t, e);
+            }
+        }
+        if (!rc)
+            rc = keel__buf_append(&b, "]}", 2);
+    }
+    if (!rc)
+        rc = keel__buf_append(&b, "]", 1);
+    if (!rc && resp->result) {
+        rc = keel__buf_append(&b, ",\"result\":", 10);
+        if (!rc)
+            rc = keel__buf_append(&b, resp->result, strlen(resp->result));
+    }
+    if (!rc)
+        rc = keel__buf_append(&b, "}", 1);
+    size_t json_len = b.len;
+    if (!rc && bin.len)
+        rc = keel__buf_append(&b, bin.data, bin.len);
+    keel__buf_done(&bin);
+    if (rc) {
+        keel__buf_done(&b);
+        return keel__err(err, rc, "cannot encode the response");
+    }
+    *ret_len = b.len;
+    *ret_json_len = json_len;
+    *ret = keel__buf_steal(&b);
+    return KEEL_OK;
+}
