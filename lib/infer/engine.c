@@ -165,7 +165,12 @@ int keel__infer_refresh(keel__infer *e, keel_error *err)
         keel__model *m = NULL;
         keel_error e2 = {0};
         uint64_t t0 = keel__now_mono_ns();
-        if (keel__model_load(e, sv[i].name, sv[i].version, &m, &e2)) {
+        int lrc = keel__model_load(e, sv[i].name, sv[i].version, &m, &e2);
+        if (lrc == KEEL_ENOTFOUND) { /* not an inference package */
+            put(e, sv[i].name, NULL, NULL, NULL);
+            continue;
+        }
+        if (lrc) {
             KEEL_LOG_E(MOD, "%s %s cannot serve inference: %s", sv[i].name, sv[i].version,
                        e2.msg);
             put(e, sv[i].name, NULL, e2.msg, sv[i].digest);

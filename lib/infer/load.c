@@ -421,7 +421,7 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
     if ((rc = keel__json_str(root, "name", true, KEEL_NAME_MAX - 1, &name, "keel.json", err)) ||
         (rc = keel__json_str(root, "version", true, KEEL_VERSION_MAX - 1, &version, "keel.json",
                              err)) ||
-        (rc = keel__json_member(root, "tiers", cJSON_Array, true, &tiers, "keel.json", err)) ||
+        (rc = keel__json_member(root, "tiers", cJSON_Array, false, &tiers, "keel.json", err)) ||
         (rc = parse_decls(root, "inputs", m->in, &m->nin, err)) ||
         (rc = parse_decls(root, "outputs", m->out, &m->nout, err)) ||
         (rc = parse_policy(m, cJSON_GetObjectItemCaseSensitive(root, "policy"), &deadline, err)) ||
@@ -432,6 +432,10 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
         goto out;
     keel__strlcpy(m->name, name, sizeof(m->name));
     keel__strlcpy(m->version, version, sizeof(m->version));
+    if (!tiers) { /* a data or configuration package: nothing to serve */
+        rc = keel__err(err, KEEL_ENOTFOUND, "%s has no tiers", name);
+        goto out;
+    }
     if (m->post.labels_file[0]) {
         char p[PATH_MAX];
         if ((rc = path_of(ctx, m->post.labels_file, p, sizeof(p), err)) ||

@@ -67,7 +67,7 @@ make_pkg() { # name version [model bytes] -> path
     local src=$work/src-$1-$2
     mkdir -p "$src"
     head -c "${3:-100000}" /dev/urandom >"$src/model.onnx"
-    printf '{"format":1,"name":"%s","version":"%s","task":"test","tiers":[{"name":"primary","backend":"onnx","model":"model.onnx"}]}' "$1" "$2" >"$src/keel.json"
+    printf '{"format":1,"name":"%s","version":"%s","task":"test"}' "$1" "$2" >"$src/keel.json"
     "$KEEL" pack "$src" -o "$work/$1-$2.keel" --key "$work/k.key" >/dev/null
     rm -rf "$src"
     echo "$work/$1-$2.keel"
