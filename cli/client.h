@@ -6,4 +6,12 @@
  * argv[0] is the verb; returns the process exit status. */
 int keel_cli_client(const char *verb, int argc, char **argv);
 
+/* keel infer / keel selftest (cli/infer.c). */
+int keel_cli_infer(int argc, char **argv);
+int keel_cli_selftest(int argc, char **argv);
+/* Sets the inference self-test as s's validator; *ret to free after. */
+struct keel_store;
+struct keel__infer;
+int keel_cli_validator(struct keel_store *s, struct keel__infer **ret);
+
 #endif

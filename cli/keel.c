@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "infer/infer.h"
 #include "core/core.h"
 
 #define MAX_KEYS 16
@@ -54,6 +55,8 @@ static const char usage[] =
     "Device (talks to keeld; --offline --state-dir D works on the store directly):\n"
     "  status | packages | install FILE [--activate] | activate NAME [--version V]\n"
     "  rollback NAME | mark-good NAME | gc (drop versions in no slot, unused blobs)\n"
+    "  infer NAME --input FILE|JSON [--tier T] [--session S]   one inference request\n"
+    "  selftest NAME [--version V] --state-dir D   run the package's validation set\n"
     "  common: --url URL --unix-socket PATH --token T --state-dir D --json\n";
 
 /* --- argument helpers -------------------------------------------------------- */
@@ -459,6 +462,11 @@ static int offline(const char *verb, const opts *o)
         return usage_error("--offline needs --state-dir DIR%s", "");
     if ((rc = keel_store_open(o->state_dir, NULL, &s, &e)))
         return fail(&e);
+    struct keel__infer *eng = NULL;
+    if (keel_cli_validator(s, &eng)) {
+        keel_store_close(s);
+        return 1;
+    }
     if (!strcmp(verb, "install")) {
         keel_install_result r;
         if (o->npos != 1) {
@@ -498,6 +506,8 @@ static int offline(const char *verb, const opts *o)
     }
     free(json);
     keel_trust_free(t);
+    keel_store_set_validator(s, NULL, NULL);
+    keel__infer_free(eng);
     keel_store_close(s);
     return rc ? fail(&e) : 0;
 }
@@ -519,6 +529,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(verb, "trust"))
         return cmd_trust(argc - 1, argv + 1);
+    if (!strcmp(verb, "infer"))
+        return keel_cli_infer(argc - 1, argv + 1);
+    if (!strcmp(verb, "selftest"))
+        return keel_cli_selftest(argc - 1, argv + 1);
     static const char *const client_verbs[] = {"status",    "install",  "activate", "rollback",
                                                "mark-good", "packages", "gc"};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(client_verbs); i++) {

@@ -219,6 +219,7 @@ int main(int argc, char **argv)
             }
             keel_log_set_level(next.log_level);
             keel__http_reload(http, &next);
+            keel__http_refresh(http, 0); /* offline CLI changes: serve what is active now */
             pthread_mutex_lock(&chk.lock);
             if (chk.interval_s != next.verify_interval_s) {
                 chk.interval_s = next.verify_interval_s;
