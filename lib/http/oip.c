@@ -108,66 +108,238 @@ static int flatten(const cJSON *a, const cJSON **leaves, size_t max, size_t *n, 
     return KEEL_OK;
 }
 
-static int json_data(const cJSON *data, keel__tensor *t, size_t count, keel_error *err)
+/* --- fast path for large numeric "data" arrays -------------------------------------------- */
+
+/*
+ * A JSON request for an image carries hundreds of thousands of numbers; as
+ * a cJSON tree that is one allocation per number. Before parsing, numeric
+ * arrays that follow a "data" key are lifted out of the text: the copy that
+ * cJSON parses holds {"$keel_span": N} in their place, and json_data reads
+ * span N straight from the original text, without a tree.
+ */
+#define LIFT_MIN 64 /* arrays shorter than this stay in the tree */
+
+typedef struct span {
+    const char *p;
+    size_t n;
+} span;
+
+typedef struct lifted {
+    char *text; /* what cJSON parses */
+    size_t len;
+    span *spans;
+    size_t nspans, cap;
+} lifted;
+
+/* End of the JSON string starting at s[i] == '"' (index after the closing quote), or 0. */
+static size_t skip_string(const char *s, size_t n, size_t i)
+{
+    for (i++; i < n; i++) {
+        if (s[i] == '\\')
+            i++;
+        else if (s[i] == '"')
+            return i + 1;
+    }
+    return 0;
+}
+
+/* Length of a numeric (nested) array at s[i] == '[', or 0 if it holds
+ * anything but numbers, true/false, commas, brackets and blanks. */
+static size_t numeric_array(const char *s, size_t n, size_t i)
+{
+    int depth = 0;
+    for (size_t j = i; j < n; j++) {
+        char c = s[j];
+        if (c == '[')
+            depth++;
+        else if (c == ']') {
+            if (--depth == 0)
+                return j + 1 - i;
+        } else if (!((c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' ||
+                     c == 'E' || c == ',' || c == ' ' || c == '\n' || c == '\r' || c == '\t' ||
+                     c == 't' || c == 'r' || c == 'u' || c == 'f' || c == 'a' || c == 'l' ||
+                     c == 's'))
+            return 0;
+    }
+    return 0;
+}
+
+static int lift(const char *s, size_t n, lifted *l)
+{
+    keel_buf b;
+    size_t from = 0;
+    keel__buf_init(&b, 0);
+    memset(l, 0, sizeof(*l));
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '"')
+            continue;
+        size_t e = skip_string(s, n, i);
+        if (!e)
+            break; /* unterminated: let cJSON report it */
+        bool is_data = e - i == 6 && !memcmp(s + i, "\"data\"", 6);
+        i = e - 1;
+        if (!is_data)
+            continue;
+        size_t j = e;
+        while (j < n && (s[j] == ' ' || s[j] == '\n' || s[j] == '\r' || s[j] == '\t'))
+            j++;
+        if (j >= n || s[j] != ':')
+            continue;
+        for (j++; j < n && (s[j] == ' ' || s[j] == '\n' || s[j] == '\r' || s[j] == '\t'); j++) {
+        }
+        if (j >= n || s[j] != '[')
+            continue;
+        size_t alen = numeric_array(s, n, j);
+        if (alen < LIFT_MIN)
+            continue;
+        if (l->nspans == l->cap) {
+            size_t cap = l->cap ? l->cap * 2 : 8;
+            span *g = realloc(l->spans, cap * sizeof(span));
+            if (!g)
+                goto nomem;
+            l->spans = g;
+            l->cap = cap;
+        }
+        l->spans[l->nspans] = (span){s + j, alen};
+        if (keel__buf_append(&b, s + from, j - from) ||
+            keel__buf_appendf(&b, "{\"$keel_span\":%zu}", l->nspans))
+            goto nomem;
+        l->nspans++;
+        from = j + alen;
+        i = from - 1;
+    }
+    if (!l->nspans) {
+        keel__buf_done(&b);
+        return KEEL_OK;
+    }
+    if (keel__buf_append(&b, s + from, n - from))
+        goto nomem;
+    l->len = b.len;
+    l->text = keel__buf_steal(&b);
+    return KEEL_OK;
+nomem:
+    keel__buf_done(&b);
+    free(l->spans);
+    l->spans = NULL;
+    return KEEL_ENOMEM;
+}
+
+/* Reads up to max values of a lifted array into vals (doubles). */
+static int span_values(const span *sp, double *vals, size_t max, size_t *ret_n, const char *name,
+                       keel_error *err)
+{
+    const char *p = sp->p, *end = sp->p + sp->n;
+    size_t n = 0;
+    while (p < end) {
+        char c = *p;
+        if (c == '[' || c == ']' || c == ',' || c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+            p++;
+            continue;
+        }
+        if (n == max)
+            return keel__err(err, KEEL_EINVALID, "input \"%s\": more data than the shape holds",
+                             name);
+        if (end - p >= 4 && !memcmp(p, "true", 4)) {
+            vals[n++] = 1;
+            p += 4;
+            continue;
+        }
+        if (end - p >= 5 && !memcmp(p, "false", 5)) {
+            vals[n++] = 0;
+            p += 5;
+            continue;
+        }
+        char *q = NULL;
+        double d = strtod(p, &q);
+        if (q == p || q > end || (*q != ',' && *q != ']' && *q != ' ' && *q != '\n' &&
+                                  *q != '\r' && *q != '\t'))
+            return keel__err(err, KEEL_EINVALID, "input \"%s\": data [%zu] is not a number", name,
+                             n);
+        vals[n++] = d;
+        p = q;
+    }
+    *ret_n = n;
+    return KEEL_OK;
+}
+
+
+static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_t count,
+                     keel_error *err)
 {
     size_t es = keel__dtype_size(t->dtype), n = 0;
-    const cJSON **leaves = calloc(count + 1, sizeof(*leaves));
-    if (!leaves)
-        return keel__err(err, KEEL_ENOMEM, "out of memory");
-    int rc = cJSON_IsArray(data) ? flatten(data, leaves, count, &n, 0, t->name, err)
+    double *vals = NULL;
+    int rc = KEEL_OK;
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(data, "$keel_span");
+    if (cJSON_IsObject(data) && cJSON_IsNumber(sp) && lf && sp->valuedouble >= 0 &&
+        (size_t)sp->valuedouble < lf->nspans) {
+        if (t->dtype == KEEL_DT_STRING)
+            return keel__err(err, KEEL_EINVALID, "input \"%s\": BYTES data must be strings",
+                             t->name);
+        if (!(vals = malloc((count + 1) * sizeof(double))))
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+        rc = span_values(&lf->spans[(size_t)sp->valuedouble], vals, count, &n, t->name, err);
+    } else {
+        const cJSON **leaves = calloc(count + 1, sizeof(*leaves));
+        if (!leaves)
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+        rc = cJSON_IsArray(data) ? flatten(data, leaves, count, &n, 0, t->name, err)
                                  : keel__err(err, KEEL_EINVALID,
                                              "input \"%s\": \"data\" must be an array", t->name);
+        if (!rc && n == count && t->dtype == KEEL_DT_STRING) {
+            keel_buf b;
+            keel__buf_init(&b, 0);
+            for (size_t i = 0; !rc && i < n; i++) {
+                if (!cJSON_IsString(leaves[i]))
+                    rc = keel__err(err, KEEL_EINVALID,
+                                   "input \"%s\": BYTES data [%zu] is not a string", t->name, i);
+                else if (keel__buf_append(&b, leaves[i]->valuestring,
+                                          strlen(leaves[i]->valuestring) + 1))
+                    rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+            }
+            free(leaves);
+            if (rc) {
+                keel__buf_done(&b);
+                return rc;
+            }
+            t->nbytes = b.len;
+            t->data = keel__buf_steal(&b);
+            if (!t->data)
+                t->data = calloc(1, 1);
+            return t->data ? KEEL_OK : keel__err(err, KEEL_ENOMEM, "out of memory");
+        }
+        if (!rc && !(vals = malloc((n + 1) * sizeof(double))))
+            rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+        for (size_t i = 0; !rc && i < n; i++) {
+            const cJSON *v = leaves[i];
+            if (cJSON_IsBool(v))
+                vals[i] = cJSON_IsTrue(v) ? 1 : 0;
+            else if (cJSON_IsNumber(v))
+                vals[i] = v->valuedouble;
+            else
+                rc = keel__err(err, KEEL_EINVALID, "input \"%s\": data [%zu] is not a number",
+                               t->name, i);
+        }
+        free(leaves);
+    }
     if (!rc && n != count)
         rc = keel__err(err, KEEL_EINVALID,
                        "input \"%s\": %zu values for a shape of %zu elements", t->name, n, count);
     if (rc) {
-        free(leaves);
+        free(vals);
         return rc;
-    }
-    if (t->dtype == KEEL_DT_STRING) {
-        keel_buf b;
-        keel__buf_init(&b, 0);
-        for (size_t i = 0; !rc && i < n; i++) {
-            if (!cJSON_IsString(leaves[i]))
-                rc = keel__err(err, KEEL_EINVALID, "input \"%s\": BYTES data [%zu] is not a string",
-                               t->name, i);
-            else
-                rc = keel__buf_append(&b, leaves[i]->valuestring,
-                                      strlen(leaves[i]->valuestring) + 1);
-        }
-        free(leaves);
-        if (rc) {
-            keel__buf_done(&b);
-            return rc == KEEL_EINVALID ? rc : keel__err(err, rc, "out of memory");
-        }
-        t->nbytes = b.len;
-        t->data = keel__buf_steal(&b);
-        if (!t->data)
-            t->data = calloc(1, 1);
-        return KEEL_OK;
     }
     t->nbytes = count * es;
     t->data = malloc(t->nbytes ? t->nbytes : 1);
     if (!t->data) {
-        free(leaves);
+        free(vals);
         return keel__err(err, KEEL_ENOMEM, "out of memory");
     }
     for (size_t i = 0; i < n; i++) {
-        const cJSON *v = leaves[i];
-        double d;
-        if (t->dtype == KEEL_DT_BOOL && cJSON_IsBool(v))
-            d = cJSON_IsTrue(v) ? 1 : 0;
-        else if (cJSON_IsNumber(v))
-            d = v->valuedouble;
-        else {
-            free(leaves);
-            return keel__err(err, KEEL_EINVALID, "input \"%s\": data [%zu] is not a number",
-                             t->name, i);
-        }
+        double d = vals[i];
         bool integral = t->dtype != KEEL_DT_FLOAT32 && t->dtype != KEEL_DT_FLOAT64 &&
                         t->dtype != KEEL_DT_FLOAT16 && t->dtype != KEEL_DT_BFLOAT16;
         if (integral && d != floor(d)) {
-            free(leaves);
+            free(vals);
             return keel__err(err, KEEL_EINVALID,
                              "input \"%s\": data [%zu] = %g is not an integer for %s", t->name,
                              i, d, keel__kserve_dtype(t->dtype));
@@ -257,13 +429,14 @@ static int json_data(const cJSON *data, keel__tensor *t, size_t count, keel_erro
         }
         continue;
     range:
-        free(leaves);
+        free(vals);
         return keel__err(err, KEEL_EINVALID, "input \"%s\": data [%zu] = %g is out of range for %s",
                          t->name, i, d, keel__kserve_dtype(t->dtype));
     }
-    free(leaves);
+    free(vals);
     return KEEL_OK;
 }
+
 
 /* BYTES in binary: 4-byte little-endian length + bytes, per element. */
 static int binary_strings(const uint8_t *p, size_t len, keel__tensor *t, size_t count,
@@ -352,9 +525,16 @@ int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *i
         return keel__err(err, KEEL_EINVALID,
                          "Inference-Header-Content-Length %zu is larger than the body (%zu)",
                          json_len, len);
-    int rc = keel__json_parse(body, json_len, "request", &root, err);
-    if (rc)
+    lifted lf;
+    if (lift(body, json_len, &lf))
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    int rc = lf.text ? keel__json_parse(lf.text, lf.len, "request", &root, err)
+                     : keel__json_parse(body, json_len, "request", &root, err);
+    if (rc) {
+        free(lf.text);
+        free(lf.spans);
         return rc;
+    }
     const char *id = NULL;
     if ((rc = keel__json_str(root, "id", false, sizeof(r->id) - 1, &id, "request", err)) ||
         (rc = keel__json_member(root, "inputs", cJSON_Array, true, &inputs, "request", err)))
@@ -467,7 +647,7 @@ int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *i
                            "%s: no \"data\" (or parameters.binary_data_size with binary data)",
                            where);
             goto out;
-        } else if ((rc = json_data(data, t, count, err))) {
+        } else if ((rc = json_data(data, &lf, t, count, err))) {
             goto out;
         }
         r->ntensors++;
@@ -510,6 +690,8 @@ out:
             r->tensors[i].name = NULL;
     }
     cJSON_Delete(root);
+    free(lf.text);
+    free(lf.spans);
     if (rc) {
         keel__oip_done(r);
         return rc;

@@ -10,6 +10,7 @@
  *                         STATE_DIR/cache/onnx so the next start skips it
  */
 #include <errno.h>
+#include <pthread.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,6 +131,38 @@ static void stop_run(void *arg)
     keel__ort_runctl_terminate(((stopper *)arg)->ctl);
 }
 
+/* One run control per thread, reused: creating run options per request
+ * costs more than the tiny models' run. Freed when the thread ends. */
+static pthread_key_t ctl_key;
+static pthread_once_t ctl_once = PTHREAD_ONCE_INIT;
+
+static void ctl_free(void *p)
+{
+    keel__ort_runctl_free(p);
+}
+
+static void ctl_key_make(void)
+{
+    if (pthread_key_create(&ctl_key, ctl_free)) { /* without a key every run makes its own */
+    }
+}
+
+static keel__ort_runctl *thread_ctl(keel_error *err, bool *owned)
+{
+    keel__ort_runctl *c = NULL;
+    pthread_once(&ctl_once, ctl_key_make);
+    *owned = false;
+    if ((c = pthread_getspecific(ctl_key))) {
+        keel__ort_runctl_reset(c);
+        return c;
+    }
+    if (keel__ort_runctl_new(&c, err))
+        return NULL;
+    if (pthread_setspecific(ctl_key, c))
+        *owned = true;
+    return c;
+}
+
 static int onnx_run(void *inst, const keel__tensor *in, size_t nin, keel__tensor *out,
                     size_t *nout, char **result_json, uint64_t deadline_ns, keel_error *err)
 {
@@ -146,14 +179,15 @@ static int onnx_run(void *inst, const keel__tensor *in, size_t nin, keel__tensor
     }
     if (keel__now_mono_ns() >= deadline_ns)
         return keel__err(err, KEEL_ETIMEOUT, "deadline passed before the run started");
-    stopper st = {NULL};
-    int rc = keel__ort_runctl_new(&st.ctl, err);
-    if (rc)
-        return rc;
+    bool owned = false;
+    stopper st = {thread_ctl(err, &owned)};
+    if (!st.ctl)
+        return err ? err->code : KEEL_ENOMEM;
     uint64_t h = keel__watchdog_arm(deadline_ns, stop_run, &st);
-    rc = keel__ort_run_ctl(m->s, in, nin, out, st.ctl, err);
+    int rc = keel__ort_run_ctl(m->s, in, nin, out, st.ctl, err);
     keel__watchdog_disarm(h);
-    keel__ort_runctl_free(st.ctl);
+    if (owned)
+        keel__ort_runctl_free(st.ctl);
     if (rc && keel__now_mono_ns() >= deadline_ns)
         rc = keel__err(err, KEEL_ETIMEOUT, "stopped at its deadline");
     if (!rc)

@@ -3,8 +3,11 @@
  * Runtime runs that went over their tier's budget), and the RSS reader.
  *
  * Armed entries sit in a small linked list; the thread sleeps on a
- * monotonic condvar until the earliest deadline. Arming costs a lock and,
- * only when the new deadline is the earliest, a signal.
+ * monotonic condvar until the earliest deadline it knows of. Arming costs a
+ * lock and, only when the new deadline comes before that wake-up (or the
+ * thread sleeps with nothing to watch), a signal: under steady load with one
+ * deadline length that is about one wake-up per deadline period, not one
+ * per request.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -27,6 +30,7 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static entry *armed;
 static uint64_t next_id = 1, firing; /* id being fired, 0 none */
 static bool started;
+static uint64_t wake_at; /* when the thread will look next; UINT64_MAX: never */
 
 static void *run(void *unused)
 {
@@ -54,6 +58,7 @@ static void *run(void *unused)
         for (entry *e = armed; e; e = e->next)
             if (e->deadline < soonest)
                 soonest = e->deadline;
+        wake_at = soonest;
         if (soonest == UINT64_MAX) {
             pthread_cond_wait(&cv, &mu);
         } else {
@@ -67,6 +72,7 @@ static void *run(void *unused)
 
 static void start(void)
 {
+    wake_at = UINT64_MAX;
     pthread_condattr_t a;
     pthread_condattr_init(&a);
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
@@ -94,15 +100,13 @@ uint64_t keel__watchdog_arm(uint64_t deadline_ns, void (*fire)(void *), void *ar
     e->fire = fire;
     e->arg = arg;
     pthread_mutex_lock(&mu);
-    bool earliest = true;
-    for (entry *x = armed; x; x = x->next)
-        if (x->deadline <= deadline_ns)
-            earliest = false;
     e->id = next_id++;
     e->next = armed;
     armed = e;
-    if (earliest)
+    if (deadline_ns < wake_at) {
+        wake_at = deadline_ns;
         pthread_cond_signal(&cv);
+    }
     pthread_mutex_unlock(&mu);
     return e->id;
 }
