@@ -1,0 +1,392 @@
+/* test_infer.c - the inference engine without the daemon: the rules
+ * backend, pre/post-processing, and the tier chain (fallback, breakers,
+ * pinning, request validation) on the real ONNX Runtime with the 120-byte
+ * MatMul fixture and a rules tier. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "helpers.h"
+#include "core/json.h"
+#include "infer/model.h"
+
+#ifndef KEEL_TEST_DATA
+#define KEEL_TEST_DATA "tests/data"
+#endif
+
+static const char *dir;
+
+/* Package files: "matmul.onnx" is the fixture, anything else lives in dir. */
+static int path_of(void *ctx, const char *rel, char *buf, size_t n, keel_error *err)
+{
+    if (!strcmp(rel, "matmul.onnx"))
+        snprintf(buf, n, "%s", KEEL_TEST_DATA "/matmul.onnx");
+    else
+        snprintf(buf, n, "%s/%s", dir, rel);
+    if (access(buf, R_OK))
+        return keel__err(err, KEEL_ENOTFOUND, "no file %s", rel);
+    return KEEL_OK;
+}
+
+static const char rules_json[] =
+    "{\"format\":1,\"input\":\"a\","
+    " \"features\":{\"first\":{\"fn\":\"value\",\"index\":0},\"mean\":{\"fn\":\"mean\"},"
+    "  \"z\":{\"fn\":\"abs_zscore\",\"of\":\"mean\",\"mean\":0,\"std\":2},"
+    "  \"hot\":{\"fn\":\"count_above\",\"threshold\":1}},"
+    " \"rules\":[{\"if\":[[\"first\",\"<\",0]],\"label\":\"negative\",\"confidence\":0.9,"
+    "             \"outputs\":{\"c\":[-1,-1,-1]}},"
+    "            {\"if\":[[\"z\",\">\",1],[\"hot\",\">=\",2]],\"label\":\"hot\",\"confidence\":0.7,"
+    "             \"outputs\":{\"c\":[2,2,2]}},"
+    "            {\"label\":\"plain\",\"confidence\":0.5,\"outputs\":{\"c\":[0,0,0]}}]}";
+
+static keel__model *build(const char *manifest)
+{
+    keel__infer_opts o = {0};
+    keel__model *m = NULL;
+    keel_error e = {0};
+    if (keel__model_build(manifest, strlen(manifest), path_of, NULL, &o, &m, &e))
+        fail_msg("build: %s", e.msg);
+    return m;
+}
+
+#define CONTRACT                                                                                  \
+    "\"format\":1,\"name\":\"mm\",\"version\":\"1.0.0\","                                        \
+    "\"inputs\":[{\"name\":\"a\",\"dtype\":\"float32\",\"shape\":[-1,-1]},"                       \
+    "{\"name\":\"b\",\"dtype\":\"float32\",\"shape\":[-1,-1]}],"                                  \
+    "\"outputs\":[{\"name\":\"c\",\"dtype\":\"float32\",\"shape\":[-1,3]}]"
+
+static float av[12], bv[12], bad[12];
+
+static keel__infer_req req2(bool good)
+{
+    static keel__tensor in[2];
+    in[0] = (keel__tensor){.name = "a", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {3, 4},
+                           .data = av, .nbytes = sizeof(av)};
+    in[1] = (keel__tensor){.name = "b", .dtype = KEEL_DT_FLOAT32, .ndim = 2,
+                           .shape = {good ? 4 : 3, good ? 3 : 4}, .data = good ? bv : bad,
+                           .nbytes = sizeof(bv)};
+    return (keel__infer_req){.inputs = in, .ninputs = 2};
+}
+
+static void setup_data(void)
+{
+    for (int i = 0; i < 12; i++) {
+        av[i] = (float)i * 0.5f - 2.0f;
+        bv[i] = (float)(i % 5) - 1.5f;
+        bad[i] = 1;
+    }
+}
+
+static void test_rules_backend(void **state)
+{
+    dir = th_tmpdir();
+    th_write_str(dir, "rules.json", rules_json);
+    keel__model *m = build("{" CONTRACT ",\"tiers\":[{\"name\":\"rules\",\"backend\":\"rules\","
+                           "\"model\":\"rules.json\"}]}");
+    /* rows: negative first value / two values > 1 with |mean|/2 > 1 / plain */
+    float a[12] = {-1, 0, 0, 0, 3, 3, 2, 1, 0.5f, 0.5f, 0.5f, 0.5f};
+    keel__tensor in[1] = {{.name = "a", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {3, 4},
+                           .data = a, .nbytes = sizeof(a)}};
+    keel__tensor bt = {.name = "b", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {4, 3},
+                       .data = bv, .nbytes = sizeof(bv)};
+    keel__tensor both[2] = {in[0], bt};
+    keel__infer_req r = {.inputs = both, .ninputs = 2};
+    keel__infer_resp resp;
+    keel_error e = {0};
+    if (keel__model_run(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    assert_string_equal(resp.tier, "rules");
+    assert_string_equal(resp.backend, "rules");
+    assert_false(resp.degraded);
+    assert_int_equal(resp.noutputs, 1);
+    assert_int_equal(resp.outputs[0].shape[0], 3);
+    assert_int_equal(resp.outputs[0].shape[1], 3);
+    const float *c = resp.outputs[0].data;
+    assert_float_equal(c[0], -1, 0);
+    assert_float_equal(c[3], 2, 0);
+    assert_float_equal(c[6], 0, 0);
+    assert_non_null(strstr(resp.result, "\"label\":\"negative\""));
+    assert_non_null(strstr(resp.result, "\"label\":\"hot\""));
+    assert_non_null(strstr(resp.result, "\"label\":\"plain\""));
+    keel__infer_resp_done(&resp);
+    keel__model_unref(m);
+
+    /* bad rules files name their problem */
+    static const struct {
+        const char *text, *want;
+    } bad_rules[] = {
+        {"{\"format\":2,\"input\":\"a\",\"rules\":[{\"label\":\"x\"}]}", "newer"},
+        {"{\"format\":1,\"input\":\"a\",\"rules\":[]}", "at least one rule"},
+        {"{\"format\":1,\"input\":\"a\",\"features\":{\"f\":{\"fn\":\"median\"}},\"rules\":[{"
+         "\"label\":\"x\"}]}",
+         "not one of value"},
+        {"{\"format\":1,\"input\":\"a\",\"rules\":[{\"if\":[[\"nope\",\"<\",1]],\"label\":\"x\"}]}",
+         "unknown feature"},
+        {"{\"format\":1,\"input\":\"a\",\"features\":{\"f\":{\"fn\":\"mean\"}},\"rules\":[{\"if\":"
+         "[[\"f\",\"=~\",1]],\"label\":\"x\"}]}",
+         "operator"},
+        {"{\"format\":1,\"input\":\"a\",\"rules\":[{\"label\":\"x\",\"outputs\":{\"zz\":[1]}}]}",
+         "not an output the package declares"},
+        {"{\"format\":1,\"input\":\"a\",\"rules\":[{\"label\":\"x\",\"confidence\":3}]}",
+         "within 0..1"},
+    };
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(bad_rules); i++) {
+        th_write_str(dir, "rules.json", bad_rules[i].text);
+        const char *man = "{" CONTRACT ",\"tiers\":[{\"name\":\"rules\",\"backend\":\"rules\","
+                          "\"model\":\"rules.json\"}]}";
+        keel__infer_opts o = {0};
+        m = NULL;
+        if (keel__model_build(man, strlen(man), path_of, NULL, &o, &m, &e))
+            fail_msg("build: %s", e.msg);
+        /* the tier failed to load: a request gets every tier's failure */
+        r = req2(true);
+        th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_ENOTREADY, bad_rules[i].want);
+        keel__model_unref(m);
+    }
+}
+
+static void test_fallback_and_breaker(void **state)
+{
+    keel_error e = {0};
+    keel__infer_resp resp;
+    dir = th_tmpdir();
+    setup_data();
+    th_write_str(dir, "rules.json", rules_json);
+    th_write_str(dir, "garbage.onnx", "this is not an ONNX graph");
+    keel__model *m = build(
+        "{" CONTRACT ",\"tiers\":["
+        "{\"name\":\"broken\",\"backend\":\"onnx\",\"model\":\"garbage.onnx\"},"
+        "{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"},"
+        "{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}],"
+        "\"policy\":{\"breaker\":{\"failures\":3,\"cooldown_ms\":100}}}");
+    assert_true(keel__model_ready(m));
+
+    /* a tier that cannot load: the next one serves, marked degraded, with why */
+    keel__infer_req r = req2(true);
+    if (keel__model_run(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    assert_string_equal(resp.tier, "primary");
+    assert_true(resp.degraded);
+    assert_non_null(strstr(resp.reason, "broken: breaker open after load failure"));
+    assert_int_equal(resp.noutputs, 1);
+    keel__infer_resp_done(&resp);
+
+    /* run-time failures in primary: rules serves; after 3 the breaker opens */
+    for (int i = 0; i < 3; i++) {
+        r = req2(false);
+        if (keel__model_run(m, &r, &resp, &e))
+            fail_msg("%s", e.msg);
+        assert_string_equal(resp.tier, "rules");
+        assert_non_null(strstr(resp.reason, "primary: run:"));
+        keel__infer_resp_done(&resp);
+    }
+    assert_int_equal(m->tiers[1].br.state, BR_OPEN);
+    r = req2(true); /* a good request skips the open breaker */
+    if (keel__model_run(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    assert_string_equal(resp.tier, "rules");
+    assert_non_null(strstr(resp.reason, "primary: breaker open"));
+    keel__infer_resp_done(&resp);
+
+    /* pinned: honoured even with the breaker open */
+    r = req2(true);
+    r.tier = "primary";
+    if (keel__model_run(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    assert_string_equal(resp.tier, "primary");
+    keel__infer_resp_done(&resp);
+
+    /* after the cool-down, one probe; success closes the breaker */
+    usleep(150 * 1000);
+    r = req2(true);
+    if (keel__model_run(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    assert_string_equal(resp.tier, "primary");
+    keel__infer_resp_done(&resp);
+    assert_int_equal(m->tiers[1].br.state, BR_CLOSED);
+    assert_true(m->transitions >= 2);
+
+
+    /* request errors name the problem */
+    r = req2(true);
+    r.tier = "nope";
+    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID, "no tier \"nope\"");
+    r = req2(true);
+    r.ninputs = 1;
+    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID,
+                  "input \"b\" is missing");
+    keel__tensor wrong[2];
+    r = req2(true);
+    memcpy(wrong, r.inputs, sizeof(wrong));
+    wrong[0].dtype = KEEL_DT_FLOAT64;
+    r.inputs = wrong;
+    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID,
+                  "datatype float64, the model takes float32");
+    memcpy(wrong, req2(true).inputs, sizeof(wrong));
+    wrong[1].name = "zz";
+    r.inputs = wrong;
+    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID, "unknown input \"zz\"");
+    memcpy(wrong, req2(true).inputs, sizeof(wrong));
+    wrong[0].ndim = 3;
+    r.inputs = wrong;
+    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID, "does not fit");
+    keel__model_unref(m);
+}
+
+static void test_all_tiers_fail(void **state)
+{
+    keel_error e = {0};
+    keel__infer_resp resp;
+    dir = th_tmpdir();
+    setup_data();
+    keel__model *m = build("{" CONTRACT ",\"tiers\":["
+                           "{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"}"
+                           ",{\"name\":\"second\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"}"
+                           "]}");
+    keel__infer_req r = req2(false);
+    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_ENOTREADY, "every tier failed");
+    assert_non_null(strstr(e.msg, "primary: run:"));
+    assert_non_null(strstr(e.msg, "second: run:"));
+    assert_int_equal(m->all_failed, 1);
+    keel__model_unref(m);
+}
+
+static void test_postprocess(void **state)
+{
+    keel__post p;
+    keel_error e = {0};
+    cJSON *j = NULL;
+    const char *spec = "{\"activation\":\"softmax\",\"top_k\":2}";
+    if (keel__json_parse(spec, strlen(spec), "t", &j, &e) || keel__post_parse(j, &p, &e))
+        fail_msg("%s", e.msg);
+    cJSON_Delete(j);
+    dir = th_tmpdir();
+    th_write_str(dir, "labels.txt", "cat\ndog\r\nbird\n\n");
+    char path[512];
+    snprintf(path, sizeof(path), "%s/labels.txt", dir);
+    if (keel__post_labels(&p, path, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(p.nlabels, 3);
+    float logits[6] = {1, 3, 2, 0, 0, 5};
+    keel__tensor t = {.name = "y", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {2, 3},
+                      .data = logits, .nbytes = sizeof(logits)};
+    char *res = NULL;
+    if (keel__post_result(&p, &t, 1, &res, &e))
+        fail_msg("%s", e.msg);
+    cJSON *r = cJSON_Parse(res);
+    const cJSON *r0 = cJSON_GetArrayItem(r, 0), *r1 = cJSON_GetArrayItem(r, 1);
+    assert_string_equal(cJSON_GetObjectItem(r0, "label")->valuestring, "dog");
+    double want = exp(3.0) / (exp(1.0) + exp(3.0) + exp(2.0));
+    assert_float_equal(cJSON_GetObjectItem(r0, "confidence")->valuedouble, want, 1e-5);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(r0, "top_k")), 2);
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(r0, "top_k"), 1), "label")
+            ->valuestring,
+        "bird");
+    assert_string_equal(cJSON_GetObjectItem(r1, "label")->valuestring, "bird");
+    cJSON_Delete(r);
+    free(res);
+    keel__post_done(&p);
+
+    /* binary threshold on one score */
+    spec = "{\"threshold\":0.5}";
+    if (keel__json_parse(spec, strlen(spec), "t", &j, &e) || keel__post_parse(j, &p, &e))
+        fail_msg("%s", e.msg);
+    cJSON_Delete(j);
+    float score[2] = {0.7f, 0.2f};
+    keel__tensor s = {.name = "p", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {2, 1},
+                      .data = score, .nbytes = sizeof(score)};
+    if (keel__post_result(&p, &s, 1, &res, &e))
+        fail_msg("%s", e.msg);
+    assert_non_null(strstr(res, "\"index\":1,\"score\":0.7"));
+    assert_non_null(strstr(res, "\"index\":0,\"score\":0.2"));
+    free(res);
+
+    /* bad specs */
+    static const char *const bad[] = {"{\"activation\":\"relu\"}", "[1]", "{\"top_k\":5000}"};
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(bad); i++) {
+        j = cJSON_Parse(bad[i]);
+        assert_int_equal(keel__post_parse(j, &p, &e), KEEL_EINVALID);
+        cJSON_Delete(j);
+    }
+}
+
+static void test_tabular(void **state)
+{
+    keel__pre p;
+    keel_error e = {0};
+    cJSON *j = cJSON_Parse("{\"input\":\"x\",\"tabular\":{\"mean\":[1,2],\"std\":[2,4]}}");
+    if (keel__pre_parse(j, &p, &e))
+        fail_msg("%s", e.msg);
+    cJSON_Delete(j);
+    float v[4] = {3, 6, 1, 2};
+    keel__tensor t = {.name = "x", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {2, 2},
+                      .data = v, .nbytes = sizeof(v)};
+    if (keel__pre_tabular(&p, &t, &e))
+        fail_msg("%s", e.msg);
+    assert_float_equal(v[0], 1, 1e-6);
+    assert_float_equal(v[1], 1, 1e-6);
+    assert_float_equal(v[2], 0, 1e-6);
+    assert_float_equal(v[3], 0, 1e-6);
+    keel__pre_done(&p);
+    j = cJSON_Parse("{\"input\":\"x\",\"tabular\":{\"mean\":[1],\"std\":[0]}}");
+    assert_int_equal(keel__pre_parse(j, &p, &e), KEEL_EINVALID);
+    keel__pre_done(&p);
+    cJSON_Delete(j);
+    j = cJSON_Parse("{\"input\":\"x\",\"image\":{\"width\":28,\"height\":28},\"tabular\":{}}");
+    th_expect_err(keel__pre_parse(j, &p, &e), &e, KEEL_EINVALID, "exactly one");
+    keel__pre_done(&p);
+    cJSON_Delete(j);
+}
+
+static void test_manifest_errors(void **state)
+{
+    static const struct {
+        const char *m, *want;
+        int code;
+    } cases[] = {
+        {"{" CONTRACT ",\"tiers\":[{\"name\":\"p\",\"backend\":\"tensorflow\",\"model\":\"x\"}]}",
+         "not a backend", KEEL_EUNSUPPORTED},
+        {"{" CONTRACT ",\"tiers\":[]}", "no tier", KEEL_EINVALID},
+        {"{" CONTRACT ",\"tiers\":[{\"name\":\"p\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"},"
+         "{\"name\":\"p\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"}]}",
+         "used twice", KEEL_EINVALID},
+        {"{" CONTRACT ",\"tiers\":[{\"name\":\"p\",\"backend\":\"onnx\",\"model\":\"nope.onnx\"}]}",
+         "tiers[0].model", KEEL_ENOTFOUND},
+        {"{" CONTRACT ",\"tiers\":[{\"name\":\"p\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\","
+         "\"deadline_ms\":\"soon\"}]}",
+         "deadline_ms", KEEL_EINVALID},
+        {"{\"format\":1,\"name\":\"x\",\"version\":\"1.0.0\",\"inputs\":[{\"name\":\"a\","
+         "\"dtype\":\"complex64\",\"shape\":[1]}],\"tiers\":[]}",
+         "complex64", KEEL_EINVALID},
+        {"{" CONTRACT ",\"policy\":{\"breaker\":{\"window\":100}},\"tiers\":[{\"name\":\"p\","
+         "\"backend\":\"onnx\",\"model\":\"matmul.onnx\"}]}",
+         "window 1..64", KEEL_EINVALID},
+    };
+    keel__infer_opts o = {0};
+    keel_error e;
+    dir = th_tmpdir();
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(cases); i++) {
+        keel__model *m = NULL;
+        th_expect_err(keel__model_build(cases[i].m, strlen(cases[i].m), path_of, NULL, &o, &m, &e),
+                      &e, cases[i].code, cases[i].want);
+        assert_null(m);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rules_backend),
+        cmocka_unit_test(test_fallback_and_breaker),
+        cmocka_unit_test(test_all_tiers_fail),
+        cmocka_unit_test(test_postprocess),
+        cmocka_unit_test(test_tabular),
+        cmocka_unit_test(test_manifest_errors),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    th_cleanup();
+    return rc;
+}
