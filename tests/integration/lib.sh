@@ -72,3 +72,51 @@ make_pkg() { # name version [model bytes] -> path
     rm -rf "$src"
     echo "$work/$1-$2.keel"
 }
+
+# --- inference helpers (20-infer.sh, 21-accuracy.sh) ---------------------------
+# The source tree (examples/, .deps/), the ONNX Runtime keeld and ort_ref load
+# (unless KEEL_ORT_LIB is set already), Debian's python3 with numpy, and the
+# OIP client. ort_ref is built next to keeld (build/TYPE/tests/tools).
+keel_src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export KEEL_ORT_LIB=${KEEL_ORT_LIB:-$keel_src/.deps/onnxruntime/lib/libonnxruntime.so.1}
+PY=/usr/bin/python3
+[[ -x $PY ]] || PY=python3
+ort_ref=$(dirname "$KEELD")/tests/tools/ort_ref
+
+infer_client() { "$PY" "$keel_src/tests/integration/infer_client.py" "$url" "$@"; }
+
+install_example() { # NAME: pack examples/NAME, install over HTTP (self-test) and activate
+    local token r
+    token=$(cat "$state/token")
+    "$KEEL" pack "$keel_src/examples/$1" -o "$work/$1.keel" --key "$work/k.key" >/dev/null
+    r=$(http POST '/api/packages?activate=1' -H "Authorization: Bearer $token" \
+        --data-binary "@$work/$1.keel")
+    expect_eq "$(status_of "$r")" 201 "install of examples/$1 ($(body_of "$r"))"
+    expect_has "$(body_of "$r")" '"activated":true' "install of examples/$1"
+}
+
+jfield() { # JSON [jq options] FILTER: jq -r, or a marker when JSON is not JSON
+    local j=$1
+    shift
+    jq -r "$@" <<<"$j" 2>/dev/null || echo "<not JSON: ${j:0:200}>"
+}
+
+infer() { # MODEL JSON [curl args]: "BODY\nSTATUS"; response headers in $work/hdr
+    local m=$1 body=$2
+    shift 2
+    curl -s -D "$work/hdr" -w '\n%{http_code}' -H 'Content-Type: application/json' \
+        --data-binary "$body" "$@" "$url/v2/models/$m/infer"
+}
+header_of() { # NAME: a header of the last infer() response
+    grep -i "^$1:" "$work/hdr" | head -n1 | cut -d: -f2- | tr -d ' \r'
+}
+
+expect_error() { # RESPONSE STATUS CODE MESSAGE-PART WHAT: an error answer, keeld still up
+    local b
+    b=$(body_of "$1")
+    expect_eq "$(status_of "$1")" "$2" "$5: status ($b)"
+    expect_eq "$(jfield "$b" .error.code)" "$3" "$5: error.code"
+    expect_has "$(jfield "$b" .error.message)" "$4" "$5: error.message"
+    kill -0 "$keeld_pid" 2>/dev/null || die "$5: keeld died"
+    expect_eq "$(curl -s -o /dev/null -w '%{http_code}' "$url/healthz")" 200 "$5: healthz after it"
+}
