@@ -26,11 +26,12 @@ ensure_package() {
     ensure_big
     [[ -f $out/k.key ]] || "$bin/keel" keygen -o "$out/k" >/dev/null
     [[ -f $out/trust/root.json ]] || "$bin/keel" trust init "$out/trust" --key "$out/k.pub" >/dev/null
-    if [[ ! -f $out/big.keel || $out/big.keel -ot $big ]]; then
+    # a data package (no tiers): the store benchmarks measure bytes, not models
+    local manifest='{"format":1,"name":"big","version":"1.0.0","task":"data"}'
+    if [[ ! -f $out/big.keel || $out/big.keel -ot $big || $(cat "$out/src/keel.json" 2>/dev/null) != "$manifest" ]]; then
         mkdir -p "$out/src"
         ln -f "$big" "$out/src/model.bin"
-        printf '{"format":1,"name":"big","version":"1.0.0","tiers":[{"name":"primary","backend":"onnx","model":"model.bin"}]}' \
-            >"$out/src/keel.json"
+        printf '%s' "$manifest" >"$out/src/keel.json"
         "$bin/keel" pack "$out/src" -o "$out/big.keel" --key "$out/k.key" >/dev/null
     fi
 }

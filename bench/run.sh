@@ -15,7 +15,7 @@ source "$(dirname "$0")/common.sh"
 cmake -S "$top" -B "$bin" -DCMAKE_BUILD_TYPE=Release -DKEEL_TESTS=OFF >/dev/null
 cmake --build "$bin" -j "$(nproc)" >/dev/null
 mkdir -p "$bin/bench"
-libs=$(pkg-config --libs openssl sqlite3 libarchive libmicrohttpd libcurl libcjson)
+libs="$(pkg-config --libs openssl sqlite3 libarchive libmicrohttpd libcurl libcjson libpng16) -ljpeg"
 for p in verify_throughput startup; do
     # shellcheck disable=SC2086
     gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I"$top/include" "$top/bench/$p.c" \
