@@ -146,6 +146,34 @@ expect_eq "$(jfield "$b" '[.result[0].index, (.outputs[0].data | index(max))] | 
     "mnist result index is the argmax"
 pinned[mnist/primary]=$((pinned[mnist/primary] + 1))
 
+# request id, nested data, output selection, binary_data_output, /versions/V/infer
+r=$(infer iris '{"id":"req-42","inputs":[{"name":"float_input","shape":[2,4],"datatype":"FP32","data":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}],"outputs":[{"name":"output_label"}]}')
+b=$(body_of "$r")
+expect_eq "$(status_of "$r")" 200 "iris with id, nested data, one output ($b)"
+expect_eq "$(jfield "$b" .id)" req-42 "id echoed"
+expect_eq "$(jfield "$b" -c '[.outputs[] | {name, datatype, shape, data}]')" \
+    '[{"name":"output_label","datatype":"INT64","shape":[2],"data":[0,2]}]' "only the asked output"
+expect_eq "$(jfield "$b" -c '[.result[].label]')" '["setosa","virginica"]' "nested data result"
+curl -s -D "$work/hdr" -o "$work/bin.out" -H 'Content-Type: application/json' \
+    --data-binary '{"inputs":[{"name":"float_input","shape":[2,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2,6.7,3.0,5.2,2.3]}],"outputs":[{"name":"output_label"}],"parameters":{"binary_data_output":true,"tier":"secondary"}}' \
+    "$url/v2/models/iris/infer"
+jl=$(header_of Inference-Header-Content-Length)
+[[ $jl =~ ^[0-9]+$ ]] || die "binary_data_output: no Inference-Header-Content-Length"
+expect_eq "$(header_of Content-Type)" application/octet-stream "binary_data_output Content-Type"
+expect_eq "$(head -c "$jl" "$work/bin.out" | jq -c '.outputs')" \
+    '[{"name":"output_label","datatype":"INT64","shape":[2],"parameters":{"binary_data_size":16}}]' \
+    "binary_data_output header"
+expect_eq "$(tail -c +$((jl + 1)) "$work/bin.out" | od -An -tx1 | tr -d ' \n')" \
+    00000000000000000200000000000000 "binary_data_output bytes (int64 0 and 2)"
+r=$(curl -s -w '\n%{http_code}' -H 'Content-Type: application/json' --data-binary "$(req iris)" \
+    "$url/v2/models/iris/versions/1.0.0/infer")
+expect_eq "$(status_of "$r")" 200 "infer on /versions/1.0.0"
+r=$(curl -s -w '\n%{http_code}' -H 'Content-Type: application/json' --data-binary "$(req iris)" \
+    "$url/v2/models/iris/versions/2.0.0/infer")
+expect_error "$r" 404 NOTFOUND "iris serves version 1.0.0, not 2.0.0" "infer on another version"
+pinned[iris/primary]=$((pinned[iris/primary] + 2))
+pinned[iris/secondary]=$((pinned[iris/secondary] + 1))
+
 # --- /api/status inference and /metrics ----------------------------------------------------
 st=$(curl -s "$url/api/status")
 metrics=$(curl -s "$url/metrics")
@@ -180,7 +208,7 @@ for m in "${models[@]}"; do
 done
 
 # --- images: PNG body, base64 BYTES, JSON and binary tensors; against raw ORT ---------------
-out=$(infer_client mnist-images "$ex/mnist") || die "mnist images disagree between the four ways"
+out=$(infer_client mnist-images "$ex/mnist") || die "mnist images disagree between the six ways"
 "$PY" - "$ex/mnist" "$work" <<'PYEOF'
 import csv, gzip, struct, sys
 sys.path.insert(0, sys.argv[1] + "/../../tests/integration")
@@ -194,7 +222,7 @@ gzip.open(work + "/lab.gz", "wb").write(struct.pack(">II", 0x801, len(rows)) +
                                         bytes(int(r["label"]) for r in rows))
 PYEOF
 ref=$("$ort_ref" mnist "$ex/mnist/model/mnist.onnx" "$work/img.gz" "$work/lab.gz" 2>/dev/null | tail -n1)
-expect_eq "$out" "$ref" "mnist validation images: keel (all four ways) vs raw ORT"
+expect_eq "$out" "$ref" "mnist validation images: keel (all six ways) vs raw ORT"
 expect_eq "$out" 99/100 "mnist validation images correct"
 png=$ex/mnist/validation/images/001.png
 r=$(curl -s -D "$work/hdr" -w '\n%{http_code}' -H 'Content-Type: image/png' --data-binary "@$png" \

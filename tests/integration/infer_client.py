@@ -10,9 +10,11 @@ first difference; results for the shell script go to stdout.
       outputs too, raw bytes and JSON; the tensor bytes at each alignment
       in the body): identical outputs, tier and result
   infer_client.py URL mnist-images PACKAGE_DIR
-      every image listed in PACKAGE_DIR/validation/mnist.csv four ways (PNG body, base64
-      BYTES input, JSON tensor of the decoded pixels, binary tensor): one
-      label and identical logits; prints "CORRECT/TOTAL" against the CSV
+      every image listed in PACKAGE_DIR/validation/mnist.csv six ways (PNG
+      body; the image input as a base64 BYTES string, as a binary BYTES
+      element (4-byte length + bytes) and as bare binary bytes; the decoded
+      pixels as a JSON tensor and as a binary tensor): one label and identical
+      logits; prints "CORRECT/TOTAL" against the CSV
   infer_client.py URL vad-stream FRAMES_DIR|WAV TIER SESSION [--probs]
       512-sample frames in order; "" as SESSION sends none. Prints like
       ort_ref vad: the index of each frame with p > 0.5 ("INDEX PROB" for
@@ -245,6 +247,11 @@ def cmd_mnist_images(c, d):
         b64 = {"inputs": [{"name": "Input3", "shape": [1], "datatype": "BYTES",
                            "data": [base64.b64encode(png).decode()]}]}
         got.append(("base64 BYTES", c.infer("mnist", b64)))
+        for what, blob in (("binary BYTES", struct.pack("<I", len(png)) + png),
+                           ("binary image bytes", png)):
+            req = {"inputs": [{"name": "Input3", "shape": [1], "datatype": "BYTES",
+                               "parameters": {"binary_data_size": len(blob)}}]}
+            got.append((what, c.infer("mnist", req, binary=blob)))
         got.append(("JSON tensor", c.infer("mnist", tensor_req("Input3", px.shape, px))))
         got.append(("binary tensor", c.infer("mnist", tensor_req("Input3", px.shape, px, binary=True),
                                              binary=px.astype("<f4").tobytes())))
