@@ -8,6 +8,8 @@
 source "$(dirname "$0")/lib.sh"
 # ONNX Runtime's own leaks at exit are not keel's
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$keel_src/tests/lsan.supp}
+# a command that fails outside the checks (curl without an answer) says where
+trap 'die "line $LINENO: \"$BASH_COMMAND\" failed"' ERR
 ex=$keel_src/examples
 [[ -x $ort_ref ]] || die "ort_ref not built at $ort_ref"
 setup_trust

@@ -105,7 +105,7 @@ infer() { # MODEL JSON [curl args]: "BODY\nSTATUS"; response headers in $work/hd
     local m=$1 body=$2
     shift 2
     curl -s -D "$work/hdr" -w '\n%{http_code}' -H 'Content-Type: application/json' \
-        --data-binary "$body" "$@" "$url/v2/models/$m/infer"
+        --data-binary "$body" "$@" "$url/v2/models/$m/infer" || true # no answer: status 000
 }
 header_of() { # NAME: a header of the last infer() response
     grep -i "^$1:" "$work/hdr" | head -n1 | cut -d: -f2- | tr -d ' \r'
