@@ -40,7 +40,7 @@ enum {
 };
 #define KEEL_OK KEEL_EOK
 
-#define KEEL_ERROR_MSG_MAX 512
+#define KEEL_ERROR_MSG_MAX 1024
 
 /* An error with its context. Plain data: embed it on the stack. */
 typedef struct keel_error {

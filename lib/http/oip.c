@@ -9,6 +9,7 @@
  * tensors' raw little-endian bytes, in input order; BYTES elements are a
  * 4-byte little-endian length and the bytes.
  */
+#include <errno.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -117,7 +118,7 @@ static int flatten(const cJSON *a, const cJSON **leaves, size_t max, size_t *n, 
  * cJSON parses holds {"$keel_span": N} in their place, and json_data reads
  * span N straight from the original text, without a tree.
  */
-#define LIFT_MIN 64 /* arrays shorter than this stay in the tree */
+#define LIFT_MIN 2 /* every numeric array: 64-bit integers are read exactly from the text */
 
 typedef struct span {
     const char *p;
@@ -263,6 +264,65 @@ static int span_values(const span *sp, double *vals, size_t max, size_t *ret_n, 
 }
 
 
+/* INT64/UINT64 straight from the text: a double would round above 2^53. */
+static int span_ints(const span *sp, keel__tensor *t, size_t count, keel_error *err)
+{
+    const char *p = sp->p, *end = sp->p + sp->n;
+    bool is_signed = t->dtype == KEEL_DT_INT64;
+    size_t n = 0;
+    uint64_t *v = malloc((count ? count : 1) * sizeof(uint64_t));
+    if (!v)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    while (p < end) {
+        char c = *p;
+        if (c == '[' || c == ']' || c == ',' || c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+            p++;
+            continue;
+        }
+        const char *q = p;
+        while (q < end && *q != ',' && *q != ']' && *q != ' ' && *q != '\n' && *q != '\r' &&
+               *q != '\t')
+            q++;
+        int len = (int)(q - p);
+        if (n == count) {
+            free(v);
+            return keel__err(err, KEEL_EINVALID, "input \"%s\": more data than the shape holds",
+                             t->name);
+        }
+        char buf[32], *e = NULL;
+        bool ok = len > 0 && len < (int)sizeof(buf) && strspn(p, "-0123456789") >= (size_t)len;
+        if (ok) {
+            memcpy(buf, p, (size_t)len);
+            buf[len] = 0;
+            errno = 0;
+            if (is_signed) {
+                long long x = strtoll(buf, &e, 10);
+                memcpy(&v[n], &(int64_t){(int64_t)x}, 8);
+            } else {
+                ok = buf[0] != '-';
+                v[n] = (uint64_t)strtoull(buf, &e, 10);
+            }
+            ok = ok && !*e && errno == 0;
+        }
+        if (!ok) {
+            free(v);
+            return keel__err(err, KEEL_EINVALID,
+                             "input \"%s\": data [%zu] = %.*s is not an integer within %s",
+                             t->name, n, len > 40 ? 40 : len, p, keel__kserve_dtype(t->dtype));
+        }
+        n++;
+        p = q;
+    }
+    if (n != count) {
+        free(v);
+        return keel__err(err, KEEL_EINVALID, "input \"%s\": %zu values for a shape of %zu elements",
+                         t->name, n, count);
+    }
+    t->data = v;
+    t->nbytes = count * 8;
+    return KEEL_OK;
+}
+
 static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_t count,
                      keel_error *err)
 {
@@ -275,6 +335,8 @@ static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_
         if (t->dtype == KEEL_DT_STRING)
             return keel__err(err, KEEL_EINVALID, "input \"%s\": BYTES data must be strings",
                              t->name);
+        if (t->dtype == KEEL_DT_INT64 || t->dtype == KEEL_DT_UINT64)
+            return span_ints(&lf->spans[(size_t)sp->valuedouble], t, count, err);
         if (!(vals = malloc((count + 1) * sizeof(double))))
             return keel__err(err, KEEL_ENOMEM, "out of memory");
         rc = span_values(&lf->spans[(size_t)sp->valuedouble], vals, count, &n, t->name, err);
@@ -685,10 +747,9 @@ out:
         }
         r->tensors[i].name = copy;
     }
-    if (rc) {
-        for (size_t i = 0; i < r->ntensors; i++)
+    if (rc) /* names (of the input being read too) point into the freed tree */
+        for (size_t i = 0; i < KEEL__MAX_IO; i++)
             r->tensors[i].name = NULL;
-    }
     cJSON_Delete(root);
     free(lf.text);
     free(lf.spans);

@@ -358,7 +358,8 @@ static cJSON *model_status(keel__model *m)
             cJSON_AddStringToObject(x, "device", t->be->device(inst));
         cJSON_AddNumberToObject(x, "memory_bytes",
                                 inst && t->be->memory ? (double)t->be->memory(inst) : 0);
-        cJSON_AddStringToObject(x, "breaker", keel__breaker_name(t->br.state));
+        cJSON_AddStringToObject(x, "breaker",
+                                keel__breaker_name(keel__breaker_state(t, keel__now_mono_ns())));
         cJSON_AddNumberToObject(x, "breaker_trips", t->br.trips);
         cJSON_AddNumberToObject(x, "served", (double)t->ok);
         cJSON_AddNumberToObject(x, "failed", (double)t->failed);
@@ -461,7 +462,8 @@ int keel__infer_metrics(keel__infer *e, keel_buf *b)
                             fam[f].name, l, t->hist_count, fam[f].name, l, t->hist_sum,
                             fam[f].name, l, t->hist_count);
                 } else if (f == 3) {
-                    rc = keel__buf_appendf(b, "%s{%s} %d\n", fam[f].name, l, t->br.state);
+                    rc = keel__buf_appendf(b, "%s{%s} %d\n", fam[f].name, l,
+                                           keel__breaker_state(t, keel__now_mono_ns()));
                 } else if (f == 4) {
                     rc = keel__buf_appendf(b, "%s{%s} %u\n", fam[f].name, l, t->br.trips);
                 } else if (f == 5) {

@@ -41,6 +41,7 @@ void keel__model_unref(keel__model *m);
 keel__model *keel__infer_get(keel__infer *e, const char *name);
 
 #define KEEL__MAX_OUT 16
+#define KEEL__CLAUSE_MAX 180
 
 typedef struct keel__infer_req {
     const keel__tensor *inputs; /* borrowed */
@@ -59,6 +60,7 @@ typedef struct keel__infer_resp {
     char tier[32], backend[16];
     bool degraded;
     char reason[1024]; /* why earlier tiers did not serve ("" when none) */
+    /* each tier's clause is capped (KEEL__CLAUSE_MAX) so every tier fits */
     uint64_t ns;
 } keel__infer_resp;
 

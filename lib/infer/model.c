@@ -35,6 +35,14 @@ const char *keel__breaker_name(int state)
     return state >= 0 && state <= 2 ? breaker_names[state] : "?";
 }
 
+int keel__breaker_state(const tier *t, uint64_t now)
+{
+    /* open past its cool-down: the next request is the half-open probe */
+    if (t->br.state == BR_OPEN && now >= t->br.open_until)
+        return BR_HALF_OPEN;
+    return t->br.state;
+}
+
 /* May a request use the tier now? Lock held. A half-open breaker admits one
  * probe at a time; *probe says this request is it. */
 static bool breaker_admit(tier *t, uint64_t now, bool *probe)
@@ -543,9 +551,10 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
             }
         } else if (!admit) {
             t->skipped++;
-            if (keel__buf_appendf(&why, "%s%s: breaker open%s%s", why.len ? "; " : "", t->name,
-                                  t->load_error[0] ? " after load failure: " : "",
-                                  t->load_error)) {
+            if (keel__buf_appendf(&why, "%s%s: breaker open%s%.*s%s", why.len ? "; " : "",
+                                  t->name, t->load_error[0] ? " after load failure: " : "",
+                                  KEEL__CLAUSE_MAX, t->load_error,
+                                  strlen(t->load_error) > KEEL__CLAUSE_MAX ? "..." : "")) {
             }
         }
         if (admit)
@@ -590,7 +599,9 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
             rc = KEEL_OK;
             break;
         }
-        if (keel__buf_appendf(&why, "%s%s: %s", why.len ? "; " : "", t->name, e.msg)) {
+        if (keel__buf_appendf(&why, "%s%s: %.*s%s", why.len ? "; " : "", t->name,
+                              KEEL__CLAUSE_MAX, e.msg,
+                              strlen(e.msg) > KEEL__CLAUSE_MAX ? "..." : "")) {
         }
     }
     if (rc) {

@@ -22,6 +22,9 @@ extern const double keel__latency_bounds[KEEL__NBUCKETS];
 
 enum { BR_CLOSED, BR_OPEN, BR_HALF_OPEN };
 const char *keel__breaker_name(int state);
+struct tier;
+/* The breaker's state as a reader sees it (open past cool-down = half-open). */
+int keel__breaker_state(const struct tier *t, uint64_t now);
 
 typedef struct breaker {
     int state;
@@ -49,7 +52,8 @@ typedef struct state_pair {
     size_t nbytes;
 } state_pair;
 
-typedef struct tier {
+typedef struct tier tier;
+struct tier {
     char name[32];
     const keel__backend *be;
     char model_path[PATH_MAX];
@@ -70,7 +74,7 @@ typedef struct tier {
     uint64_t ok, failed, timeouts, skipped, overloaded, fallbacks, transitions_in;
     uint64_t hist[KEEL__NBUCKETS], hist_count;
     double hist_sum;
-} tier;
+};
 
 typedef struct session {
     char id[128];

@@ -23,6 +23,7 @@ enum ort_slot {
     S_GetErrorMessage = 2,
     S_CreateEnv = 3,
     S_CreateSession = 7,
+    S_CreateSessionFromArray = 8,
     S_Run = 9,
     S_CreateSessionOptions = 10,
     S_SetOptimizedModelFilePath = 11,
@@ -317,8 +318,23 @@ void keel__ort_session_free(keel__ort_session *s)
     free(s);
 }
 
+static int session_new(const char *model_path, const void *data, size_t len,
+                       const keel__ort_opts *opts, keel__ort_session **ret, keel_error *err);
+
 int keel__ort_session_new(const char *model_path, const keel__ort_opts *opts,
                           keel__ort_session **ret, keel_error *err)
+{
+    return session_new(model_path, NULL, 0, opts, ret, err);
+}
+
+int keel__ort_session_from_memory(const void *data, size_t len, const keel__ort_opts *opts,
+                                  keel__ort_session **ret, keel_error *err)
+{
+    return session_new(NULL, data, len, opts, ret, err);
+}
+
+static int session_new(const char *model_path, const void *data, size_t len,
+                       const keel__ort_opts *opts, keel__ort_session **ret, keel_error *err)
 {
     void *so = NULL;
     keel__ort_session *s = NULL;
@@ -350,9 +366,27 @@ int keel__ort_session_new(const char *model_path, const keel__ort_opts *opts,
             keel__strlcpy(s->provider, opts->providers[i], sizeof(s->provider));
             break;
         }
-    if ((st = FN(S_CreateSession, status_t(*)(void *, const char *, void *, void **))(
-             env, model_path, so, &s->session))) {
-        rc = status_err(st, err, model_path);
+    if (model_path)
+        st = FN(S_CreateSession, status_t(*)(void *, const char *, void *, void **))(
+            env, model_path, so, &s->session);
+    else
+        st = FN(S_CreateSessionFromArray,
+                status_t(*)(void *, const void *, size_t, void *, void **))(env, data, len, so,
+                                                                           &s->session);
+    if (st) {
+        char what[128];
+        const char *base = model_path ? strrchr(model_path, '/') : NULL;
+        snprintf(what, sizeof(what), "cannot load %s",
+                 model_path ? (base ? base + 1 : model_path) : "the model");
+        rc = status_err(st, err, what);
+        /* drop ONNX Runtime's "Load model from PATH failed:": the blob path
+         * says nothing to the reader and crowds out the reason */
+        char *p = err ? strstr(err->msg, "Load model from ") : NULL, *q = p ? strstr(p, " failed:") : NULL;
+        if (q) {
+            q += 8;
+            q += *q == ' ';
+            memmove(p, q, strlen(q) + 1);
+        }
         rc = KEEL_ECORRUPT;
         if (err)
             err->code = rc;

@@ -72,6 +72,10 @@ typedef struct keel__ort_session keel__ort_session;
 
 KEEL_WUR int keel__ort_session_new(const char *model_path, const keel__ort_opts *opts,
                                    keel__ort_session **ret, keel_error *err);
+/* The same from a model in memory (data must stay valid during the call). */
+KEEL_WUR int keel__ort_session_from_memory(const void *data, size_t len,
+                                           const keel__ort_opts *opts, keel__ort_session **ret,
+                                           keel_error *err);
 void keel__ort_session_free(keel__ort_session *s);
 size_t keel__ort_ninputs(const keel__ort_session *s);
 size_t keel__ort_noutputs(const keel__ort_session *s);
