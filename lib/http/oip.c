@@ -25,9 +25,9 @@ static int dtype_of(const char *kserve)
     static const struct {
         const char *n;
         int dt;
-    } t[] = {{"FP32", KEEL_DT_FLOAT32}, {"FP16", KEEL_DT_FLOAT16}, {"FP64", KEEL_DT_FLOAT64},
-             {"BF16", KEEL_DT_BFLOAT16}, {"INT8", KEEL_DT_INT8},   {"INT16", KEEL_DT_INT16},
-             {"INT32", KEEL_DT_INT32},   {"INT64", KEEL_DT_INT64}, {"UINT8", KEEL_DT_UINT8},
+    } t[] = {{"FP32", KEEL_DT_FLOAT32},  {"FP16", KEEL_DT_FLOAT16},  {"FP64", KEEL_DT_FLOAT64},
+             {"BF16", KEEL_DT_BFLOAT16}, {"INT8", KEEL_DT_INT8},     {"INT16", KEEL_DT_INT16},
+             {"INT32", KEEL_DT_INT32},   {"INT64", KEEL_DT_INT64},   {"UINT8", KEEL_DT_UINT8},
              {"UINT16", KEEL_DT_UINT16}, {"UINT32", KEEL_DT_UINT32}, {"UINT64", KEEL_DT_UINT64},
              {"BOOL", KEEL_DT_BOOL},     {"BYTES", KEEL_DT_STRING}};
     for (size_t i = 0; kserve && i < KEEL_ARRAY_LEN(t); i++)
@@ -252,8 +252,8 @@ static int span_values(const span *sp, double *vals, size_t max, size_t *ret_n, 
         }
         char *q = NULL;
         double d = strtod(p, &q);
-        if (q == p || q > end || (*q != ',' && *q != ']' && *q != ' ' && *q != '\n' &&
-                                  *q != '\r' && *q != '\t'))
+        if (q == p || q > end ||
+            (*q != ',' && *q != ']' && *q != ' ' && *q != '\n' && *q != '\r' && *q != '\t'))
             return keel__err(err, KEEL_EINVALID, "input \"%s\": data [%zu] is not a number", name,
                              n);
         vals[n++] = d;
@@ -262,7 +262,6 @@ static int span_values(const span *sp, double *vals, size_t max, size_t *ret_n, 
     *ret_n = n;
     return KEEL_OK;
 }
-
 
 /* INT64/UINT64 straight from the text: a double would round above 2^53. */
 static int span_ints(const span *sp, keel__tensor *t, size_t count, keel_error *err)
@@ -307,8 +306,8 @@ static int span_ints(const span *sp, keel__tensor *t, size_t count, keel_error *
         if (!ok) {
             free(v);
             return keel__err(err, KEEL_EINVALID,
-                             "input \"%s\": data [%zu] = %.*s is not an integer within %s",
-                             t->name, n, len > 40 ? 40 : len, p, keel__kserve_dtype(t->dtype));
+                             "input \"%s\": data [%zu] = %.*s is not an integer within %s", t->name,
+                             n, len > 40 ? 40 : len, p, keel__kserve_dtype(t->dtype));
         }
         n++;
         p = q;
@@ -384,8 +383,8 @@ static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_
         free(leaves);
     }
     if (!rc && n != count)
-        rc = keel__err(err, KEEL_EINVALID,
-                       "input \"%s\": %zu values for a shape of %zu elements", t->name, n, count);
+        rc = keel__err(err, KEEL_EINVALID, "input \"%s\": %zu values for a shape of %zu elements",
+                       t->name, n, count);
     if (rc) {
         free(vals);
         return rc;
@@ -403,8 +402,8 @@ static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_
         if (integral && d != floor(d)) {
             free(vals);
             return keel__err(err, KEEL_EINVALID,
-                             "input \"%s\": data [%zu] = %g is not an integer for %s", t->name,
-                             i, d, keel__kserve_dtype(t->dtype));
+                             "input \"%s\": data [%zu] = %g is not an integer for %s", t->name, i,
+                             d, keel__kserve_dtype(t->dtype));
         }
         uint8_t *p = (uint8_t *)t->data + i * es;
         switch (t->dtype) {
@@ -498,7 +497,6 @@ static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_
     free(vals);
     return KEEL_OK;
 }
-
 
 /* BYTES in binary: 4-byte little-endian length + bytes, per element. */
 static int binary_strings(const uint8_t *p, size_t len, keel__tensor *t, size_t count,
@@ -665,17 +663,27 @@ int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *i
                 rc = keel__err(err, KEEL_EINVALID,
                                "%s.parameters.binary_data_size: %s; %zu bytes of binary data "
                                "are left",
-                               where, keel__json_is_uint(bsize, &bs) ? "runs past the body" :
-                                                                       "expected a byte count",
+                               where,
+                               keel__json_is_uint(bsize, &bs) ? "runs past the body"
+                                                              : "expected a byte count",
                                len - off);
                 goto out;
             }
             const char *p = body + off;
             off += (size_t)bs;
             if (is_image) {
+                /* BYTES in binary: a 4-byte length, then the bytes; bare bytes too */
+                const uint8_t *u = (const uint8_t *)p;
+                if (bs >= 4 && ((uint64_t)u[0] | (uint64_t)u[1] << 8 | (uint64_t)u[2] << 16 |
+                                (uint64_t)u[3] << 24) == bs - 4) {
+                    p += 4;
+                    bs -= 4;
+                }
                 r->req.image = p;
                 r->req.image_len = (size_t)bs;
-                continue; /* not a tensor */
+                t->name = NULL; /* not a tensor */
+                r->owned[r->ntensors] = false;
+                continue;
             }
             if (t->dtype == KEEL_DT_STRING) {
                 if ((rc = binary_strings((const uint8_t *)p, (size_t)bs, t, count, err)))
@@ -688,9 +696,18 @@ int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *i
                                    where, (unsigned long long)bs, dt, want);
                     goto out;
                 }
-                t->data = (void *)(uintptr_t)p; /* in place: the body outlives the request */
                 t->nbytes = want;
-                r->owned[r->ntensors] = false;
+                if ((uintptr_t)p % 8 == 0) { /* in place: the body outlives the request */
+                    t->data = (void *)(uintptr_t)p;
+                    r->owned[r->ntensors] = false;
+                } else { /* misaligned for the element type: copy */
+                    if (!(t->data = malloc(want ? want : 1))) {
+                        rc = keel__err(err, KEEL_ENOMEM, "out of memory");
+                        goto out;
+                    }
+                    if (want)
+                        memcpy(t->data, p, want);
+                }
             }
         } else if (is_image) {
             const cJSON *first = cJSON_GetArrayItem(data, 0);
@@ -703,6 +720,8 @@ int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *i
             }
             if ((rc = base64_image(first->valuestring, r, err)))
                 goto out;
+            t->name = NULL; /* not a tensor */
+            r->owned[r->ntensors] = false;
             continue;
         } else if (!data) {
             rc = keel__err(err, KEEL_EINVALID,
@@ -792,7 +811,8 @@ static int num_json(keel_buf *b, const keel__tensor *t, size_t i)
     case KEEL_DT_FLOAT32: {
         float f;
         memcpy(&f, p + i * 4, 4);
-        return isfinite(f) ? keel__buf_appendf(b, "%.9g", (double)f) : keel__buf_append(b, "null", 4);
+        return isfinite(f) ? keel__buf_appendf(b, "%.9g", (double)f)
+                           : keel__buf_append(b, "null", 4);
     }
     case KEEL_DT_FLOAT64:
         memcpy(&d, p + i * 8, 8);
@@ -802,7 +822,8 @@ static int num_json(keel_buf *b, const keel__tensor *t, size_t i)
         uint16_t h;
         memcpy(&h, p + i * 2, 2);
         float f = t->dtype == KEEL_DT_FLOAT16 ? f16_to_f32(h) : bf16_to_f32(h);
-        return isfinite(f) ? keel__buf_appendf(b, "%.9g", (double)f) : keel__buf_append(b, "null", 4);
+        return isfinite(f) ? keel__buf_appendf(b, "%.9g", (double)f)
+                           : keel__buf_append(b, "null", 4);
     }
     case KEEL_DT_INT8:
         return keel__buf_appendf(b, "%d", ((const int8_t *)t->data)[i]);
@@ -863,9 +884,10 @@ int keel__oip_response(const keel__oip_req *r, const keel__infer_resp *resp, cha
     if (!rc)
         rc = keel__json_quote(&b, resp->tier);
     if (!rc)
-        rc = keel__buf_appendf(&b, ",\"backend\":\"%s\",\"package\":\"%s@%s\","
-                                   "\"package_digest\":\"%s\",\"degraded\":%s,"
-                                   "\"fallback_reason\":",
+        rc = keel__buf_appendf(&b,
+                               ",\"backend\":\"%s\",\"package\":\"%s@%s\","
+                               "\"package_digest\":\"%s\",\"degraded\":%s,"
+                               "\"fallback_reason\":",
                                resp->backend, resp->model, resp->version, resp->digest,
                                resp->degraded ? "true" : "false");
     if (!rc)
@@ -888,7 +910,8 @@ int keel__oip_response(const keel__oip_req *r, const keel__infer_resp *resp, cha
                 count = cJSON_GetArraySize(j);
             cJSON_Delete(j);
             if (!rc)
-                rc = keel__buf_appendf(&b, ",\"datatype\":\"BYTES\",\"shape\":[%d],\"data\":", count);
+                rc = keel__buf_appendf(&b,
+                                       ",\"datatype\":\"BYTES\",\"shape\":[%d],\"data\":", count);
             if (!rc)
                 rc = keel__buf_append(&b, t->data, t->nbytes);
             if (!rc)

@@ -80,8 +80,8 @@ typedef struct req {
     enum route route;
     char name[KEEL_NAME_MAX];
     char version[KEEL_VERSION_MAX]; /* /v2/models/NAME/versions/V */
-    keel_buf body; /* small JSON bodies */
-    int fd;        /* upload file */
+    keel_buf body;                  /* small JSON bodies */
+    int fd;                         /* upload file */
     char upload[PATH_MAX];
     uint64_t got, limit;
     bool too_big;
@@ -345,12 +345,11 @@ static enum MHD_Result do_slot_action(keel__http *h, struct MHD_Connection *c, r
 
 /* --- Open Inference Protocol ------------------------------------------------------------ */
 
-static enum MHD_Result send_body(struct MHD_Connection *c, unsigned status, char *body,
-                                 size_t len, const char *ctype, const char *h1, const char *v1,
-                                 const char *h2, const char *v2)
+static enum MHD_Result send_body(struct MHD_Connection *c, unsigned status, char *body, size_t len,
+                                 const char *ctype, const char *h1, const char *v1, const char *h2,
+                                 const char *v2)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     if (!r) {
         free(body);
         return MHD_NO;
@@ -368,21 +367,19 @@ static enum MHD_Result send_body(struct MHD_Connection *c, unsigned status, char
 
 /* The model a /v2/models/NAME[/versions/V] path names, referenced; sends
  * 404 itself when there is none. */
-static keel__model *v2_model(keel__http *h, struct MHD_Connection *c, req *q,
-                             enum MHD_Result *ret)
+static keel__model *v2_model(keel__http *h, struct MHD_Connection *c, req *q, enum MHD_Result *ret)
 {
     keel__model *m = h->infer ? keel__infer_get(h->infer, q->name) : NULL;
     char msg[256];
     if (!m) {
         snprintf(msg, sizeof(msg),
-                 "no model \"%s\" is served (GET /api/packages lists what is installed)",
-                 q->name);
+                 "no model \"%s\" is served (GET /api/packages lists what is installed)", q->name);
         *ret = send_error(c, 404, KEEL_ENOTFOUND, msg);
         return NULL;
     }
     if (q->version[0] && strcmp(q->version, keel__model_version(m))) {
-        snprintf(msg, sizeof(msg), "%s serves version %s, not %s", q->name,
-                 keel__model_version(m), q->version);
+        snprintf(msg, sizeof(msg), "%s serves version %s, not %s", q->name, keel__model_version(m),
+                 q->version);
         keel__model_unref(m);
         *ret = send_error(c, 404, KEEL_ENOTFOUND, msg);
         return NULL;
@@ -521,8 +518,8 @@ static enum MHD_Result do_v2(keel__http *h, struct MHD_Connection *c, req *q)
             return MHD_NO;
         }
         size_t len = b.len;
-        return send_body(c, 200, keel__buf_steal(&b), len, "text/plain; version=0.0.4", NULL,
-                         NULL, NULL, NULL);
+        return send_body(c, 200, keel__buf_steal(&b), len, "text/plain; version=0.0.4", NULL, NULL,
+                         NULL, NULL);
     }
     default:
         return do_infer(h, c, q);
@@ -534,7 +531,7 @@ static enum MHD_Result do_v2(keel__http *h, struct MHD_Connection *c, req *q)
 /* The route for method+url. When the path exists but not for this method,
  * returns R_NONE with *ret_allow set to the methods it takes (for 405). */
 /* /v2/models/NAME[/versions/V][/ready|/infer] */
-static enum route route_v2(const char *p, bool post, char *name, char *version,
+static enum route route_v2(const char *p, bool post, bool get, char *name, char *version,
                            const char **ret_allow)
 {
     const char *slash = strchr(p, '/');
@@ -556,11 +553,11 @@ static enum route route_v2(const char *p, bool post, char *name, char *version,
     }
     if (!*p) {
         *ret_allow = "GET, HEAD";
-        return post ? R_NONE : R_V2_MODEL;
+        return get ? R_V2_MODEL : R_NONE;
     }
     if (!strcmp(p, "/ready")) {
         *ret_allow = "GET, HEAD";
-        return post ? R_NONE : R_V2_MODEL_READY;
+        return get ? R_V2_MODEL_READY : R_NONE;
     }
     if (!strcmp(p, "/infer")) {
         *ret_allow = "POST";
@@ -608,7 +605,7 @@ static enum route route_of(const char *method, const char *url, char *name, char
     }
     const char *p = url;
     if (strncmp(p, "/v2/models/", 11) == 0) {
-        enum route r = route_v2(p + 11, post, name, version, ret_allow);
+        enum route r = route_v2(p + 11, post, get, name, version, ret_allow);
         if (r != R_NONE || *ret_allow)
             return r;
     }

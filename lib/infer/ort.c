@@ -126,8 +126,10 @@ static void load(void)
                  version, KEEL_ORT_API_VERSION);
         return;
     }
-    status_t st =
-        FN(S_CreateEnv, status_t(*)(int, const char *, void **))(3 /* ERROR */, "keel", &env);
+    status_t st = FN(S_CreateEnv, status_t(*)(int, const char *, void **))(4 /* FATAL: keel reports
+                                                                               errors itself */
+                                                                           ,
+                                                                           "keel", &env);
     if (!st)
         st = FN(S_CreateCpuMemoryInfo, status_t(*)(int, int, void **))(1 /* arena */,
                                                                        0 /* default */, &meminfo);
@@ -370,9 +372,8 @@ static int session_new(const char *model_path, const void *data, size_t len,
         st = FN(S_CreateSession, status_t(*)(void *, const char *, void *, void **))(
             env, model_path, so, &s->session);
     else
-        st = FN(S_CreateSessionFromArray,
-                status_t(*)(void *, const void *, size_t, void *, void **))(env, data, len, so,
-                                                                           &s->session);
+        st = FN(S_CreateSessionFromArray, status_t(*)(void *, const void *, size_t, void *,
+                                                      void **))(env, data, len, so, &s->session);
     if (st) {
         char what[128];
         const char *base = model_path ? strrchr(model_path, '/') : NULL;
@@ -381,7 +382,8 @@ static int session_new(const char *model_path, const void *data, size_t len,
         rc = status_err(st, err, what);
         /* drop ONNX Runtime's "Load model from PATH failed:": the blob path
          * says nothing to the reader and crowds out the reason */
-        char *p = err ? strstr(err->msg, "Load model from ") : NULL, *q = p ? strstr(p, " failed:") : NULL;
+        char *p = err ? strstr(err->msg, "Load model from ") : NULL,
+             *q = p ? strstr(p, " failed:") : NULL;
         if (q) {
             q += 8;
             q += *q == ' ';
@@ -507,9 +509,8 @@ static int read_strings(void *v, size_t n, char **ret, size_t *ret_len, keel_err
         rc = keel__err(err, KEEL_ENOMEM, "out of memory for a string output");
         goto done;
     }
-    if ((st = FN(S_GetStringTensorContent,
-                 status_t(*)(const void *, void *, size_t, size_t *, size_t))(v, raw, len, offs,
-                                                                              n))) {
+    if ((st = FN(S_GetStringTensorContent, status_t(*)(const void *, void *, size_t, size_t *,
+                                                       size_t))(v, raw, len, offs, n))) {
         rc = status_err(st, err, "reading a string tensor");
         goto done;
     }
@@ -536,8 +537,7 @@ done:
 
 /* A tensor held by a value: its description and data. Numeric data is
  * borrowed from v; string data is copied (*ret_owned, caller frees). */
-static int tensor_view(void *v, keel__tensor *t, void **ret_data, char **ret_owned,
-                       keel_error *err)
+static int tensor_view(void *v, keel__tensor *t, void **ret_data, char **ret_owned, keel_error *err)
 {
     void *info = NULL;
     *ret_owned = NULL;
@@ -764,16 +764,16 @@ static int make_input(const keel__tensor *t, void **ret, keel_error *err)
         }
         st = FN(S_CreateTensorAsOrtValue,
                 status_t(*)(void *, const int64_t *, size_t, int, void **))(allocator, t->shape,
-                                                                           t->ndim, t->dtype, ret);
+                                                                            t->ndim, t->dtype, ret);
         if (!st)
-            st = FN(S_FillStringTensor, status_t(*)(void *, const char *const *, size_t))(
-                *ret, ptrs, n);
+            st = FN(S_FillStringTensor, status_t(*)(void *, const char *const *, size_t))(*ret,
+                                                                                          ptrs, n);
         free(ptrs);
         return st ? status_err(st, err, t->name) : KEEL_OK;
     }
     if (!es)
-        return keel__err(err, KEEL_EUNSUPPORTED, "input \"%s\": dtype %s is not supported",
-                         t->name, keel__dtype_name(t->dtype));
+        return keel__err(err, KEEL_EUNSUPPORTED, "input \"%s\": dtype %s is not supported", t->name,
+                         keel__dtype_name(t->dtype));
     if (n * es != t->nbytes)
         return keel__err(err, KEEL_EINVALID,
                          "input \"%s\": %zu bytes of data for a shape of %zu %s elements", t->name,

@@ -29,8 +29,7 @@ static int floats(const cJSON *o, const char *key, double *out, size_t max, size
     return KEEL_OK;
 }
 
-static int number(const cJSON *o, const char *key, double *ret, const char *where,
-                  keel_error *err)
+static int number(const cJSON *o, const char *key, double *ret, const char *where, keel_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v)
@@ -229,6 +228,8 @@ int keel__pre_image(const keel__pre *p, const keel__tensor *decl, const void *im
     keel__image im;
     const keel__image_spec *s = &p->image;
     int rc = keel__image_decode(img, len, KEEL__IMAGE_MAX_PIXELS_DEFAULT, &im, err);
+    if (rc == KEEL_ECORRUPT && err) /* a damaged image is a bad request, not a bad package */
+        err->code = rc = KEEL_EINVALID;
     if (rc)
         return rc;
     size_t n = (size_t)s->channels * (size_t)s->width * (size_t)s->height;
@@ -267,8 +268,9 @@ int keel__pre_tabular(const keel__pre *p, keel__tensor *t, keel_error *err)
                          t->name);
     size_t n = t->nbytes / sizeof(float);
     if (n % p->nfeatures)
-        return keel__err(err, KEEL_EINVALID, "input \"%s\": %zu values are not rows of %zu features",
-                         t->name, n, p->nfeatures);
+        return keel__err(err, KEEL_EINVALID,
+                         "input \"%s\": %zu values are not rows of %zu features", t->name, n,
+                         p->nfeatures);
     float *v = t->data;
     for (size_t i = 0; i < n; i++)
         v[i] = (float)((v[i] - p->mean[i % p->nfeatures]) / p->std[i % p->nfeatures]);

@@ -241,7 +241,7 @@ expect_error "$r" 400 INVALID "not a PNG or JPEG" "PNG body that is no image"
 head -c $(($(stat -c %s "$png") / 2)) "$png" >"$work/cut.png"
 r=$(curl -s -w '\n%{http_code}' -H 'Content-Type: image/png' --data-binary "@$work/cut.png" \
     "$url/v2/models/mnist/infer")
-expect_error "$r" 422 CORRUPT "corrupt PNG: file is truncated" "truncated PNG body"
+expect_error "$r" 400 INVALID "corrupt PNG: file is truncated" "truncated PNG body"
 r=$(curl -s -w '\n%{http_code}' -H 'Content-Type: image/png' --data-binary "@$png" \
     "$url/v2/models/iris/infer")
 expect_error "$r" 400 INVALID "iris takes no image input" "PNG body to a model without images"
