@@ -438,8 +438,8 @@ static enum MHD_Result do_infer(keel__http *h, struct MHD_Connection *c, req *q)
     }
     if (!rc)
         rc = keel__model_run(m, &r.req, &resp, &e);
-    keel__model_unref(m);
     if (rc) {
+        keel__model_unref(m);
         keel__oip_done(&r);
         if (rc == KEEL_ENOTREADY) { /* every tier failed: the service, not the request */
             KEEL_LOG_E(MOD, "%s", e.msg);
@@ -454,6 +454,7 @@ static enum MHD_Result do_infer(keel__http *h, struct MHD_Connection *c, req *q)
     snprintf(tier_hdr, sizeof(tier_hdr), "%s", resp.tier);
     keel__infer_resp_done(&resp);
     keel__oip_done(&r);
+    keel__model_unref(m); /* only now: output names belong to the model */
     if (rc)
         return send_keel_error(c, &e);
     if (jlen != len) {

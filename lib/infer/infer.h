@@ -53,7 +53,9 @@ typedef struct keel__infer_req {
 } keel__infer_req;
 
 typedef struct keel__infer_resp {
-    keel__tensor outputs[KEEL__MAX_OUT]; /* owned */
+    /* owned data; the names point into the model: keep it referenced while
+     * the response is in use */
+    keel__tensor outputs[KEEL__MAX_OUT];
     size_t noutputs;
     char *result; /* malloc'd JSON array (one object per row) or NULL */
     char model[KEEL_NAME_MAX], version[KEEL_VERSION_MAX], digest[72];

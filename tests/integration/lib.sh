@@ -79,6 +79,8 @@ make_pkg() { # name version [model bytes] -> path
 # OIP client. ort_ref is built next to keeld (build/TYPE/tests/tools).
 keel_src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export KEEL_ORT_LIB=${KEEL_ORT_LIB:-$keel_src/.deps/onnxruntime/lib/libonnxruntime.so.1}
+# ONNX Runtime leaks 14 bytes once per process (tests/lsan.supp)
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$keel_src/tests/lsan.supp}
 PY=/usr/bin/python3
 [[ -x $PY ]] || PY=python3
 ort_ref=$(dirname "$KEELD")/tests/tools/ort_ref
