@@ -21,8 +21,8 @@ static const char *dir;
 /* Package files: "matmul.onnx" is the fixture, anything else lives in dir. */
 static int path_of(void *ctx, const char *rel, char *buf, size_t n, keel_error *err)
 {
-    if (!strcmp(rel, "matmul.onnx"))
-        snprintf(buf, n, "%s", KEEL_TEST_DATA "/matmul.onnx");
+    if (!strcmp(rel, "matmul.onnx") || !strcmp(rel, "accumulate.onnx"))
+        snprintf(buf, n, KEEL_TEST_DATA "/%s", rel);
     else
         snprintf(buf, n, "%s/%s", dir, rel);
     if (access(buf, R_OK))
@@ -376,12 +376,69 @@ static void test_manifest_errors(void **state)
     }
 }
 
+/* One frame through the accumulator; returns y. */
+static float accumulate(keel__model *m, const char *session, float v)
+{
+    float x[4] = {v, v, v, v};
+    keel__tensor in = {.name = "x", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {1, 4},
+                       .data = x, .nbytes = sizeof(x)};
+    keel__infer_req r = {.inputs = &in, .ninputs = 1, .session = session};
+    keel__infer_resp resp;
+    keel_error e = {0};
+    if (keel__model_run(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(resp.noutputs, 1); /* state_out is internal */
+    float y = *(const float *)resp.outputs[0].data;
+    keel__infer_resp_done(&resp);
+    return y;
+}
+
+static void test_sessions(void **state)
+{
+    dir = th_tmpdir();
+    const char *man =
+        "{\"format\":1,\"name\":\"acc\",\"version\":\"1.0.0\","
+        "\"outputs\":[{\"name\":\"y\",\"dtype\":\"float32\",\"shape\":[1,1]}],"
+        "\"tiers\":[{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"accumulate.onnx\","
+        "\"state\":[{\"input\":\"state\",\"output\":\"state_out\",\"dtype\":\"float32\","
+        "\"shape\":[1,1]}],\"context\":{\"input\":\"x\",\"samples\":2}}]}";
+    keel__infer_opts o = {.max_sessions = 2, .session_idle_s = 1};
+    keel__model *m = NULL;
+    keel_error e = {0};
+    if (keel__model_build(man, strlen(man), path_of, NULL, &o, &m, &e))
+        fail_msg("%s", e.msg);
+    /* the contract comes from the model, without the state input */
+    assert_int_equal(m->nin, 1);
+    assert_string_equal(m->in[0].name, "x");
+    /* no session: fresh state and context every time */
+    assert_float_equal(accumulate(m, NULL, 1), 4, 0);
+    assert_float_equal(accumulate(m, NULL, 1), 4, 0);
+    /* session a: state carries (4, then 4 + 4 + 2 context samples = 10) */
+    assert_float_equal(accumulate(m, "a", 1), 4, 0);
+    assert_float_equal(accumulate(m, "a", 1), 10, 0);
+    /* session b is separate */
+    assert_float_equal(accumulate(m, "b", 2), 8, 0);
+    assert_float_equal(accumulate(m, "a", 0), 12, 0); /* +0 frame, +2 context of 1s */
+    /* a third session evicts the least recently used (b) */
+    assert_float_equal(accumulate(m, "c", 1), 4, 0);
+    assert_int_equal(m->nsessions, 2);
+    assert_int_equal(m->sessions_evicted, 1);
+    assert_float_equal(accumulate(m, "a", 0), 12, 0); /* a survived */
+    assert_float_equal(accumulate(m, "b", 1), 4, 0);  /* b starts over */
+    /* idle expiry */
+    sleep(2);
+    assert_float_equal(accumulate(m, "a", 1), 4, 0);
+    assert_true(m->sessions_expired >= 1);
+    keel__model_unref(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rules_backend),
         cmocka_unit_test(test_fallback_and_breaker),
         cmocka_unit_test(test_all_tiers_fail),
+        cmocka_unit_test(test_sessions),
         cmocka_unit_test(test_postprocess),
         cmocka_unit_test(test_tabular),
         cmocka_unit_test(test_manifest_errors),
