@@ -432,6 +432,29 @@ static void test_sessions(void **state)
     keel__model_unref(m);
 }
 
+static void test_provider_fallback(void **state)
+{
+    /* No CUDA provider library ships with the npm runtime: the preference
+     * list falls through to CPU and the tier still serves. */
+    dir = th_tmpdir();
+    setup_data();
+    keel__model *m = build("{" CONTRACT ",\"tiers\":[{\"name\":\"primary\",\"backend\":\"onnx\","
+                           "\"model\":\"matmul.onnx\",\"options\":{\"execution_providers\":"
+                           "[\"tensorrt\",\"cuda\",\"npu9000\",\"cpu\"],"
+                           "\"graph_optimization\":\"basic\",\"intra_op_threads\":2}}]}");
+    void *inst = atomic_load(&m->tiers[0].inst);
+    assert_non_null(inst);
+    assert_string_equal(m->tiers[0].be->device(inst), "cpu");
+    keel__infer_req r = req2(true);
+    keel__infer_resp resp;
+    keel_error e = {0};
+    if (keel__model_run(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    assert_string_equal(resp.tier, "primary");
+    keel__infer_resp_done(&resp);
+    keel__model_unref(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_fallback_and_breaker),
         cmocka_unit_test(test_all_tiers_fail),
         cmocka_unit_test(test_sessions),
+        cmocka_unit_test(test_provider_fallback),
         cmocka_unit_test(test_postprocess),
         cmocka_unit_test(test_tabular),
         cmocka_unit_test(test_manifest_errors),
