@@ -9,7 +9,12 @@ build=$top/build/fuzz
 CC=clang cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DKEEL_SANITIZE=OFF \
     -DKEEL_FUZZ=ON -DCMAKE_C_FLAGS="-fsanitize=address,undefined,fuzzer-no-link -g -O1" \
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
-targets=(manifest sigset package config trust)
+# every fuzz/fuzz_<target>.c (as fuzz/CMakeLists.txt globs them)
+targets=()
+for src in "$top"/fuzz/fuzz_*.c; do
+    t=${src##*/fuzz_}
+    targets+=("${t%.c}")
+done
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]/#/fuzz_}" >/dev/null
 status=0
 for t in "${targets[@]}"; do
