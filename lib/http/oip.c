@@ -429,9 +429,9 @@ static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_
             break;
         }
         case KEEL_DT_INT8: {
-            int8_t x = (int8_t)d;
             if (d < -128 || d > 127)
                 goto range;
+            int8_t x = (int8_t)d;
             memcpy(p, &x, 1);
             break;
         }
@@ -656,6 +656,18 @@ int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *i
         data = cJSON_GetObjectItemCaseSensitive(it, "data");
         const cJSON *bsize = cJSON_GetObjectItemCaseSensitive(ip, "binary_data_size");
         bool is_image = image_input && !strcmp(name, image_input) && t->dtype == KEEL_DT_STRING;
+        /* JSON values take 2 bytes at least ("0,"): a shape the text cannot
+         * hold is refused before anything is allocated for it */
+        if (!bsize && count > json_len / 2 + 1) {
+            rc = keel__err(err, KEEL_EINVALID,
+                           "%s.shape: %zu elements, more than a %zu-byte request can carry", where,
+                           count, json_len);
+            goto out;
+        }
+        if (is_image && r->req.image) {
+            rc = keel__err(err, KEEL_EINVALID, "%s: the image input is given twice", where);
+            goto out;
+        }
         r->owned[r->ntensors] = true;
         if (bsize) {
             uint64_t bs = 0;

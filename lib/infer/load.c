@@ -448,9 +448,10 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
             rc = keel__err(err, KEEL_ETOOBIG, "tiers: more than %d", KEEL__MAX_TIERS);
             goto out;
         }
-        if ((rc = parse_tier(m, it, m->ntiers, deadline, path_of, ctx, err)))
+        rc = parse_tier(m, it, m->ntiers, deadline, path_of, ctx, err);
+        m->ntiers++; /* counted even when it failed: keel__model_free frees its parts */
+        if (rc)
             goto out;
-        m->ntiers++;
     }
     if (!m->ntiers) {
         rc = keel__err(err, KEEL_EINVALID, "tiers: the package has no tier to serve");

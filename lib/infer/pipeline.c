@@ -310,6 +310,8 @@ static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
 {
     size_t best = 0;
     int rc;
+    if (!n) /* no scores: nothing to say about the row */
+        return keel__buf_append(b, "{}", 2);
     if (p->activation == KEEL__ACT_SOFTMAX && n) {
         double mx = sc[0], sum = 0;
         for (size_t i = 1; i < n; i++)
@@ -444,7 +446,11 @@ int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n, c
             rows = total;
             per = 1;
         }
-        double *sc = malloc((per ? per : 1) * sizeof(double));
+        if (!per || !rows) { /* nothing to score */
+            keel__buf_done(&b);
+            return KEEL_OK;
+        }
+        double *sc = malloc(per * sizeof(double));
         rc = sc ? keel__buf_append(&b, "[", 1) : KEEL_ENOMEM;
         for (size_t r = 0; !rc && r < rows; r++) {
             if (r)

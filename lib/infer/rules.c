@@ -500,11 +500,15 @@ static int rules_run(void *inst, const keel__tensor *in, size_t nin, keel__tenso
             rc = keel__err(err, KEEL_ENOMEM, "out of memory");
             break;
         }
-        /* shape: the declared one with the batch axis set; [rows, width] if it does not fit */
+        /* shape: the declared one with the batch axis set, when its other
+         * sizes are fixed and hold width values; else [rows, width] */
         size_t prod = 1;
-        for (size_t d = 1; d < decl->ndim; d++)
+        bool fixed = true;
+        for (size_t d = 1; d < decl->ndim; d++) {
+            fixed = fixed && decl->shape[d] > 0;
             prod *= decl->shape[d] > 0 ? (size_t)decl->shape[d] : 0;
-        if (decl->ndim >= 1 && prod == width) {
+        }
+        if (decl->ndim >= 1 && fixed && prod == width) {
             ot->ndim = decl->ndim;
             memcpy(ot->shape, decl->shape, sizeof(ot->shape));
             ot->shape[0] = (int64_t)rows;
