@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every libFuzzer target for SECONDS (default 60) over its corpus.
+# Runs every libFuzzer target (or those in $TARGETS) for SECONDS (default 60)
+# over its corpus. UBSan findings stop the run like ASan ones.
 # New interesting inputs are merged into fuzz/corpus/<target>/; crashes are
 # copied to fuzz/regressions/<target>/, which `make test` replays forever.
 set -euo pipefail
@@ -7,7 +8,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-60}
 build=$top/build/fuzz
 CC=clang cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DKEEL_SANITIZE=OFF \
-    -DKEEL_FUZZ=ON -DCMAKE_C_FLAGS="-fsanitize=address,undefined,fuzzer-no-link -g -O1" \
+    -DKEEL_FUZZ=ON -DCMAKE_C_FLAGS="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined -g -O1" \
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
 # every fuzz/fuzz_<target>.c (as fuzz/CMakeLists.txt globs them)
 targets=()
@@ -15,6 +16,7 @@ for src in "$top"/fuzz/fuzz_*.c; do
     t=${src##*/fuzz_}
     targets+=("${t%.c}")
 done
+if [[ -n ${TARGETS:-} ]]; then read -ra targets <<<"$TARGETS"; fi
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]/#/fuzz_}" >/dev/null
 status=0
 for t in "${targets[@]}"; do

@@ -62,6 +62,10 @@ static int parse_decl(const cJSON *j, keel__tensor *t, const char *where, bool n
                          where, dtype);
     cJSON_ArrayForEach(d, shape)
     {
+        if (cJSON_IsString(d) && t->ndim < KEEL_TENSOR_MAX_DIMS) { /* a symbolic size: any */
+            t->shape[t->ndim++] = -1;
+            continue;
+        }
         if (t->ndim == KEEL_TENSOR_MAX_DIMS || !cJSON_IsNumber(d) || d->valuedouble < -1 ||
             d->valuedouble > 1e12 || d->valuedouble != (double)(int64_t)d->valuedouble)
             return keel__err(err, KEEL_EINVALID,
