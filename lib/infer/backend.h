@@ -60,6 +60,13 @@ const keel__backend *keel__backend_find(const char *name);
 uint64_t keel__watchdog_arm(uint64_t deadline_ns, void (*fire)(void *), void *arg);
 void keel__watchdog_disarm(uint64_t handle);
 
+/* v clamped to [lo, hi] (NaN to 0): float-to-integer casts out of range
+ * are undefined behaviour in C. */
+static inline double keel__clamp(double v, double lo, double hi)
+{
+    return v != v ? 0 : v < lo ? lo : v > hi ? hi : v;
+}
+
 /* Resident set size of this process in bytes (from /proc/self/statm). */
 uint64_t keel__rss_bytes(void);
 

@@ -31,11 +31,11 @@ int keel__dtype_parse(const char *s)
         const char *name;
         int dt;
     } names[] = {
-        {"float32", KEEL_DT_FLOAT32}, {"float", KEEL_DT_FLOAT32},  {"float16", KEEL_DT_FLOAT16},
-        {"float64", KEEL_DT_FLOAT64}, {"double", KEEL_DT_FLOAT64}, {"int8", KEEL_DT_INT8},
-        {"int16", KEEL_DT_INT16},     {"int32", KEEL_DT_INT32},    {"int64", KEEL_DT_INT64},
-        {"uint8", KEEL_DT_UINT8},     {"uint16", KEEL_DT_UINT16},  {"uint32", KEEL_DT_UINT32},
-        {"uint64", KEEL_DT_UINT64},   {"bool", KEEL_DT_BOOL},      {"string", KEEL_DT_STRING},
+        {"float32", KEEL_DT_FLOAT32},  {"float", KEEL_DT_FLOAT32},  {"float16", KEEL_DT_FLOAT16},
+        {"float64", KEEL_DT_FLOAT64},  {"double", KEEL_DT_FLOAT64}, {"int8", KEEL_DT_INT8},
+        {"int16", KEEL_DT_INT16},      {"int32", KEEL_DT_INT32},    {"int64", KEEL_DT_INT64},
+        {"uint8", KEEL_DT_UINT8},      {"uint16", KEEL_DT_UINT16},  {"uint32", KEEL_DT_UINT32},
+        {"uint64", KEEL_DT_UINT64},    {"bool", KEEL_DT_BOOL},      {"string", KEEL_DT_STRING},
         {"bfloat16", KEEL_DT_BFLOAT16}};
     for (size_t i = 0; s && i < KEEL_ARRAY_LEN(names); i++)
         if (!strcmp(s, names[i].name))
@@ -135,8 +135,7 @@ static int parse_consts(const cJSON *c, tier *t, const char *where, keel_error *
         x->dtype = keel__dtype_parse(dtype);
         size_t es = keel__dtype_size(x->dtype), n = 1;
         if (!es || x->dtype == KEEL_DT_FLOAT16 || x->dtype == KEEL_DT_BFLOAT16)
-            return keel__err(err, KEEL_EINVALID, "%s.dtype: \"%s\" cannot be a constant", w,
-                             dtype);
+            return keel__err(err, KEEL_EINVALID, "%s.dtype: \"%s\" cannot be a constant", w, dtype);
         cJSON_ArrayForEach(e, shape)
         {
             if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > 65536 ||
@@ -166,14 +165,15 @@ static int parse_consts(const cJSON *c, tier *t, const char *where, keel_error *
                 ((double *)x->data)[i] = v;
                 break;
             case KEEL_DT_INT64:
-                ((int64_t *)x->data)[i] = (int64_t)v;
+                ((int64_t *)x->data)[i] =
+                    (int64_t)keel__clamp(v, -9.2233720368547748e18, 9.2233720368547748e18);
                 break;
             case KEEL_DT_INT32:
-                ((int32_t *)x->data)[i] = (int32_t)v;
+                ((int32_t *)x->data)[i] = (int32_t)keel__clamp(v, -2147483648.0, 2147483647.0);
                 break;
             case KEEL_DT_UINT8:
             case KEEL_DT_BOOL:
-                ((uint8_t *)x->data)[i] = (uint8_t)v;
+                ((uint8_t *)x->data)[i] = (uint8_t)keel__clamp(v, 0, 255);
                 break;
             default:
                 return keel__err(err, KEEL_EINVALID, "%s.dtype: \"%s\" cannot be a constant", w,
@@ -429,8 +429,8 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
         (rc = parse_decls(root, "inputs", m->in, &m->nin, err)) ||
         (rc = parse_decls(root, "outputs", m->out, &m->nout, err)) ||
         (rc = parse_policy(m, cJSON_GetObjectItemCaseSensitive(root, "policy"), &deadline, err)) ||
-        (rc = keel__pre_parse(cJSON_GetObjectItemCaseSensitive(root, "preprocess"), &m->pre,
-                              err)) ||
+        (rc =
+             keel__pre_parse(cJSON_GetObjectItemCaseSensitive(root, "preprocess"), &m->pre, err)) ||
         (rc = keel__post_parse(cJSON_GetObjectItemCaseSensitive(root, "postprocess"), &m->post,
                                err)))
         goto out;

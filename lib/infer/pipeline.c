@@ -460,7 +460,7 @@ int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n, c
             if (rc)
                 break;
             if (is_index && per == 1) {
-                size_t idx = sc[0] >= 0 ? (size_t)sc[0] : 0;
+                size_t idx = (size_t)keel__clamp(sc[0], 0, 1e9);
                 rc = keel__buf_append(&b, "{\"label\":", 9);
                 if (!rc)
                     rc = label_of(&b, p, idx);

@@ -31,11 +31,23 @@
 #define MAX_OUTVALS 64
 
 enum fn {
-    FN_VALUE, FN_LAST, FN_MEAN, FN_MIN, FN_MAX, FN_SUM, FN_RMS, FN_STD, FN_RANGE, FN_COUNT_ABOVE,
-    FN_COUNT_BELOW, FN_ZSCORE, FN_ABS_ZSCORE, FN_COUNT
+    FN_VALUE,
+    FN_LAST,
+    FN_MEAN,
+    FN_MIN,
+    FN_MAX,
+    FN_SUM,
+    FN_RMS,
+    FN_STD,
+    FN_RANGE,
+    FN_COUNT_ABOVE,
+    FN_COUNT_BELOW,
+    FN_ZSCORE,
+    FN_ABS_ZSCORE,
+    FN_COUNT
 };
 static const char *const fn_names[FN_COUNT] = {
-    "value", "last", "mean",        "min",         "max",    "sum",       "rms",
+    "value", "last",  "mean",        "min",         "max",    "sum",       "rms",
     "std",   "range", "count_above", "count_below", "zscore", "abs_zscore"};
 
 enum op { OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, OP_NE, OP_COUNT };
@@ -234,9 +246,8 @@ static int parse_rule(rules *r, const cJSON *j, size_t k, keel_error *err)
         cJSON_ArrayForEach(e, o)
         {
             if (!cJSON_IsNumber(e) || ov->n == MAX_OUTVALS)
-                return keel__err(err, KEEL_EINVALID,
-                                 "%s.outputs.%s: expected up to %d numbers", where, o->string,
-                                 MAX_OUTVALS);
+                return keel__err(err, KEEL_EINVALID, "%s.outputs.%s: expected up to %d numbers",
+                                 where, o->string, MAX_OUTVALS);
             ov->v[ov->n++] = e->valuedouble;
         }
     }
@@ -332,8 +343,8 @@ static double elem(const keel__tensor *t, size_t i)
     }
 }
 
-static double feature_value(const feature *f, const double *vals, const keel__tensor *t,
-                            size_t off, size_t n)
+static double feature_value(const feature *f, const double *vals, const keel__tensor *t, size_t off,
+                            size_t n)
 {
     double acc = 0, lo = INFINITY, hi = -INFINITY, sq = 0;
     size_t cnt = 0;
@@ -413,14 +424,15 @@ static void store_val(keel__tensor *t, size_t i, double v)
         ((double *)t->data)[i] = v;
         break;
     case KEEL_DT_INT64:
-        ((int64_t *)t->data)[i] = (int64_t)v;
+        ((int64_t *)t->data)[i] =
+            (int64_t)keel__clamp(v, -9.2233720368547748e18, 9.2233720368547748e18);
         break;
     case KEEL_DT_INT32:
-        ((int32_t *)t->data)[i] = (int32_t)v;
+        ((int32_t *)t->data)[i] = (int32_t)keel__clamp(v, -2147483648.0, 2147483647.0);
         break;
     case KEEL_DT_UINT8:
     case KEEL_DT_BOOL:
-        ((uint8_t *)t->data)[i] = (uint8_t)v;
+        ((uint8_t *)t->data)[i] = (uint8_t)keel__clamp(v, 0, 255);
         break;
     default:
         break;
@@ -437,8 +449,7 @@ static int rules_run(void *inst, const keel__tensor *in, size_t nin, keel__tenso
             t = &in[i];
     if (!t)
         return keel__err(err, KEEL_EINVALID, "rules: input \"%s\" is missing", r->input);
-    if (!keel__dtype_size(t->dtype) || t->dtype == KEEL_DT_FLOAT16 ||
-        t->dtype == KEEL_DT_BFLOAT16)
+    if (!keel__dtype_size(t->dtype) || t->dtype == KEEL_DT_FLOAT16 || t->dtype == KEEL_DT_BFLOAT16)
         return keel__err(err, KEEL_EUNSUPPORTED, "rules: input \"%s\" has dtype %s", r->input,
                          keel__dtype_name(t->dtype));
     size_t total = t->nbytes / keel__dtype_size(t->dtype);
@@ -446,8 +457,7 @@ static int rules_run(void *inst, const keel__tensor *in, size_t nin, keel__tenso
     const rule **chosen = calloc(rows + 1, sizeof(*chosen));
     keel_buf res;
     keel__buf_init(&res, 0);
-    int rc = chosen ? keel__buf_append(&res, "[", 1)
-                    : keel__err(err, KEEL_ENOMEM, "out of memory");
+    int rc = chosen ? keel__buf_append(&res, "[", 1) : keel__err(err, KEEL_ENOMEM, "out of memory");
     for (size_t row = 0; !rc && row < rows; row++) {
         double vals[MAX_FEAT];
         for (size_t f = 0; f < r->nfeats; f++)
@@ -460,8 +470,10 @@ static int rules_run(void *inst, const keel__tensor *in, size_t nin, keel__tenso
                 chosen[row] = &r->rules[k];
         }
         if (!chosen[row]) {
-            rc = keel__err(err, KEEL_EINVALID, "rules: no rule matched row %zu (add a default "
-                                               "rule without \"if\")", row);
+            rc = keel__err(err, KEEL_EINVALID,
+                           "rules: no rule matched row %zu (add a default "
+                           "rule without \"if\")",
+                           row);
             break;
         }
         rc = keel__buf_appendf(&res, "%s{\"label\":", row ? "," : "");

@@ -55,8 +55,7 @@ typedef struct row {
     const char *label, *file;
 } row;
 
-static int parse_row(const csv *c, char *line, row *r, char **cells, size_t lineno,
-                     keel_error *err)
+static int parse_row(const csv *c, char *line, row *r, char **cells, size_t lineno, keel_error *err)
 {
     size_t n = split(line, cells, MAX_COLS);
     if (n != c->ncols && !c->sklearn)
@@ -69,8 +68,8 @@ static int parse_row(const csv *c, char *line, row *r, char **cells, size_t line
             char *end = NULL;
             unsigned long k = strtoul(cells[i], &end, 10);
             if (*end || 2 + k >= c->ncols)
-                return keel__err(err, KEEL_EINVALID, "validation line %zu: class \"%s\"?",
-                                 lineno, cells[i]);
+                return keel__err(err, KEEL_EINVALID, "validation line %zu: class \"%s\"?", lineno,
+                                 cells[i]);
             r->label = c->cols[2 + k];
             continue;
         }
@@ -94,8 +93,8 @@ static int parse_row(const csv *c, char *line, row *r, char **cells, size_t line
 }
 
 /* Builds the first input's tensor for one row. */
-static int row_input(model *m, const row *r, keel__path_fn path_of, void *ctx,
-                     keel__infer_req *req, keel__tensor *t, void **owned, keel_error *err)
+static int row_input(model *m, const row *r, keel__path_fn path_of, void *ctx, keel__infer_req *req,
+                     keel__tensor *t, void **owned, keel_error *err)
 {
     const keel__tensor *decl = &m->in[0];
     *t = (keel__tensor){.name = decl->name, .dtype = decl->dtype, .ndim = decl->ndim};
@@ -138,13 +137,14 @@ static int row_input(model *m, const row *r, keel__path_fn path_of, void *ctx,
                 ((double *)t->data)[i] = v;
                 break;
             case KEEL_DT_INT64:
-                ((int64_t *)t->data)[i] = (int64_t)v;
+                ((int64_t *)t->data)[i] =
+                    (int64_t)keel__clamp(v, -9.2233720368547748e18, 9.2233720368547748e18);
                 break;
             case KEEL_DT_INT32:
-                ((int32_t *)t->data)[i] = (int32_t)v;
+                ((int32_t *)t->data)[i] = (int32_t)keel__clamp(v, -2147483648.0, 2147483647.0);
                 break;
             default:
-                ((uint8_t *)t->data)[i] = (uint8_t)v;
+                ((uint8_t *)t->data)[i] = (uint8_t)keel__clamp(v, 0, 255);
                 break;
             }
         }
