@@ -59,6 +59,11 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && break; sleep 0.1; done
 
+echo "== 0. the loopback HTTP floor on this machine: GET /v2/health/live (no body, no model)"
+for t in 1 2; do
+    echo "keeld GET /v2/health/live, $t client(s): $("$lg" --url "127.0.0.1:$port/v2/health/live" \
+        --method GET --threads "$t" --duration "$duration" --warmup 500)"
+done
 echo "== 1. serving overhead (MNIST)"
 KEELD_URL=http://127.0.0.1:$port DURATION=$duration "$top/bench/serve_overhead.sh"
 # the same request with binary tensors
@@ -98,6 +103,9 @@ in_name=$(curl -s "127.0.0.1:$port/v2/models/squeezenet" | /usr/bin/python3 -c '
 [[ $in_name == data_0 ]] || sed -i "s/\"data_0\"/\"$in_name\"/" "$out/sq.json" "$out/sq.bin"
 printf 'JSON   (%s bytes): %s\n' "$(stat -c %s "$out/sq.json")" "$("$lg" --url "127.0.0.1:$port/v2/models/squeezenet/infer" --body "$out/sq.json" --threads 1 --duration "$duration" --warmup 20)"
 printf 'binary (%s bytes): %s\n' "$(stat -c %s "$out/sq.bin")" "$("$lg" --url "127.0.0.1:$port/v2/models/squeezenet/infer" --body "$out/sq.bin" --content-type application/octet-stream --header "Inference-Header-Content-Length: $(cat "$out/sq.hlen")" --threads 1 --duration "$duration" --warmup 20)"
+
+m=$(curl -s "127.0.0.1:$port/metrics" | grep -E 'keel_infer_latency_seconds_(sum|count)\{model="mnist"')
+echo "mnist tier run time inside keeld (all requests so far): $(awk '/_sum/ {s=$2} /_count/ {c=$2} END {printf "%.1f us mean over %d runs", s / c * 1e6, c}' <<<"$m")"
 
 echo "== 3. failover cost: failing primary + secondary vs secondary alone"
 x='{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[0.1,0.2,0.3,0.4]}]}'

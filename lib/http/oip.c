@@ -225,6 +225,80 @@ nomem:
     return KEEL_ENOMEM;
 }
 
+/* A JSON number at p (before end) into *ret, returning the end of it, or
+ * NULL when it is not one. Numbers of at most 15 significant digits and a
+ * decimal exponent within +-22 are exact in doubles, as are the powers of
+ * ten up to 1e22, so one multiplication or division gives the correctly
+ * rounded value (Clinger's fast path), the same as strtod; anything else
+ * goes to strtod. Image tensors are mostly such numbers. */
+static const char *parse_number(const char *p, const char *end, double *ret)
+{
+    static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                   1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                   1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    const char *q = p;
+    bool neg = false;
+    uint64_t mant = 0;
+    int digits = 0, scale = 0;
+    if (q < end && *q == '-') {
+        neg = true;
+        q++;
+    }
+    const char *first = q;
+    while (q < end && *q >= '0' && *q <= '9') {
+        if (digits < 19) {
+            mant = mant * 10 + (uint64_t)(*q - '0');
+            if (mant)
+                digits++;
+        } else {
+            scale++;
+        }
+        q++;
+    }
+    if (q == first)
+        return NULL;
+    if (q < end && *q == '.') {
+        const char *f = ++q;
+        while (q < end && *q >= '0' && *q <= '9') {
+            if (digits < 19) {
+                mant = mant * 10 + (uint64_t)(*q - '0');
+                if (mant)
+                    digits++;
+                scale--;
+            }
+            q++;
+        }
+        if (q == f)
+            return NULL;
+    }
+    if (q < end && (*q == 'e' || *q == 'E')) {
+        const char *e = q + 1;
+        bool eneg = false;
+        int ex = 0, n = 0;
+        if (e < end && (*e == '+' || *e == '-'))
+            eneg = *e++ == '-';
+        while (e < end && *e >= '0' && *e <= '9') {
+            if (ex < 100000)
+                ex = ex * 10 + (*e - '0');
+            e++;
+            n++;
+        }
+        if (!n)
+            return NULL;
+        scale += eneg ? -ex : ex;
+        q = e;
+    }
+    if (digits <= 15 && scale >= -22 && scale <= 22) {
+        double v = (double)mant;
+        v = scale < 0 ? v / pow10[-scale] : v * pow10[scale];
+        *ret = neg ? -v : v;
+        return q;
+    }
+    char *se = NULL; /* strtod reads the same number (it stops where we did) */
+    *ret = strtod(p, &se);
+    return se == q ? q : NULL;
+}
+
 /* Reads up to max values of a lifted array into vals (doubles). */
 static int span_values(const span *sp, double *vals, size_t max, size_t *ret_n, const char *name,
                        keel_error *err)
@@ -250,9 +324,9 @@ static int span_values(const span *sp, double *vals, size_t max, size_t *ret_n, 
             p += 5;
             continue;
         }
-        char *q = NULL;
-        double d = strtod(p, &q);
-        if (q == p || q > end ||
+        double d = 0;
+        const char *q = parse_number(p, end, &d);
+        if (!q || q >= end ||
             (*q != ',' && *q != ']' && *q != ' ' && *q != '\n' && *q != '\r' && *q != '\t'))
             return keel__err(err, KEEL_EINVALID, "input \"%s\": data [%zu] is not a number", name,
                              n);
