@@ -20,7 +20,27 @@
 typedef struct keel__infer keel__infer;
 typedef struct keel__model keel__model;
 
+/* What the engine tells the rest of keeld (the queue, in keeld): tier
+ * transitions, requests no tier could answer, and inference records as the
+ * package's "records" policy asks. Called on the request's thread, outside
+ * the engine's locks; must not block for long. */
+enum { KEEL__EV_TRANSITION, KEEL__EV_ALL_FAILED, KEEL__EV_RECORD };
+typedef struct keel__infer_event {
+    int type;
+    const char *model, *version;
+    const char *tier, *from_tier; /* from_tier: transitions only */
+    const char *reason;           /* transitions, failures */
+    const char *result;           /* records: the result JSON (NULL without postprocess) */
+    const struct keel__infer_resp *resp; /* records: the whole answer (outputs too) */
+    double confidence;            /* records: first row's, or -1 */
+    bool degraded;
+    uint64_t ns; /* records: request time */
+} keel__infer_event;
+typedef void (*keel__infer_event_fn)(void *ctx, const keel__infer_event *ev);
+
 typedef struct keel__infer_opts {
+    keel__infer_event_fn event; /* may be NULL */
+    void *event_ctx;
     const char *cache_dir;   /* derived files (optimized graphs); NULL: none */
     size_t max_sessions;     /* stateful sessions per package (default 1024) */
     uint64_t session_idle_s; /* idle expiry (default 300) */
@@ -52,6 +72,7 @@ typedef struct keel__infer_req {
     const char *session; /* stateful stream id; NULL: fresh state */
 } keel__infer_req;
 
+struct keel__infer_resp;
 typedef struct keel__infer_resp {
     /* owned data; the names point into the model: keep it referenced while
      * the response is in use */

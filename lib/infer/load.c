@@ -322,6 +322,39 @@ static int parse_policy(model *m, const cJSON *pol, uint64_t *ret_deadline, keel
     return KEEL_OK;
 }
 
+/* "records": {"mode": "none" | "all" | "sampled" | "low_confidence",
+ *             "sample_rate": 0.01, "confidence_below": 0.6} */
+static int parse_records(model *m, const cJSON *r, keel_error *err)
+{
+    static const char *const modes[] = {"none", "all", "sampled", "low_confidence"};
+    const char *mode = NULL;
+    m->rec_rate = 0.01;
+    m->rec_below = 0.6;
+    if (!r)
+        return KEEL_OK;
+    int rc = keel__json_str(r, "mode", true, 32, &mode, "records", err);
+    if (rc)
+        return rc;
+    m->rec_mode = -1;
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(mode, modes[i]))
+            m->rec_mode = i;
+    if (m->rec_mode < 0)
+        return keel__err(err, KEEL_EINVALID,
+                         "records.mode: \"%s\" is not none, all, sampled or low_confidence", mode);
+    const cJSON *rate = cJSON_GetObjectItemCaseSensitive(r, "sample_rate"),
+                *below = cJSON_GetObjectItemCaseSensitive(r, "confidence_below");
+    if (rate && (!cJSON_IsNumber(rate) || !(rate->valuedouble > 0) || rate->valuedouble > 1))
+        return keel__err(err, KEEL_EINVALID, "records.sample_rate: expected 0 < rate <= 1");
+    if (below && (!cJSON_IsNumber(below) || below->valuedouble < 0 || below->valuedouble > 1))
+        return keel__err(err, KEEL_EINVALID, "records.confidence_below: expected 0..1");
+    if (rate)
+        m->rec_rate = rate->valuedouble;
+    if (below)
+        m->rec_below = below->valuedouble;
+    return KEEL_OK;
+}
+
 void keel__model_free(keel__model *m)
 {
     if (!m)
@@ -436,6 +469,8 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
         goto out;
     keel__strlcpy(m->name, name, sizeof(m->name));
     keel__strlcpy(m->version, version, sizeof(m->version));
+    if ((rc = parse_records(m, cJSON_GetObjectItemCaseSensitive(root, "records"), err)))
+        goto out;
     if (!tiers) { /* a data or configuration package: nothing to serve */
         rc = keel__err(err, KEEL_ENOTFOUND, "%s has no tiers", name);
         goto out;

@@ -479,10 +479,12 @@ static int prepare(model *m, const keel__infer_req *req, keel__tensor *ins, void
 
 /* --- the chain ----------------------------------------------------------------------------- */
 
-static void note_served(model *m, size_t ti, const char *reason)
+/* Lock held. A transition is counted and logged once per change of the
+ * serving tier, not per request. Returns the previous tier when it changed
+ * (for the event), else -1. */
+static int note_served(model *m, size_t ti, const char *reason)
 {
-    /* Lock held. A transition is counted and logged once per change of the
-     * serving tier, not per request. */
+    int was = m->serving_tier;
     if (m->serving_tier != (int)ti) {
         if (m->serving_tier >= 0) {
             m->transitions++;
@@ -497,6 +499,50 @@ static void note_served(model *m, size_t ti, const char *reason)
         }
         m->serving_tier = (int)ti;
         m->serving_since = keel__now_wall_s();
+        return was;
+    }
+    return -1;
+}
+
+static void emit(model *m, int type, const char *tier_name, const char *from,
+                 const char *reason, const keel__infer_resp *resp)
+{
+    keel__infer_event ev = {.type = type, .model = m->name, .version = m->version,
+                            .tier = tier_name, .from_tier = from, .reason = reason,
+                            .confidence = -1};
+    if (resp) {
+        ev.resp = resp;
+        ev.result = resp->result;
+        ev.degraded = resp->degraded;
+        ev.ns = resp->ns;
+    }
+    m->eng_opts.event(m->eng_opts.event_ctx, &ev);
+}
+
+/* The first result row's confidence, or -1. */
+static double first_confidence(const char *result)
+{
+    const char *c = result ? strstr(result, "\"confidence\":") : NULL;
+    return c ? strtod(c + 13, NULL) : -1;
+}
+
+/* Whether this answer is recorded, per the package's policy. */
+static bool want_record(model *m, const keel__infer_resp *resp)
+{
+    switch (m->rec_mode) {
+    case 1:
+        return true;
+    case 2: { /* deterministic sampling: every 1/rate-th answer */
+        uint64_t n = atomic_fetch_add(&m->rec_counter, 1);
+        uint64_t every = (uint64_t)(1.0 / m->rec_rate + 0.5);
+        return every <= 1 || n % every == 0;
+    }
+    case 3: {
+        double c = first_confidence(resp->result);
+        return c >= 0 && c < m->rec_below;
+    }
+    default:
+        return false;
     }
 }
 
@@ -586,12 +632,16 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
         }
         if (pin < 0 || trc) /* a pinned success says nothing about the chain's health */
             breaker_record(m, t, !trc, probe, keel__now_mono_ns());
+        int was = -1;
         if (!trc && pin < 0) {
-            note_served(m, i, why.data ? why.data : "");
+            was = note_served(m, i, why.data ? why.data : "");
             if (i > 0 && pin < 0)
                 t->fallbacks++;
         }
         pthread_mutex_unlock(&m->mu);
+        if (was >= 0 && m->eng_opts.event)
+            emit(m, KEEL__EV_TRANSITION, t->name, m->tiers[was].name,
+                 why.data ? why.data : "", NULL);
         if (!trc) {
             keel__strlcpy(resp->tier, t->name, sizeof(resp->tier));
             keel__strlcpy(resp->backend, t->be->name, sizeof(resp->backend));
@@ -610,12 +660,18 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
         pthread_mutex_unlock(&m->mu);
         rc = keel__err(err, KEEL_ENOTREADY, "%s@%s: every tier failed: %s", m->name, m->version,
                        why.data ? why.data : "no tier");
+        if (m->eng_opts.event)
+            emit(m, KEEL__EV_ALL_FAILED, "", NULL, err ? err->msg : "", NULL);
         goto out;
     }
     keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
     if (!resp->result &&
         (rc = keel__post_result(&m->post, resp->outputs, resp->noutputs, &resp->result, err)))
         goto out;
+    if (m->eng_opts.event && m->rec_mode && want_record(m, resp)) {
+        resp->ns = keel__now_mono_ns() - t0;
+        emit(m, KEEL__EV_RECORD, resp->tier, NULL, resp->reason, resp);
+    }
 out:
     session_put(m, s);
     for (size_t i = 0; i < nowned; i++)

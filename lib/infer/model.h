@@ -97,6 +97,10 @@ struct keel__model {
     keel__pre pre;
     keel__post post;
     policy pol;
+    /* inference records ("records" in the manifest) */
+    int rec_mode; /* 0 none, 1 all, 2 sampled, 3 low confidence */
+    double rec_rate, rec_below;
+    atomic_uint_fast64_t rec_counter;
     cJSON *validation; /* owned copy, or NULL */
     pthread_mutex_t mu;      /* breakers, counters, sessions */
     pthread_mutex_t load_mu; /* lazy tier (re)loads */

@@ -455,6 +455,54 @@ static void test_provider_fallback(void **state)
     keel__model_unref(m);
 }
 
+static int events[3];
+static char last_from[32], last_tier[32];
+
+static void on_event(void *ctx, const keel__infer_event *ev)
+{
+    events[ev->type]++;
+    if (ev->type == KEEL__EV_TRANSITION) {
+        snprintf(last_from, sizeof(last_from), "%s", ev->from_tier);
+        snprintf(last_tier, sizeof(last_tier), "%s", ev->tier);
+    }
+    if (ev->type == KEEL__EV_RECORD)
+        assert_true(ev->resp && ev->resp->noutputs == 1);
+}
+
+static void test_events(void **state)
+{
+    dir = th_tmpdir();
+    setup_data();
+    th_write_str(dir, "rules.json", rules_json);
+    const char *man = "{" CONTRACT ",\"records\":{\"mode\":\"sampled\",\"sample_rate\":0.5},"
+                      "\"tiers\":[{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"},"
+                      "{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}";
+    keel__infer_opts o = {.event = on_event};
+    keel__model *m = NULL;
+    keel_error e = {0};
+    keel__infer_resp resp;
+    memset(events, 0, sizeof(events));
+    if (keel__model_build(man, strlen(man), path_of, NULL, &o, &m, &e))
+        fail_msg("%s", e.msg);
+    bool good[4] = {true, false, false, true};
+    for (int i = 0; i < 4; i++) {
+        keel__infer_req r = req2(good[i]);
+        if (keel__model_run(m, &r, &resp, &e))
+            fail_msg("%s", e.msg);
+        keel__infer_resp_done(&resp);
+    }
+    /* primary -> rules -> primary: two transitions, logged as events */
+    assert_int_equal(events[KEEL__EV_TRANSITION], 2);
+    assert_string_equal(last_from, "rules");
+    assert_string_equal(last_tier, "primary");
+    assert_int_equal(events[KEEL__EV_RECORD], 2); /* every second answer */
+    keel__model_unref(m);
+    /* a bad policy names its field */
+    const char *bad = "{" CONTRACT ",\"records\":{\"mode\":\"most\"},\"tiers\":[]}";
+    th_expect_err(keel__model_build(bad, strlen(bad), path_of, NULL, &o, &m, &e), &e,
+                  KEEL_EINVALID, "records.mode");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -463,6 +511,7 @@ int main(void)
         cmocka_unit_test(test_all_tiers_fail),
         cmocka_unit_test(test_sessions),
         cmocka_unit_test(test_provider_fallback),
+        cmocka_unit_test(test_events),
         cmocka_unit_test(test_postprocess),
         cmocka_unit_test(test_tabular),
         cmocka_unit_test(test_manifest_errors),
