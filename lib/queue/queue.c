@@ -1,0 +1,1259 @@
+/*
+ * queue.c - the durable priority queue of store-and-forward: its SQLite
+ * database (WAL, synchronous=FULL, exclusive locking), the eviction policy,
+ * and group commit. Promises and invariants: docs/internals/queue.md.
+ *
+ * Locks: db_mu serializes every use of the connection and the in-memory
+ * counters; mu guards the group-commit pending list. The committer takes mu,
+ * then (after letting it go) db_mu; nothing takes mu while holding db_mu.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <time.h>
+
+#include "core/core.h"
+#include "keel/queue.h"
+
+#define MOD "queue"
+
+#define SCHEMA_VERSION  1
+#define BATCH_MAX_MSGS  1024               /* one group-commit transaction at most */
+#define BATCH_MAX_BYTES (64u * 1024 * 1024) /* ... unless one message alone is larger */
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS msgs("
+    "  id INTEGER PRIMARY KEY, prio INTEGER NOT NULL, created_at INTEGER NOT NULL,"
+    "  expires_at INTEGER, size INTEGER NOT NULL, topic TEXT NOT NULL, ctype TEXT NOT NULL,"
+    "  idem TEXT, payload BLOB NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS msgs_prio ON msgs(prio, id, size);"
+    "CREATE INDEX IF NOT EXISTS msgs_expiry ON msgs(expires_at) WHERE expires_at IS NOT NULL;"
+    "CREATE TABLE IF NOT EXISTS idem(key TEXT PRIMARY KEY, id INTEGER NOT NULL,"
+    "  at INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', 1);";
+
+/* Prepared once at open. */
+enum {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_INSERT,
+    ST_IDEM_GET,
+    ST_IDEM_PUT,
+    ST_IDEM_DEL,
+    ST_MSG_GET,
+    ST_MSG_DEL,
+    ST_META_PUT,
+    ST_CLASS_SCAN,
+    ST_CLASS_OLDEST,
+    ST_EXPIRED_SUM,
+    ST_EXPIRED_IDEM_DEL,
+    ST_EXPIRED_DEL,
+    ST_EVICT_IDEM_DEL,
+    ST_EVICT_DEL,
+    ST_PEEK,
+    ST_COUNT,
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_INSERT] = "INSERT INTO msgs(id, prio, created_at, expires_at, size, topic, ctype, idem,"
+                  " payload) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [ST_IDEM_GET] = "SELECT id, at, EXISTS(SELECT 1 FROM msgs WHERE msgs.id = idem.id)"
+                    " FROM idem WHERE key = ?1",
+    [ST_IDEM_PUT] = "INSERT OR REPLACE INTO idem(key, id, at) VALUES(?1, ?2, ?3)",
+    [ST_IDEM_DEL] = "DELETE FROM idem WHERE key = ?1 AND id = ?2",
+    [ST_MSG_GET] = "SELECT prio, size, idem FROM msgs WHERE id = ?1",
+    [ST_MSG_DEL] = "DELETE FROM msgs WHERE id = ?1",
+    [ST_META_PUT] = "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
+    [ST_CLASS_SCAN] = "SELECT id, size FROM msgs WHERE prio = ?1 ORDER BY id",
+    [ST_CLASS_OLDEST] = "SELECT created_at FROM msgs WHERE prio = ?1 ORDER BY id LIMIT 1",
+    [ST_EXPIRED_SUM] = "SELECT prio, count(*), sum(size) FROM msgs WHERE expires_at <= ?1"
+                       " GROUP BY prio",
+    [ST_EXPIRED_IDEM_DEL] = "DELETE FROM idem WHERE key IN (SELECT idem FROM msgs"
+                            " WHERE expires_at <= ?1 AND idem IS NOT NULL)",
+    [ST_EXPIRED_DEL] = "DELETE FROM msgs WHERE expires_at <= ?1",
+    [ST_EVICT_IDEM_DEL] = "DELETE FROM idem WHERE key IN (SELECT idem FROM msgs"
+                          " WHERE prio = ?1 AND id <= ?2 AND idem IS NOT NULL)",
+    [ST_EVICT_DEL] = "DELETE FROM msgs WHERE prio = ?1 AND id <= ?2",
+    [ST_PEEK] = "SELECT id, prio, created_at, expires_at, topic, ctype, idem, payload FROM msgs"
+                " WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY prio, id LIMIT ?2",
+};
+
+static const char *const prio_names[KEEL_PRIO_COUNT] = {"critical", "high", "normal", "bulk"};
+
+/* What the database holds, kept in memory so that limits cost no query.
+ * Loaded at open; changed only inside transactions, restored on rollback. */
+typedef struct counters {
+    uint64_t depth[KEEL_PRIO_COUNT];
+    uint64_t bytes[KEEL_PRIO_COUNT];
+    uint64_t evicted[KEEL_PRIO_COUNT]; /* persisted in meta */
+    uint64_t expired;                  /* persisted in meta */
+    uint64_t next_id;                  /* > every id ever used (meta id_floor + rows) */
+    bool dirty;                        /* evicted/expired/id_floor changed: save in meta */
+} counters;
+
+/* One enqueue on its way through the committer (lives on the producer's stack). */
+typedef struct req {
+    struct req *next;
+    const keel_msg_in *m;
+    const char *ctype;
+    size_t topic_len, ctype_len, key_len;
+    uint64_t size; /* accounted bytes */
+    uint64_t id;
+    int rc;
+    bool done;
+    keel_error *err; /* the producer's; may be NULL */
+} req;
+
+struct keel_queue {
+    pthread_mutex_t db_mu;
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT];
+    char path[PATH_MAX];
+    char dir[PATH_MAX];
+    keel_queue_opts o;
+    /* under db_mu */
+    counters c;
+    int64_t disk_room; /* during a write: bytes the queue may still grow by on disk */
+    uint64_t refused[KEEL_PRIO_COUNT];
+    uint64_t enqueued, commits;
+    int64_t last_sync;
+    uint64_t evict_logged[KEEL_PRIO_COUNT]; /* monotonic ns of the last eviction warning */
+    /* group commit, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv; /* producer -> committer (CLOCK_MONOTONIC) */
+    pthread_cond_t done_cv; /* committer -> producers */
+    req *head, **tail;
+    size_t npending;
+    size_t last_batch;
+    bool stop;
+    bool committer_running;
+    pthread_t committer;
+};
+
+/* --- small helpers ---------------------------------------------------------- */
+
+const char *keel_prio_name(keel_prio p)
+{
+    return p >= 0 && p < KEEL_PRIO_COUNT ? prio_names[p] : "unknown";
+}
+
+int keel_prio_parse(const char *s, size_t len, keel_prio *ret, keel_error *err)
+{
+    for (int i = 0; i < KEEL_PRIO_COUNT; i++) {
+        if (s && strlen(prio_names[i]) == len && memcmp(prio_names[i], s, len) == 0) {
+            *ret = (keel_prio)i;
+            return KEEL_OK;
+        }
+    }
+    return keel__err(err, KEEL_EINVALID,
+                     "unknown priority class \"%.*s\" (expected critical, high, normal or bulk)",
+                     (int)(len > 64 ? 64 : len), s ? s : "");
+}
+
+const char *keel_queue_durability_name(keel_queue_durability d)
+{
+    return d == KEEL_QUEUE_SYNC ? "sync" : d == KEEL_QUEUE_GROUP ? "group" : "unknown";
+}
+
+void keel_queue_opts_default(keel_queue_opts *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    ret->durability = KEEL_QUEUE_GROUP;
+    ret->group_window_us = 1000;
+    ret->max_bytes = 256u * 1024 * 1024;
+    ret->max_rows = 1000000;
+    ret->min_free_disk = 64u * 1024 * 1024;
+    ret->max_payload = KEEL_QUEUE_PAYLOAD_DEFAULT;
+    ret->idem_retention_s = 3600;
+}
+
+static int64_t now_s(const keel_queue *q)
+{
+    return q->o.clock ? q->o.clock(q->o.clock_ctx) : keel__now_wall_s();
+}
+
+static int db_err(keel_queue *q, keel_error *err, const char *what)
+{
+    int code = sqlite3_errcode(q->db);
+    int kc = KEEL_EIO;
+    const char *hint = "";
+    if (code == SQLITE_BUSY || code == SQLITE_LOCKED) {
+        kc = KEEL_EBUSY;
+        hint = " (another process has the queue open; one owner at a time)";
+    } else if (code == SQLITE_FULL) {
+        kc = KEEL_ENOSPACE;
+        hint = " (the disk is full)";
+    } else if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) {
+        kc = KEEL_ECORRUPT;
+        hint = " (move the file away to start an empty queue)";
+    } else if (code == SQLITE_CONSTRAINT) {
+        kc = KEEL_ECONFLICT;
+    } else if (code == SQLITE_NOMEM) {
+        kc = KEEL_ENOMEM;
+    } else if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) {
+        kc = KEEL_EPERM;
+    }
+    return keel__err(err, kc, "queue database %s: %s: %s%s", q->path, what,
+                     sqlite3_errmsg(q->db), hint);
+}
+
+static int exec(keel_queue *q, const char *sql, const char *what, keel_error *err)
+{
+    if (sqlite3_exec(q->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return db_err(q, err, what);
+    return KEEL_OK;
+}
+
+/* Steps a statement that returns no rows and resets it. */
+static int step_done(keel_queue *q, sqlite3_stmt *st, const char *what, keel_error *err)
+{
+    int r = sqlite3_step(st);
+    int rc = r == SQLITE_DONE ? KEEL_OK : db_err(q, err, what);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+static sqlite3_stmt *stmt(keel_queue *q, int which)
+{
+    sqlite3_reset(q->st[which]);
+    sqlite3_clear_bindings(q->st[which]);
+    return q->st[which];
+}
+
+static uint64_t col_u64(sqlite3_stmt *st, int i)
+{
+    sqlite3_int64 v = sqlite3_column_int64(st, i);
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+static sqlite3_int64 i64(uint64_t v)
+{
+    return v > (uint64_t)INT64_MAX ? INT64_MAX : (sqlite3_int64)v;
+}
+
+static uint64_t sum(const uint64_t v[KEEL_PRIO_COUNT])
+{
+    return v[0] + v[1] + v[2] + v[3];
+}
+
+static int meta_put(keel_queue *q, const char *key, uint64_t value, keel_error *err)
+{
+    sqlite3_stmt *st = stmt(q, ST_META_PUT);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, i64(value));
+    return step_done(q, st, "saving counters", err);
+}
+
+/* Saves the persisted counters; called inside a transaction that deleted rows. */
+static int save_counters(keel_queue *q, keel_error *err)
+{
+    static const char *const keys[KEEL_PRIO_COUNT] = {"evicted.critical", "evicted.high",
+                                                      "evicted.normal", "evicted.bulk"};
+    int rc;
+    if (!q->c.dirty)
+        return KEEL_OK;
+    /* Ids are never reused: the highest id handed out is kept even when its
+     * row is gone. */
+    if ((rc = meta_put(q, "id_floor", q->c.next_id - 1, err)) ||
+        (rc = meta_put(q, "expired", q->c.expired, err)))
+        return rc;
+    for (int i = 0; i < KEEL_PRIO_COUNT; i++)
+        if ((rc = meta_put(q, keys[i], q->c.evicted[i], err)))
+            return rc;
+    q->c.dirty = false;
+    return KEEL_OK;
+}
+
+/* --- transactions --------------------------------------------------------------- */
+
+static int tx_begin(keel_queue *q, counters *saved, keel_error *err)
+{
+    *saved = q->c;
+    return step_done(q, stmt(q, ST_BEGIN), "beginning a transaction", err);
+}
+
+static int tx_commit(keel_queue *q, keel_error *err)
+{
+    int rc = save_counters(q, err);
+    if (!rc)
+        rc = step_done(q, stmt(q, ST_COMMIT), "committing", err);
+    return rc;
+}
+
+static void tx_rollback(keel_queue *q, const counters *saved)
+{
+    if (!sqlite3_get_autocommit(q->db)) {
+        keel_error e;
+        if (step_done(q, stmt(q, ST_ROLLBACK), "rolling back", &e))
+            KEEL_LOG_W(MOD, "%s", e.msg);
+    }
+    q->c = *saved;
+}
+
+/* --- removing ------------------------------------------------------------------- */
+
+/* Removes every message expired at now; *ret_n: how many. In a transaction. */
+static int remove_expired(keel_queue *q, int64_t now, uint64_t *ret_n, keel_error *err)
+{
+    uint64_t n[KEEL_PRIO_COUNT] = {0}, b[KEEL_PRIO_COUNT] = {0};
+    sqlite3_stmt *st = stmt(q, ST_EXPIRED_SUM);
+    int r, rc = KEEL_OK;
+    sqlite3_bind_int64(st, 1, now);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        int p = sqlite3_column_int(st, 0);
+        if (p >= 0 && p < KEEL_PRIO_COUNT) {
+            n[p] = col_u64(st, 1);
+            b[p] = col_u64(st, 2);
+        }
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(q, err, "counting expired messages");
+    sqlite3_reset(st);
+    if (rc)
+        return rc;
+    *ret_n = sum(n);
+    if (*ret_n == 0)
+        return KEEL_OK;
+    if (q->o.idem_retention_s == 0) {
+        st = stmt(q, ST_EXPIRED_IDEM_DEL);
+        sqlite3_bind_int64(st, 1, now);
+        if ((rc = step_done(q, st, "forgetting keys of expired messages", err)))
+            return rc;
+    }
+    st = stmt(q, ST_EXPIRED_DEL);
+    sqlite3_bind_int64(st, 1, now);
+    if ((rc = step_done(q, st, "removing expired messages", err)))
+        return rc;
+    for (int p = 0; p < KEEL_PRIO_COUNT; p++) {
+        q->c.depth[p] -= n[p];
+        q->c.bytes[p] -= b[p];
+        q->disk_room += i64(b[p]);
+    }
+    q->c.expired += *ret_n;
+    q->c.dirty = true;
+    return KEEL_OK;
+}
+
+/* Would a message of need bytes fit after freeing rows/bytes more? */
+typedef enum { FIT_OK, FIT_ROWS, FIT_BYTES, FIT_DISK } fit;
+
+static fit fits_after(const keel_queue *q, uint64_t need, uint64_t freed_rows, uint64_t freed_bytes)
+{
+    uint64_t rows = sum(q->c.depth) - freed_rows, bytes = sum(q->c.bytes) - freed_bytes;
+    if (q->o.max_rows && rows + 1 > q->o.max_rows)
+        return FIT_ROWS;
+    if (q->o.max_bytes && bytes + need > q->o.max_bytes)
+        return FIT_BYTES;
+    if (q->o.min_free_disk && (int64_t)need > q->disk_room + i64(freed_bytes))
+        return FIT_DISK;
+    return FIT_OK;
+}
+
+/* Evicts the oldest messages of class p until need fits (or the class is
+ * empty). In a transaction. */
+static int evict_class(keel_queue *q, keel_prio p, uint64_t need, keel_error *err)
+{
+    uint64_t rows = 0, bytes = 0, last = 0;
+    sqlite3_stmt *st = stmt(q, ST_CLASS_SCAN);
+    int r = SQLITE_DONE, rc = KEEL_OK;
+    sqlite3_bind_int(st, 1, (int)p);
+    while (fits_after(q, need, rows, bytes) != FIT_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        last = col_u64(st, 0);
+        bytes += col_u64(st, 1);
+        rows++;
+    }
+    if (fits_after(q, need, rows, bytes) != FIT_OK && r != SQLITE_DONE)
+        rc = db_err(q, err, "finding messages to evict");
+    sqlite3_reset(st);
+    if (rc || rows == 0)
+        return rc;
+    if (q->o.idem_retention_s == 0) {
+        st = stmt(q, ST_EVICT_IDEM_DEL);
+        sqlite3_bind_int(st, 1, (int)p);
+        sqlite3_bind_int64(st, 2, i64(last));
+        if ((rc = step_done(q, st, "forgetting keys of evicted messages", err)))
+            return rc;
+    }
+    st = stmt(q, ST_EVICT_DEL);
+    sqlite3_bind_int(st, 1, (int)p);
+    sqlite3_bind_int64(st, 2, i64(last));
+    if ((rc = step_done(q, st, "evicting messages", err)))
+        return rc;
+    q->c.depth[p] -= rows;
+    q->c.bytes[p] -= bytes;
+    q->c.evicted[p] += rows;
+    q->c.dirty = true;
+    q->disk_room += i64(bytes);
+    /* Evicting is data loss: say so, but at most once a minute per class. */
+    uint64_t t = keel__now_mono_ns();
+    if (q->evict_logged[p] == 0 || t - q->evict_logged[p] > 60ull * 1000000000) {
+        KEEL_LOG_W(MOD, "queue full: evicted %" PRIu64 " %s message(s) (%" PRIu64 " bytes); %" PRIu64
+                        " %s evicted since the database was created",
+                   rows, prio_names[p], bytes, q->c.evicted[p], prio_names[p]);
+        q->evict_logged[p] = t;
+    }
+    return KEEL_OK;
+}
+
+/*
+ * Makes room for a message of class p and need bytes: expired messages
+ * first, then bulk, then normal, oldest first; never critical or high, and
+ * never a class above p. Refuses (KEEL_ENOSPACE in r->rc, nothing evicted)
+ * when even evicting everything allowed would not be enough.
+ */
+static int make_room(keel_queue *q, req *r, int64_t now, bool *ret_ok, keel_error *err)
+{
+    keel_prio p = r->m->prio;
+    uint64_t n, ev_rows = 0, ev_bytes = 0, kept = 0;
+    fit f;
+    int rc;
+    *ret_ok = true;
+    if (fits_after(q, r->size, 0, 0) == FIT_OK)
+        return KEEL_OK;
+    if ((rc = remove_expired(q, now, &n, err)))
+        return rc;
+    if (fits_after(q, r->size, 0, 0) == FIT_OK)
+        return KEEL_OK;
+    /* Bulk may evict older bulk; normal, high and critical evict bulk then normal. */
+    keel_prio lowest_kept = p == KEEL_PRIO_BULK ? KEEL_PRIO_NORMAL : KEEL_PRIO_HIGH;
+    for (int i = 0; i < KEEL_PRIO_COUNT; i++) {
+        if (i > (int)lowest_kept) {
+            ev_rows += q->c.depth[i];
+            ev_bytes += q->c.bytes[i];
+        } else {
+            kept += q->c.bytes[i];
+        }
+    }
+    f = fits_after(q, r->size, ev_rows, ev_bytes);
+    if (f != FIT_OK) {
+        char limit[PATH_MAX + 128];
+        if (f == FIT_ROWS)
+            snprintf(limit, sizeof(limit), "max_rows %" PRIu64, q->o.max_rows);
+        else if (f == FIT_BYTES)
+            snprintf(limit, sizeof(limit), "max_bytes %" PRIu64, q->o.max_bytes);
+        else
+            snprintf(limit, sizeof(limit), "min_free_disk %" PRIu64 " on %s", q->o.min_free_disk,
+                     q->dir);
+        q->refused[p]++;
+        *ret_ok = false;
+        r->rc = keel__err(r->err, KEEL_ENOSPACE,
+                          "queue full: %" PRIu64 " bytes of %s messages waiting; not evicting "
+                          "them%s%s (limit: %s; delivering or acking messages makes room)",
+                          kept, p == KEEL_PRIO_BULK ? "critical/high/normal" : "critical/high",
+                          p >= KEEL_PRIO_NORMAL ? " for a " : "",
+                          p >= KEEL_PRIO_NORMAL ? prio_names[p] : "", limit);
+        return KEEL_OK;
+    }
+    for (int i = KEEL_PRIO_BULK; i > (int)lowest_kept; i--) {
+        if (fits_after(q, r->size, 0, 0) == FIT_OK)
+            break;
+        if ((rc = evict_class(q, (keel_prio)i, r->size, err)))
+            return rc;
+    }
+    return KEEL_OK;
+}
+
+/* --- enqueue ------------------------------------------------------------------------- */
+
+static bool bad_chars(const char *s, size_t len, bool mqtt)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f || (mqtt && (ch == '+' || ch == '#')))
+            return true;
+    }
+    return false;
+}
+
+/* Checks m against the limits and fills the lengths of r. Touches no shared state. */
+static int validate(const keel_queue *q, const keel_msg_in *m, req *r, keel_error *err)
+{
+    if (!m)
+        return keel__err(err, KEEL_EINVALID, "enqueue: no message given");
+    if (!m->topic || !m->topic[0])
+        return keel__err(err, KEEL_EINVALID, "enqueue: the message topic is empty");
+    r->topic_len = strnlen(m->topic, KEEL_QUEUE_TOPIC_MAX + 1);
+    if (r->topic_len > KEEL_QUEUE_TOPIC_MAX)
+        return keel__err(err, KEEL_EINVALID, "enqueue: topic \"%.40s...\" is longer than %u bytes",
+                         m->topic, KEEL_QUEUE_TOPIC_MAX);
+    if (bad_chars(m->topic, r->topic_len, true))
+        return keel__err(err, KEEL_EINVALID,
+                         "enqueue: topic \"%.64s\" contains a control character or an MQTT "
+                         "wildcard ('+', '#')",
+                         m->topic);
+    if ((int)m->prio < 0 || m->prio >= KEEL_PRIO_COUNT)
+        return keel__err(err, KEEL_EINVALID,
+                         "enqueue: unknown priority class %d (expected critical, high, normal or "
+                         "bulk)",
+                         (int)m->prio);
+    if (!m->payload && m->payload_len)
+        return keel__err(err, KEEL_EINVALID, "enqueue: payload_len is %zu but payload is NULL",
+                         m->payload_len);
+    if (m->payload_len > q->o.max_payload)
+        return keel__err(err, KEEL_ETOOBIG,
+                         "enqueue: payload is %zu bytes; this queue accepts at most %" PRIu64
+                         " (max_payload)",
+                         m->payload_len, q->o.max_payload);
+    r->ctype = m->content_type ? m->content_type : "application/octet-stream";
+    r->ctype_len = strnlen(r->ctype, KEEL_QUEUE_CONTENT_TYPE_MAX + 1);
+    if (r->ctype_len == 0 || r->ctype_len > KEEL_QUEUE_CONTENT_TYPE_MAX ||
+        bad_chars(r->ctype, r->ctype_len, false))
+        return keel__err(err, KEEL_EINVALID,
+                         "enqueue: content type \"%.64s\" is empty, longer than %u bytes or has a "
+                         "control character",
+                         r->ctype, KEEL_QUEUE_CONTENT_TYPE_MAX);
+    r->key_len = m->idem_key ? strnlen(m->idem_key, KEEL_QUEUE_IDEM_KEY_MAX + 1) : 0;
+    if (r->key_len > KEEL_QUEUE_IDEM_KEY_MAX)
+        return keel__err(err, KEEL_EINVALID,
+                         "enqueue: idempotency key \"%.40s...\" is longer than %u bytes",
+                         m->idem_key, KEEL_QUEUE_IDEM_KEY_MAX);
+    if (m->ttl_s < 0)
+        return keel__err(err, KEEL_EINVALID,
+                         "enqueue: ttl_s is %" PRId64 "; use 0 for no expiry or a positive "
+                         "number of seconds",
+                         m->ttl_s);
+    r->size = (uint64_t)m->payload_len + r->topic_len + r->ctype_len + r->key_len;
+    if (q->o.max_bytes && r->size > q->o.max_bytes)
+        return keel__err(err, KEEL_ETOOBIG,
+                         "enqueue: message is %" PRIu64 " bytes; the whole queue holds at most "
+                         "%" PRIu64 " (max_bytes)",
+                         r->size, q->o.max_bytes);
+    return KEEL_OK;
+}
+
+/* Looks up r's idempotency key. *ret_dup: a live message (or a key within its
+ * retention) has it; r->id is set to that message's id. */
+static int idem_lookup(keel_queue *q, req *r, int64_t now, bool *ret_dup, keel_error *err)
+{
+    sqlite3_stmt *st = stmt(q, ST_IDEM_GET);
+    int s, rc = KEEL_OK;
+    *ret_dup = false;
+    sqlite3_bind_text(st, 1, r->m->idem_key, (int)r->key_len, SQLITE_STATIC);
+    s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        int64_t at = sqlite3_column_int64(st, 1);
+        bool exists = sqlite3_column_int(st, 2) != 0;
+        if (exists || now < at + (int64_t)q->o.idem_retention_s) {
+            *ret_dup = true;
+            r->id = col_u64(st, 0);
+        }
+    } else if (s != SQLITE_DONE) {
+        rc = db_err(q, err, "looking up an idempotency key");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* Stores one message inside the open transaction. Refusals go to r->rc;
+ * the return value is a database failure that dooms the transaction. */
+static int put_one(keel_queue *q, req *r, int64_t now, keel_error *err)
+{
+    const keel_msg_in *m = r->m;
+    bool dup, ok;
+    int rc;
+    r->rc = KEEL_OK;
+    if (r->key_len) {
+        if ((rc = idem_lookup(q, r, now, &dup, err)))
+            return rc;
+        if (dup)
+            return KEEL_OK;
+    }
+    if ((rc = make_room(q, r, now, &ok, err)) || !ok)
+        return rc;
+    uint64_t id = q->c.next_id;
+    sqlite3_stmt *st = stmt(q, ST_INSERT);
+    sqlite3_bind_int64(st, 1, i64(id));
+    sqlite3_bind_int(st, 2, (int)m->prio);
+    sqlite3_bind_int64(st, 3, now);
+    if (m->ttl_s > 0)
+        sqlite3_bind_int64(st, 4, m->ttl_s > INT64_MAX - now ? INT64_MAX : now + m->ttl_s);
+    sqlite3_bind_int64(st, 5, i64(r->size));
+    sqlite3_bind_text(st, 6, m->topic, (int)r->topic_len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, r->ctype, (int)r->ctype_len, SQLITE_STATIC);
+    if (r->key_len)
+        sqlite3_bind_text(st, 8, m->idem_key, (int)r->key_len, SQLITE_STATIC);
+    sqlite3_bind_blob64(st, 9, m->payload ? m->payload : "", (sqlite3_uint64)m->payload_len,
+                        SQLITE_STATIC);
+    if ((rc = step_done(q, st, "storing a message", err)))
+        return rc;
+    if (r->key_len) {
+        st = stmt(q, ST_IDEM_PUT);
+        sqlite3_bind_text(st, 1, m->idem_key, (int)r->key_len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, i64(id));
+        sqlite3_bind_int64(st, 3, now);
+        if ((rc = step_done(q, st, "recording an idempotency key", err)))
+            return rc;
+    }
+    q->c.next_id++;
+    q->c.depth[m->prio]++;
+    q->c.bytes[m->prio] += r->size;
+    q->disk_room -= i64(r->size);
+    r->id = id;
+    return KEEL_OK;
+}
+
+static void measure_disk(keel_queue *q)
+{
+    struct statvfs sv;
+    q->disk_room = INT64_MAX / 2;
+    if (!q->o.min_free_disk)
+        return;
+    if (statvfs(q->dir, &sv) != 0) {
+        KEEL_LOG_W(MOD, "cannot read free space of %s: %s; not enforcing min_free_disk", q->dir,
+                   strerror(errno));
+        return;
+    }
+    uint64_t free_b = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+    q->disk_room = free_b > (uint64_t)INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)free_b;
+    q->disk_room -= i64(q->o.min_free_disk);
+}
+
+/* Writes reqs [head, n of them) in one transaction; every r->rc is set. */
+static void write_batch(keel_queue *q, req *head, size_t n)
+{
+    keel_error e;
+    counters saved;
+    int64_t now = now_s(q);
+    uint64_t stored = 0;
+    req *r;
+    size_t i;
+    int rc;
+    pthread_mutex_lock(&q->db_mu);
+    measure_disk(q);
+    if ((rc = tx_begin(q, &saved, &e)))
+        goto out;
+    for (r = head, i = 0; i < n; r = r->next, i++) {
+        uint64_t before = q->c.next_id;
+        if ((rc = put_one(q, r, now, &e)))
+            break;
+        stored += q->c.next_id - before;
+    }
+    if (!rc)
+        rc = tx_commit(q, &e);
+out:
+    if (rc) {
+        tx_rollback(q, &saved);
+        for (r = head, i = 0; i < n; r = r->next, i++) {
+            r->rc = rc;
+            if (r->err)
+                *r->err = e;
+        }
+    } else {
+        q->enqueued += stored;
+        q->commits++;
+    }
+    pthread_mutex_unlock(&q->db_mu);
+}
+
+static void *committer_main(void *arg)
+{
+    keel_queue *q = arg;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (!q->head && !q->stop)
+            pthread_cond_wait(&q->work_cv, &q->mu);
+        if (!q->head)
+            break; /* stopping and nothing left */
+        /* A producer alone commits at once. When the last batch was bigger,
+         * its producers are probably coming back: wait a little for them. */
+        if (q->o.group_window_us && q->npending < q->last_batch && !q->stop) {
+            struct timespec dl;
+            clock_gettime(CLOCK_MONOTONIC, &dl);
+            dl.tv_nsec += (long)q->o.group_window_us * 1000;
+            dl.tv_sec += dl.tv_nsec / 1000000000;
+            dl.tv_nsec %= 1000000000;
+            while (q->npending < q->last_batch && !q->stop)
+                if (pthread_cond_timedwait(&q->work_cv, &q->mu, &dl) == ETIMEDOUT)
+                    break;
+        }
+        req *batch = q->head, *r = batch;
+        size_t n = 0, taken;
+        uint64_t bytes = 0;
+        while (r && n < BATCH_MAX_MSGS && (n == 0 || bytes + r->size <= BATCH_MAX_BYTES)) {
+            bytes += r->size;
+            n++;
+            r = r->next;
+        }
+        q->head = r;
+        if (!r)
+            q->tail = &q->head;
+        q->npending -= n;
+        taken = n;
+        pthread_mutex_unlock(&q->mu);
+
+        write_batch(q, batch, n);
+
+        pthread_mutex_lock(&q->mu);
+        for (r = batch; n--;) {
+            req *next = r->next;
+            r->done = true; /* r may be gone once mu is released */
+            r = next;
+        }
+        q->last_batch = taken;
+        pthread_cond_broadcast(&q->done_cv);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
+int keel_queue_enqueue(keel_queue *q, const keel_msg_in *m, uint64_t *ret_id, keel_error *err)
+{
+    req r;
+    int rc;
+    memset(&r, 0, sizeof(r));
+    if ((rc = validate(q, m, &r, err)))
+        return rc;
+    r.m = m;
+    r.err = err;
+    if (q->o.durability == KEEL_QUEUE_SYNC) {
+        write_batch(q, &r, 1);
+    } else {
+        pthread_mutex_lock(&q->mu);
+        *q->tail = &r;
+        q->tail = &r.next;
+        q->npending++;
+        pthread_cond_signal(&q->work_cv);
+        while (!r.done)
+            pthread_cond_wait(&q->done_cv, &q->mu);
+        pthread_mutex_unlock(&q->mu);
+    }
+    if (r.rc == KEEL_OK && ret_id)
+        *ret_id = r.id;
+    return r.rc;
+}
+
+/* --- open / close ------------------------------------------------------------------- */
+
+static int check_opts(const keel_queue_opts *o, keel_error *err)
+{
+    if (o->durability != KEEL_QUEUE_SYNC && o->durability != KEEL_QUEUE_GROUP)
+        return keel__err(err, KEEL_EINVALID,
+                         "queue: unknown durability mode %d (expected sync or group)",
+                         (int)o->durability);
+    if (o->group_window_us > KEEL_QUEUE_WINDOW_MAX_US)
+        return keel__err(err, KEEL_EINVALID,
+                         "queue: group_window_us is %u; at most %u (10 ms) is allowed",
+                         o->group_window_us, KEEL_QUEUE_WINDOW_MAX_US);
+    if (o->max_payload > KEEL_QUEUE_PAYLOAD_LIMIT)
+        return keel__err(err, KEEL_EINVALID,
+                         "queue: max_payload is %" PRIu64 " bytes; at most %u is allowed",
+                         o->max_payload, KEEL_QUEUE_PAYLOAD_LIMIT);
+    return KEEL_OK;
+}
+
+/* Runs a one-row query and copies its first column as text. */
+static int query_text(keel_queue *q, const char *sql, char *out, size_t n, keel_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = KEEL_OK;
+    out[0] = '\0';
+    if (sqlite3_prepare_v2(q->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return db_err(q, err, sql);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW && sqlite3_column_text(st, 0))
+        keel__strlcpy(out, (const char *)sqlite3_column_text(st, 0), n);
+    else if (r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = db_err(q, err, sql);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Loads the counters from the database (at open: nobody else can write). */
+static int load(keel_queue *q, keel_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    uint64_t id_floor = 0, max_id = 0;
+    int r, rc = KEEL_OK;
+    if (sqlite3_prepare_v2(q->db, "SELECT key, value FROM meta", -1, &st, NULL) != SQLITE_OK)
+        return db_err(q, err, "reading meta");
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        uint64_t v = col_u64(st, 1);
+        if (!k)
+            continue;
+        if (strcmp(k, "schema") == 0 && v > SCHEMA_VERSION) {
+            rc = keel__err(err, KEEL_EUNSUPPORTED,
+                           "queue database %s has schema %" PRIu64
+                           "; this keel understands %d (a newer keel wrote it)",
+                           q->path, v, SCHEMA_VERSION);
+            goto out;
+        }
+        if (strcmp(k, "id_floor") == 0)
+            id_floor = v;
+        else if (strcmp(k, "expired") == 0)
+            q->c.expired = v;
+        else if (strcmp(k, "last_sync") == 0)
+            q->last_sync = sqlite3_column_int64(st, 1);
+        else if (strncmp(k, "evicted.", 8) == 0)
+            for (int i = 0; i < KEEL_PRIO_COUNT; i++)
+                if (strcmp(k + 8, prio_names[i]) == 0)
+                    q->c.evicted[i] = v;
+    }
+    if (r != SQLITE_DONE) {
+        rc = db_err(q, err, "reading meta");
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(q->db,
+                           "SELECT prio, count(*), sum(size), max(id) FROM msgs GROUP BY prio", -1,
+                           &st, NULL) != SQLITE_OK) {
+        rc = db_err(q, err, "counting messages");
+        goto out;
+    }
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        int p = sqlite3_column_int(st, 0);
+        if (p < 0 || p >= KEEL_PRIO_COUNT) {
+            rc = keel__err(err, KEEL_ECORRUPT,
+                           "queue database %s holds messages of unknown priority %d", q->path, p);
+            goto out;
+        }
+        q->c.depth[p] = col_u64(st, 1);
+        q->c.bytes[p] = col_u64(st, 2);
+        if (col_u64(st, 3) > max_id)
+            max_id = col_u64(st, 3);
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(q, err, "counting messages");
+    q->c.next_id = (max_id > id_floor ? max_id : id_floor) + 1;
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int keel_queue_open(const char *path, const keel_queue_opts *opts, keel_queue **ret,
+                    keel_error *err)
+{
+    char mode[16];
+    pthread_condattr_t ca;
+    keel_queue *q;
+    bool existed;
+    int rc;
+    if (!path || !path[0])
+        return keel__err(err, KEEL_EINVALID, "queue: no database path given");
+    if (!(q = calloc(1, sizeof(*q))))
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    pthread_mutex_init(&q->db_mu, NULL);
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&q->work_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&q->done_cv, NULL);
+    q->tail = &q->head;
+    if (opts)
+        q->o = *opts;
+    else
+        keel_queue_opts_default(&q->o);
+    if (q->o.max_payload == 0)
+        q->o.max_payload = KEEL_QUEUE_PAYLOAD_DEFAULT;
+    if ((rc = check_opts(&q->o, err)))
+        goto fail;
+    if (strlen(path) >= sizeof(q->path)) {
+        rc = keel__err(err, KEEL_ETOOBIG, "queue database path too long: %.64s...", path);
+        goto fail;
+    }
+    keel__strlcpy(q->path, path, sizeof(q->path));
+    keel__strlcpy(q->dir, path, sizeof(q->dir));
+    char *slash = strrchr(q->dir, '/');
+    if (!slash)
+        keel__strlcpy(q->dir, ".", sizeof(q->dir));
+    else if (slash == q->dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    if ((rc = keel__fs_mkdir_p(q->dir, 0700, err)))
+        goto fail;
+    existed = keel__fs_exists(path);
+    if (sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        rc = keel__err(err, KEEL_EIO, "cannot open the queue database %s: %s", path,
+                       q->db ? sqlite3_errmsg(q->db) : "out of memory");
+        goto fail;
+    }
+    /* One owner: exclusive locking keeps every other connection out for the
+     * life of this one (and keeps the WAL index in memory, no -shm file).
+     * The counters in memory depend on it. */
+    if ((rc = exec(q, "PRAGMA locking_mode=EXCLUSIVE", "setting pragmas", err)) ||
+        (rc = query_text(q, "PRAGMA journal_mode=WAL", mode, sizeof(mode), err)))
+        goto fail;
+    if (strcmp(mode, "wal") != 0) {
+        rc = keel__err(err, KEEL_EIO, "queue database %s: cannot use WAL (journal mode is %s)",
+                       path, mode);
+        goto fail;
+    }
+    if ((rc = exec(q,
+                   "PRAGMA synchronous=FULL; PRAGMA journal_size_limit=8388608;"
+                   "PRAGMA cache_size=-2048;",
+                   "setting pragmas", err)) ||
+        (rc = exec(q, "BEGIN IMMEDIATE", "locking the queue database", err)))
+        goto fail;
+    if ((rc = exec(q, schema, "creating the schema", err)) ||
+        (rc = exec(q, "COMMIT", "creating the schema", err))) {
+        (void)sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+        goto fail;
+    }
+    for (int i = 0; i < ST_COUNT; i++) {
+        if (sqlite3_prepare_v3(q->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->st[i],
+                               NULL) != SQLITE_OK) {
+            rc = db_err(q, err, stmt_sql[i]);
+            goto fail;
+        }
+    }
+    if ((rc = load(q, err)))
+        goto fail;
+    if (!existed && (rc = keel__fs_fsync_parent(path, err)))
+        goto fail;
+    if (q->o.durability == KEEL_QUEUE_GROUP) {
+        int e = pthread_create(&q->committer, NULL, committer_main, q);
+        if (e) {
+            rc = keel__err_errno(err, KEEL_ENOMEM, e, "queue: cannot start the committer thread");
+            goto fail;
+        }
+        q->committer_running = true;
+    }
+    *ret = q;
+    return KEEL_OK;
+fail:
+    keel_queue_close(q);
+    return rc;
+}
+
+void keel_queue_close(keel_queue *q)
+{
+    if (!q)
+        return;
+    if (q->committer_running) {
+        pthread_mutex_lock(&q->mu);
+        q->stop = true;
+        pthread_cond_signal(&q->work_cv);
+        pthread_mutex_unlock(&q->mu);
+        pthread_join(q->committer, NULL);
+    }
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(q->st[i]);
+    sqlite3_close(q->db);
+    pthread_cond_destroy(&q->work_cv);
+    pthread_cond_destroy(&q->done_cv);
+    pthread_mutex_destroy(&q->mu);
+    pthread_mutex_destroy(&q->db_mu);
+    free(q);
+}
+
+/* --- consuming ------------------------------------------------------------------------ */
+
+typedef struct msg_off {
+    size_t topic, ctype, idem, payload; /* offsets into the data buffer; idem SIZE_MAX: none */
+} msg_off;
+
+int keel_queue_peek_batch(keel_queue *q, size_t max_msgs, size_t max_bytes, unsigned flags,
+                          keel_msg **ret, size_t *ret_n, keel_error *err)
+{
+    keel_msg *msgs = NULL, *out = NULL;
+    msg_off *offs = NULL;
+    size_t n = 0, cap = 0, payload_total = 0;
+    keel_buf data;
+    int r, rc = KEEL_OK;
+    keel__buf_init(&data, 0);
+    if (max_msgs == 0)
+        goto done;
+    pthread_mutex_lock(&q->db_mu);
+    sqlite3_stmt *st = stmt(q, ST_PEEK);
+    sqlite3_bind_int64(st, 1, now_s(q));
+    sqlite3_bind_int64(st, 2, i64(max_msgs));
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *topic = (const char *)sqlite3_column_text(st, 4);
+        const char *ctype = (const char *)sqlite3_column_text(st, 5);
+        const char *idem = (const char *)sqlite3_column_text(st, 6);
+        const void *payload = sqlite3_column_blob(st, 7);
+        size_t plen = (size_t)sqlite3_column_bytes(st, 7);
+        int p = sqlite3_column_int(st, 1);
+        if (!topic || !ctype || p < 0 || p >= KEEL_PRIO_COUNT) {
+            rc = keel__err(err, KEEL_ECORRUPT, "queue database %s: message %" PRIu64
+                           " has no topic, no content type or an unknown priority",
+                           q->path, col_u64(st, 0));
+            break;
+        }
+        if (n > 0 && (plen > max_bytes || payload_total > max_bytes - plen))
+            break;
+        if (n > 0 && (flags & KEEL_QUEUE_PEEK_SAME_TOPIC) &&
+            ((int)msgs[0].prio != p || strcmp(data.data + offs[0].topic, topic) != 0))
+            break;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            keel_msg *m2 = realloc(msgs, ncap * sizeof(*msgs));
+            if (m2)
+                msgs = m2;
+            msg_off *o2 = m2 ? realloc(offs, ncap * sizeof(*offs)) : NULL;
+            if (o2)
+                offs = o2;
+            if (!m2 || !o2) {
+                rc = keel__err(err, KEEL_ENOMEM, "out of memory reading the queue");
+                break;
+            }
+            cap = ncap;
+        }
+        keel_msg *m = &msgs[n];
+        memset(m, 0, sizeof(*m));
+        m->id = col_u64(st, 0);
+        m->prio = (keel_prio)p;
+        m->created_at = sqlite3_column_int64(st, 2);
+        m->expires_at = sqlite3_column_int64(st, 3);
+        m->payload_len = plen;
+        offs[n].topic = data.len;
+        rc = keel__buf_append(&data, topic, strlen(topic) + 1);
+        offs[n].ctype = data.len;
+        if (!rc)
+            rc = keel__buf_append(&data, ctype, strlen(ctype) + 1);
+        offs[n].idem = idem ? data.len : SIZE_MAX;
+        if (!rc && idem)
+            rc = keel__buf_append(&data, idem, strlen(idem) + 1);
+        offs[n].payload = data.len;
+        if (!rc)
+            rc = keel__buf_append(&data, payload, plen);
+        if (rc) {
+            rc = keel__err(err, rc, "out of memory reading the queue");
+            break;
+        }
+        payload_total += plen;
+        n++;
+    }
+    if (!rc && r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = db_err(q, err, "reading messages");
+    sqlite3_reset(st);
+    pthread_mutex_unlock(&q->db_mu);
+    if (rc || n == 0)
+        goto done;
+    if (!(out = malloc(n * sizeof(*out) + data.len))) {
+        rc = keel__err(err, KEEL_ENOMEM, "out of memory reading the queue");
+        goto done;
+    }
+    char *base = (char *)(out + n);
+    memcpy(base, data.data, data.len);
+    for (size_t i = 0; i < n; i++) {
+        out[i] = msgs[i];
+        out[i].topic = base + offs[i].topic;
+        out[i].content_type = base + offs[i].ctype;
+        out[i].idem_key = offs[i].idem == SIZE_MAX ? NULL : base + offs[i].idem;
+        out[i].payload = base + offs[i].payload;
+    }
+done:
+    free(msgs);
+    free(offs);
+    keel__buf_done(&data);
+    if (!rc) {
+        *ret = out;
+        *ret_n = n;
+    }
+    return rc;
+}
+
+void keel_queue_batch_free(keel_msg *batch)
+{
+    free(batch);
+}
+
+int keel_queue_ack(keel_queue *q, const uint64_t *ids, size_t n, keel_error *err)
+{
+    counters saved;
+    int rc;
+    if (n == 0)
+        return KEEL_OK;
+    if (!ids)
+        return keel__err(err, KEEL_EINVALID, "ack: %zu ids announced but none given", n);
+    pthread_mutex_lock(&q->db_mu);
+    if ((rc = tx_begin(q, &saved, err)))
+        goto out;
+    for (size_t i = 0; i < n && !rc; i++) {
+        sqlite3_stmt *st = stmt(q, ST_MSG_GET);
+        sqlite3_bind_int64(st, 1, i64(ids[i]));
+        int r = sqlite3_step(st);
+        if (r == SQLITE_DONE)
+            continue; /* already gone: acks are idempotent */
+        if (r != SQLITE_ROW) {
+            rc = db_err(q, err, "looking up an acked message");
+            break;
+        }
+        int p = sqlite3_column_int(st, 0);
+        uint64_t size = col_u64(st, 1);
+        if (p < 0 || p >= KEEL_PRIO_COUNT) {
+            rc = keel__err(err, KEEL_ECORRUPT,
+                           "queue database %s: message %" PRIu64 " has unknown priority %d",
+                           q->path, ids[i], p);
+            break;
+        }
+        if (q->o.idem_retention_s == 0 && sqlite3_column_type(st, 2) == SQLITE_TEXT) {
+            sqlite3_stmt *d = stmt(q, ST_IDEM_DEL);
+            sqlite3_bind_text(d, 1, (const char *)sqlite3_column_text(st, 2), -1,
+                              SQLITE_TRANSIENT);
+            sqlite3_bind_int64(d, 2, i64(ids[i]));
+            if ((rc = step_done(q, d, "forgetting the key of an acked message", err)))
+                break;
+        }
+        sqlite3_reset(st);
+        sqlite3_stmt *d = stmt(q, ST_MSG_DEL);
+        sqlite3_bind_int64(d, 1, i64(ids[i]));
+        if ((rc = step_done(q, d, "removing an acked message", err)))
+            break;
+        q->c.depth[p]--;
+        q->c.bytes[p] -= size;
+        q->c.dirty = true;
+    }
+    if (!rc)
+        rc = tx_commit(q, err);
+    if (rc)
+        tx_rollback(q, &saved);
+out:
+    pthread_mutex_unlock(&q->db_mu);
+    return rc;
+}
+
+int keel_queue_expire(keel_queue *q, int64_t now, uint64_t *ret_removed, keel_error *err)
+{
+    counters saved;
+    uint64_t n = 0;
+    sqlite3_stmt *st = NULL;
+    int rc;
+    pthread_mutex_lock(&q->db_mu);
+    if ((rc = tx_begin(q, &saved, err)) || (rc = remove_expired(q, now, &n, err)))
+        goto out;
+    /* Keys whose message is gone and whose retention is over. */
+    if (sqlite3_prepare_v2(q->db,
+                           "DELETE FROM idem WHERE at <= ?1 AND NOT EXISTS"
+                           " (SELECT 1 FROM msgs WHERE msgs.id = idem.id)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = db_err(q, err, "forgetting old idempotency keys");
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, now - (int64_t)q->o.idem_retention_s);
+    if ((rc = step_done(q, st, "forgetting old idempotency keys", err)))
+        goto out;
+    rc = tx_commit(q, err);
+out:
+    sqlite3_finalize(st);
+    if (rc)
+        tx_rollback(q, &saved);
+    pthread_mutex_unlock(&q->db_mu);
+    if (!rc && ret_removed)
+        *ret_removed = n;
+    return rc;
+}
+
+int keel_queue_mark_synced(keel_queue *q, int64_t when, keel_error *err)
+{
+    int rc;
+    pthread_mutex_lock(&q->db_mu);
+    sqlite3_stmt *st = stmt(q, ST_META_PUT);
+    sqlite3_bind_text(st, 1, "last_sync", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, when);
+    rc = step_done(q, st, "recording the last sync", err);
+    if (!rc)
+        q->last_sync = when;
+    pthread_mutex_unlock(&q->db_mu);
+    return rc;
+}
+
+/* --- observing ------------------------------------------------------------------------ */
+
+int keel_queue_stats_get(keel_queue *q, keel_queue_stats *ret, keel_error *err)
+{
+    keel_queue_stats s;
+    int rc = KEEL_OK;
+    memset(&s, 0, sizeof(s));
+    pthread_mutex_lock(&q->db_mu);
+    s.durability = q->o.durability;
+    s.now = now_s(q);
+    for (int p = 0; p < KEEL_PRIO_COUNT && !rc; p++) {
+        keel_queue_class_stats *c = &s.cls[p];
+        c->depth = q->c.depth[p];
+        c->bytes = q->c.bytes[p];
+        c->evicted = q->c.evicted[p];
+        c->refused = q->refused[p];
+        c->oldest_age_s = -1;
+        s.depth += c->depth;
+        s.bytes += c->bytes;
+        if (!c->depth)
+            continue;
+        sqlite3_stmt *st = stmt(q, ST_CLASS_OLDEST);
+        sqlite3_bind_int(st, 1, p);
+        int r = sqlite3_step(st);
+        if (r == SQLITE_ROW) {
+            int64_t age = s.now - sqlite3_column_int64(st, 0);
+            c->oldest_age_s = age < 0 ? 0 : age;
+        } else if (r != SQLITE_DONE) {
+            rc = db_err(q, err, "finding the oldest message");
+        }
+        sqlite3_reset(st);
+    }
+    s.expired = q->c.expired;
+    s.last_sync = q->last_sync;
+    s.max_bytes = q->o.max_bytes;
+    s.max_rows = q->o.max_rows;
+    s.min_free_disk = q->o.min_free_disk;
+    s.max_payload = q->o.max_payload;
+    s.enqueued = q->enqueued;
+    s.commits = q->commits;
+    pthread_mutex_unlock(&q->db_mu);
+    if (!rc)
+        *ret = s;
+    return rc;
+}
+
+int keel_queue_stats_json(const keel_queue_stats *st, char **ret_json, keel_error *err)
+{
+    keel_buf b;
+    char when[32];
+    int rc;
+    keel__buf_init(&b, 0);
+    if (st->last_sync > 0) {
+        keel__format_rfc3339(st->last_sync, when, sizeof(when));
+    }
+    rc = keel__buf_appendf(&b,
+                           "{\"format\":1,\"durability\":\"%s\",\"depth\":%" PRIu64
+                           ",\"bytes\":%" PRIu64 ",\"expired\":%" PRIu64 ",\"last_sync\":",
+                           keel_queue_durability_name(st->durability), st->depth, st->bytes,
+                           st->expired);
+    if (!rc)
+        rc = st->last_sync > 0 ? keel__buf_appendf(&b, "\"%s\"", when)
+                               : keel__buf_appendf(&b, "null");
+    if (!rc)
+        rc = keel__buf_appendf(&b,
+                               ",\"limits\":{\"max_bytes\":%" PRIu64 ",\"max_rows\":%" PRIu64
+                               ",\"min_free_disk\":%" PRIu64 ",\"max_payload\":%" PRIu64
+                               "},\"enqueued\":%" PRIu64 ",\"commits\":%" PRIu64
+                               ",\"classes\":{",
+                               st->max_bytes, st->max_rows, st->min_free_disk, st->max_payload,
+                               st->enqueued, st->commits);
+    for (int p = 0; p < KEEL_PRIO_COUNT && !rc; p++) {
+        const keel_queue_class_stats *c = &st->cls[p];
+        rc = keel__buf_appendf(&b, "%s\"%s\":{\"depth\":%" PRIu64 ",\"bytes\":%" PRIu64
+                                   ",\"oldest_age_s\":",
+                               p ? "," : "", prio_names[p], c->depth, c->bytes);
+        if (!rc)
+            rc = c->oldest_age_s >= 0 ? keel__buf_appendf(&b, "%" PRId64, c->oldest_age_s)
+                                      : keel__buf_appendf(&b, "null");
+        if (!rc)
+            rc = keel__buf_appendf(&b, ",\"evicted\":%" PRIu64 ",\"refused\":%" PRIu64 "}",
+                                   c->evicted, c->refused);
+    }
+    if (!rc)
+        rc = keel__buf_appendf(&b, "}}");
+    if (rc) {
+        keel__buf_done(&b);
+        return keel__err(err, rc, "out of memory rendering queue stats");
+    }
+    *ret_json = keel__buf_steal(&b);
+    return KEEL_OK;
+}
