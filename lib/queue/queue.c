@@ -450,10 +450,11 @@ static int make_room(keel_queue *q, req *r, int64_t now, bool *ret_ok, keel_erro
         *ret_ok = false;
         r->rc = keel__err(r->err, KEEL_ENOSPACE,
                           "queue full: %" PRIu64 " bytes of %s messages waiting; not evicting "
-                          "them%s%s (limit: %s; delivering or acking messages makes room)",
+                          "them%s%s%s (limit: %s; delivering or acking messages makes room)",
                           kept, p == KEEL_PRIO_BULK ? "critical/high/normal" : "critical/high",
                           p >= KEEL_PRIO_NORMAL ? " for a " : "",
-                          p >= KEEL_PRIO_NORMAL ? prio_names[p] : "", limit);
+                          p >= KEEL_PRIO_NORMAL ? prio_names[p] : "",
+                          p >= KEEL_PRIO_NORMAL ? " message" : "", limit);
         return KEEL_OK;
     }
     for (int i = KEEL_PRIO_BULK; i > (int)lowest_kept; i--) {
