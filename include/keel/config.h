@@ -39,6 +39,11 @@ typedef struct keel_config {
     uint64_t max_infer_body_bytes;          /* inference request bodies, default 64 MiB */
     uint64_t max_sessions;                  /* stateful sessions per package, default 1024 */
     uint64_t session_idle_s;                /* session idle expiry, default 300 */
+    char device_id[64];                     /* this device's name upstream; default hostname */
+    bool queue_sync;                        /* queue durability: true sync, false group */
+    uint64_t queue_max_bytes;               /* default 256 MiB */
+    uint64_t queue_max_rows;                /* default 1,000,000 */
+    uint64_t queue_min_free;                /* free disk to leave, default 64 MiB */
     uint64_t request_timeout_s;             /* idle connection timeout, default 30 */
     unsigned max_connections;               /* default 64 */
     uint64_t verify_interval_s;             /* background deep re-check, default 1 day; 0 off */

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/core.h"
 
@@ -31,6 +32,13 @@ void keel_config_default(keel_config *ret)
     ret->max_infer_body_bytes = 64u << 20;
     ret->max_sessions = 1024;
     ret->session_idle_s = 300;
+    ret->queue_sync = false;
+    ret->queue_max_bytes = 256u << 20;
+    ret->queue_max_rows = 1000000;
+    ret->queue_min_free = 64u << 20;
+    if (gethostname(ret->device_id, sizeof(ret->device_id)) || !ret->device_id[0])
+        keel__strlcpy(ret->device_id, "keel", sizeof(ret->device_id));
+    ret->device_id[sizeof(ret->device_id) - 1] = 0;
     ret->request_timeout_s = 30;
     ret->max_connections = 64;
     ret->verify_interval_s = 86400;
@@ -117,6 +125,12 @@ static const struct key keys[] = {
      "a size like 64M (>= 1K)"},
     {"max_sessions", K_SIZE, OFF(max_sessions), 1, 1000000, "a count 1..1000000"},
     {"session_idle", K_DUR, OFF(session_idle_s), 1, 86400, "a duration like 5m"},
+    {"device_id", K_STR64, OFF(device_id), 0, 0, "a name of 1..63 bytes"},
+    {"queue_sync", K_BOOL, OFF(queue_sync), 0, 0,
+     "true (fsync per message) or false (group commit; the same promise per message)"},
+    {"queue_max_bytes", K_SIZE, OFF(queue_max_bytes), 0, 1ull << 50, "a size like 256M"},
+    {"queue_max_rows", K_SIZE, OFF(queue_max_rows), 0, 1ull << 40, "a count"},
+    {"queue_min_free", K_SIZE, OFF(queue_min_free), 0, 1ull << 50, "a size like 64M"},
     {"verify_interval", K_DUR, OFF(verify_interval_s), 0, 365ull * 86400,
      "a duration like 24h, or 0 to turn the background re-check off"},
     {"log_level", K_LEVEL, OFF(log_level), 0, 0, "one of error, warn, info, debug"},

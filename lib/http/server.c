@@ -11,6 +11,8 @@
  *   POST /api/packages/NAME/mark-good                                    (token)
  *   POST /api/verify[?deep=1]                                            (token)
  *   POST /api/gc                     drop unused versions and blobs      (token)
+ *   POST /api/events                 queue a message for the uplink      (token)
+ *   GET  /api/queue                  queue depth, bytes, evictions per class
  *
  * Open Inference Protocol (KServe v2), open like the GETs:
  *   GET  /v2, /v2/health/live, /v2/health/ready
@@ -40,6 +42,7 @@
 #include "http/oip.h"
 #include "http/server.h"
 #include "infer/infer.h"
+#include "keel/queue.h"
 
 #define MOD "http"
 
@@ -47,6 +50,8 @@ struct keel__http {
     struct MHD_Daemon *tcp, *unix_d;
     keel_store *store;
     keel__infer *infer;
+    keel_queue *queue;
+    int64_t last_expire;  /* wall seconds of the last queue expiry sweep */
     pthread_mutex_t lock; /* guards cfg limits and readiness */
     keel_config cfg;
     char token[65];
@@ -74,6 +79,8 @@ enum route {
     R_V2_MODEL_READY,
     R_V2_INFER,
     R_METRICS,
+    R_EVENTS,
+    R_QUEUE,
 };
 
 typedef struct req {
@@ -527,6 +534,213 @@ static enum MHD_Result do_v2(keel__http *h, struct MHD_Connection *c, req *q)
     }
 }
 
+/* --- store-and-forward ------------------------------------------------------------------- */
+
+/* Removes expired messages at most every 10 s (from whichever request comes). */
+static void maybe_expire(keel__http *h)
+{
+    int64_t now = keel__now_wall_s();
+    pthread_mutex_lock(&h->lock);
+    bool due = now - h->last_expire >= 10;
+    if (due)
+        h->last_expire = now;
+    pthread_mutex_unlock(&h->lock);
+    keel_error e;
+    uint64_t n = 0;
+    if (due && keel_queue_expire(h->queue, now, &n, &e))
+        KEEL_LOG_W(MOD, "queue expiry: %s", e.msg);
+}
+
+/*
+ * POST /api/events. Either a JSON envelope
+ *   {"topic": "alerts/door", "priority": "high", "ttl_s": 3600,
+ *    "idempotency_key": "door-17", "payload": <any JSON value>}
+ * or any body with ?topic=&priority=&ttl_s=&idempotency_key= in the query
+ * (the body is stored as is, with its Content-Type). 202 once durable.
+ */
+static enum MHD_Result do_events(keel__http *h, struct MHD_Connection *c, req *q)
+{
+    keel_error e = {0};
+    keel_msg_in m = {.prio = KEEL_PRIO_NORMAL};
+    cJSON *j = NULL;
+    char *payload_text = NULL;
+    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    const char *qtopic = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "topic");
+    const char *prio = NULL, *key = NULL, *ttl = NULL;
+    int rc = KEEL_OK;
+    maybe_expire(h);
+    if (qtopic) { /* raw body */
+        m.topic = qtopic;
+        prio = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "priority");
+        key = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "idempotency_key");
+        ttl = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "ttl_s");
+        m.payload = q->body.data;
+        m.payload_len = q->body.len;
+        m.content_type = ctype;
+        if (ttl) {
+            char *end = NULL;
+            long long v = strtoll(ttl, &end, 10);
+            if (*end || v < 0)
+                rc = keel__err(&e, KEEL_EINVALID, "ttl_s: \"%.32s\" is not a number of seconds",
+                               ttl);
+            m.ttl_s = v;
+        }
+    } else {
+        const cJSON *pl;
+        uint64_t ttl_s = 0;
+        if (!(rc = keel__json_parse(q->body.data ? q->body.data : "", q->body.len,
+                                    "event (a JSON object, or any body with ?topic=)", &j, &e)) &&
+            !(rc = keel__json_str(j, "topic", true, KEEL_QUEUE_TOPIC_MAX, &m.topic, "event",
+                                  &e)) &&
+            !(rc = keel__json_str(j, "priority", false, 16, &prio, "event", &e)) &&
+            !(rc = keel__json_str(j, "idempotency_key", false, KEEL_QUEUE_IDEM_KEY_MAX, &key,
+                                  "event", &e)) &&
+            !(rc = keel__json_str(j, "content_type", false, KEEL_QUEUE_CONTENT_TYPE_MAX,
+                                  &m.content_type, "event", &e)) &&
+            !(rc = keel__json_u64(j, "ttl_s", false, &ttl_s, "event", &e))) {
+            m.ttl_s = (int64_t)ttl_s;
+            pl = cJSON_GetObjectItemCaseSensitive(j, "payload");
+            if (cJSON_IsString(pl)) {
+                m.payload = pl->valuestring;
+                m.payload_len = strlen(pl->valuestring);
+                if (!m.content_type)
+                    m.content_type = "text/plain";
+            } else if (pl) {
+                payload_text = keel__json_print(pl);
+                m.payload = payload_text;
+                m.payload_len = payload_text ? strlen(payload_text) : 0;
+                if (!m.content_type)
+                    m.content_type = "application/json";
+            }
+        }
+    }
+    m.idem_key = key;
+    if (!rc && prio && (rc = keel_prio_parse(prio, strlen(prio), &m.prio, &e)))
+        keel__err_prefix(&e, "priority");
+    uint64_t id = 0;
+    if (!rc)
+        rc = keel_queue_enqueue(h->queue, &m, &id, &e);
+    cJSON_Delete(j);
+    free(payload_text);
+    if (rc) {
+        if (rc == KEEL_ENOSPACE)
+            KEEL_LOG_W(MOD, "event refused: %s", e.msg);
+        return send_keel_error(c, &e);
+    }
+    char body[96];
+    snprintf(body, sizeof(body), "{\"id\":%llu,\"durable\":true}\n", (unsigned long long)id);
+    return send_json(c, 202, strdup(body));
+}
+
+static enum MHD_Result do_queue(keel__http *h, struct MHD_Connection *c)
+{
+    keel_queue_stats st;
+    keel_error e;
+    char *json = NULL;
+    maybe_expire(h);
+    if (keel_queue_stats_get(h->queue, &st, &e) || keel_queue_stats_json(&st, &json, &e))
+        return send_keel_error(c, &e);
+    return send_json(c, 200, json);
+}
+
+/* Engine events into the queue: tier transitions (high), requests no tier
+ * could answer (critical, at most one per package every 10 s, with the
+ * count of those folded in), inference records (bulk). */
+static void on_infer_event(void *ctx, const keel__infer_event *ev)
+{
+    keel__http *h = ctx;
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static struct {
+        char name[KEEL_NAME_MAX];
+        int64_t last;
+        uint64_t folded;
+    } recent[32];
+    keel_buf b;
+    keel_msg_in m = {0};
+    char topic[KEEL_NAME_MAX + 16];
+    uint64_t folded = 0;
+    keel__buf_init(&b, 1u << 20);
+    int rc = keel__buf_appendf(&b, "{\"device\":");
+    if (!rc)
+        rc = keel__json_quote(&b, h->cfg.device_id);
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"at\":%lld,\"model\":\"%s\",\"version\":\"%s\",\"tier\":",
+                               (long long)keel__now_wall_s(), ev->model, ev->version);
+    if (!rc)
+        rc = keel__json_quote(&b, ev->tier ? ev->tier : "");
+    switch (ev->type) {
+    case KEEL__EV_TRANSITION:
+        m.prio = KEEL_PRIO_HIGH;
+        snprintf(topic, sizeof(topic), "alerts/tier");
+        if (!rc)
+            rc = keel__buf_appendf(&b, ",\"type\":\"tier_transition\",\"from\":");
+        if (!rc)
+            rc = keel__json_quote(&b, ev->from_tier ? ev->from_tier : "");
+        break;
+    case KEEL__EV_ALL_FAILED: {
+        int64_t now = keel__now_wall_s();
+        size_t slot = 0;
+        bool send = true;
+        pthread_mutex_lock(&mu);
+        for (size_t i = 0; i < KEEL_ARRAY_LEN(recent); i++) {
+            if (!strcmp(recent[i].name, ev->model)) {
+                slot = i;
+                break;
+            }
+            if (recent[i].last < recent[slot].last)
+                slot = i;
+        }
+        if (!strcmp(recent[slot].name, ev->model) && now - recent[slot].last < 10) {
+            recent[slot].folded++;
+            send = false;
+        } else {
+            if (strcmp(recent[slot].name, ev->model))
+                recent[slot].folded = 0;
+            keel__strlcpy(recent[slot].name, ev->model, sizeof(recent[slot].name));
+            recent[slot].last = now;
+            folded = recent[slot].folded;
+            recent[slot].folded = 0;
+        }
+        pthread_mutex_unlock(&mu);
+        if (!send) {
+            keel__buf_done(&b);
+            return;
+        }
+        m.prio = KEEL_PRIO_CRITICAL;
+        snprintf(topic, sizeof(topic), "alerts/inference");
+        if (!rc)
+            rc = keel__buf_appendf(&b, ",\"type\":\"all_tiers_failed\",\"earlier_failures\":%llu",
+                                   (unsigned long long)folded);
+        break;
+    }
+    default:
+        m.prio = KEEL_PRIO_BULK;
+        snprintf(topic, sizeof(topic), "records/%s", ev->model);
+        if (!rc)
+            rc = keel__buf_appendf(&b, ",\"type\":\"record\",\"degraded\":%s,\"latency_us\":%.1f",
+                                   ev->degraded ? "true" : "false", (double)ev->ns / 1e3);
+        if (!rc && ev->result)
+            rc = keel__buf_appendf(&b, ",\"result\":%s", ev->result);
+        break;
+    }
+    if (!rc && ev->reason && ev->reason[0]) {
+        rc = keel__buf_appendf(&b, ",\"reason\":");
+        if (!rc)
+            rc = keel__json_quote(&b, ev->reason);
+    }
+    if (!rc)
+        rc = keel__buf_append(&b, "}", 1);
+    keel_error e;
+    m.topic = topic;
+    m.payload = b.data;
+    m.payload_len = b.len;
+    m.content_type = "application/json";
+    if (rc || keel_queue_enqueue(h->queue, &m, NULL, &e))
+        KEEL_LOG_W(MOD, "could not queue a %s event for %s: %s", topic, ev->model,
+                   rc ? "out of memory" : e.msg);
+    keel__buf_done(&b);
+}
+
 /* --- routing --------------------------------------------------------------------- */
 
 /* The route for method+url. When the path exists but not for this method,
@@ -586,6 +800,8 @@ static enum route route_of(const char *method, const char *url, char *name, char
         {"/v2/health/live", false, R_V2_LIVE},
         {"/v2/health/ready", false, R_V2_READY},
         {"/metrics", false, R_METRICS},
+        {"/api/events", true, R_EVENTS},
+        {"/api/queue", false, R_QUEUE},
     };
     bool post = !strcmp(method, "POST");
     bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
@@ -775,6 +991,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     case R_ROLLBACK:
     case R_MARK_GOOD:
         return do_slot_action(h, c, q);
+    case R_EVENTS:
+        return do_events(h, c, q);
+    case R_QUEUE:
+        return do_queue(h, c);
     default:
         return do_v2(h, c, q);
     }
@@ -943,7 +1163,19 @@ int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret
         goto fail;
     char cache[PATH_MAX];
     snprintf(cache, sizeof(cache), "%s/cache/onnx", cfg->state_dir);
-    keel__infer_opts io = {.cache_dir = cache,
+    char qpath[PATH_MAX];
+    keel_queue_opts qo;
+    keel_queue_opts_default(&qo);
+    qo.durability = cfg->queue_sync ? KEEL_QUEUE_SYNC : KEEL_QUEUE_GROUP;
+    qo.max_bytes = cfg->queue_max_bytes;
+    qo.max_rows = cfg->queue_max_rows;
+    qo.min_free_disk = cfg->queue_min_free;
+    snprintf(qpath, sizeof(qpath), "%s/queue.db", cfg->state_dir);
+    if ((rc = keel_queue_open(qpath, &qo, &h->queue, err)))
+        goto fail;
+    keel__infer_opts io = {.event = on_infer_event,
+                           .event_ctx = h,
+                           .cache_dir = cache,
                            .max_sessions = (size_t)cfg->max_sessions,
                            .session_idle_s = cfg->session_idle_s};
     if ((rc = keel__infer_new(store, &io, &h->infer, err)))
@@ -1007,6 +1239,7 @@ void keel__http_stop(keel__http *h)
     if (h->infer)
         keel_store_set_validator(h->store, NULL, NULL);
     keel__infer_free(h->infer);
+    keel_queue_close(h->queue); /* after the engine: it produces into the queue */
     pthread_mutex_destroy(&h->lock);
     free(h);
 }
