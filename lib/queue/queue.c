@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,7 +78,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_META_PUT] = "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
     [ST_CLASS_SCAN] = "SELECT id, size FROM msgs WHERE prio = ?1 ORDER BY id",
     [ST_CLASS_OLDEST] = "SELECT created_at FROM msgs WHERE prio = ?1 ORDER BY id LIMIT 1",
-    [ST_EXPIRED_SUM] = "SELECT prio, count(*), sum(size) FROM msgs WHERE expires_at <= ?1"
+    [ST_EXPIRED_SUM] = "SELECT prio, count(*), sum(size) FROM msgs INDEXED BY msgs_expiry"
+                       " WHERE expires_at <= ?1"
                        " GROUP BY prio",
     [ST_EXPIRED_IDEM_DEL] = "DELETE FROM idem WHERE key IN (SELECT idem FROM msgs"
                             " WHERE expires_at <= ?1 AND idem IS NOT NULL)",
@@ -111,7 +113,7 @@ typedef struct req {
     uint64_t size; /* accounted bytes */
     uint64_t id;
     int rc;
-    bool done;
+    sem_t done;      /* posted by the committer when rc and id are final */
     keel_error *err; /* the producer's; may be NULL */
 } req;
 
@@ -132,10 +134,11 @@ struct keel_queue {
     /* group commit, under mu */
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* producer -> committer (CLOCK_MONOTONIC) */
-    pthread_cond_t done_cv; /* committer -> producers */
     req *head, **tail;
     size_t npending;
     size_t last_batch;
+    size_t wake_at;         /* signal the committer when npending reaches this */
+    bool committer_waiting; /* it sleeps on work_cv */
     bool stop;
     bool committer_running;
     pthread_t committer;
@@ -663,24 +666,34 @@ static void *committer_main(void *arg)
     keel_queue *q = arg;
     pthread_mutex_lock(&q->mu);
     for (;;) {
-        while (!q->head && !q->stop)
+        q->wake_at = 1;
+        while (!q->head && !q->stop) {
+            q->committer_waiting = true;
             pthread_cond_wait(&q->work_cv, &q->mu);
+            q->committer_waiting = false;
+        }
         if (!q->head)
             break; /* stopping and nothing left */
         /* A producer alone commits at once. When the last batch was bigger,
-         * its producers are probably coming back: wait a little for them. */
+         * its producers are probably coming back: wait a little for them
+         * (woken once, when they are all there). */
         if (q->o.group_window_us && q->npending < q->last_batch && !q->stop) {
             struct timespec dl;
             clock_gettime(CLOCK_MONOTONIC, &dl);
             dl.tv_nsec += (long)q->o.group_window_us * 1000;
             dl.tv_sec += dl.tv_nsec / 1000000000;
             dl.tv_nsec %= 1000000000;
-            while (q->npending < q->last_batch && !q->stop)
-                if (pthread_cond_timedwait(&q->work_cv, &q->mu, &dl) == ETIMEDOUT)
+            q->wake_at = q->last_batch;
+            while (q->npending < q->last_batch && !q->stop) {
+                q->committer_waiting = true;
+                int e = pthread_cond_timedwait(&q->work_cv, &q->mu, &dl);
+                q->committer_waiting = false;
+                if (e == ETIMEDOUT)
                     break;
+            }
         }
         req *batch = q->head, *r = batch;
-        size_t n = 0, taken;
+        size_t n = 0;
         uint64_t bytes = 0;
         while (r && n < BATCH_MAX_MSGS && (n == 0 || bytes + r->size <= BATCH_MAX_BYTES)) {
             bytes += r->size;
@@ -691,19 +704,19 @@ static void *committer_main(void *arg)
         if (!r)
             q->tail = &q->head;
         q->npending -= n;
-        taken = n;
+        q->last_batch = n;
         pthread_mutex_unlock(&q->mu);
 
         write_batch(q, batch, n);
-
-        pthread_mutex_lock(&q->mu);
+        /* Wake exactly this batch's producers. Each req is gone as soon as
+         * its producer returns: read next before posting. */
         for (r = batch; n--;) {
             req *next = r->next;
-            r->done = true; /* r may be gone once mu is released */
+            sem_post(&r->done);
             r = next;
         }
-        q->last_batch = taken;
-        pthread_cond_broadcast(&q->done_cv);
+
+        pthread_mutex_lock(&q->mu);
     }
     pthread_mutex_unlock(&q->mu);
     return NULL;
@@ -721,14 +734,19 @@ int keel_queue_enqueue(keel_queue *q, const keel_msg_in *m, uint64_t *ret_id, ke
     if (q->o.durability == KEEL_QUEUE_SYNC) {
         write_batch(q, &r, 1);
     } else {
+        sem_init(&r.done, 0, 0);
         pthread_mutex_lock(&q->mu);
         *q->tail = &r;
         q->tail = &r.next;
         q->npending++;
-        pthread_cond_signal(&q->work_cv);
-        while (!r.done)
-            pthread_cond_wait(&q->done_cv, &q->mu);
+        /* Only when the committer waits for this many: a wakeup per
+         * producer would cost more than the commit it waits for. */
+        if (q->committer_waiting && q->npending >= q->wake_at)
+            pthread_cond_signal(&q->work_cv);
         pthread_mutex_unlock(&q->mu);
+        while (sem_wait(&r.done) != 0)
+            ; /* EINTR */
+        sem_destroy(&r.done);
     }
     if (r.rc == KEEL_OK && ret_id)
         *ret_id = r.id;
@@ -852,7 +870,6 @@ int keel_queue_open(const char *path, const keel_queue_opts *opts, keel_queue **
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&q->work_cv, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_cond_init(&q->done_cv, NULL);
     q->tail = &q->head;
     if (opts)
         q->o = *opts;
@@ -947,7 +964,6 @@ void keel_queue_close(keel_queue *q)
         sqlite3_finalize(q->st[i]);
     sqlite3_close(q->db);
     pthread_cond_destroy(&q->work_cv);
-    pthread_cond_destroy(&q->done_cv);
     pthread_mutex_destroy(&q->mu);
     pthread_mutex_destroy(&q->db_mu);
     free(q);
