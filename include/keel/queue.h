@@ -73,8 +73,9 @@ typedef int64_t (*keel_queue_clock_fn)(void *ctx);
 typedef struct keel_queue_opts {
     keel_queue_durability durability; /* default KEEL_QUEUE_GROUP */
     /* Group mode: how long the committer may wait for more producers when
-     * the pending batch is smaller than the last one (never when a producer
-     * is alone). 0: never wait. At most KEEL_QUEUE_WINDOW_MAX_US. Default 1000. */
+     * the pending batch is less than half the size of the last one (never
+     * while a producer is alone: it commits at once). 0: never wait. At most
+     * KEEL_QUEUE_WINDOW_MAX_US. Default 1000. */
     uint32_t group_window_us;
     /* Limits; 0 means none. Message bytes are payload + topic + content
      * type + idempotency key. Defaults: 256 MiB, 1,000,000, 64 MiB. */
