@@ -584,6 +584,89 @@ static void test_group_concurrent_producers(void **state)
     free(p);
 }
 
+/* Refusals and duplicates inside shared batches: each producer gets its own
+ * answer, and the batch's other messages are stored. */
+typedef struct racer {
+    keel_queue *q;
+    const char *key;
+    int ok, full;
+    uint64_t ids[20];
+    char msg[256];
+} racer;
+
+static void *race(void *arg)
+{
+    racer *r = arg;
+    for (int i = 0; i < 20; i++) {
+        keel_msg_in m = {.topic = "t", .prio = KEEL_PRIO_CRITICAL, .idem_key = r->key};
+        keel_error e;
+        uint64_t id;
+        int rc = keel_queue_enqueue(r->q, &m, &id, &e);
+        if (rc == KEEL_OK)
+            r->ids[r->ok++] = id;
+        else if (rc == KEEL_ENOSPACE && strstr(e.msg, "queue full"))
+            r->full++;
+        else
+            keel__strlcpy(r->msg, e.msg, sizeof(r->msg));
+    }
+    return NULL;
+}
+
+static void test_group_refusals_and_duplicates(void **state)
+{
+    fx *f = *state;
+    racer r[PRODUCERS];
+    pthread_t t[PRODUCERS];
+    int ok = 0, full = 0;
+    f->o.durability = KEEL_QUEUE_GROUP;
+    f->o.max_rows = 50;
+    reopen(f);
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < PRODUCERS; i++) {
+        r[i].q = f->q;
+        assert_int_equal(pthread_create(&t[i], NULL, race, &r[i]), 0);
+    }
+    for (int i = 0; i < PRODUCERS; i++) {
+        pthread_join(t[i], NULL);
+        if (r[i].msg[0])
+            fail_msg("producer %d: %s", i, r[i].msg);
+        ok += r[i].ok;
+        full += r[i].full;
+    }
+    assert_int_equal(ok, 50);
+    assert_int_equal(full, PRODUCERS * 20 - 50);
+    assert_int_equal(stats(f).cls[KEEL_PRIO_CRITICAL].refused, PRODUCERS * 20 - 50);
+    reopen(f);
+    assert_int_equal(stats(f).depth, 50);
+    uint64_t got[64];
+    assert_int_equal(peek_ids(f, got, 64), 50);
+    for (int i = 0; i < PRODUCERS; i++)
+        for (int j = 0; j < r[i].ok; j++) {
+            bool found = false;
+            for (int k = 0; k < 50; k++)
+                found |= got[k] == r[i].ids[j];
+            assert_true(found);
+        }
+
+    /* everyone sends the same key at once: one message, one id for all */
+    keel_error e;
+    assert_int_equal(keel_queue_ack(f->q, got, 50, &e), 0);
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < PRODUCERS; i++) {
+        r[i].q = f->q;
+        r[i].key = "same-key";
+        assert_int_equal(pthread_create(&t[i], NULL, race, &r[i]), 0);
+    }
+    for (int i = 0; i < PRODUCERS; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < PRODUCERS; i++) {
+        assert_int_equal(r[i].ok, 20);
+        for (int j = 0; j < 20; j++)
+            assert_int_equal(r[i].ids[j], r[0].ids[0]);
+    }
+    assert_int_equal(stats(f).depth, 1);
+}
+
 /* --- bad input ----------------------------------------------------------------------------------- */
 
 static void test_bad_inputs(void **state)
@@ -840,6 +923,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_byte_and_row_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_concurrent_producers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_refusals_and_duplicates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_inputs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9, setup, teardown),
     };
