@@ -186,9 +186,9 @@ static void plain_open(plain *p)
 {
     rm_db("plain.db");
     p->id = 1;
-    ok(NULL, sqlite3_open_v2(path_in("plain.db"), &p->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL),
+    ok(NULL,
+       sqlite3_open_v2(path_in("plain.db"), &p->db,
+                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL),
        SQLITE_OK, "open plain.db");
     ok(p->db,
        sqlite3_exec(p->db,

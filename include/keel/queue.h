@@ -42,8 +42,7 @@ typedef enum keel_prio {
 /* "critical", "high", "normal", "bulk"; "unknown" otherwise. Static storage. */
 KEEL_API const char *keel_prio_name(keel_prio p);
 /* Parses one of the names above (exactly len bytes of s). */
-KEEL_API KEEL_WUR int keel_prio_parse(const char *s, size_t len, keel_prio *ret,
-                                      keel_error *err);
+KEEL_API KEEL_WUR int keel_prio_parse(const char *s, size_t len, keel_prio *ret, keel_error *err);
 
 typedef enum keel_queue_durability {
     /* Each enqueue is its own transaction, committed and fsynced before the
@@ -170,8 +169,7 @@ KEEL_API void keel_queue_batch_free(keel_msg *batch);
 
 /* Removes delivered messages (ids borrowed). Unknown ids are ignored, so an
  * ack may be repeated. One transaction. */
-KEEL_API KEEL_WUR int keel_queue_ack(keel_queue *q, const uint64_t *ids, size_t n,
-                                     keel_error *err);
+KEEL_API KEEL_WUR int keel_queue_ack(keel_queue *q, const uint64_t *ids, size_t n, keel_error *err);
 
 /* Removes every message expired at wall-clock second `now` (expires_at <=
  * now) and forgets idempotency keys past their retention. *ret_removed (may

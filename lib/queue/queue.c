@@ -25,7 +25,7 @@
 #define MOD "queue"
 
 #define SCHEMA_VERSION  1
-#define BATCH_MAX_MSGS  1024               /* one group-commit transaction at most */
+#define BATCH_MAX_MSGS  1024                /* one group-commit transaction at most */
 #define BATCH_MAX_BYTES (64u * 1024 * 1024) /* ... unless one message alone is larger */
 
 static const char schema[] =
@@ -207,8 +207,8 @@ static int db_err(keel_queue *q, keel_error *err, const char *what)
     } else if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) {
         kc = KEEL_EPERM;
     }
-    return keel__err(err, kc, "queue database %s: %s: %s%s", q->path, what,
-                     sqlite3_errmsg(q->db), hint);
+    return keel__err(err, kc, "queue database %s: %s: %s%s", q->path, what, sqlite3_errmsg(q->db),
+                     hint);
 }
 
 static int exec(keel_queue *q, const char *sql, const char *what, keel_error *err)
@@ -402,8 +402,9 @@ static int evict_class(keel_queue *q, keel_prio p, uint64_t need, keel_error *er
     /* Evicting is data loss: say so, but at most once a minute per class. */
     uint64_t t = keel__now_mono_ns();
     if (q->evict_logged[p] == 0 || t - q->evict_logged[p] > 60ull * 1000000000) {
-        KEEL_LOG_W(MOD, "queue full: evicted %" PRIu64 " %s message(s) (%" PRIu64 " bytes); %" PRIu64
-                        " %s evicted since the database was created",
+        KEEL_LOG_W(MOD,
+                   "queue full: evicted %" PRIu64 " %s message(s) (%" PRIu64 " bytes); %" PRIu64
+                   " %s evicted since the database was created",
                    rows, prio_names[p], bytes, q->c.evicted[p], prio_names[p]);
         q->evict_logged[p] = t;
     }
@@ -900,7 +901,8 @@ int keel_queue_open(const char *path, const keel_queue_opts *opts, keel_queue **
     if ((rc = keel__fs_mkdir_p(q->dir, 0700, err)))
         goto fail;
     existed = keel__fs_exists(path);
-    if (sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+    if (sqlite3_open_v2(path, &q->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
         rc = keel__err(err, KEEL_EIO, "cannot open the queue database %s: %s", path,
                        q->db ? sqlite3_errmsg(q->db) : "out of memory");
@@ -1003,7 +1005,8 @@ int keel_queue_peek_batch(keel_queue *q, size_t max_msgs, size_t max_bytes, unsi
         size_t plen = (size_t)sqlite3_column_bytes(st, 7);
         int p = sqlite3_column_int(st, 1);
         if (!topic || !ctype || p < 0 || p >= KEEL_PRIO_COUNT) {
-            rc = keel__err(err, KEEL_ECORRUPT, "queue database %s: message %" PRIu64
+            rc = keel__err(err, KEEL_ECORRUPT,
+                           "queue database %s: message %" PRIu64
                            " has no topic, no content type or an unknown priority",
                            q->path, col_u64(st, 0));
             break;
@@ -1118,8 +1121,7 @@ int keel_queue_ack(keel_queue *q, const uint64_t *ids, size_t n, keel_error *err
         }
         if (q->o.idem_retention_s == 0 && sqlite3_column_type(st, 2) == SQLITE_TEXT) {
             sqlite3_stmt *d = stmt(q, ST_IDEM_DEL);
-            sqlite3_bind_text(d, 1, (const char *)sqlite3_column_text(st, 2), -1,
-                              SQLITE_TRANSIENT);
+            sqlite3_bind_text(d, 1, (const char *)sqlite3_column_text(st, 2), -1, SQLITE_TRANSIENT);
             sqlite3_bind_int64(d, 2, i64(ids[i]));
             if ((rc = step_done(q, d, "forgetting the key of an acked message", err)))
                 break;
@@ -1254,15 +1256,15 @@ int keel_queue_stats_json(const keel_queue_stats *st, char **ret_json, keel_erro
         rc = keel__buf_appendf(&b,
                                ",\"limits\":{\"max_bytes\":%" PRIu64 ",\"max_rows\":%" PRIu64
                                ",\"min_free_disk\":%" PRIu64 ",\"max_payload\":%" PRIu64
-                               "},\"enqueued\":%" PRIu64 ",\"commits\":%" PRIu64
-                               ",\"classes\":{",
+                               "},\"enqueued\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"classes\":{",
                                st->max_bytes, st->max_rows, st->min_free_disk, st->max_payload,
                                st->enqueued, st->commits);
     for (int p = 0; p < KEEL_PRIO_COUNT && !rc; p++) {
         const keel_queue_class_stats *c = &st->cls[p];
-        rc = keel__buf_appendf(&b, "%s\"%s\":{\"depth\":%" PRIu64 ",\"bytes\":%" PRIu64
-                                   ",\"oldest_age_s\":",
-                               p ? "," : "", prio_names[p], c->depth, c->bytes);
+        rc = keel__buf_appendf(
+            &b,
+            "%s\"%s\":{\"depth\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"oldest_age_s\":", p ? "," : "",
+            prio_names[p], c->depth, c->bytes);
         if (!rc)
             rc = c->oldest_age_s >= 0 ? keel__buf_appendf(&b, "%" PRId64, c->oldest_age_s)
                                       : keel__buf_appendf(&b, "null");

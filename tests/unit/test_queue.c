@@ -171,9 +171,8 @@ static void test_priority_order_fifo(void **state)
     assert_int_equal(n, 1);
     keel_queue_batch_free(b);
     /* one class and topic per batch */
-    assert_int_equal(keel_queue_peek_batch(f->q, 100, SIZE_MAX, KEEL_QUEUE_PEEK_SAME_TOPIC, &b, &n,
-                                           &e),
-                     0);
+    assert_int_equal(
+        keel_queue_peek_batch(f->q, 100, SIZE_MAX, KEEL_QUEUE_PEEK_SAME_TOPIC, &b, &n, &e), 0);
     assert_int_equal(n, 2);
     assert_int_equal(b[0].id, c1);
     assert_int_equal(b[1].id, c2);
@@ -338,7 +337,7 @@ static void test_eviction_order(void **state)
     for (int i = 0; i < KEEL_PRIO_COUNT; i++)
         assert_int_equal(s.cls[i].evicted, 0);
     /* then bulk, oldest first */
-    uint64_t n2 = put(f, KEEL_PRIO_NORMAL, "t", "n2", 0, NULL); /* evicts b1 */
+    uint64_t n2 = put(f, KEEL_PRIO_NORMAL, "t", "n2", 0, NULL);   /* evicts b1 */
     uint64_t c2 = put(f, KEEL_PRIO_CRITICAL, "t", "c2", 0, NULL); /* evicts b2 */
     uint64_t h2 = put(f, KEEL_PRIO_HIGH, "t", "h2", 0, NULL);     /* evicts b3 */
     {
@@ -498,8 +497,8 @@ static void test_reopen_keeps_everything(void **state)
 
 /* --- group commit ---------------------------------------------------------------------------- */
 
-#define PRODUCERS     8
-#define PER_PRODUCER  150
+#define PRODUCERS    8
+#define PER_PRODUCER 150
 
 typedef struct producer {
     keel_queue *q;
@@ -667,7 +666,8 @@ static void test_group_refusals_and_duplicates(void **state)
     assert_int_equal(stats(f).depth, 1);
 }
 
-/* --- bad input ----------------------------------------------------------------------------------- */
+/* --- bad input -----------------------------------------------------------------------------------
+ */
 
 static void test_bad_inputs(void **state)
 {
@@ -711,8 +711,7 @@ static void test_bad_inputs(void **state)
     m = ok, m.ttl_s = -5;
     th_expect_err(keel_queue_enqueue(f->q, &m, &id, &e), &e, KEEL_EINVALID, "ttl_s is -5");
     m = ok, m.idem_key = big;
-    th_expect_err(keel_queue_enqueue(f->q, &m, &id, &e), &e, KEEL_EINVALID,
-                  "idempotency key");
+    th_expect_err(keel_queue_enqueue(f->q, &m, &id, &e), &e, KEEL_EINVALID, "idempotency key");
     m = ok, m.content_type = "text/plain\r\nX: y";
     th_expect_err(keel_queue_enqueue(f->q, &m, &id, &e), &e, KEEL_EINVALID, "content type");
     th_expect_err(keel_queue_enqueue(f->q, NULL, &id, &e), &e, KEEL_EINVALID, "no message");
@@ -746,7 +745,8 @@ static void test_bad_inputs(void **state)
     assert_null(q2);
 }
 
-/* --- kill -9 ------------------------------------------------------------------------------------- */
+/* --- kill -9 -------------------------------------------------------------------------------------
+ */
 
 typedef struct crash_ctx {
     keel_queue *q;
