@@ -24,9 +24,12 @@
 
 #define MOD "queue"
 
-#define SCHEMA_VERSION  1
-#define BATCH_MAX_MSGS  1024                /* one group-commit transaction at most */
-#define BATCH_MAX_BYTES (64u * 1024 * 1024) /* ... unless one message alone is larger */
+#define SCHEMA_VERSION       1
+#define QUEUE_APPLICATION_ID 1262834005 /* 0x4b455155, "KEQU": the SQLite header says queue */
+#define KEEL__STR_(x)        #x
+#define KEEL__STR(x)         KEEL__STR_(x)
+#define BATCH_MAX_MSGS       1024                /* one group-commit transaction at most */
+#define BATCH_MAX_BYTES      (64u * 1024 * 1024) /* ... unless one message alone is larger */
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
@@ -858,6 +861,26 @@ out:
     return rc;
 }
 
+/* The file is a queue database, or a new empty one (then marked as one):
+ * never create queue tables inside another database (keel.db, say). */
+static int check_format(keel_queue *q, keel_error *err)
+{
+    char id[32], tables[32];
+    int rc;
+    if ((rc = query_text(q, "PRAGMA application_id", id, sizeof(id), err)) ||
+        (rc = query_text(q, "SELECT count(*) FROM sqlite_master", tables, sizeof(tables), err)))
+        return rc;
+    if (strtol(id, NULL, 10) == QUEUE_APPLICATION_ID)
+        return KEEL_OK;
+    if (strcmp(id, "0") == 0 && strcmp(tables, "0") == 0)
+        return exec(q, "PRAGMA application_id=" KEEL__STR(QUEUE_APPLICATION_ID),
+                    "marking the queue database", err);
+    return keel__err(err, KEEL_EUNSUPPORTED,
+                     "%s is an SQLite database but not a keel queue (application_id %s, %s "
+                     "tables); not writing into it: give the queue its own file",
+                     q->path, id, tables);
+}
+
 int keel_queue_open(const char *path, const keel_queue_opts *opts, keel_queue **ret,
                     keel_error *err)
 {
@@ -925,7 +948,7 @@ int keel_queue_open(const char *path, const keel_queue_opts *opts, keel_queue **
                    "setting pragmas", err)) ||
         (rc = exec(q, "BEGIN IMMEDIATE", "locking the queue database", err)))
         goto fail;
-    if ((rc = exec(q, schema, "creating the schema", err)) ||
+    if ((rc = check_format(q, err)) || (rc = exec(q, schema, "creating the schema", err)) ||
         (rc = exec(q, "COMMIT", "creating the schema", err))) {
         (void)sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
         goto fail;

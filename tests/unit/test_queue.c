@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -743,6 +744,33 @@ static void test_bad_inputs(void **state)
     th_expect_err(keel_queue_open(th_path(f->dir, "junk.db"), NULL, &q2, &e), &e, KEEL_ECORRUPT,
                   "junk.db");
     assert_null(q2);
+    /* another SQLite database (keel.db, say) is not written into */
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(th_path(f->dir, "keel.db"), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE packages(name TEXT)", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    th_expect_err(keel_queue_open(th_path(f->dir, "keel.db"), NULL, &q2, &e), &e, KEEL_EUNSUPPORTED,
+                  "not a keel queue");
+    assert_int_equal(sqlite3_open(th_path(f->dir, "keel.db"), &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    /* a queue database says what it is in its header */
+    assert_int_equal(keel_queue_open(th_path(f->dir, "mine.db"), NULL, &q2, &e), 0);
+    keel_queue_close(q2);
+    assert_int_equal(sqlite3_open(th_path(f->dir, "mine.db"), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA application_id", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0x4b455155);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    assert_int_equal(keel_queue_open(th_path(f->dir, "mine.db"), NULL, &q2, &e), 0);
+    keel_queue_close(q2);
 }
 
 /* --- kill -9 -------------------------------------------------------------------------------------
