@@ -13,6 +13,8 @@
 
 #include "client.h"
 #include "infer/infer.h"
+#include "sync/envelope.h"
+#include "core/json.h"
 #include "core/core.h"
 
 #define MAX_KEYS 16
@@ -56,6 +58,7 @@ static const char usage[] =
     "  status | packages | install FILE [--activate] | activate NAME [--version V]\n"
     "  rollback NAME | mark-good NAME | gc (drop versions in no slot, unused blobs)\n"
     "  infer NAME --input FILE|JSON [--tier T] [--session S]   one inference request\n"
+    "  envelope decode FILE...          uplink batch envelopes as JSON lines (receivers)\n"
     "  selftest NAME [--version V] --state-dir D   run the package's validation set\n"
     "  common: --url URL --unix-socket PATH --token T --state-dir D --json\n";
 
@@ -449,6 +452,56 @@ static int cmd_trust(int argc, char **argv)
     return usage_error("unknown trust command \"%s\" (init, sign, rotate, revoke)", sub);
 }
 
+/* --- envelopes ------------------------------------------------------------------------ */
+
+/* keel envelope decode FILE...: one JSON line per message, for receivers
+ * and tests (docs/uplink.md has the format). Payloads that are JSON are
+ * embedded as is; others as text when printable, else base64. */
+static int cmd_envelope(int argc, char **argv)
+{
+    if (argc < 3 || strcmp(argv[1], "decode"))
+        return usage_error("usage: keel envelope decode FILE...%s", "");
+    int status = 0;
+    for (int i = 2; i < argc; i++) {
+        char *data = NULL;
+        size_t len = 0;
+        keel_error e = {0};
+        keel__envelope *env = NULL;
+        if (keel__fs_read(argv[i], 256u << 20, &data, &len, &e) ||
+            keel__envelope_decode(data, len, NULL, &env, &e)) {
+            fprintf(stderr, "keel: %s: %s\n", argv[i], e.msg);
+            free(data);
+            status = 1;
+            continue;
+        }
+        for (size_t k = 0; k < env->n; k++) {
+            const keel__sync_msg *m = &env->msgs[k];
+            cJSON *o = cJSON_CreateObject(), *pj = NULL;
+            cJSON_AddStringToObject(o, "device", env->device);
+            cJSON_AddNumberToObject(o, "seq", (double)env->seq);
+            cJSON_AddNumberToObject(o, "id", (double)m->id);
+            cJSON_AddStringToObject(o, "priority", keel__prio_name(m->priority));
+            cJSON_AddNumberToObject(o, "created", (double)m->created);
+            cJSON_AddStringToObject(o, "topic", m->topic);
+            cJSON_AddStringToObject(o, "content_type", m->content_type);
+            if (!keel__json_parse(m->payload, m->len, "payload", &pj, NULL))
+                cJSON_AddItemToObject(o, "payload", pj);
+            else {
+                char *t = keel__strndup(m->payload, m->len);
+                cJSON_AddStringToObject(o, "payload_text", t ? t : "");
+                free(t);
+            }
+            char *line = keel__json_print(o);
+            printf("%s\n", line ? line : "{}");
+            free(line);
+            cJSON_Delete(o);
+        }
+        keel__envelope_free(env);
+        free(data);
+    }
+    return status;
+}
+
 /* --- offline device verbs ----------------------------------------------------------- */
 
 static int offline(const char *verb, const opts *o)
@@ -529,6 +582,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(verb, "trust"))
         return cmd_trust(argc - 1, argv + 1);
+    if (!strcmp(verb, "envelope"))
+        return cmd_envelope(argc - 1, argv + 1);
     if (!strcmp(verb, "infer"))
         return keel_cli_infer(argc - 1, argv + 1);
     if (!strcmp(verb, "selftest"))

@@ -44,6 +44,17 @@ typedef struct keel_config {
     uint64_t queue_max_bytes;               /* default 256 MiB */
     uint64_t queue_max_rows;                /* default 1,000,000 */
     uint64_t queue_min_free;                /* free disk to leave, default 64 MiB */
+    char uplink[64];                        /* none (default), mqtt, http */
+    char mqtt_host[KEEL_CONFIG_PATH_MAX];   /* broker host */
+    uint16_t mqtt_port;                     /* 0: 1883, or 8883 with TLS */
+    char uplink_url[KEEL_CONFIG_PATH_MAX];  /* http: where envelopes are POSTed */
+    char uplink_ca[KEEL_CONFIG_PATH_MAX];   /* CA file: turns TLS on for MQTT */
+    char uplink_cert[KEEL_CONFIG_PATH_MAX]; /* client certificate (PEM) */
+    char uplink_key[KEEL_CONFIG_PATH_MAX];  /* its key */
+    char uplink_username[64];
+    char uplink_password_file[KEEL_CONFIG_PATH_MAX]; /* the password, in a file of its own */
+    char sync_window[64];                   /* "always", "every 15m", "02:00-04:00", both */
+    uint64_t uplink_bandwidth;              /* bytes per second on the wire; 0: no cap */
     uint64_t request_timeout_s;             /* idle connection timeout, default 30 */
     unsigned max_connections;               /* default 64 */
     uint64_t verify_interval_s;             /* background deep re-check, default 1 day; 0 off */

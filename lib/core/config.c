@@ -36,6 +36,8 @@ void keel_config_default(keel_config *ret)
     ret->queue_max_bytes = 256u << 20;
     ret->queue_max_rows = 1000000;
     ret->queue_min_free = 64u << 20;
+    keel__strlcpy(ret->uplink, "none", sizeof(ret->uplink));
+    keel__strlcpy(ret->sync_window, "always", sizeof(ret->sync_window));
     if (gethostname(ret->device_id, sizeof(ret->device_id)) || !ret->device_id[0])
         keel__strlcpy(ret->device_id, "keel", sizeof(ret->device_id));
     ret->device_id[sizeof(ret->device_id) - 1] = 0;
@@ -131,6 +133,20 @@ static const struct key keys[] = {
     {"queue_max_bytes", K_SIZE, OFF(queue_max_bytes), 0, 1ull << 50, "a size like 256M"},
     {"queue_max_rows", K_SIZE, OFF(queue_max_rows), 0, 1ull << 40, "a count"},
     {"queue_min_free", K_SIZE, OFF(queue_min_free), 0, 1ull << 50, "a size like 64M"},
+    {"uplink", K_STR64, OFF(uplink), 0, 0, "none, mqtt or http"},
+    {"mqtt_host", K_PATH, OFF(mqtt_host), 0, 0, "a host name or address"},
+    {"mqtt_port", K_PORT, OFF(mqtt_port), 0, 65535, "a TCP port"},
+    {"uplink_url", K_PATH, OFF(uplink_url), 0, 0, "an http:// or https:// URL"},
+    {"uplink_ca", K_PATH, OFF(uplink_ca), 0, 0, "a CA certificate file (PEM)"},
+    {"uplink_cert", K_PATH, OFF(uplink_cert), 0, 0, "a client certificate file (PEM)"},
+    {"uplink_key", K_PATH, OFF(uplink_key), 0, 0, "a private key file (PEM)"},
+    {"uplink_username", K_STR64, OFF(uplink_username), 0, 0, "a user name"},
+    {"uplink_password_file", K_PATH, OFF(uplink_password_file), 0, 0,
+     "a file holding the password"},
+    {"sync_window", K_STR64, OFF(sync_window), 0, 0,
+     "always, every 15m, 02:00-04:00, or both separated by a comma"},
+    {"uplink_bandwidth", K_SIZE, OFF(uplink_bandwidth), 0, 1ull << 40,
+     "bytes per second like 64K, or 0 for no cap"},
     {"verify_interval", K_DUR, OFF(verify_interval_s), 0, 365ull * 86400,
      "a duration like 24h, or 0 to turn the background re-check off"},
     {"log_level", K_LEVEL, OFF(log_level), 0, 0, "one of error, warn, info, debug"},

@@ -43,6 +43,7 @@
 #include "http/server.h"
 #include "infer/infer.h"
 #include "keel/queue.h"
+#include "sync/uplink.h"
 
 #define MOD "http"
 
@@ -51,6 +52,9 @@ struct keel__http {
     keel_store *store;
     keel__infer *infer;
     keel_queue *queue;
+    keel__uplink *uplink; /* NULL: uplink = none */
+    keel_msg *batch;      /* the source's batch handed to the uplink */
+    keel__sync_msg *sbatch;
     int64_t last_expire;  /* wall seconds of the last queue expiry sweep */
     pthread_mutex_t lock; /* guards cfg limits and readiness */
     keel_config cfg;
@@ -259,10 +263,13 @@ static enum MHD_Result do_status(keel__http *h, struct MHD_Connection *c)
     if (!rc)
         rc = keel__json_quote(&b, h->cfg.state_dir);
     char *inf = h->infer ? keel__infer_status_json(h->infer) : NULL;
+    char *up = h->uplink ? keel__uplink_status_json(h->uplink) : NULL;
     if (!rc)
-        rc = keel__buf_appendf(&b, ",\"readiness\":%s,\"store\":%s,\"inference\":%s}\n", ready,
-                               store, inf ? inf : "{}");
+        rc = keel__buf_appendf(&b,
+                               ",\"readiness\":%s,\"store\":%s,\"inference\":%s,\"uplink\":%s}\n",
+                               ready, store, inf ? inf : "{}", up ? up : "null");
     free(inf);
+    free(up);
     free(store);
     free(ready);
     if (rc) {
@@ -521,6 +528,28 @@ static enum MHD_Result do_v2(keel__http *h, struct MHD_Connection *c, req *q)
                                    h->ready ? 1 : 0);
         if (!rc && h->infer)
             rc = keel__infer_metrics(h->infer, &b);
+        keel_queue_stats st;
+        keel_error qe;
+        if (!rc && h->queue && !keel_queue_stats_get(h->queue, &st, &qe)) {
+            static const char *const fam[][3] = {
+                {"keel_queue_depth", "gauge", "Messages waiting, by priority class."},
+                {"keel_queue_bytes", "gauge", "Bytes waiting, by priority class."},
+                {"keel_queue_evicted_total", "counter", "Messages evicted to make room."},
+                {"keel_queue_refused_total", "counter", "Enqueues refused (backpressure)."}};
+            for (size_t f = 0; !rc && f < 4; f++) {
+                rc = keel__buf_appendf(&b, "# HELP %s %s\n# TYPE %s %s\n", fam[f][0], fam[f][2],
+                                       fam[f][0], fam[f][1]);
+                for (int k = 0; !rc && k < KEEL_PRIO_COUNT; k++) {
+                    const keel_queue_class_stats *cs = &st.cls[k];
+                    uint64_t v = f == 0 ? cs->depth : f == 1 ? cs->bytes : f == 2 ? cs->evicted
+                                                                                  : cs->refused;
+                    rc = keel__buf_appendf(&b, "%s{class=\"%s\"} %llu\n", fam[f][0],
+                                           keel_prio_name((keel_prio)k), (unsigned long long)v);
+                }
+            }
+        }
+        if (!rc && h->uplink)
+            rc = keel__uplink_metrics(h->uplink, &b);
         if (rc) {
             keel__buf_done(&b);
             return MHD_NO;
@@ -627,6 +656,8 @@ static enum MHD_Result do_events(keel__http *h, struct MHD_Connection *c, req *q
             KEEL_LOG_W(MOD, "event refused: %s", e.msg);
         return send_keel_error(c, &e);
     }
+    if (h->uplink)
+        keel__uplink_wake(h->uplink, m.prio == KEEL_PRIO_CRITICAL);
     char body[96];
     snprintf(body, sizeof(body), "{\"id\":%llu,\"durable\":true}\n", (unsigned long long)id);
     return send_json(c, 202, strdup(body));
@@ -738,7 +769,117 @@ static void on_infer_event(void *ctx, const keel__infer_event *ev)
     if (rc || keel_queue_enqueue(h->queue, &m, NULL, &e))
         KEEL_LOG_W(MOD, "could not queue a %s event for %s: %s", topic, ev->model,
                    rc ? "out of memory" : e.msg);
+    else if (h->uplink)
+        keel__uplink_wake(h->uplink, m.prio == KEEL_PRIO_CRITICAL);
     keel__buf_done(&b);
+}
+
+/* --- the queue as the uplink's source (called on the uplink's thread) ------------------ */
+
+static void src_release(void *ctx)
+{
+    keel__http *h = ctx;
+    keel_queue_batch_free(h->batch);
+    free(h->sbatch);
+    h->batch = NULL;
+    h->sbatch = NULL;
+}
+
+static int src_next(void *ctx, size_t max, size_t max_bytes, keel__sync_msg **ret, size_t *n,
+                    keel_error *err)
+{
+    keel__http *h = ctx;
+    size_t got = 0;
+    src_release(h);
+    maybe_expire(h);
+    int rc = keel_queue_peek_batch(h->queue, max, max_bytes, KEEL_QUEUE_PEEK_SAME_TOPIC,
+                                   &h->batch, &got, err);
+    if (rc || !got) {
+        *ret = NULL;
+        *n = 0;
+        return rc;
+    }
+    if (!(h->sbatch = calloc(got, sizeof(*h->sbatch)))) {
+        src_release(h);
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < got; i++) {
+        const keel_msg *m = &h->batch[i];
+        h->sbatch[i] = (keel__sync_msg){.id = m->id,
+                                        .priority = (int)m->prio,
+                                        .created = m->created_at,
+                                        .topic = m->topic,
+                                        .content_type = m->content_type,
+                                        .payload = m->payload,
+                                        .len = m->payload_len};
+    }
+    *ret = h->sbatch;
+    *n = got;
+    return KEEL_OK;
+}
+
+static int src_ack(void *ctx, const uint64_t *ids, size_t n, keel_error *err)
+{
+    return keel_queue_ack(((keel__http *)ctx)->queue, ids, n, err);
+}
+
+static void src_synced(void *ctx, int64_t when)
+{
+    keel_error e;
+    if (keel_queue_mark_synced(((keel__http *)ctx)->queue, when, &e))
+        KEEL_LOG_W(MOD, "recording the sync time: %s", e.msg);
+}
+
+/* Starts the uplink cfg asks for (none: nothing). */
+static int start_uplink(keel__http *h, const keel_config *cfg, keel_error *err)
+{
+    keel__uplink_opts o;
+    char *password = NULL;
+    size_t plen = 0;
+    if (!strcmp(cfg->uplink, "none"))
+        return KEEL_OK;
+    keel__uplink_opts_default(&o);
+    if (!strcmp(cfg->uplink, "mqtt")) {
+        o.transport = KEEL__UPLINK_MQTT;
+        o.host = cfg->mqtt_host;
+        o.port = cfg->mqtt_port;
+    } else if (!strcmp(cfg->uplink, "http")) {
+        o.transport = KEEL__UPLINK_HTTP;
+        o.url = cfg->uplink_url;
+    } else {
+        return keel__err(err, KEEL_EINVALID, "uplink: \"%s\" is not none, mqtt or http",
+                         cfg->uplink);
+    }
+    o.device_id = cfg->device_id;
+    o.ca_file = cfg->uplink_ca[0] ? cfg->uplink_ca : NULL;
+    o.cert_file = cfg->uplink_cert[0] ? cfg->uplink_cert : NULL;
+    o.key_file = cfg->uplink_key[0] ? cfg->uplink_key : NULL;
+    o.username = cfg->uplink_username[0] ? cfg->uplink_username : NULL;
+    o.bandwidth_bps = cfg->uplink_bandwidth;
+    int rc = keel__sync_window_parse(cfg->sync_window, &o.window, err);
+    if (!rc && cfg->uplink_password_file[0] &&
+        !(rc = keel__fs_read(cfg->uplink_password_file, 4096, &password, &plen, err))) {
+        while (plen && (password[plen - 1] == '\n' || password[plen - 1] == '\r'))
+            password[--plen] = 0;
+        o.password = password;
+    }
+    keel__sync_source src = {.ctx = h,
+                             .next_batch = src_next,
+                             .release = src_release,
+                             .ack = src_ack,
+                             .synced = src_synced};
+    if (!rc)
+        rc = keel__uplink_start(&o, &src, &h->uplink, err);
+    if (password) {
+        memset(password, 0, plen);
+        free(password);
+    }
+    if (rc)
+        return keel__err_prefix(err, "uplink");
+    KEEL_LOG_I(MOD, "uplink: %s to %s as %s, window %s", cfg->uplink,
+               o.transport == KEEL__UPLINK_MQTT ? cfg->mqtt_host : cfg->uplink_url,
+               cfg->device_id, cfg->sync_window);
+    return KEEL_OK;
 }
 
 /* --- routing --------------------------------------------------------------------- */
@@ -1171,7 +1312,8 @@ int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret
     qo.max_rows = cfg->queue_max_rows;
     qo.min_free_disk = cfg->queue_min_free;
     snprintf(qpath, sizeof(qpath), "%s/queue.db", cfg->state_dir);
-    if ((rc = keel_queue_open(qpath, &qo, &h->queue, err)))
+    if ((rc = keel_queue_open(qpath, &qo, &h->queue, err)) ||
+        (rc = start_uplink(h, cfg, err)))
         goto fail;
     keel__infer_opts io = {.event = on_infer_event,
                            .event_ctx = h,
@@ -1239,6 +1381,8 @@ void keel__http_stop(keel__http *h)
     if (h->infer)
         keel_store_set_validator(h->store, NULL, NULL);
     keel__infer_free(h->infer);
+    keel__uplink_stop(h->uplink); /* before the queue: it reads from it */
+    src_release(h);
     keel_queue_close(h->queue); /* after the engine: it produces into the queue */
     pthread_mutex_destroy(&h->lock);
     free(h);
