@@ -145,6 +145,8 @@ static const struct key keys[] = {
      "a file holding the password"},
     {"sync_window", K_STR64, OFF(sync_window), 0, 0,
      "always, every 15m, 02:00-04:00, or both separated by a comma"},
+    {"upstream_url", K_PATH, OFF(upstream_url), 0, 0,
+     "an Open Inference Protocol endpoint like http://fog:8480, or empty"},
     {"uplink_bandwidth", K_SIZE, OFF(uplink_bandwidth), 0, 1ull << 40,
      "bytes per second like 64K, or 0 for no cap"},
     {"verify_interval", K_DUR, OFF(verify_interval_s), 0, 365ull * 86400,

@@ -684,6 +684,7 @@ int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *i
         (rc = parse_param_str(params, "session", r->session, sizeof(r->session), err)))
         goto out;
     r->binary_all = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(params, "binary_data_output"));
+    r->complex = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(params, "complex"));
     size_t off = json_len; /* binary data cursor */
     cJSON_ArrayForEach(it, inputs)
     {
@@ -978,6 +979,11 @@ int keel__oip_response(const keel__oip_req *r, const keel__infer_resp *resp, cha
                                resp->degraded ? "true" : "false");
     if (!rc)
         rc = keel__json_quote(&b, resp->reason);
+    if (!rc && resp->escalation[0]) {
+        rc = keel__buf_append(&b, ",\"escalation\":", 14);
+        if (!rc)
+            rc = keel__json_quote(&b, resp->escalation);
+    }
     if (!rc)
         rc = keel__buf_appendf(&b, ",\"latency_us\":%.1f},\"outputs\":[", (double)resp->ns / 1e3);
     size_t k = 0;

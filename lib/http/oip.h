@@ -17,6 +17,7 @@ typedef struct keel__oip_req {
     char id[128];
     char tier[32], session[128];
     bool binary_all;              /* parameters.binary_data_output */
+    bool complex;                 /* parameters.complex: escalate whatever the confidence */
     char outputs[KEEL__MAX_IO][64]; /* requested outputs ("" none = all) */
     bool out_binary[KEEL__MAX_IO];
     size_t noutputs;

@@ -36,6 +36,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/json.h"
@@ -44,6 +45,7 @@
 #include "infer/infer.h"
 #include "keel/queue.h"
 #include "sync/uplink.h"
+#include "infer/router.h"
 
 #define MOD "http"
 
@@ -53,6 +55,11 @@ struct keel__http {
     keel__infer *infer;
     keel_queue *queue;
     keel__uplink *uplink; /* NULL: uplink = none */
+    keel__router *router; /* NULL: no upstream_url */
+    keel_queue *reprocess; /* escalations the upstream could not answer yet */
+    pthread_t reproc_thread;
+    bool reproc_running, stopping;
+    pthread_cond_t reproc_cv;
     keel_msg *batch;      /* the source's batch handed to the uplink */
     keel__sync_msg *sbatch;
     int64_t last_expire;  /* wall seconds of the last queue expiry sweep */
@@ -264,12 +271,21 @@ static enum MHD_Result do_status(keel__http *h, struct MHD_Connection *c)
         rc = keel__json_quote(&b, h->cfg.state_dir);
     char *inf = h->infer ? keel__infer_status_json(h->infer) : NULL;
     char *up = h->uplink ? keel__uplink_status_json(h->uplink) : NULL;
+    char *ro = h->router ? keel__router_status_json(h->router) : NULL;
+    keel_queue_stats rs;
+    keel_error rse;
+    long long pending = h->reprocess && !keel_queue_stats_get(h->reprocess, &rs, &rse)
+                            ? (long long)rs.depth
+                            : 0;
     if (!rc)
         rc = keel__buf_appendf(&b,
-                               ",\"readiness\":%s,\"store\":%s,\"inference\":%s,\"uplink\":%s}\n",
-                               ready, store, inf ? inf : "{}", up ? up : "null");
+                               ",\"readiness\":%s,\"store\":%s,\"inference\":%s,\"uplink\":%s,"
+                               "\"upstream\":%s,\"reprocess_pending\":%lld}\n",
+                               ready, store, inf ? inf : "{}", up ? up : "null",
+                               ro ? ro : "null", pending);
     free(inf);
     free(up);
+    free(ro);
     free(store);
     free(ready);
     if (rc) {
@@ -401,6 +417,53 @@ static keel__model *v2_model(keel__http *h, struct MHD_Connection *c, req *q, en
     return m;
 }
 
+
+/* Sends an upstream answer as ours (its tier says "upstream"). Takes a. */
+static enum MHD_Result send_upstream(struct MHD_Connection *c, keel__upstream_answer *a)
+{
+    char hlen[32];
+    size_t len = a->body.len, jlen = a->json_len;
+    char *body = keel__buf_steal(&a->body);
+    if (!body)
+        return MHD_NO;
+    if (jlen != len) {
+        snprintf(hlen, sizeof(hlen), "%zu", jlen);
+        return send_body(c, 200, body, len, "application/octet-stream", "X-Keel-Tier", "upstream",
+                         "Inference-Header-Content-Length", hlen);
+    }
+    return send_body(c, 200, body, len, "application/json", "X-Keel-Tier", "upstream", NULL,
+                     NULL);
+}
+
+/* The first result row's confidence, or -1. */
+static double result_confidence(const char *result)
+{
+    const char *c = result ? strstr(result, "\"confidence\":") : NULL;
+    return c ? strtod(c + 13, NULL) : -1;
+}
+
+/* Keeps an escalation the upstream could not take, for the re-processing
+ * worker: the local result, a newline, then the request as received. */
+static void queue_reprocess(keel__http *h, const char *model, const char *result,
+                            const req *q, size_t json_len)
+{
+    keel_buf b;
+    char ctype[64];
+    keel_error e;
+    keel__buf_init(&b, 0);
+    snprintf(ctype, sizeof(ctype), "keel-hlen=%zu", json_len);
+    if (keel__buf_appendf(&b, "%s\n", result ? result : "null") ||
+        keel__buf_append(&b, q->body.data ? q->body.data : "", q->body.len)) {
+        keel__buf_done(&b);
+        return;
+    }
+    keel_msg_in m = {.topic = model, .prio = KEEL_PRIO_NORMAL, .payload = b.data,
+                     .payload_len = b.len, .content_type = ctype};
+    if (keel_queue_enqueue(h->reprocess, &m, NULL, &e))
+        KEEL_LOG_W(MOD, "cannot keep %s's escalation for later: %s", model, e.msg);
+    keel__buf_done(&b);
+}
+
 static enum MHD_Result do_infer(keel__http *h, struct MHD_Connection *c, req *q)
 {
     enum MHD_Result ret = MHD_NO;
@@ -450,8 +513,50 @@ static enum MHD_Result do_infer(keel__http *h, struct MHD_Connection *c, req *q)
         rc = keel__oip_parse(q->body.data ? q->body.data : "", q->body.len, json_len,
                              keel__model_image_input(m), &r, &e);
     }
+    /* hybrid routing (JSON and binary requests; image bodies stay local) */
+    double below = 0;
+    uint64_t up_ms = 0;
+    int route = h->router && !image && !r.req.tier ? keel__model_route(m, &below, &up_ms)
+                                                    : KEEL__ROUTE_LOCAL;
+    size_t json_len = hl ? (size_t)strtoull(hl, NULL, 10) : q->body.len;
+    char up_why[200] = "";
+    if (!rc && route == KEEL__ROUTE_UPSTREAM_FIRST) {
+        keel__upstream_answer a;
+        keel_error ue = {0};
+        if (!keel__router_allow(h->router))
+            snprintf(up_why, sizeof(up_why), "upstream breaker open");
+        else if (!keel__router_forward(h->router, q->name, q->body.data, q->body.len, json_len,
+                                       up_ms, &a, &ue)) {
+            keel__oip_done(&r);
+            keel__model_unref(m);
+            return send_upstream(c, &a);
+        } else
+            snprintf(up_why, sizeof(up_why), "%s", ue.msg);
+    }
     if (!rc)
         rc = keel__model_run(m, &r.req, &resp, &e);
+    if (!rc && up_why[0])
+        snprintf(resp.escalation, sizeof(resp.escalation), "upstream first: %s", up_why);
+    if (!rc && route == KEEL__ROUTE_ESCALATE) {
+        double conf = result_confidence(resp.result);
+        if (r.complex || (conf >= 0 && conf < below)) {
+            keel__upstream_answer a;
+            keel_error ue = {0};
+            if (keel__router_allow(h->router) &&
+                !keel__router_forward(h->router, q->name, q->body.data, q->body.len, json_len,
+                                      up_ms, &a, &ue)) {
+                keel__infer_resp_done(&resp);
+                keel__oip_done(&r);
+                keel__model_unref(m);
+                return send_upstream(c, &a);
+            }
+            snprintf(resp.escalation, sizeof(resp.escalation),
+                     "escalation failed (%s); local answer, queued for re-processing",
+                     ue.msg[0] ? ue.msg : "upstream breaker open");
+            queue_reprocess(h, q->name, resp.result, q, json_len);
+            pthread_cond_signal(&h->reproc_cv);
+        }
+    }
     if (rc) {
         keel__model_unref(m);
         keel__oip_done(&r);
@@ -879,6 +984,95 @@ static int start_uplink(keel__http *h, const keel_config *cfg, keel_error *err)
     KEEL_LOG_I(MOD, "uplink: %s to %s as %s, window %s", cfg->uplink,
                o.transport == KEEL__UPLINK_MQTT ? cfg->mqtt_host : cfg->uplink_url,
                cfg->device_id, cfg->sync_window);
+    return KEEL_OK;
+}
+
+/* --- re-processing escalations ----------------------------------------------------------- */
+
+/* Sends queued escalations to the upstream once it answers again; each
+ * answer becomes a correction event (topic corrections/MODEL, high) with
+ * the local and the upstream result side by side. */
+static void *reprocess_loop(void *arg)
+{
+    keel__http *h = arg;
+    pthread_mutex_lock(&h->lock);
+    while (!h->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 2;
+        pthread_cond_timedwait(&h->reproc_cv, &h->lock, &ts);
+        if (h->stopping)
+            break;
+        pthread_mutex_unlock(&h->lock);
+        keel_msg *batch = NULL;
+        size_t n = 0;
+        keel_error e = {0};
+        if (keel__router_allow(h->router) &&
+            !keel_queue_peek_batch(h->reprocess, 16, 16u << 20, 0, &batch, &n, &e)) {
+            for (size_t i = 0; i < n; i++) {
+                const keel_msg *m = &batch[i];
+                const char *nl = memchr(m->payload, '\n', m->payload_len);
+                size_t hlen = (size_t)strtoull(m->content_type + 10, NULL, 10);
+                keel__upstream_answer a;
+                keel_error ue = {0};
+                if (!nl) { /* not ours: drop it */
+                    if (keel_queue_ack(h->reprocess, &m->id, 1, &e)) {
+                    }
+                    continue;
+                }
+                size_t head = (size_t)(nl + 1 - (const char *)m->payload);
+                if (keel__router_forward(h->router, m->topic, nl + 1, m->payload_len - head, hlen,
+                                         5000, &a, &ue))
+                    break; /* still away: try again later */
+                keel_buf ev;
+                keel__buf_init(&ev, 0);
+                int rc = keel__buf_appendf(&ev, "{\"type\":\"correction\",\"device\":");
+                if (!rc)
+                    rc = keel__json_quote(&ev, h->cfg.device_id);
+                if (!rc)
+                    rc = keel__buf_appendf(&ev, ",\"model\":\"%s\",\"queued_at\":%lld,"
+                                                "\"local_result\":%.*s,\"upstream\":%.*s}",
+                                           m->topic, (long long)m->created_at,
+                                           (int)(head - 1), (const char *)m->payload,
+                                           (int)a.json_len, a.body.data);
+                char topic[KEEL_NAME_MAX + 16];
+                snprintf(topic, sizeof(topic), "corrections/%s", m->topic);
+                keel_msg_in cm = {.topic = topic, .prio = KEEL_PRIO_HIGH, .payload = ev.data,
+                                  .payload_len = ev.len, .content_type = "application/json"};
+                if (!rc && !keel_queue_enqueue(h->queue, &cm, NULL, &e)) {
+                    if (keel_queue_ack(h->reprocess, &m->id, 1, &e))
+                        KEEL_LOG_W(MOD, "re-processing: %s", e.msg);
+                    if (h->uplink)
+                        keel__uplink_wake(h->uplink, false);
+                }
+                keel__buf_done(&ev);
+                keel__buf_done(&a.body);
+            }
+            keel_queue_batch_free(batch);
+        }
+        pthread_mutex_lock(&h->lock);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+static int start_router(keel__http *h, const keel_config *cfg, keel_error *err)
+{
+    char path[PATH_MAX];
+    keel_queue_opts qo;
+    if (!cfg->upstream_url[0])
+        return KEEL_OK;
+    int rc = keel__router_new(cfg->upstream_url, &h->router, err);
+    if (rc)
+        return rc;
+    keel_queue_opts_default(&qo);
+    snprintf(path, sizeof(path), "%s/reprocess.db", cfg->state_dir);
+    if ((rc = keel_queue_open(path, &qo, &h->reprocess, err)))
+        return rc;
+    if (pthread_create(&h->reproc_thread, NULL, reprocess_loop, h))
+        return keel__err(err, KEEL_EIO, "cannot start the re-processing thread");
+    h->reproc_running = true;
+    KEEL_LOG_I(MOD, "upstream for routed packages: %s", cfg->upstream_url);
     return KEEL_OK;
 }
 
@@ -1312,8 +1506,9 @@ int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret
     qo.max_rows = cfg->queue_max_rows;
     qo.min_free_disk = cfg->queue_min_free;
     snprintf(qpath, sizeof(qpath), "%s/queue.db", cfg->state_dir);
+    pthread_cond_init(&h->reproc_cv, NULL);
     if ((rc = keel_queue_open(qpath, &qo, &h->queue, err)) ||
-        (rc = start_uplink(h, cfg, err)))
+        (rc = start_uplink(h, cfg, err)) || (rc = start_router(h, cfg, err)))
         goto fail;
     keel__infer_opts io = {.event = on_infer_event,
                            .event_ctx = h,
@@ -1381,6 +1576,15 @@ void keel__http_stop(keel__http *h)
     if (h->infer)
         keel_store_set_validator(h->store, NULL, NULL);
     keel__infer_free(h->infer);
+    if (h->reproc_running) {
+        pthread_mutex_lock(&h->lock);
+        h->stopping = true;
+        pthread_cond_signal(&h->reproc_cv);
+        pthread_mutex_unlock(&h->lock);
+        pthread_join(h->reproc_thread, NULL);
+    }
+    keel_queue_close(h->reprocess);
+    keel__router_free(h->router);
     keel__uplink_stop(h->uplink); /* before the queue: it reads from it */
     src_release(h);
     keel_queue_close(h->queue); /* after the engine: it produces into the queue */

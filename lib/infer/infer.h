@@ -83,6 +83,7 @@ typedef struct keel__infer_resp {
     char tier[32], backend[16];
     bool degraded;
     char reason[1024]; /* why earlier tiers did not serve ("" when none) */
+    char escalation[256]; /* set by routing: why the upstream did not answer */
     /* each tier's clause is capped (KEEL__CLAUSE_MAX) so every tier fits */
     uint64_t ns;
 } keel__infer_resp;
@@ -93,6 +94,10 @@ typedef struct keel__infer_resp {
 KEEL_WUR int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp *resp,
                              keel_error *err);
 void keel__infer_resp_done(keel__infer_resp *r);
+
+/* The package's routing policy: KEEL__ROUTE_* (router.h), the confidence
+ * below which "escalate" asks upstream, and the upstream deadline. */
+int keel__model_route(const keel__model *m, double *ret_below, uint64_t *ret_deadline_ms);
 
 /* Describing models. */
 const char *keel__model_name(const keel__model *m);

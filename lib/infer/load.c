@@ -355,6 +355,45 @@ static int parse_records(model *m, const cJSON *r, keel_error *err)
     return KEEL_OK;
 }
 
+/* "routing": {"mode": "local" | "escalate" | "upstream_first",
+ *             "confidence_below": 0.6, "deadline_ms": 300} */
+static int parse_routing(model *m, const cJSON *r, keel_error *err)
+{
+    static const char *const modes[] = {"local", "escalate", "upstream_first"};
+    const char *mode = NULL;
+    m->route_below = 0.6;
+    m->route_deadline_ms = 300;
+    if (!r)
+        return KEEL_OK;
+    int rc = keel__json_str(r, "mode", true, 32, &mode, "routing", err);
+    if (!rc)
+        rc = keel__json_u64(r, "deadline_ms", false, &m->route_deadline_ms, "routing", err);
+    if (rc)
+        return rc;
+    m->route_mode = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(mode, modes[i]))
+            m->route_mode = i;
+    if (m->route_mode < 0)
+        return keel__err(err, KEEL_EINVALID,
+                         "routing.mode: \"%s\" is not local, escalate or upstream_first", mode);
+    const cJSON *below = cJSON_GetObjectItemCaseSensitive(r, "confidence_below");
+    if (below && (!cJSON_IsNumber(below) || below->valuedouble < 0 || below->valuedouble > 1.01))
+        return keel__err(err, KEEL_EINVALID, "routing.confidence_below: expected 0..1");
+    if (below)
+        m->route_below = below->valuedouble;
+    if (!m->route_deadline_ms || m->route_deadline_ms > 60000)
+        return keel__err(err, KEEL_EINVALID, "routing.deadline_ms: 1..60000");
+    return KEEL_OK;
+}
+
+int keel__model_route(const keel__model *m, double *ret_below, uint64_t *ret_deadline_ms)
+{
+    *ret_below = m->route_below;
+    *ret_deadline_ms = m->route_deadline_ms;
+    return m->route_mode;
+}
+
 void keel__model_free(keel__model *m)
 {
     if (!m)
@@ -469,7 +508,8 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
         goto out;
     keel__strlcpy(m->name, name, sizeof(m->name));
     keel__strlcpy(m->version, version, sizeof(m->version));
-    if ((rc = parse_records(m, cJSON_GetObjectItemCaseSensitive(root, "records"), err)))
+    if ((rc = parse_records(m, cJSON_GetObjectItemCaseSensitive(root, "records"), err)) ||
+        (rc = parse_routing(m, cJSON_GetObjectItemCaseSensitive(root, "routing"), err)))
         goto out;
     if (!tiers) { /* a data or configuration package: nothing to serve */
         rc = keel__err(err, KEEL_ENOTFOUND, "%s has no tiers", name);

@@ -101,6 +101,10 @@ struct keel__model {
     int rec_mode; /* 0 none, 1 all, 2 sampled, 3 low confidence */
     double rec_rate, rec_below;
     atomic_uint_fast64_t rec_counter;
+    /* hybrid routing ("routing" in the manifest) */
+    int route_mode;
+    double route_below;
+    uint64_t route_deadline_ms;
     cJSON *validation; /* owned copy, or NULL */
     pthread_mutex_t mu;      /* breakers, counters, sessions */
     pthread_mutex_t load_mu; /* lazy tier (re)loads */
