@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -164,6 +165,8 @@ static struct {
     int port;
     const char *dir;
     char bin[256];
+    int tls_port; /* 0: none; else a second listener configured by tls_conf */
+    char tls_conf[1024];
 } broker;
 
 static int free_port(void)
@@ -202,12 +205,13 @@ static bool find_broker(void)
 
 static void broker_start(void)
 {
-    char conf[600], log[600], text[256];
+    char conf[600], log[600], text[2048];
     snprintf(conf, sizeof(conf), "%s/mosquitto.conf", broker.dir);
     snprintf(log, sizeof(log), "%s/mosquitto.log", broker.dir);
     snprintf(text, sizeof(text),
-             "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n",
-             broker.port);
+             "per_listener_settings true\npersistence false\nlog_dest stderr\n"
+             "listener %d 127.0.0.1\nallow_anonymous true\n%s",
+             broker.port, broker.tls_port ? broker.tls_conf : "");
     th_write_str(broker.dir, "mosquitto.conf", text);
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -224,6 +228,9 @@ static void broker_start(void)
     for (int i = 0; i < 500 && !port_open(broker.port); i++)
         sleep_ms(10);
     assert_true(port_open(broker.port));
+    for (int i = 0; broker.tls_port && i < 500 && !port_open(broker.tls_port); i++)
+        sleep_ms(10);
+    assert_true(!broker.tls_port || port_open(broker.tls_port));
 }
 
 static void broker_kill(int sig)
@@ -444,6 +451,7 @@ static int setup(void **state)
     broker.dir = th_tmpdir();
     broker.port = free_port();
     broker.pid = 0;
+    broker.tls_port = 0;
     src.m = calloc(MAXMSG, sizeof(tmsg));
     src.n = src.nacked = 0;
     src.calls = 0;
@@ -961,6 +969,74 @@ static void test_http(void **state)
     http_stop();
 }
 
+/* --- (f) TLS, a client certificate and a password ------------------------------------------ */
+
+static bool refused_auth(void)
+{
+    return status_has("not authorised");
+}
+
+static void test_mqtt_tls(void **state)
+{
+    keel__uplink_opts o;
+    keel_error e;
+    char cmd[2048], ca[600], crt[600], key[600];
+    if (!have_broker ||
+        system("(command -v openssl && command -v mosquitto_passwd) >/dev/null 2>&1") != 0)
+        skip(); /* openssl or mosquitto_passwd missing */
+    const char *d = broker.dir;
+    /* the broker may drop privileges before it reads the password file */
+    assert_int_equal(chmod(d, 0755), 0);
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && (K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; "
+             "openssl req -x509 $K -keyout ca.key -out ca.crt -days 2 -subj /CN=keel-test-ca && "
+             "openssl req $K -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 && "
+             "printf 'subjectAltName=IP:127.0.0.1\\n' > ext && "
+             "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+             "-out srv.crt -days 2 -extfile ext && "
+             "openssl req $K -keyout cli.key -out cli.csr -subj /CN=dev-f && "
+             "openssl x509 -req -in cli.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+             "-out cli.crt -days 2 && touch pw && mosquitto_passwd -b pw dev-f s3cret && "
+             "chmod 644 *) >tls.log 2>&1",
+             d);
+    assert_int_equal(system(cmd), 0);
+    broker.tls_port = free_port();
+    snprintf(broker.tls_conf, sizeof(broker.tls_conf),
+             "listener %d 127.0.0.1\ncafile %s/ca.crt\ncertfile %s/srv.crt\nkeyfile "
+             "%s/srv.key\nrequire_certificate true\npassword_file %s/pw\nallow_anonymous false\n",
+             broker.tls_port, d, d, d, d);
+    snprintf(ca, sizeof(ca), "%s/ca.crt", d);
+    snprintf(crt, sizeof(crt), "%s/cli.crt", d);
+    snprintf(key, sizeof(key), "%s/cli.key", d);
+    sub_reset("dev-f");
+    broker_start();
+    sub_start();
+
+    mqtt_opts(&o, "dev-f");
+    o.port = broker.tls_port;
+    o.ca_file = ca;
+    o.cert_file = crt;
+    o.key_file = key;
+    o.username = "dev-f";
+    o.password = "s3cret";
+    for (int i = 0; i < 3; i++)
+        src_add(KEEL__PRIO_HIGH, "secure", "{\"tls\":true}", 12);
+    assert_int_equal(keel__uplink_start(&o, &source, &cur, &e), 0);
+    assert_true(wait_for(all_acked, 5000));
+    assert_true(wait_for(all_received, 2000));
+    expect_clean();
+    assert_true(status_has("\"endpoint\":\"mqtts://127.0.0.1:"));
+    keel__uplink_stop(cur);
+    cur = NULL;
+
+    /* a wrong password: refused, said so, nothing acked */
+    o.password = "wrong";
+    src_add(KEEL__PRIO_HIGH, "secure", "{}", 2);
+    assert_int_equal(keel__uplink_start(&o, &source, &cur, &e), 0);
+    assert_true(wait_for(refused_auth, 5000));
+    assert_int_equal(src_acked(), src.n - 1);
+}
+
 /* --- drain throughput --------------------------------------------------------------------------
  */
 
@@ -1117,6 +1193,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bandwidth_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_window, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mqtt_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_rate, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
