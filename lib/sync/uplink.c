@@ -53,7 +53,7 @@ typedef struct stats {
 
 struct keel__uplink {
     keel__uplink_opts o; /* strings point into the copies below */
-    char *strs[9];
+    char *strs[8];
     char endpoint[512];
     const transport *tr;
     keel__sync_source src;
@@ -1062,8 +1062,11 @@ void keel__uplink_stop(keel__uplink *u)
         close(u->wake_wr);
     keel__buf_done(&u->env);
     free(u->ids);
-    for (size_t i = 0; i < KEEL_ARRAY_LEN(u->strs); i++)
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(u->strs); i++) {
+        if (u->strs[i] && u->o.password == u->strs[i]) /* no secret left in freed memory */
+            explicit_bzero(u->strs[i], strlen(u->strs[i]));
         free(u->strs[i]);
+    }
     pthread_mutex_destroy(&u->mu);
     free(u);
 }
