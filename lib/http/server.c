@@ -980,7 +980,7 @@ static int start_uplink(keel__http *h, const keel_config *cfg, keel_error *err)
         free(password);
     }
     if (rc)
-        return keel__err_prefix(err, "uplink");
+        return rc; /* the message names the uplink option already */
     KEEL_LOG_I(MOD, "uplink: %s to %s as %s, window %s", cfg->uplink,
                o.transport == KEEL__UPLINK_MQTT ? cfg->mqtt_host : cfg->uplink_url,
                cfg->device_id, cfg->sync_window);
