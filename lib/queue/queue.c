@@ -31,38 +31,38 @@
 #define BATCH_MAX_MSGS       1024                /* one group-commit transaction at most */
 #define BATCH_MAX_BYTES      (64u * 1024 * 1024) /* ... unless one message alone is larger */
 
+/*
+ * One table per priority class, rowid = message id. A message is one row in
+ * one B-tree: an enqueue dirties one page (plus the overflow pages of a large
+ * payload) and a commit appends one WAL frame. A single table with a
+ * (prio, id) index wrote two, measured 5 % slower in sync mode, and doubled
+ * the bytes written to flash per small message.
+ */
+static const char *const class_tables[KEEL_PRIO_COUNT] = {"msgs_critical", "msgs_high",
+                                                          "msgs_normal", "msgs_bulk"};
+
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS msgs("
-    "  id INTEGER PRIMARY KEY, prio INTEGER NOT NULL, created_at INTEGER NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS idem(key TEXT PRIMARY KEY, id INTEGER NOT NULL,"
+    "  prio INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', 1);";
+
+/* Per class: '@' stands for the class's table. */
+static const char class_schema[] =
+    "CREATE TABLE IF NOT EXISTS @(id INTEGER PRIMARY KEY, created_at INTEGER NOT NULL,"
     "  expires_at INTEGER, size INTEGER NOT NULL, topic TEXT NOT NULL, ctype TEXT NOT NULL,"
     "  idem TEXT, payload BLOB NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS msgs_prio ON msgs(prio, id, size);"
-    "CREATE INDEX IF NOT EXISTS msgs_expiry ON msgs(expires_at) WHERE expires_at IS NOT NULL;"
-    "CREATE TABLE IF NOT EXISTS idem(key TEXT PRIMARY KEY, id INTEGER NOT NULL,"
-    "  at INTEGER NOT NULL) WITHOUT ROWID;"
-    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', 1);";
+    "CREATE INDEX IF NOT EXISTS @_expiry ON @(expires_at) WHERE expires_at IS NOT NULL;";
 
 /* Prepared once at open. */
 enum {
     ST_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
-    ST_INSERT,
     ST_IDEM_GET,
     ST_IDEM_PUT,
     ST_IDEM_DEL,
-    ST_MSG_GET,
-    ST_MSG_DEL,
     ST_META_PUT,
-    ST_CLASS_SCAN,
-    ST_CLASS_OLDEST,
-    ST_EXPIRED_SUM,
-    ST_EXPIRED_IDEM_DEL,
-    ST_EXPIRED_DEL,
-    ST_EVICT_IDEM_DEL,
-    ST_EVICT_DEL,
-    ST_PEEK,
     ST_COUNT,
 };
 
@@ -70,28 +70,45 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_INSERT] = "INSERT INTO msgs(id, prio, created_at, expires_at, size, topic, ctype, idem,"
-                  " payload) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    [ST_IDEM_GET] = "SELECT id, at, EXISTS(SELECT 1 FROM msgs WHERE msgs.id = idem.id)"
-                    " FROM idem WHERE key = ?1",
-    [ST_IDEM_PUT] = "INSERT OR REPLACE INTO idem(key, id, at) VALUES(?1, ?2, ?3)",
+    [ST_IDEM_GET] = "SELECT id, prio, at FROM idem WHERE key = ?1",
+    [ST_IDEM_PUT] = "INSERT OR REPLACE INTO idem(key, id, prio, at) VALUES(?1, ?2, ?3, ?4)",
     [ST_IDEM_DEL] = "DELETE FROM idem WHERE key = ?1 AND id = ?2",
-    [ST_MSG_GET] = "SELECT prio, size, idem FROM msgs WHERE id = ?1",
-    [ST_MSG_DEL] = "DELETE FROM msgs WHERE id = ?1",
     [ST_META_PUT] = "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
-    [ST_CLASS_SCAN] = "SELECT id, size FROM msgs WHERE prio = ?1 ORDER BY id",
-    [ST_CLASS_OLDEST] = "SELECT created_at FROM msgs WHERE prio = ?1 ORDER BY id LIMIT 1",
-    [ST_EXPIRED_SUM] = "SELECT prio, count(*), sum(size) FROM msgs INDEXED BY msgs_expiry"
-                       " WHERE expires_at <= ?1"
-                       " GROUP BY prio",
-    [ST_EXPIRED_IDEM_DEL] = "DELETE FROM idem WHERE key IN (SELECT idem FROM msgs"
+};
+
+/* Prepared once per class at open. */
+enum {
+    CS_INSERT,
+    CS_GET,
+    CS_DEL,
+    CS_SCAN,
+    CS_OLDEST,
+    CS_EXPIRED_SUM,
+    CS_EXPIRED_IDEM_DEL,
+    CS_EXPIRED_DEL,
+    CS_EVICT_IDEM_DEL,
+    CS_EVICT_DEL,
+    CS_PEEK,
+    CS_COUNT,
+};
+
+static const char *const class_sql[CS_COUNT] = {
+    [CS_INSERT] = "INSERT INTO @(id, created_at, expires_at, size, topic, ctype, idem, payload)"
+                  " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [CS_GET] = "SELECT size, idem FROM @ WHERE id = ?1",
+    [CS_DEL] = "DELETE FROM @ WHERE id = ?1",
+    [CS_SCAN] = "SELECT id, size FROM @ ORDER BY id",
+    [CS_OLDEST] = "SELECT created_at FROM @ ORDER BY id LIMIT 1",
+    [CS_EXPIRED_SUM] = "SELECT count(*), sum(size) FROM @ INDEXED BY @_expiry"
+                       " WHERE expires_at <= ?1",
+    [CS_EXPIRED_IDEM_DEL] = "DELETE FROM idem WHERE key IN (SELECT idem FROM @ INDEXED BY @_expiry"
                             " WHERE expires_at <= ?1 AND idem IS NOT NULL)",
-    [ST_EXPIRED_DEL] = "DELETE FROM msgs WHERE expires_at <= ?1",
-    [ST_EVICT_IDEM_DEL] = "DELETE FROM idem WHERE key IN (SELECT idem FROM msgs"
-                          " WHERE prio = ?1 AND id <= ?2 AND idem IS NOT NULL)",
-    [ST_EVICT_DEL] = "DELETE FROM msgs WHERE prio = ?1 AND id <= ?2",
-    [ST_PEEK] = "SELECT id, prio, created_at, expires_at, topic, ctype, idem, payload FROM msgs"
-                " WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY prio, id LIMIT ?2",
+    [CS_EXPIRED_DEL] = "DELETE FROM @ WHERE expires_at <= ?1",
+    [CS_EVICT_IDEM_DEL] = "DELETE FROM idem WHERE key IN (SELECT idem FROM @"
+                          " WHERE id <= ?1 AND idem IS NOT NULL)",
+    [CS_EVICT_DEL] = "DELETE FROM @ WHERE id <= ?1",
+    [CS_PEEK] = "SELECT id, created_at, expires_at, topic, ctype, idem, payload FROM @"
+                " WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY id LIMIT ?2",
 };
 
 static const char *const prio_names[KEEL_PRIO_COUNT] = {"critical", "high", "normal", "bulk"};
@@ -124,6 +141,9 @@ struct keel_queue {
     pthread_mutex_t db_mu;
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
+    sqlite3_stmt *cs[KEEL_PRIO_COUNT][CS_COUNT];
+    bool loaded;  /* the counters match the rows: a snapshot may be saved at close */
+    bool suspect; /* a transaction failed: do not trust the counters for a snapshot */
     char path[PATH_MAX];
     char dir[PATH_MAX];
     keel_queue_opts o;
@@ -238,6 +258,28 @@ static sqlite3_stmt *stmt(keel_queue *q, int which)
     return q->st[which];
 }
 
+static sqlite3_stmt *cstmt(keel_queue *q, int p, int which)
+{
+    sqlite3_reset(q->cs[p][which]);
+    sqlite3_clear_bindings(q->cs[p][which]);
+    return q->cs[p][which];
+}
+
+/* Writes tmpl into out with every '@' replaced by the class's table name. */
+static void expand(const char *tmpl, int p, char *out, size_t n)
+{
+    size_t o = 0;
+    for (const char *c = tmpl; *c && o + 1 < n; c++) {
+        if (*c == '@')
+            o += keel__strlcpy(out + o, class_tables[p], n - o);
+        else
+            out[o++] = *c;
+        if (o >= n)
+            o = n - 1;
+    }
+    out[o] = '\0';
+}
+
 static uint64_t col_u64(sqlite3_stmt *st, int i)
 {
     sqlite3_int64 v = sqlite3_column_int64(st, i);
@@ -306,6 +348,7 @@ static void tx_rollback(keel_queue *q, const counters *saved)
             KEEL_LOG_W(MOD, "%s", e.msg);
     }
     q->c = *saved;
+    q->suspect = true;
 }
 
 /* --- removing ------------------------------------------------------------------- */
@@ -313,43 +356,40 @@ static void tx_rollback(keel_queue *q, const counters *saved)
 /* Removes every message expired at now; *ret_n: how many. In a transaction. */
 static int remove_expired(keel_queue *q, int64_t now, uint64_t *ret_n, keel_error *err)
 {
-    uint64_t n[KEEL_PRIO_COUNT] = {0}, b[KEEL_PRIO_COUNT] = {0};
-    sqlite3_stmt *st = stmt(q, ST_EXPIRED_SUM);
-    int r, rc = KEEL_OK;
-    sqlite3_bind_int64(st, 1, now);
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        int p = sqlite3_column_int(st, 0);
-        if (p >= 0 && p < KEEL_PRIO_COUNT) {
-            n[p] = col_u64(st, 1);
-            b[p] = col_u64(st, 2);
-        }
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(q, err, "counting expired messages");
-    sqlite3_reset(st);
-    if (rc)
-        return rc;
-    *ret_n = sum(n);
-    if (*ret_n == 0)
-        return KEEL_OK;
-    if (q->o.idem_retention_s == 0) {
-        st = stmt(q, ST_EXPIRED_IDEM_DEL);
+    int rc = KEEL_OK;
+    *ret_n = 0;
+    for (int p = 0; p < KEEL_PRIO_COUNT && !rc; p++) {
+        uint64_t n = 0, b = 0;
+        sqlite3_stmt *st = cstmt(q, p, CS_EXPIRED_SUM);
         sqlite3_bind_int64(st, 1, now);
-        if ((rc = step_done(q, st, "forgetting keys of expired messages", err)))
-            return rc;
+        int r = sqlite3_step(st);
+        if (r == SQLITE_ROW) {
+            n = col_u64(st, 0);
+            b = col_u64(st, 1);
+        } else {
+            rc = db_err(q, err, "counting expired messages");
+        }
+        sqlite3_reset(st);
+        if (rc || n == 0)
+            continue;
+        if (q->o.idem_retention_s == 0) {
+            st = cstmt(q, p, CS_EXPIRED_IDEM_DEL);
+            sqlite3_bind_int64(st, 1, now);
+            if ((rc = step_done(q, st, "forgetting keys of expired messages", err)))
+                break;
+        }
+        st = cstmt(q, p, CS_EXPIRED_DEL);
+        sqlite3_bind_int64(st, 1, now);
+        if ((rc = step_done(q, st, "removing expired messages", err)))
+            break;
+        q->c.depth[p] -= n;
+        q->c.bytes[p] -= b;
+        q->c.expired += n;
+        q->c.dirty = true;
+        q->disk_room += i64(b);
+        *ret_n += n;
     }
-    st = stmt(q, ST_EXPIRED_DEL);
-    sqlite3_bind_int64(st, 1, now);
-    if ((rc = step_done(q, st, "removing expired messages", err)))
-        return rc;
-    for (int p = 0; p < KEEL_PRIO_COUNT; p++) {
-        q->c.depth[p] -= n[p];
-        q->c.bytes[p] -= b[p];
-        q->disk_room += i64(b[p]);
-    }
-    q->c.expired += *ret_n;
-    q->c.dirty = true;
-    return KEEL_OK;
+    return rc;
 }
 
 /* Would a message of need bytes fit after freeing rows/bytes more? */
@@ -372,9 +412,8 @@ static fit fits_after(const keel_queue *q, uint64_t need, uint64_t freed_rows, u
 static int evict_class(keel_queue *q, keel_prio p, uint64_t need, keel_error *err)
 {
     uint64_t rows = 0, bytes = 0, last = 0;
-    sqlite3_stmt *st = stmt(q, ST_CLASS_SCAN);
+    sqlite3_stmt *st = cstmt(q, p, CS_SCAN);
     int r = SQLITE_DONE, rc = KEEL_OK;
-    sqlite3_bind_int(st, 1, (int)p);
     while (fits_after(q, need, rows, bytes) != FIT_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
         last = col_u64(st, 0);
         bytes += col_u64(st, 1);
@@ -386,15 +425,13 @@ static int evict_class(keel_queue *q, keel_prio p, uint64_t need, keel_error *er
     if (rc || rows == 0)
         return rc;
     if (q->o.idem_retention_s == 0) {
-        st = stmt(q, ST_EVICT_IDEM_DEL);
-        sqlite3_bind_int(st, 1, (int)p);
-        sqlite3_bind_int64(st, 2, i64(last));
+        st = cstmt(q, p, CS_EVICT_IDEM_DEL);
+        sqlite3_bind_int64(st, 1, i64(last));
         if ((rc = step_done(q, st, "forgetting keys of evicted messages", err)))
             return rc;
     }
-    st = stmt(q, ST_EVICT_DEL);
-    sqlite3_bind_int(st, 1, (int)p);
-    sqlite3_bind_int64(st, 2, i64(last));
+    st = cstmt(q, p, CS_EVICT_DEL);
+    sqlite3_bind_int64(st, 1, i64(last));
     if ((rc = step_done(q, st, "evicting messages", err)))
         return rc;
     q->c.depth[p] -= rows;
@@ -546,21 +583,34 @@ static int validate(const keel_queue *q, const keel_msg_in *m, req *r, keel_erro
 static int idem_lookup(keel_queue *q, req *r, int64_t now, bool *ret_dup, keel_error *err)
 {
     sqlite3_stmt *st = stmt(q, ST_IDEM_GET);
-    int s, rc = KEEL_OK;
+    uint64_t id = 0;
+    int64_t at = 0;
+    int p = -1, s, rc = KEEL_OK;
+    bool exists = false;
     *ret_dup = false;
     sqlite3_bind_text(st, 1, r->m->idem_key, (int)r->key_len, SQLITE_STATIC);
     s = sqlite3_step(st);
     if (s == SQLITE_ROW) {
-        int64_t at = sqlite3_column_int64(st, 1);
-        bool exists = sqlite3_column_int(st, 2) != 0;
-        if (exists || now < at + (int64_t)q->o.idem_retention_s) {
-            *ret_dup = true;
-            r->id = col_u64(st, 0);
-        }
+        id = col_u64(st, 0);
+        p = sqlite3_column_int(st, 1);
+        at = sqlite3_column_int64(st, 2);
     } else if (s != SQLITE_DONE) {
         rc = db_err(q, err, "looking up an idempotency key");
     }
     sqlite3_reset(st);
+    if (rc || p < 0 || p >= KEEL_PRIO_COUNT)
+        return rc;
+    st = cstmt(q, p, CS_GET);
+    sqlite3_bind_int64(st, 1, i64(id));
+    s = sqlite3_step(st);
+    exists = s == SQLITE_ROW;
+    if (s != SQLITE_ROW && s != SQLITE_DONE)
+        rc = db_err(q, err, "looking up an idempotency key's message");
+    sqlite3_reset(st);
+    if (!rc && (exists || now < at + (int64_t)q->o.idem_retention_s)) {
+        *ret_dup = true;
+        r->id = id;
+    }
     return rc;
 }
 
@@ -581,18 +631,17 @@ static int put_one(keel_queue *q, req *r, int64_t now, keel_error *err)
     if ((rc = make_room(q, r, now, &ok, err)) || !ok)
         return rc;
     uint64_t id = q->c.next_id;
-    sqlite3_stmt *st = stmt(q, ST_INSERT);
+    sqlite3_stmt *st = cstmt(q, m->prio, CS_INSERT);
     sqlite3_bind_int64(st, 1, i64(id));
-    sqlite3_bind_int(st, 2, (int)m->prio);
-    sqlite3_bind_int64(st, 3, now);
+    sqlite3_bind_int64(st, 2, now);
     if (m->ttl_s > 0)
-        sqlite3_bind_int64(st, 4, m->ttl_s > INT64_MAX - now ? INT64_MAX : now + m->ttl_s);
-    sqlite3_bind_int64(st, 5, i64(r->size));
-    sqlite3_bind_text(st, 6, m->topic, (int)r->topic_len, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, r->ctype, (int)r->ctype_len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, m->ttl_s > INT64_MAX - now ? INT64_MAX : now + m->ttl_s);
+    sqlite3_bind_int64(st, 4, i64(r->size));
+    sqlite3_bind_text(st, 5, m->topic, (int)r->topic_len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, r->ctype, (int)r->ctype_len, SQLITE_STATIC);
     if (r->key_len)
-        sqlite3_bind_text(st, 8, m->idem_key, (int)r->key_len, SQLITE_STATIC);
-    sqlite3_bind_blob64(st, 9, m->payload ? m->payload : "", (sqlite3_uint64)m->payload_len,
+        sqlite3_bind_text(st, 7, m->idem_key, (int)r->key_len, SQLITE_STATIC);
+    sqlite3_bind_blob64(st, 8, m->payload ? m->payload : "", (sqlite3_uint64)m->payload_len,
                         SQLITE_STATIC);
     if ((rc = step_done(q, st, "storing a message", err)))
         return rc;
@@ -600,7 +649,8 @@ static int put_one(keel_queue *q, req *r, int64_t now, keel_error *err)
         st = stmt(q, ST_IDEM_PUT);
         sqlite3_bind_text(st, 1, m->idem_key, (int)r->key_len, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, i64(id));
-        sqlite3_bind_int64(st, 3, now);
+        sqlite3_bind_int(st, 3, (int)m->prio);
+        sqlite3_bind_int64(st, 4, now);
         if ((rc = step_done(q, st, "recording an idempotency key", err)))
             return rc;
     }
@@ -802,10 +852,17 @@ static int query_text(keel_queue *q, const char *sql, char *out, size_t n, keel_
 static int load(keel_queue *q, keel_error *err)
 {
     sqlite3_stmt *st = NULL;
-    uint64_t id_floor = 0, max_id = 0;
-    int r, rc = KEEL_OK;
-    if (sqlite3_prepare_v2(q->db, "SELECT key, value FROM meta", -1, &st, NULL) != SQLITE_OK)
-        return db_err(q, err, "reading meta");
+    uint64_t id_floor = 0, max_id = 0, snap_depth[KEEL_PRIO_COUNT] = {0},
+             snap_bytes[KEEL_PRIO_COUNT] = {0};
+    bool clean = false;
+    char sql[256];
+    int r, rc;
+    if ((rc = exec(q, "BEGIN IMMEDIATE", "reading the counters", err)))
+        return rc;
+    if (sqlite3_prepare_v2(q->db, "SELECT key, value FROM meta", -1, &st, NULL) != SQLITE_OK) {
+        rc = db_err(q, err, "reading meta");
+        goto out;
+    }
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
         const char *k = (const char *)sqlite3_column_text(st, 0);
         uint64_t v = col_u64(st, 1);
@@ -824,10 +881,19 @@ static int load(keel_queue *q, keel_error *err)
             q->c.expired = v;
         else if (strcmp(k, "last_sync") == 0)
             q->last_sync = sqlite3_column_int64(st, 1);
-        else if (strncmp(k, "evicted.", 8) == 0)
-            for (int i = 0; i < KEEL_PRIO_COUNT; i++)
-                if (strcmp(k + 8, prio_names[i]) == 0)
-                    q->c.evicted[i] = v;
+        else if (strcmp(k, "clean") == 0)
+            clean = v == 1;
+        for (int i = 0; i < KEEL_PRIO_COUNT; i++) {
+            const char *dot = strchr(k, '.');
+            if (!dot || strcmp(dot + 1, prio_names[i]) != 0)
+                continue;
+            if (strncmp(k, "evicted.", 8) == 0)
+                q->c.evicted[i] = v;
+            else if (strncmp(k, "depth.", 6) == 0)
+                snap_depth[i] = v;
+            else if (strncmp(k, "bytes.", 6) == 0)
+                snap_bytes[i] = v;
+        }
     }
     if (r != SQLITE_DONE) {
         rc = db_err(q, err, "reading meta");
@@ -835,30 +901,63 @@ static int load(keel_queue *q, keel_error *err)
     }
     sqlite3_finalize(st);
     st = NULL;
-    if (sqlite3_prepare_v2(q->db,
-                           "SELECT prio, count(*), sum(size), max(id) FROM msgs GROUP BY prio", -1,
-                           &st, NULL) != SQLITE_OK) {
-        rc = db_err(q, err, "counting messages");
-        goto out;
-    }
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        int p = sqlite3_column_int(st, 0);
-        if (p < 0 || p >= KEEL_PRIO_COUNT) {
-            rc = keel__err(err, KEEL_ECORRUPT,
-                           "queue database %s holds messages of unknown priority %d", q->path, p);
+    /* Depth and bytes per class: from the snapshot a clean close left, or
+     * (after a crash) by reading every row. The highest id is cheap. */
+    for (int p = 0; p < KEEL_PRIO_COUNT; p++) {
+        if (clean)
+            snprintf(sql, sizeof(sql), "SELECT max(id) FROM %s", class_tables[p]);
+        else
+            snprintf(sql, sizeof(sql), "SELECT max(id), count(*), sum(size) FROM %s",
+                     class_tables[p]);
+        if (sqlite3_prepare_v2(q->db, sql, -1, &st, NULL) != SQLITE_OK ||
+            sqlite3_step(st) != SQLITE_ROW) {
+            rc = db_err(q, err, "counting messages");
             goto out;
         }
-        q->c.depth[p] = col_u64(st, 1);
-        q->c.bytes[p] = col_u64(st, 2);
-        if (col_u64(st, 3) > max_id)
-            max_id = col_u64(st, 3);
+        if (col_u64(st, 0) > max_id)
+            max_id = col_u64(st, 0);
+        q->c.depth[p] = clean ? snap_depth[p] : col_u64(st, 1);
+        q->c.bytes[p] = clean ? snap_bytes[p] : col_u64(st, 2);
+        sqlite3_finalize(st);
+        st = NULL;
     }
-    if (r != SQLITE_DONE)
-        rc = db_err(q, err, "counting messages");
     q->c.next_id = (max_id > id_floor ? max_id : id_floor) + 1;
+    /* From now on the snapshot is stale until the next clean close. */
+    if (clean && (rc = meta_put(q, "clean", 0, err)))
+        goto out;
+    rc = exec(q, "COMMIT", "reading the counters", err);
 out:
     sqlite3_finalize(st);
+    if (rc)
+        (void)sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+    else
+        q->loaded = true;
     return rc;
+}
+
+/* At a clean close: the counters, so that the next open need not read every
+ * row. Not after a failed transaction (the next open counts instead). */
+static void save_snapshot(keel_queue *q)
+{
+    static const char *const keys[2][KEEL_PRIO_COUNT] = {
+        {"depth.critical", "depth.high", "depth.normal", "depth.bulk"},
+        {"bytes.critical", "bytes.high", "bytes.normal", "bytes.bulk"}};
+    keel_error e;
+    int rc;
+    if (!q->loaded || q->suspect)
+        return;
+    if ((rc = exec(q, "BEGIN IMMEDIATE", "saving the counters", &e)))
+        goto out;
+    for (int p = 0; p < KEEL_PRIO_COUNT && !rc; p++)
+        if (!(rc = meta_put(q, keys[0][p], q->c.depth[p], &e)))
+            rc = meta_put(q, keys[1][p], q->c.bytes[p], &e);
+    if (!rc && !(rc = meta_put(q, "clean", 1, &e)))
+        rc = exec(q, "COMMIT", "saving the counters", &e);
+out:
+    if (rc) {
+        (void)sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+        KEEL_LOG_W(MOD, "%s (the next open counts the messages instead)", e.msg);
+    }
 }
 
 /* The file is a queue database, or a new empty one (then marked as one):
@@ -884,7 +983,7 @@ static int check_format(keel_queue *q, keel_error *err)
 int keel_queue_open(const char *path, const keel_queue_opts *opts, keel_queue **ret,
                     keel_error *err)
 {
-    char mode[16];
+    char mode[16], sql[512];
     pthread_condattr_t ca;
     keel_queue *q;
     bool existed;
@@ -948,8 +1047,14 @@ int keel_queue_open(const char *path, const keel_queue_opts *opts, keel_queue **
                    "setting pragmas", err)) ||
         (rc = exec(q, "BEGIN IMMEDIATE", "locking the queue database", err)))
         goto fail;
-    if ((rc = check_format(q, err)) || (rc = exec(q, schema, "creating the schema", err)) ||
-        (rc = exec(q, "COMMIT", "creating the schema", err))) {
+    rc = check_format(q, err);
+    if (!rc)
+        rc = exec(q, schema, "creating the schema", err);
+    for (int p = 0; p < KEEL_PRIO_COUNT && !rc; p++) {
+        expand(class_schema, p, sql, sizeof(sql));
+        rc = exec(q, sql, "creating the schema", err);
+    }
+    if (rc || (rc = exec(q, "COMMIT", "creating the schema", err))) {
         (void)sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
         goto fail;
     }
@@ -958,6 +1063,16 @@ int keel_queue_open(const char *path, const keel_queue_opts *opts, keel_queue **
                                NULL) != SQLITE_OK) {
             rc = db_err(q, err, stmt_sql[i]);
             goto fail;
+        }
+    }
+    for (int p = 0; p < KEEL_PRIO_COUNT; p++) {
+        for (int i = 0; i < CS_COUNT; i++) {
+            expand(class_sql[i], p, sql, sizeof(sql));
+            if (sqlite3_prepare_v3(q->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &q->cs[p][i], NULL) !=
+                SQLITE_OK) {
+                rc = db_err(q, err, sql);
+                goto fail;
+            }
         }
     }
     if ((rc = load(q, err)))
@@ -990,8 +1105,13 @@ void keel_queue_close(keel_queue *q)
         pthread_mutex_unlock(&q->mu);
         pthread_join(q->committer, NULL);
     }
+    if (q->db)
+        save_snapshot(q);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(q->st[i]);
+    for (int p = 0; p < KEEL_PRIO_COUNT; p++)
+        for (int i = 0; i < CS_COUNT; i++)
+            sqlite3_finalize(q->cs[p][i]);
     sqlite3_close(q->db);
     pthread_cond_destroy(&q->work_cv);
     pthread_mutex_destroy(&q->mu);
@@ -1001,109 +1121,128 @@ void keel_queue_close(keel_queue *q)
 
 /* --- consuming ------------------------------------------------------------------------ */
 
+/* A batch being read: messages, and their strings and payloads in one
+ * buffer (offsets, turned into pointers at the end). */
 typedef struct msg_off {
-    size_t topic, ctype, idem, payload; /* offsets into the data buffer; idem SIZE_MAX: none */
+    size_t topic, ctype, idem, payload; /* idem SIZE_MAX: none */
 } msg_off;
+
+typedef struct peek_ctx {
+    keel_msg *msgs;
+    msg_off *offs;
+    size_t n, cap, max_msgs, max_bytes, payload_total;
+    unsigned flags;
+    keel_buf data;
+} peek_ctx;
+
+/* Adds the row st is on (class p) to the batch. *ret_stop: the batch is full. */
+static int peek_row(keel_queue *q, peek_ctx *b, int p, sqlite3_stmt *st, bool *ret_stop,
+                    keel_error *err)
+{
+    const char *topic = (const char *)sqlite3_column_text(st, 3);
+    const char *ctype = (const char *)sqlite3_column_text(st, 4);
+    const char *idem = (const char *)sqlite3_column_text(st, 5);
+    const void *payload = sqlite3_column_blob(st, 6);
+    size_t plen = (size_t)sqlite3_column_bytes(st, 6);
+    int rc;
+    *ret_stop = true;
+    if (!topic || !ctype)
+        return keel__err(err, KEEL_ECORRUPT,
+                         "queue database %s: message %" PRIu64 " has no topic or content type",
+                         q->path, col_u64(st, 0));
+    if (b->n > 0 && (plen > b->max_bytes || b->payload_total > b->max_bytes - plen))
+        return KEEL_OK;
+    if (b->n > 0 && (b->flags & KEEL_QUEUE_PEEK_SAME_TOPIC) &&
+        ((int)b->msgs[0].prio != p || strcmp(b->data.data + b->offs[0].topic, topic) != 0))
+        return KEEL_OK;
+    if (b->n == b->cap) {
+        size_t ncap = b->cap ? b->cap * 2 : 16;
+        keel_msg *m2 = realloc(b->msgs, ncap * sizeof(*m2));
+        if (m2)
+            b->msgs = m2;
+        msg_off *o2 = m2 ? realloc(b->offs, ncap * sizeof(*o2)) : NULL;
+        if (o2)
+            b->offs = o2;
+        if (!m2 || !o2)
+            return keel__err(err, KEEL_ENOMEM, "out of memory reading the queue");
+        b->cap = ncap;
+    }
+    keel_msg *m = &b->msgs[b->n];
+    msg_off *o = &b->offs[b->n];
+    memset(m, 0, sizeof(*m));
+    m->id = col_u64(st, 0);
+    m->prio = (keel_prio)p;
+    m->created_at = sqlite3_column_int64(st, 1);
+    m->expires_at = sqlite3_column_int64(st, 2);
+    m->payload_len = plen;
+    o->topic = b->data.len;
+    rc = keel__buf_append(&b->data, topic, strlen(topic) + 1);
+    o->ctype = b->data.len;
+    if (!rc)
+        rc = keel__buf_append(&b->data, ctype, strlen(ctype) + 1);
+    o->idem = idem ? b->data.len : SIZE_MAX;
+    if (!rc && idem)
+        rc = keel__buf_append(&b->data, idem, strlen(idem) + 1);
+    o->payload = b->data.len;
+    if (!rc)
+        rc = keel__buf_append(&b->data, payload, plen);
+    if (rc)
+        return keel__err(err, rc, "out of memory reading the queue");
+    b->payload_total += plen;
+    b->n++;
+    *ret_stop = b->n >= b->max_msgs;
+    return KEEL_OK;
+}
 
 int keel_queue_peek_batch(keel_queue *q, size_t max_msgs, size_t max_bytes, unsigned flags,
                           keel_msg **ret, size_t *ret_n, keel_error *err)
 {
-    keel_msg *msgs = NULL, *out = NULL;
-    msg_off *offs = NULL;
-    size_t n = 0, cap = 0, payload_total = 0;
-    keel_buf data;
-    int r, rc = KEEL_OK;
-    keel__buf_init(&data, 0);
-    if (max_msgs == 0)
-        goto done;
+    peek_ctx b = {.max_msgs = max_msgs, .max_bytes = max_bytes, .flags = flags};
+    keel_msg *out = NULL;
+    bool stop = max_msgs == 0;
+    int rc = KEEL_OK;
+    keel__buf_init(&b.data, 0);
     pthread_mutex_lock(&q->db_mu);
-    sqlite3_stmt *st = stmt(q, ST_PEEK);
-    sqlite3_bind_int64(st, 1, now_s(q));
-    sqlite3_bind_int64(st, 2, i64(max_msgs));
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *topic = (const char *)sqlite3_column_text(st, 4);
-        const char *ctype = (const char *)sqlite3_column_text(st, 5);
-        const char *idem = (const char *)sqlite3_column_text(st, 6);
-        const void *payload = sqlite3_column_blob(st, 7);
-        size_t plen = (size_t)sqlite3_column_bytes(st, 7);
-        int p = sqlite3_column_int(st, 1);
-        if (!topic || !ctype || p < 0 || p >= KEEL_PRIO_COUNT) {
-            rc = keel__err(err, KEEL_ECORRUPT,
-                           "queue database %s: message %" PRIu64
-                           " has no topic, no content type or an unknown priority",
-                           q->path, col_u64(st, 0));
-            break;
-        }
-        if (n > 0 && (plen > max_bytes || payload_total > max_bytes - plen))
-            break;
-        if (n > 0 && (flags & KEEL_QUEUE_PEEK_SAME_TOPIC) &&
-            ((int)msgs[0].prio != p || strcmp(data.data + offs[0].topic, topic) != 0))
-            break;
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            keel_msg *m2 = realloc(msgs, ncap * sizeof(*msgs));
-            if (m2)
-                msgs = m2;
-            msg_off *o2 = m2 ? realloc(offs, ncap * sizeof(*offs)) : NULL;
-            if (o2)
-                offs = o2;
-            if (!m2 || !o2) {
-                rc = keel__err(err, KEEL_ENOMEM, "out of memory reading the queue");
+    int64_t now = now_s(q);
+    /* Strict priority: a class is read only when every class above it is
+     * empty (of deliverable messages) or did not fill the batch. */
+    for (int p = 0; p < KEEL_PRIO_COUNT && !stop && !rc; p++) {
+        if (q->c.depth[p] == 0)
+            continue;
+        sqlite3_stmt *st = cstmt(q, p, CS_PEEK);
+        int r = SQLITE_DONE;
+        sqlite3_bind_int64(st, 1, now);
+        sqlite3_bind_int64(st, 2, i64(max_msgs - b.n));
+        while (!stop && (r = sqlite3_step(st)) == SQLITE_ROW)
+            if ((rc = peek_row(q, &b, p, st, &stop, err)))
                 break;
-            }
-            cap = ncap;
-        }
-        keel_msg *m = &msgs[n];
-        memset(m, 0, sizeof(*m));
-        m->id = col_u64(st, 0);
-        m->prio = (keel_prio)p;
-        m->created_at = sqlite3_column_int64(st, 2);
-        m->expires_at = sqlite3_column_int64(st, 3);
-        m->payload_len = plen;
-        offs[n].topic = data.len;
-        rc = keel__buf_append(&data, topic, strlen(topic) + 1);
-        offs[n].ctype = data.len;
-        if (!rc)
-            rc = keel__buf_append(&data, ctype, strlen(ctype) + 1);
-        offs[n].idem = idem ? data.len : SIZE_MAX;
-        if (!rc && idem)
-            rc = keel__buf_append(&data, idem, strlen(idem) + 1);
-        offs[n].payload = data.len;
-        if (!rc)
-            rc = keel__buf_append(&data, payload, plen);
-        if (rc) {
-            rc = keel__err(err, rc, "out of memory reading the queue");
-            break;
-        }
-        payload_total += plen;
-        n++;
+        if (!rc && !stop && r != SQLITE_DONE)
+            rc = db_err(q, err, "reading messages");
+        sqlite3_reset(st);
     }
-    if (!rc && r != SQLITE_ROW && r != SQLITE_DONE)
-        rc = db_err(q, err, "reading messages");
-    sqlite3_reset(st);
     pthread_mutex_unlock(&q->db_mu);
-    if (rc || n == 0)
+    if (rc || b.n == 0)
         goto done;
-    if (!(out = malloc(n * sizeof(*out) + data.len))) {
+    if (!(out = malloc(b.n * sizeof(*out) + b.data.len))) {
         rc = keel__err(err, KEEL_ENOMEM, "out of memory reading the queue");
         goto done;
     }
-    char *base = (char *)(out + n);
-    memcpy(base, data.data, data.len);
-    for (size_t i = 0; i < n; i++) {
-        out[i] = msgs[i];
-        out[i].topic = base + offs[i].topic;
-        out[i].content_type = base + offs[i].ctype;
-        out[i].idem_key = offs[i].idem == SIZE_MAX ? NULL : base + offs[i].idem;
-        out[i].payload = base + offs[i].payload;
+    char *base = (char *)(out + b.n);
+    memcpy(base, b.data.data, b.data.len);
+    for (size_t i = 0; i < b.n; i++) {
+        out[i] = b.msgs[i];
+        out[i].topic = base + b.offs[i].topic;
+        out[i].content_type = base + b.offs[i].ctype;
+        out[i].idem_key = b.offs[i].idem == SIZE_MAX ? NULL : base + b.offs[i].idem;
+        out[i].payload = base + b.offs[i].payload;
     }
 done:
-    free(msgs);
-    free(offs);
-    keel__buf_done(&data);
+    free(b.msgs);
+    free(b.offs);
+    keel__buf_done(&b.data);
     if (!rc) {
         *ret = out;
-        *ret_n = n;
+        *ret_n = b.n;
     }
     return rc;
 }
@@ -1111,6 +1250,42 @@ done:
 void keel_queue_batch_free(keel_msg *batch)
 {
     free(batch);
+}
+
+/* Removes message id wherever it is (acks carry no class). In a transaction. */
+static int remove_one(keel_queue *q, uint64_t id, keel_error *err)
+{
+    for (int p = 0; p < KEEL_PRIO_COUNT; p++) {
+        if (q->c.depth[p] == 0)
+            continue;
+        sqlite3_stmt *st = cstmt(q, p, CS_GET);
+        int rc = KEEL_OK;
+        sqlite3_bind_int64(st, 1, i64(id));
+        int r = sqlite3_step(st);
+        if (r == SQLITE_DONE)
+            continue;
+        if (r != SQLITE_ROW)
+            return db_err(q, err, "looking up an acked message");
+        uint64_t size = col_u64(st, 0);
+        if (q->o.idem_retention_s == 0 && sqlite3_column_type(st, 1) == SQLITE_TEXT) {
+            sqlite3_stmt *d = stmt(q, ST_IDEM_DEL);
+            sqlite3_bind_text(d, 1, (const char *)sqlite3_column_text(st, 1), -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(d, 2, i64(id));
+            rc = step_done(q, d, "forgetting the key of an acked message", err);
+        }
+        sqlite3_reset(st);
+        if (rc)
+            return rc;
+        st = cstmt(q, p, CS_DEL);
+        sqlite3_bind_int64(st, 1, i64(id));
+        if ((rc = step_done(q, st, "removing an acked message", err)))
+            return rc;
+        q->c.depth[p]--;
+        q->c.bytes[p] -= size;
+        q->c.dirty = true;
+        return KEEL_OK;
+    }
+    return KEEL_OK; /* already gone: acks are idempotent */
 }
 
 int keel_queue_ack(keel_queue *q, const uint64_t *ids, size_t n, keel_error *err)
@@ -1124,40 +1299,8 @@ int keel_queue_ack(keel_queue *q, const uint64_t *ids, size_t n, keel_error *err
     pthread_mutex_lock(&q->db_mu);
     if ((rc = tx_begin(q, &saved, err)))
         goto out;
-    for (size_t i = 0; i < n && !rc; i++) {
-        sqlite3_stmt *st = stmt(q, ST_MSG_GET);
-        sqlite3_bind_int64(st, 1, i64(ids[i]));
-        int r = sqlite3_step(st);
-        if (r == SQLITE_DONE)
-            continue; /* already gone: acks are idempotent */
-        if (r != SQLITE_ROW) {
-            rc = db_err(q, err, "looking up an acked message");
-            break;
-        }
-        int p = sqlite3_column_int(st, 0);
-        uint64_t size = col_u64(st, 1);
-        if (p < 0 || p >= KEEL_PRIO_COUNT) {
-            rc = keel__err(err, KEEL_ECORRUPT,
-                           "queue database %s: message %" PRIu64 " has unknown priority %d",
-                           q->path, ids[i], p);
-            break;
-        }
-        if (q->o.idem_retention_s == 0 && sqlite3_column_type(st, 2) == SQLITE_TEXT) {
-            sqlite3_stmt *d = stmt(q, ST_IDEM_DEL);
-            sqlite3_bind_text(d, 1, (const char *)sqlite3_column_text(st, 2), -1, SQLITE_TRANSIENT);
-            sqlite3_bind_int64(d, 2, i64(ids[i]));
-            if ((rc = step_done(q, d, "forgetting the key of an acked message", err)))
-                break;
-        }
-        sqlite3_reset(st);
-        sqlite3_stmt *d = stmt(q, ST_MSG_DEL);
-        sqlite3_bind_int64(d, 1, i64(ids[i]));
-        if ((rc = step_done(q, d, "removing an acked message", err)))
-            break;
-        q->c.depth[p]--;
-        q->c.bytes[p] -= size;
-        q->c.dirty = true;
-    }
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = remove_one(q, ids[i], err);
     if (!rc)
         rc = tx_commit(q, err);
     if (rc)
@@ -1178,8 +1321,11 @@ int keel_queue_expire(keel_queue *q, int64_t now, uint64_t *ret_removed, keel_er
         goto out;
     /* Keys whose message is gone and whose retention is over. */
     if (sqlite3_prepare_v2(q->db,
-                           "DELETE FROM idem WHERE at <= ?1 AND NOT EXISTS"
-                           " (SELECT 1 FROM msgs WHERE msgs.id = idem.id)",
+                           "DELETE FROM idem WHERE at <= ?1"
+                           " AND NOT EXISTS(SELECT 1 FROM msgs_critical WHERE id = idem.id)"
+                           " AND NOT EXISTS(SELECT 1 FROM msgs_high WHERE id = idem.id)"
+                           " AND NOT EXISTS(SELECT 1 FROM msgs_normal WHERE id = idem.id)"
+                           " AND NOT EXISTS(SELECT 1 FROM msgs_bulk WHERE id = idem.id)",
                            -1, &st, NULL) != SQLITE_OK) {
         rc = db_err(q, err, "forgetting old idempotency keys");
         goto out;
@@ -1233,8 +1379,7 @@ int keel_queue_stats_get(keel_queue *q, keel_queue_stats *ret, keel_error *err)
         s.bytes += c->bytes;
         if (!c->depth)
             continue;
-        sqlite3_stmt *st = stmt(q, ST_CLASS_OLDEST);
-        sqlite3_bind_int(st, 1, p);
+        sqlite3_stmt *st = cstmt(q, p, CS_OLDEST);
         int r = sqlite3_step(st);
         if (r == SQLITE_ROW) {
             int64_t age = s.now - sqlite3_column_int64(st, 0);
