@@ -10,30 +10,49 @@ bport=$(free_port)
 cat >"$work/mosq.conf" <<C
 listener $bport 127.0.0.1
 allow_anonymous true
-persistence true
-persistence_location $work/
+persistence false
+log_type all
 C
-# A durable subscriber (clean session off, QoS 1) registered before the
-# broker goes down, so the broker keeps what arrives while it reconnects.
-broker_up() {
-    mosquitto -c "$work/mosq.conf" >>"$work/mosq.log" 2>&1 &
-    mosq=$!
-    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$bport) 2>/dev/null && return; sleep 0.1; done
-    die "mosquitto did not start: $(tail -5 "$work/mosq.log")"
-}
-broker_up
-mosquitto_sub -h 127.0.0.1 -p "$bport" -q 1 -c -i it-sub -t 'keel/#' -F '%t %x' >"$work/sub.txt" 2>"$work/sub.err" &
+# The broker and a subscriber run throughout; keeld reaches the broker only
+# through a TCP relay on lport, and "the link" is the relay: down at first.
+lport=$(free_port)
+mosquitto -c "$work/mosq.conf" >>"$work/mosq.log" 2>&1 &
+mosq=$!
+relay=""
+trap 'kill $mosq $sub $relay 2>/dev/null || true; cleanup' EXIT
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$bport) 2>/dev/null && break; sleep 0.1; done
+mosquitto_sub -h 127.0.0.1 -p "$bport" -q 1 -t 'keel/#' -F '%t %x' >"$work/sub.txt" 2>"$work/sub.err" &
 sub=$!
-trap 'kill $mosq $sub 2>/dev/null || true; cleanup' EXIT
-for _ in $(seq 50); do grep -q "as it-sub" "$work/mosq.log" && break; sleep 0.1; done
-kill -TERM "$mosq"
-wait "$mosq" 2>/dev/null || true
+for _ in $(seq 100); do grep -q "Sending SUBACK" "$work/mosq.log" && break; sleep 0.1; done
+grep -q "Sending SUBACK" "$work/mosq.log" || die "the subscriber did not subscribe"
+link_up() {
+    "$PY" - "$lport" "$bport" <<'PY' &
+import asyncio, sys
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    finally:
+        w.close()
+async def handle(r, w):
+    br, bw = await asyncio.open_connection("127.0.0.1", int(sys.argv[2]))
+    await asyncio.gather(pipe(r, bw), pipe(br, w), return_exceptions=True)
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    await srv.serve_forever()
+asyncio.run(main())
+PY
+    relay=$!
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$lport) 2>/dev/null && return; sleep 0.1; done
+    die "the relay did not start"
+}
 cat >"$work/keeld.conf" <<C
 state_dir = $state
 device_id = it-device
 uplink = mqtt
 mqtt_host = 127.0.0.1
-mqtt_port = $bport
+mqtt_port = $lport
 sync_window = always
 C
 start_keeld --config "$work/keeld.conf"
@@ -53,8 +72,8 @@ q=$(curl -s "$url/api/queue")
 expect_eq "$(jq -r .depth <<<"$q")" 20 "queued while offline"
 expect_has "$(curl -s "$url/api/status" | jq -c .uplink)" '"transport":"mqtt"' "uplink status"
 
-# broker up again: keeld and the subscriber reconnect
-broker_up
+# the link comes up
+link_up
 # keeld retries with backoff (1 s base); a critical event wakes it
 expect_eq "$(post critical t/wake 0)" 202 "wake-up event"
 ids=""
