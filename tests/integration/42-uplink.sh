@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The store-and-forward path end to end with a real mosquitto broker:
-# events of every class queued while the broker is down arrive once it is
-# up, critical and high before normal and bulk, each id at least once
+# events of every class queued while the link to the broker is down arrive
+# once it is up, critical and high before normal and bulk, each id at least once
 # (nothing twice after dedup), on keel/DEVICE/PRIORITY/TOPIC; the queue is
 # empty afterwards and /api/queue records the sync.
 source "$(dirname "$0")/lib.sh"
