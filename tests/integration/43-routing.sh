@@ -80,7 +80,7 @@ expect_eq "$(jq -r .upstream.breaker <<<"$st")" closed "breaker closed again"
 q=$(curl -s "$url/api/queue")
 [[ $(jq -r .classes.high.depth <<<"$q") -ge 4 ]] || die "correction events queued: $q"
 stop_keeld
-sqlite3 "$state/queue.db" "SELECT payload FROM msgs WHERE topic = 'corrections/iris' LIMIT 1" >"$work/corr.json" ||
+sqlite3 "$state/queue.db" "SELECT payload FROM msgs_high WHERE topic = 'corrections/iris' LIMIT 1" >"$work/corr.json" ||
     die "reading the correction"
 expect_eq "$(jq -r .type "$work/corr.json")" correction "correction event"
 expect_eq "$(jq -r .upstream.parameters.tier "$work/corr.json")" upstream "correction carries the upstream answer"
