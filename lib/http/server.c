@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "core/json.h"
+#include "http/events.h"
 #include "http/oip.h"
 #include "http/server.h"
 #include "infer/infer.h"
@@ -695,67 +696,19 @@ static void maybe_expire(keel__http *h)
 static enum MHD_Result do_events(keel__http *h, struct MHD_Connection *c, req *q)
 {
     keel_error e = {0};
-    keel_msg_in m = {.prio = KEEL_PRIO_NORMAL};
-    cJSON *j = NULL;
-    char *payload_text = NULL;
-    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
-    const char *qtopic = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "topic");
-    const char *prio = NULL, *key = NULL, *ttl = NULL;
-    int rc = KEEL_OK;
+    keel__event_req ev;
     maybe_expire(h);
-    if (qtopic) { /* raw body */
-        m.topic = qtopic;
-        prio = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "priority");
-        key = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "idempotency_key");
-        ttl = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "ttl_s");
-        m.payload = q->body.data;
-        m.payload_len = q->body.len;
-        m.content_type = ctype;
-        if (ttl) {
-            char *end = NULL;
-            long long v = strtoll(ttl, &end, 10);
-            if (*end || v < 0)
-                rc = keel__err(&e, KEEL_EINVALID, "ttl_s: \"%.32s\" is not a number of seconds",
-                               ttl);
-            m.ttl_s = v;
-        }
-    } else {
-        const cJSON *pl;
-        uint64_t ttl_s = 0;
-        if (!(rc = keel__json_parse(q->body.data ? q->body.data : "", q->body.len,
-                                    "event (a JSON object, or any body with ?topic=)", &j, &e)) &&
-            !(rc = keel__json_str(j, "topic", true, KEEL_QUEUE_TOPIC_MAX, &m.topic, "event",
-                                  &e)) &&
-            !(rc = keel__json_str(j, "priority", false, 16, &prio, "event", &e)) &&
-            !(rc = keel__json_str(j, "idempotency_key", false, KEEL_QUEUE_IDEM_KEY_MAX, &key,
-                                  "event", &e)) &&
-            !(rc = keel__json_str(j, "content_type", false, KEEL_QUEUE_CONTENT_TYPE_MAX,
-                                  &m.content_type, "event", &e)) &&
-            !(rc = keel__json_u64(j, "ttl_s", false, &ttl_s, "event", &e))) {
-            m.ttl_s = (int64_t)ttl_s;
-            pl = cJSON_GetObjectItemCaseSensitive(j, "payload");
-            if (cJSON_IsString(pl)) {
-                m.payload = pl->valuestring;
-                m.payload_len = strlen(pl->valuestring);
-                if (!m.content_type)
-                    m.content_type = "text/plain";
-            } else if (pl) {
-                payload_text = keel__json_print(pl);
-                m.payload = payload_text;
-                m.payload_len = payload_text ? strlen(payload_text) : 0;
-                if (!m.content_type)
-                    m.content_type = "application/json";
-            }
-        }
-    }
-    m.idem_key = key;
-    if (!rc && prio && (rc = keel_prio_parse(prio, strlen(prio), &m.prio, &e)))
-        keel__err_prefix(&e, "priority");
+    int rc = keel__event_parse(
+        q->body.data, q->body.len, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type"),
+        MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "topic"),
+        MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "priority"),
+        MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "idempotency_key"),
+        MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "ttl_s"), &ev, &e);
+    keel_msg_in m = ev.m;
     uint64_t id = 0;
     if (!rc)
         rc = keel_queue_enqueue(h->queue, &m, &id, &e);
-    cJSON_Delete(j);
-    free(payload_text);
+    keel__event_done(&ev); /* idempotent: also after a parse error */
     if (rc) {
         if (rc == KEEL_ENOSPACE)
             KEEL_LOG_W(MOD, "event refused: %s", e.msg);
