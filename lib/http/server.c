@@ -46,6 +46,7 @@
 #include "infer/infer.h"
 #include "keel/queue.h"
 #include "sync/uplink.h"
+#include "sync/shadow.h"
 #include "infer/router.h"
 
 #define MOD "http"
@@ -57,6 +58,7 @@ struct keel__http {
     keel_queue *queue;
     keel__uplink *uplink; /* NULL: uplink = none */
     keel__router *router; /* NULL: no upstream_url */
+    keel__shadow *shadow;
     keel_queue *reprocess; /* escalations the upstream could not answer yet */
     pthread_t reproc_thread;
     bool reproc_running, stopping;
@@ -93,6 +95,8 @@ enum route {
     R_METRICS,
     R_EVENTS,
     R_QUEUE,
+    R_SHADOW_GET,
+    R_SHADOW_SET,
 };
 
 typedef struct req {
@@ -888,6 +892,8 @@ static void src_synced(void *ctx, int64_t when)
         KEEL_LOG_W(MOD, "recording the sync time: %s", e.msg);
 }
 
+static void on_desired(void *ctx, const char *topic, const void *payload, size_t len);
+
 /* Starts the uplink cfg asks for (none: nothing). */
 static int start_uplink(keel__http *h, const keel_config *cfg, keel_error *err)
 {
@@ -920,6 +926,13 @@ static int start_uplink(keel__http *h, const keel_config *cfg, keel_error *err)
         while (plen && (password[plen - 1] == '\n' || password[plen - 1] == '\r'))
             password[--plen] = 0;
         o.password = password;
+    }
+    char sub[160];
+    snprintf(sub, sizeof(sub), "keel/%s/shadow/desired", cfg->device_id);
+    if (o.transport == KEEL__UPLINK_MQTT) {
+        o.subscribe = sub;
+        o.on_message = on_desired;
+        o.msg_ctx = h;
     }
     keel__sync_source src = {.ctx = h,
                              .next_batch = src_next,
@@ -1029,6 +1042,105 @@ static int start_router(keel__http *h, const keel_config *cfg, keel_error *err)
     return KEEL_OK;
 }
 
+/* --- the device shadow ------------------------------------------------------------------- */
+
+/* Settings the shadow may change at run time; the others are kept and
+ * reported for the application. */
+static void apply_shadow(keel__http *h)
+{
+    char *lv = keel__shadow_get(h->shadow, "log_level");
+    static const char *const levels[] = {"\"error\"", "\"warn\"", "\"info\"", "\"debug\""};
+    for (int i = 0; lv && i < 4; i++)
+        if (!strcmp(lv, levels[i]))
+            keel_log_set_level((keel_log_level)i);
+    free(lv);
+}
+
+/* Queues the reported state (topic shadow/reported, high): the shadow,
+ * what each package serves, the queue's depth. */
+static void report_shadow(keel__http *h)
+{
+    keel_buf b;
+    keel_error e;
+    keel_serving *sv = NULL;
+    size_t n = 0;
+    keel_queue_stats st;
+    char *sh = keel__shadow_json(h->shadow);
+    keel__buf_init(&b, 0);
+    int rc = !sh || keel__buf_appendf(&b, "{\"type\":\"shadow_reported\",\"device\":");
+    if (!rc)
+        rc = keel__json_quote(&b, h->cfg.device_id);
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"at\":%lld,\"shadow\":%s,\"packages\":{",
+                               (long long)keel__now_wall_s(), sh);
+    if (!rc && !keel_store_serving_list(h->store, &sv, &n, &e))
+        for (size_t i = 0; !rc && i < n; i++)
+            rc = keel__buf_appendf(&b, "%s\"%s\":{\"version\":\"%s\",\"slot\":\"%s\"}",
+                                   i ? "," : "", sv[i].name, sv[i].version,
+                                   keel_slot_name(sv[i].slot));
+    if (!rc)
+        rc = keel__buf_append(&b, "}", 1);
+    if (!rc && !keel_queue_stats_get(h->queue, &st, &e))
+        rc = keel__buf_appendf(&b, ",\"queue_depth\":%llu", (unsigned long long)st.depth);
+    if (!rc)
+        rc = keel__buf_append(&b, "}", 1);
+    keel_msg_in m = {.topic = "shadow/reported", .prio = KEEL_PRIO_HIGH, .payload = b.data,
+                     .payload_len = b.len, .content_type = "application/json"};
+    if (rc || keel_queue_enqueue(h->queue, &m, NULL, &e))
+        KEEL_LOG_W(MOD, "could not queue the reported shadow: %s", rc ? "out of memory" : e.msg);
+    else if (h->uplink)
+        keel__uplink_wake(h->uplink, false);
+    free(sv);
+    free(sh);
+    keel__buf_done(&b);
+}
+
+/* A desired document from keel/DEVICE/shadow/desired (the uplink's thread). */
+static void on_desired(void *ctx, const char *topic, const void *payload, size_t len)
+{
+    keel__http *h = ctx;
+    unsigned applied = 0, conflicts = 0;
+    keel_error e;
+    if (!len) /* a cleared retained message */
+        return;
+    if (keel__shadow_apply_desired(h->shadow, payload, len, &applied, &conflicts, &e)) {
+        KEEL_LOG_W(MOD, "desired shadow from %s refused: %s", topic, e.msg);
+        return;
+    }
+    if (!applied && !conflicts)
+        return;
+    KEEL_LOG_I(MOD, "desired shadow: %u keys applied, %u conflicts", applied, conflicts);
+    apply_shadow(h);
+    report_shadow(h);
+}
+
+/* POST /api/shadow {"set": {"key": value, ...}}: local changes. */
+static enum MHD_Result do_shadow_set(keel__http *h, struct MHD_Connection *c, req *q)
+{
+    keel_error e = {0};
+    cJSON *j = NULL;
+    const cJSON *set = NULL, *it;
+    int rc = keel__json_parse(q->body.data ? q->body.data : "", q->body.len,
+                              "shadow change ({\"set\": {\"key\": value}})", &j, &e);
+    if (!rc)
+        rc = keel__json_member(j, "set", cJSON_Object, true, &set, "shadow change", &e);
+    cJSON_ArrayForEach(it, set)
+    {
+        char *v = keel__json_print(it);
+        if (!rc)
+            rc = v ? keel__shadow_set_local(h->shadow, it->string, v, &e)
+                   : keel__err(&e, KEEL_ENOMEM, "out of memory");
+        free(v);
+    }
+    cJSON_Delete(j);
+    if (rc)
+        return send_keel_error(c, &e);
+    apply_shadow(h);
+    report_shadow(h);
+    char *out = keel__shadow_json(h->shadow);
+    return out ? send_json(c, 200, out) : MHD_NO;
+}
+
 /* --- routing --------------------------------------------------------------------- */
 
 /* The route for method+url. When the path exists but not for this method,
@@ -1090,6 +1202,8 @@ static enum route route_of(const char *method, const char *url, char *name, char
         {"/metrics", false, R_METRICS},
         {"/api/events", true, R_EVENTS},
         {"/api/queue", false, R_QUEUE},
+        {"/api/shadow", false, R_SHADOW_GET},
+        {"/api/shadow", true, R_SHADOW_SET},
     };
     bool post = !strcmp(method, "POST");
     bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
@@ -1281,6 +1395,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return do_slot_action(h, c, q);
     case R_EVENTS:
         return do_events(h, c, q);
+    case R_SHADOW_GET: {
+        char *sh = keel__shadow_json(h->shadow);
+        return sh ? send_json(c, 200, sh) : MHD_NO;
+    }
+    case R_SHADOW_SET:
+        return do_shadow_set(h, c, q);
     case R_QUEUE:
         return do_queue(h, c);
     default:
@@ -1460,6 +1580,10 @@ int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret
     qo.min_free_disk = cfg->queue_min_free;
     snprintf(qpath, sizeof(qpath), "%s/queue.db", cfg->state_dir);
     pthread_cond_init(&h->reproc_cv, NULL);
+    char spath[PATH_MAX];
+    snprintf(spath, sizeof(spath), "%s/shadow.json", cfg->state_dir);
+    if ((rc = keel__shadow_open(spath, &h->shadow, err)))
+        goto fail;
     if ((rc = keel_queue_open(qpath, &qo, &h->queue, err)) ||
         (rc = start_uplink(h, cfg, err)) || (rc = start_router(h, cfg, err)))
         goto fail;
@@ -1541,6 +1665,7 @@ void keel__http_stop(keel__http *h)
     keel__uplink_stop(h->uplink); /* before the queue: it reads from it */
     src_release(h);
     keel_queue_close(h->queue); /* after the engine: it produces into the queue */
+    keel__shadow_close(h->shadow); /* after the uplink: it applies desired documents */
     pthread_mutex_destroy(&h->lock);
     free(h);
 }

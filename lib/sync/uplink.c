@@ -53,7 +53,7 @@ typedef struct stats {
 
 struct keel__uplink {
     keel__uplink_opts o; /* strings point into the copies below */
-    char *strs[8];
+    char *strs[9];
     char endpoint[512];
     const transport *tr;
     keel__sync_source src;
@@ -208,8 +208,18 @@ static uint64_t rand_below(uint64_t n)
 
 static void on_connect(struct mosquitto *m, void *ctx, int rc)
 {
+    keel__uplink *u = ctx;
+    u->conn_rc = rc;
+    if (!rc && u->o.subscribe && mosquitto_subscribe(m, NULL, u->o.subscribe, 1))
+        KEEL_LOG_W(MOD, "mqtt: cannot subscribe to %s", u->o.subscribe);
+}
+
+static void on_message(struct mosquitto *m, void *ctx, const struct mosquitto_message *msg)
+{
+    keel__uplink *u = ctx;
     KEEL_UNUSED(m);
-    ((keel__uplink *)ctx)->conn_rc = rc;
+    if (u->o.on_message && msg->payloadlen >= 0)
+        u->o.on_message(u->o.msg_ctx, msg->topic, msg->payload, (size_t)msg->payloadlen);
 }
 
 static void on_disconnect(struct mosquitto *m, void *ctx, int rc)
@@ -262,6 +272,7 @@ static int mqtt_connect(keel__uplink *u, keel_error *err)
     mosquitto_connect_callback_set(u->mosq, on_connect);
     mosquitto_disconnect_callback_set(u->mosq, on_disconnect);
     mosquitto_publish_callback_set(u->mosq, on_publish);
+    mosquitto_message_callback_set(u->mosq, on_message);
     (void)mosquitto_int_option(u->mosq, MOSQ_OPT_TCP_NODELAY, 1);
     if (o->username && (rc = mosquitto_username_pw_set(u->mosq, o->username, o->password))) {
         rc = keel__err(err, KEEL_EINVALID, "mqtt: username/password: %s", mosq_err(rc));
@@ -994,7 +1005,8 @@ int keel__uplink_start(const keel__uplink_opts *o, const keel__sync_source *src,
     pthread_mutex_init(&u->mu, NULL);
     keel__buf_init(&u->env, 0);
     const char **fields[] = {&u->o.device_id, &u->o.host,     &u->o.url,      &u->o.ca_file,
-                             &u->o.cert_file, &u->o.key_file, &u->o.username, &u->o.password};
+                             &u->o.cert_file, &u->o.key_file, &u->o.username, &u->o.password,
+                             &u->o.subscribe};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(fields); i++) {
         if (!*fields[i])
             continue;

@@ -100,6 +100,12 @@ typedef struct keel__uplink_opts {
 
     /* How often the source is looked at without a wake; default 1000. */
     uint32_t poll_ms;
+    /* MQTT: a topic filter subscribed (QoS 1) on every connect, e.g. the
+     * device shadow's desired document; on_message is called on the
+     * uplink's thread for each message (retained ones on connect too). */
+    const char *subscribe;
+    void (*on_message)(void *ctx, const char *topic, const void *payload, size_t len);
+    void *msg_ctx;
     /* Wall-clock seconds for the daily range (tests move time); NULL: the
      * system clock. */
     int64_t (*clock)(void *ctx);
