@@ -660,6 +660,8 @@ static enum MHD_Result do_v2(keel__http *h, struct MHD_Connection *c, req *q)
         }
         if (!rc && h->uplink)
             rc = keel__uplink_metrics(h->uplink, &b);
+        if (!rc && h->router)
+            rc = keel__router_metrics(h->router, &b);
         if (rc) {
             keel__buf_done(&b);
             return MHD_NO;

@@ -228,6 +228,26 @@ int keel__router_forward(keel__router *r, const char *model, const void *body, s
     return rc;
 }
 
+int keel__router_metrics(keel__router *r, keel_buf *b)
+{
+    pthread_mutex_lock(&r->mu);
+    int st = r->state == 1 && keel__now_mono_ns() >= r->open_until ? 2 : r->state;
+    int rc = keel__buf_appendf(
+        b,
+        "# HELP keel_upstream_breaker_state Upstream breaker: 0 closed, 1 open, 2 half-open.\n"
+        "# TYPE keel_upstream_breaker_state gauge\nkeel_upstream_breaker_state %d\n"
+        "# HELP keel_upstream_breaker_trips_total Times the upstream breaker opened.\n"
+        "# TYPE keel_upstream_breaker_trips_total counter\nkeel_upstream_breaker_trips_total %llu\n"
+        "# HELP keel_upstream_requests_total Requests forwarded upstream, by outcome.\n"
+        "# TYPE keel_upstream_requests_total counter\n"
+        "keel_upstream_requests_total{outcome=\"ok\"} %llu\n"
+        "keel_upstream_requests_total{outcome=\"error\"} %llu\n",
+        st, (unsigned long long)r->trips, (unsigned long long)r->forwarded,
+        (unsigned long long)r->failed);
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
 char *keel__router_status_json(keel__router *r)
 {
     static const char *const states[] = {"closed", "open", "half_open"};

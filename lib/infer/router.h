@@ -37,6 +37,9 @@ KEEL_WUR int keel__router_forward(keel__router *r, const char *model, const void
                                   size_t len, size_t json_len, uint64_t deadline_ms,
                                   keel__upstream_answer *out, keel_error *err);
 
+/* Prometheus text: breaker state and trips, requests by outcome. */
+KEEL_WUR int keel__router_metrics(keel__router *r, keel_buf *b);
+
 /* {"url", "breaker", "consecutive_failures", "forwarded", "failed", ...} (malloc'd). */
 char *keel__router_status_json(keel__router *r);
 

@@ -79,6 +79,10 @@ expect_eq "$(jq -r .reprocess_pending <<<"$st")" 0 "re-processed after the fog n
 expect_eq "$(jq -r .upstream.breaker <<<"$st")" closed "breaker closed again"
 q=$(curl -s "$url/api/queue")
 [[ $(jq -r .classes.high.depth <<<"$q") -ge 4 ]] || die "correction events queued: $q"
+m=$(curl -s "$url/metrics")
+promtool check metrics <<<"$m" >/dev/null 2>&1 || die "promtool: $(promtool check metrics <<<"$m" 2>&1 | head -3)"
+expect_has "$m" "keel_upstream_breaker_state 0" "upstream breaker metric"
+expect_has "$m" "keel_upstream_breaker_trips_total 1" "upstream breaker trips metric"
 stop_keeld
 sqlite3 "$state/queue.db" "SELECT payload FROM msgs_high WHERE topic = 'corrections/iris' LIMIT 1" >"$work/corr.json" ||
     die "reading the correction"
