@@ -26,8 +26,8 @@
 
 #define SCHEMA_VERSION       1
 #define QUEUE_APPLICATION_ID 1262834005 /* 0x4b455155, "KEQU": the SQLite header says queue */
-#define KEEL__STR_(x)        #x
-#define KEEL__STR(x)         KEEL__STR_(x)
+#define QUEUE_STR_(x)        #x
+#define QUEUE_STR(x)         QUEUE_STR_(x)
 #define BATCH_MAX_MSGS       1024                /* one group-commit transaction at most */
 #define BATCH_MAX_BYTES      (64u * 1024 * 1024) /* ... unless one message alone is larger */
 
@@ -972,7 +972,7 @@ static int check_format(keel_queue *q, keel_error *err)
     if (strtol(id, NULL, 10) == QUEUE_APPLICATION_ID)
         return KEEL_OK;
     if (strcmp(id, "0") == 0 && strcmp(tables, "0") == 0)
-        return exec(q, "PRAGMA application_id=" KEEL__STR(QUEUE_APPLICATION_ID),
+        return exec(q, "PRAGMA application_id=" QUEUE_STR(QUEUE_APPLICATION_ID),
                     "marking the queue database", err);
     return keel__err(err, KEEL_EUNSUPPORTED,
                      "%s is an SQLite database but not a keel queue (application_id %s, %s "
