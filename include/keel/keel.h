@@ -31,5 +31,6 @@
 #include "keel/trust.h"
 #include "keel/pkg.h"
 #include "keel/store.h"
+#include "keel/queue.h"
 
 #endif
