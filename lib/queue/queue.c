@@ -412,7 +412,7 @@ static fit fits_after(const keel_queue *q, uint64_t need, uint64_t freed_rows, u
 static int evict_class(keel_queue *q, keel_prio p, uint64_t need, keel_error *err)
 {
     uint64_t rows = 0, bytes = 0, last = 0;
-    sqlite3_stmt *st = cstmt(q, p, CS_SCAN);
+    sqlite3_stmt *st = cstmt(q, (int)p, CS_SCAN);
     int r = SQLITE_DONE, rc = KEEL_OK;
     while (fits_after(q, need, rows, bytes) != FIT_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
         last = col_u64(st, 0);
@@ -425,12 +425,12 @@ static int evict_class(keel_queue *q, keel_prio p, uint64_t need, keel_error *er
     if (rc || rows == 0)
         return rc;
     if (q->o.idem_retention_s == 0) {
-        st = cstmt(q, p, CS_EVICT_IDEM_DEL);
+        st = cstmt(q, (int)p, CS_EVICT_IDEM_DEL);
         sqlite3_bind_int64(st, 1, i64(last));
         if ((rc = step_done(q, st, "forgetting keys of evicted messages", err)))
             return rc;
     }
-    st = cstmt(q, p, CS_EVICT_DEL);
+    st = cstmt(q, (int)p, CS_EVICT_DEL);
     sqlite3_bind_int64(st, 1, i64(last));
     if ((rc = step_done(q, st, "evicting messages", err)))
         return rc;
@@ -631,7 +631,7 @@ static int put_one(keel_queue *q, req *r, int64_t now, keel_error *err)
     if ((rc = make_room(q, r, now, &ok, err)) || !ok)
         return rc;
     uint64_t id = q->c.next_id;
-    sqlite3_stmt *st = cstmt(q, m->prio, CS_INSERT);
+    sqlite3_stmt *st = cstmt(q, (int)m->prio, CS_INSERT);
     sqlite3_bind_int64(st, 1, i64(id));
     sqlite3_bind_int64(st, 2, now);
     if (m->ttl_s > 0)
