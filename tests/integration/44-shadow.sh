@@ -53,7 +53,10 @@ expect_eq "$(status_of "$r")" 400 "bad shadow key"
 r=$(http POST /api/shadow -d '{"set":{"a":1}}')
 expect_eq "$(status_of "$r")" 401 "shadow change needs the token"
 desired 'not json'
-sleep 0.5
+for _ in $(seq 80); do
+    grep -q "desired shadow from keel/sh-dev/shadow/desired refused" "$work/keeld.log" && break
+    sleep 0.25
+done
 grep -q "desired shadow from keel/sh-dev/shadow/desired refused" "$work/keeld.log" || die "bad desired logged"
 expect_eq "$(curl -s "$url/api/shadow" | jq -r .keys.site.value)" south "bad desired changed nothing"
 # the reported state reaches the broker, conflict included
