@@ -19,10 +19,11 @@ die() {
 expect_eq() { [[ $1 == "$2" ]] || die "${3:-value}: expected '$2', got '$1'"; }
 expect_has() { [[ $1 == *"$2"* ]] || die "${3:-output}: expected to contain '$2', got '$1'"; }
 
-free_port() {
-    local p
+free_port() { # below the kernel's ephemeral range, so no client socket holds it
+    local p lo
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((10000 + RANDOM % (lo - 10000)))
         if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
     done
     die "no free port"
@@ -30,15 +31,24 @@ free_port() {
 port=$(free_port)
 url=http://127.0.0.1:$port
 
-start_keeld() { # extra keeld args
-    "$KEELD" --state-dir "$state" --port "$port" "$@" >>"$work/keeld.log" 2>&1 &
-    keeld_pid=$!
-    for _ in $(seq 300); do
-        if curl -sf "$url/healthz" >/dev/null 2>&1; then return; fi
-        kill -0 "$keeld_pid" 2>/dev/null || die "keeld exited during start-up"
-        sleep 0.05
+start_keeld() { # extra keeld args; a port another test took meanwhile is replaced
+    local try
+    for try in 1 2 3; do
+        "$KEELD" --state-dir "$state" --port "$port" "$@" >>"$work/keeld.log" 2>&1 &
+        keeld_pid=$!
+        for _ in $(seq 300); do
+            if curl -sf "$url/healthz" >/dev/null 2>&1; then return; fi
+            kill -0 "$keeld_pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        if kill -0 "$keeld_pid" 2>/dev/null; then die "keeld did not answer /healthz"; fi
+        wait "$keeld_pid" 2>/dev/null || true
+        keeld_pid=""
+        grep -q "cannot listen on 127.0.0.1:$port" "$work/keeld.log" || die "keeld exited during start-up"
+        port=$(free_port)
+        url=http://127.0.0.1:$port
     done
-    die "keeld did not answer /healthz"
+    die "keeld could not find a free port"
 }
 
 stop_keeld() { # sends SIGTERM, expects exit 0
