@@ -93,8 +93,7 @@ static int parse_args(const char *verb, int argc, char **argv, iopts *o)
 
 /* The request body: the file's bytes, or the argument itself when it is
  * JSON. *is_image when the bytes are a PNG or JPEG. */
-static int read_input(const char *in, char **ret, size_t *ret_len, bool *is_image,
-                      keel_error *err)
+static int read_input(const char *in, char **ret, size_t *ret_len, bool *is_image, keel_error *err)
 {
     const char *p = in;
     while (*p == ' ' || *p == '\n' || *p == '\t')
@@ -136,7 +135,7 @@ static int infer_remote(const iopts *o, const char *body, size_t len, bool image
     CURL *c = curl_easy_init();
     struct curl_slist *h = curl_slist_append(
         NULL, image ? (keel__image_sniff(body, len) == KEEL__IMG_PNG ? "Content-Type: image/png"
-                                                                      : "Content-Type: image/jpeg")
+                                                                     : "Content-Type: image/jpeg")
                     : "Content-Type: application/json");
     curl_easy_setopt(c, CURLOPT_URL, url);
     if (o->unix_socket)
@@ -220,8 +219,8 @@ static int infer_local(const iopts *o, const char *body, size_t len, bool image)
         r.req.image_len = len;
         r.req.tier = o->tier;
         r.req.session = o->session;
-    } else if (!rc && !(rc = keel__oip_parse(body, len, len, keel__model_image_input(m), &r,
-                                             &err))) {
+    } else if (!rc &&
+               !(rc = keel__oip_parse(body, len, len, keel__model_image_input(m), &r, &err))) {
         if (o->tier)
             r.req.tier = o->tier;
         if (o->session)

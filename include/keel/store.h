@@ -91,18 +91,18 @@ KEEL_API KEEL_WUR int keel_store_mark_good(keel_store *s, const char *name, keel
  * store lock is not held while it runs: it may call the keel_store_version_*
  * readers. keeld and the CLI set the inference self-test here.
  */
-typedef int (*keel_store_validator)(void *ctx, keel_store *s, const char *name,
-                                    const char *version, keel_error *err);
+typedef int (*keel_store_validator)(void *ctx, keel_store *s, const char *name, const char *version,
+                                    keel_error *err);
 KEEL_API void keel_store_set_validator(keel_store *s, keel_store_validator fn, void *ctx);
 
 /* keel.json of an installed version (malloc'd copy). */
 KEEL_API KEEL_WUR int keel_store_version_manifest(keel_store *s, const char *name,
-                                                  const char *version, char **ret,
-                                                  size_t *ret_len, keel_error *err);
+                                                  const char *version, char **ret, size_t *ret_len,
+                                                  keel_error *err);
 /* Path of a file of an installed version (not necessarily serving). */
-KEEL_API KEEL_WUR int keel_store_version_file(keel_store *s, const char *name,
-                                              const char *version, const char *path, char *buf,
-                                              size_t n, keel_error *err);
+KEEL_API KEEL_WUR int keel_store_version_file(keel_store *s, const char *name, const char *version,
+                                              const char *path, char *buf, size_t n,
+                                              keel_error *err);
 
 /* --- verification and serving ------------------------------------------------ */
 

@@ -5,9 +5,9 @@
 #include "core/json.h"
 #include "http/events.h"
 
-int keel__event_parse(const char *body, size_t len, const char *content_type,
-                      const char *q_topic, const char *q_prio, const char *q_key,
-                      const char *q_ttl, keel__event_req *r, keel_error *err)
+int keel__event_parse(const char *body, size_t len, const char *content_type, const char *q_topic,
+                      const char *q_prio, const char *q_key, const char *q_ttl, keel__event_req *r,
+                      keel_error *err)
 {
     const char *prio = NULL;
     int rc = KEEL_OK;
@@ -24,8 +24,8 @@ int keel__event_parse(const char *body, size_t len, const char *content_type,
             char *end = NULL;
             long long v = strtoll(q_ttl, &end, 10);
             if (!*q_ttl || *end || v < 0)
-                return keel__err(err, KEEL_EINVALID,
-                                 "ttl_s: \"%.32s\" is not a number of seconds", q_ttl);
+                return keel__err(err, KEEL_EINVALID, "ttl_s: \"%.32s\" is not a number of seconds",
+                                 q_ttl);
             r->m.ttl_s = v;
         }
     } else {
@@ -41,8 +41,8 @@ int keel__event_parse(const char *body, size_t len, const char *content_type,
                              "event: expected a JSON object like {\"topic\": \"alerts/door\", "
                              "\"priority\": \"high\", \"payload\": {...}}");
         }
-        if ((rc = keel__json_str(r->json, "topic", true, KEEL_QUEUE_TOPIC_MAX, &r->m.topic,
-                                 "event", err)) ||
+        if ((rc = keel__json_str(r->json, "topic", true, KEEL_QUEUE_TOPIC_MAX, &r->m.topic, "event",
+                                 err)) ||
             (rc = keel__json_str(r->json, "priority", false, 16, &prio, "event", err)) ||
             (rc = keel__json_str(r->json, "idempotency_key", false, KEEL_QUEUE_IDEM_KEY_MAX,
                                  &r->m.idem_key, "event", err)) ||

@@ -63,7 +63,7 @@ struct keel__http {
     pthread_t reproc_thread;
     bool reproc_running, stopping;
     pthread_cond_t reproc_cv;
-    keel_msg *batch;      /* the source's batch handed to the uplink */
+    keel_msg *batch; /* the source's batch handed to the uplink */
     keel__sync_msg *sbatch;
     int64_t last_expire;  /* wall seconds of the last queue expiry sweep */
     pthread_mutex_t lock; /* guards cfg limits and readiness */
@@ -279,15 +279,14 @@ static enum MHD_Result do_status(keel__http *h, struct MHD_Connection *c)
     char *ro = h->router ? keel__router_status_json(h->router) : NULL;
     keel_queue_stats rs;
     keel_error rse;
-    long long pending = h->reprocess && !keel_queue_stats_get(h->reprocess, &rs, &rse)
-                            ? (long long)rs.depth
-                            : 0;
+    long long pending =
+        h->reprocess && !keel_queue_stats_get(h->reprocess, &rs, &rse) ? (long long)rs.depth : 0;
     if (!rc)
         rc = keel__buf_appendf(&b,
                                ",\"readiness\":%s,\"store\":%s,\"inference\":%s,\"uplink\":%s,"
                                "\"upstream\":%s,\"reprocess_pending\":%lld}\n",
-                               ready, store, inf ? inf : "{}", up ? up : "null",
-                               ro ? ro : "null", pending);
+                               ready, store, inf ? inf : "{}", up ? up : "null", ro ? ro : "null",
+                               pending);
     free(inf);
     free(up);
     free(ro);
@@ -422,7 +421,6 @@ static keel__model *v2_model(keel__http *h, struct MHD_Connection *c, req *q, en
     return m;
 }
 
-
 /* Sends an upstream answer as ours (its tier says "upstream"). Takes a. */
 static enum MHD_Result send_upstream(struct MHD_Connection *c, keel__upstream_answer *a)
 {
@@ -436,8 +434,7 @@ static enum MHD_Result send_upstream(struct MHD_Connection *c, keel__upstream_an
         return send_body(c, 200, body, len, "application/octet-stream", "X-Keel-Tier", "upstream",
                          "Inference-Header-Content-Length", hlen);
     }
-    return send_body(c, 200, body, len, "application/json", "X-Keel-Tier", "upstream", NULL,
-                     NULL);
+    return send_body(c, 200, body, len, "application/json", "X-Keel-Tier", "upstream", NULL, NULL);
 }
 
 /* The first result row's confidence, or -1. */
@@ -449,8 +446,8 @@ static double result_confidence(const char *result)
 
 /* Keeps an escalation the upstream could not take, for the re-processing
  * worker: the local result, a newline, then the request as received. */
-static void queue_reprocess(keel__http *h, const char *model, const char *result,
-                            const req *q, size_t json_len)
+static void queue_reprocess(keel__http *h, const char *model, const char *result, const req *q,
+                            size_t json_len)
 {
     keel_buf b;
     char ctype[64];
@@ -462,8 +459,11 @@ static void queue_reprocess(keel__http *h, const char *model, const char *result
         keel__buf_done(&b);
         return;
     }
-    keel_msg_in m = {.topic = model, .prio = KEEL_PRIO_NORMAL, .payload = b.data,
-                     .payload_len = b.len, .content_type = ctype};
+    keel_msg_in m = {.topic = model,
+                     .prio = KEEL_PRIO_NORMAL,
+                     .payload = b.data,
+                     .payload_len = b.len,
+                     .content_type = ctype};
     if (keel_queue_enqueue(h->reprocess, &m, NULL, &e))
         KEEL_LOG_W(MOD, "cannot keep %s's escalation for later: %s", model, e.msg);
     keel__buf_done(&b);
@@ -522,7 +522,7 @@ static enum MHD_Result do_infer(keel__http *h, struct MHD_Connection *c, req *q)
     double below = 0;
     uint64_t up_ms = 0;
     int route = h->router && !image && !r.req.tier ? keel__model_route(m, &below, &up_ms)
-                                                    : KEEL__ROUTE_LOCAL;
+                                                   : KEEL__ROUTE_LOCAL;
     size_t json_len = hl ? (size_t)strtoull(hl, NULL, 10) : q->body.len;
     char up_why[200] = "";
     if (!rc && route == KEEL__ROUTE_UPSTREAM_FIRST) {
@@ -651,8 +651,10 @@ static enum MHD_Result do_v2(keel__http *h, struct MHD_Connection *c, req *q)
                                        fam[f][0], fam[f][1]);
                 for (int k = 0; !rc && k < KEEL_PRIO_COUNT; k++) {
                     const keel_queue_class_stats *cs = &st.cls[k];
-                    uint64_t v = f == 0 ? cs->depth : f == 1 ? cs->bytes : f == 2 ? cs->evicted
-                                                                                  : cs->refused;
+                    uint64_t v = f == 0   ? cs->depth
+                                 : f == 1 ? cs->bytes
+                                 : f == 2 ? cs->evicted
+                                          : cs->refused;
                     rc = keel__buf_appendf(&b, "%s{class=\"%s\"} %llu\n", fam[f][0],
                                            keel_prio_name((keel_prio)k), (unsigned long long)v);
                 }
@@ -856,8 +858,8 @@ static int src_next(void *ctx, size_t max, size_t max_bytes, keel__sync_msg **re
     size_t got = 0;
     src_release(h);
     maybe_expire(h);
-    int rc = keel_queue_peek_batch(h->queue, max, max_bytes, KEEL_QUEUE_PEEK_SAME_TOPIC,
-                                   &h->batch, &got, err);
+    int rc = keel_queue_peek_batch(h->queue, max, max_bytes, KEEL_QUEUE_PEEK_SAME_TOPIC, &h->batch,
+                                   &got, err);
     if (rc || !got) {
         *ret = NULL;
         *n = 0;
@@ -950,8 +952,8 @@ static int start_uplink(keel__http *h, const keel_config *cfg, keel_error *err)
     if (rc)
         return rc; /* the message names the uplink option already */
     KEEL_LOG_I(MOD, "uplink: %s to %s as %s, window %s", cfg->uplink,
-               o.transport == KEEL__UPLINK_MQTT ? cfg->mqtt_host : cfg->uplink_url,
-               cfg->device_id, cfg->sync_window);
+               o.transport == KEEL__UPLINK_MQTT ? cfg->mqtt_host : cfg->uplink_url, cfg->device_id,
+               cfg->sync_window);
     return KEEL_OK;
 }
 
@@ -998,15 +1000,18 @@ static void *reprocess_loop(void *arg)
                 if (!rc)
                     rc = keel__json_quote(&ev, h->cfg.device_id);
                 if (!rc)
-                    rc = keel__buf_appendf(&ev, ",\"model\":\"%s\",\"queued_at\":%lld,"
-                                                "\"local_result\":%.*s,\"upstream\":%.*s}",
-                                           m->topic, (long long)m->created_at,
-                                           (int)(head - 1), (const char *)m->payload,
-                                           (int)a.json_len, a.body.data);
+                    rc = keel__buf_appendf(&ev,
+                                           ",\"model\":\"%s\",\"queued_at\":%lld,"
+                                           "\"local_result\":%.*s,\"upstream\":%.*s}",
+                                           m->topic, (long long)m->created_at, (int)(head - 1),
+                                           (const char *)m->payload, (int)a.json_len, a.body.data);
                 char topic[KEEL_NAME_MAX + 16];
                 snprintf(topic, sizeof(topic), "corrections/%s", m->topic);
-                keel_msg_in cm = {.topic = topic, .prio = KEEL_PRIO_HIGH, .payload = ev.data,
-                                  .payload_len = ev.len, .content_type = "application/json"};
+                keel_msg_in cm = {.topic = topic,
+                                  .prio = KEEL_PRIO_HIGH,
+                                  .payload = ev.data,
+                                  .payload_len = ev.len,
+                                  .content_type = "application/json"};
                 if (!rc && !keel_queue_enqueue(h->queue, &cm, NULL, &e)) {
                     if (keel_queue_ack(h->reprocess, &m->id, 1, &e))
                         KEEL_LOG_W(MOD, "re-processing: %s", e.msg);
@@ -1077,17 +1082,20 @@ static void report_shadow(keel__http *h)
                                (long long)keel__now_wall_s(), sh);
     if (!rc && !keel_store_serving_list(h->store, &sv, &n, &e))
         for (size_t i = 0; !rc && i < n; i++)
-            rc = keel__buf_appendf(&b, "%s\"%s\":{\"version\":\"%s\",\"slot\":\"%s\"}",
-                                   i ? "," : "", sv[i].name, sv[i].version,
-                                   keel_slot_name(sv[i].slot));
+            rc =
+                keel__buf_appendf(&b, "%s\"%s\":{\"version\":\"%s\",\"slot\":\"%s\"}", i ? "," : "",
+                                  sv[i].name, sv[i].version, keel_slot_name(sv[i].slot));
     if (!rc)
         rc = keel__buf_append(&b, "}", 1);
     if (!rc && !keel_queue_stats_get(h->queue, &st, &e))
         rc = keel__buf_appendf(&b, ",\"queue_depth\":%llu", (unsigned long long)st.depth);
     if (!rc)
         rc = keel__buf_append(&b, "}", 1);
-    keel_msg_in m = {.topic = "shadow/reported", .prio = KEEL_PRIO_HIGH, .payload = b.data,
-                     .payload_len = b.len, .content_type = "application/json"};
+    keel_msg_in m = {.topic = "shadow/reported",
+                     .prio = KEEL_PRIO_HIGH,
+                     .payload = b.data,
+                     .payload_len = b.len,
+                     .content_type = "application/json"};
     if (rc || keel_queue_enqueue(h->queue, &m, NULL, &e))
         KEEL_LOG_W(MOD, "could not queue the reported shadow: %s", rc ? "out of memory" : e.msg);
     else if (h->uplink)
@@ -1586,8 +1594,8 @@ int keel__http_start(const keel_config *cfg, keel_store *store, keel__http **ret
     snprintf(spath, sizeof(spath), "%s/shadow.json", cfg->state_dir);
     if ((rc = keel__shadow_open(spath, &h->shadow, err)))
         goto fail;
-    if ((rc = keel_queue_open(qpath, &qo, &h->queue, err)) ||
-        (rc = start_uplink(h, cfg, err)) || (rc = start_router(h, cfg, err)))
+    if ((rc = keel_queue_open(qpath, &qo, &h->queue, err)) || (rc = start_uplink(h, cfg, err)) ||
+        (rc = start_router(h, cfg, err)))
         goto fail;
     keel__infer_opts io = {.event = on_infer_event,
                            .event_ctx = h,
@@ -1666,7 +1674,7 @@ void keel__http_stop(keel__http *h)
     keel__router_free(h->router);
     keel__uplink_stop(h->uplink); /* before the queue: it reads from it */
     src_release(h);
-    keel_queue_close(h->queue); /* after the engine: it produces into the queue */
+    keel_queue_close(h->queue);    /* after the engine: it produces into the queue */
     keel__shadow_close(h->shadow); /* after the uplink: it applies desired documents */
     pthread_mutex_destroy(&h->lock);
     free(h);

@@ -17,9 +17,9 @@
 
 /* What a backend gets at load. Everything is borrowed for the call. */
 typedef struct keel__tier_ctx {
-    const char *model_path; /* the tier's "model" file, verified, in the blob store */
-    const char *model_hex;  /* its SHA-256 (cache key) */
-    const cJSON *tier;      /* the tier's manifest object (options etc.) */
+    const char *model_path;               /* the tier's "model" file, verified, in the blob store */
+    const char *model_hex;                /* its SHA-256 (cache key) */
+    const cJSON *tier;                    /* the tier's manifest object (options etc.) */
     const keel__tensor *inputs, *outputs; /* the package contract */
     size_t ninputs, noutputs;
     const char *cache_dir; /* for derived files (optimized graphs); may be NULL */
@@ -35,14 +35,13 @@ typedef struct keel__backend {
      * decides labels itself (rules) sets *result_json to a malloc'd JSON
      * array with one {"label","confidence"} object per row; others leave it. */
     KEEL_WUR int (*run)(void *inst, const keel__tensor *in, size_t nin, keel__tensor *out,
-                        size_t *nout, char **result_json, uint64_t deadline_ns,
-                        keel_error *err);
+                        size_t *nout, char **result_json, uint64_t deadline_ns, keel_error *err);
     void (*unload)(void *inst);
     /* Optional (NULL when absent). */
     size_t (*ninputs)(void *inst); /* the model's own inputs, for describe */
     const keel__tensor *(*input)(void *inst, size_t i);
-    uint64_t (*memory)(void *inst);       /* bytes attributed to the loaded model */
-    const char *(*device)(void *inst);    /* "cpu", "cuda", ... */
+    uint64_t (*memory)(void *inst);    /* bytes attributed to the loaded model */
+    const char *(*device)(void *inst); /* "cpu", "cuda", ... */
     KEEL_WUR int (*health)(void *inst, keel_error *err);
 } keel__backend;
 
@@ -59,13 +58,6 @@ const keel__backend *keel__backend_find(const char *name);
  * for a fire in progress, so arg may be freed right after it. */
 uint64_t keel__watchdog_arm(uint64_t deadline_ns, void (*fire)(void *), void *arg);
 void keel__watchdog_disarm(uint64_t handle);
-
-/* v clamped to [lo, hi] (NaN to 0): float-to-integer casts out of range
- * are undefined behaviour in C. */
-static inline double keel__clamp(double v, double lo, double hi)
-{
-    return v != v ? 0 : v < lo ? lo : v > hi ? hi : v;
-}
 
 /* Resident set size of this process in bytes (from /proc/self/statm). */
 uint64_t keel__rss_bytes(void);

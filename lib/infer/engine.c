@@ -25,7 +25,7 @@ struct keel__infer {
     keel_store *store;
     keel__infer_opts opts;
     char cache_dir[PATH_MAX];
-    pthread_mutex_t mu;       /* entries */
+    pthread_mutex_t mu;         /* entries */
     pthread_mutex_t refresh_mu; /* one refresh at a time */
     entry *entries;
     size_t n;
@@ -171,8 +171,7 @@ int keel__infer_refresh(keel__infer *e, keel_error *err)
             continue;
         }
         if (lrc) {
-            KEEL_LOG_E(MOD, "%s %s cannot serve inference: %s", sv[i].name, sv[i].version,
-                       e2.msg);
+            KEEL_LOG_E(MOD, "%s %s cannot serve inference: %s", sv[i].name, sv[i].version, e2.msg);
             put(e, sv[i].name, NULL, e2.msg, sv[i].digest);
             continue;
         }
@@ -444,9 +443,8 @@ int keel__infer_metrics(keel__infer *e, keel_buf *b)
                         "%s{%s,outcome=\"ok\"} %" PRIu64 "\n%s{%s,outcome=\"error\"} %" PRIu64
                         "\n%s{%s,outcome=\"timeout\"} %" PRIu64 "\n%s{%s,outcome=\"skipped\"} "
                         "%" PRIu64 "\n%s{%s,outcome=\"overloaded\"} %" PRIu64 "\n",
-                        fam[f].name, l, t->ok, fam[f].name, l, t->failed - t->timeouts,
-                        fam[f].name, l, t->timeouts, fam[f].name, l, t->skipped, fam[f].name, l,
-                        t->overloaded);
+                        fam[f].name, l, t->ok, fam[f].name, l, t->failed - t->timeouts, fam[f].name,
+                        l, t->timeouts, fam[f].name, l, t->skipped, fam[f].name, l, t->overloaded);
                 } else if (f == 1) {
                     uint64_t cum = 0;
                     for (size_t h = 0; !rc && h < KEEL__NBUCKETS; h++) {
@@ -455,21 +453,21 @@ int keel__infer_metrics(keel__infer *e, keel_buf *b)
                                                fam[f].name, l, keel__latency_bounds[h], cum);
                     }
                     if (!rc)
-                        rc = keel__buf_appendf(
-                            b,
-                            "%s_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n%s_sum{%s} %.9f\n%s_count{%s} "
-                            "%" PRIu64 "\n",
-                            fam[f].name, l, t->hist_count, fam[f].name, l, t->hist_sum,
-                            fam[f].name, l, t->hist_count);
+                        rc = keel__buf_appendf(b,
+                                               "%s_bucket{%s,le=\"+Inf\"} %" PRIu64
+                                               "\n%s_sum{%s} %.9f\n%s_count{%s} "
+                                               "%" PRIu64 "\n",
+                                               fam[f].name, l, t->hist_count, fam[f].name, l,
+                                               t->hist_sum, fam[f].name, l, t->hist_count);
                 } else if (f == 3) {
                     rc = keel__buf_appendf(b, "%s{%s} %d\n", fam[f].name, l,
                                            keel__breaker_state(t, keel__now_mono_ns()));
                 } else if (f == 4) {
                     rc = keel__buf_appendf(b, "%s{%s} %u\n", fam[f].name, l, t->br.trips);
                 } else if (f == 5) {
-                    rc = keel__buf_appendf(
-                        b, "%s{%s} %" PRIu64 "\n", fam[f].name, l,
-                        inst && t->be->memory ? t->be->memory(inst) : (uint64_t)0);
+                    rc = keel__buf_appendf(b, "%s{%s} %" PRIu64 "\n", fam[f].name, l,
+                                           inst && t->be->memory ? t->be->memory(inst)
+                                                                 : (uint64_t)0);
                 }
             }
             pthread_mutex_unlock(&m->mu);

@@ -28,11 +28,11 @@ enum { KEEL__EV_TRANSITION, KEEL__EV_ALL_FAILED, KEEL__EV_RECORD };
 typedef struct keel__infer_event {
     int type;
     const char *model, *version;
-    const char *tier, *from_tier; /* from_tier: transitions only */
-    const char *reason;           /* transitions, failures */
-    const char *result;           /* records: the result JSON (NULL without postprocess) */
+    const char *tier, *from_tier;        /* from_tier: transitions only */
+    const char *reason;                  /* transitions, failures */
+    const char *result;                  /* records: the result JSON (NULL without postprocess) */
     const struct keel__infer_resp *resp; /* records: the whole answer (outputs too) */
-    double confidence;            /* records: first row's, or -1 */
+    double confidence;                   /* records: first row's, or -1 */
     bool degraded;
     uint64_t ns; /* records: request time */
 } keel__infer_event;
@@ -60,7 +60,7 @@ void keel__model_unref(keel__model *m);
 /* The serving model of `name` with a reference held, or NULL. */
 keel__model *keel__infer_get(keel__infer *e, const char *name);
 
-#define KEEL__MAX_OUT 16
+#define KEEL__MAX_OUT    16
 #define KEEL__CLAUSE_MAX 180
 
 typedef struct keel__infer_req {
@@ -82,7 +82,7 @@ typedef struct keel__infer_resp {
     char model[KEEL_NAME_MAX], version[KEEL_VERSION_MAX], digest[72];
     char tier[32], backend[16];
     bool degraded;
-    char reason[1024]; /* why earlier tiers did not serve ("" when none) */
+    char reason[1024];    /* why earlier tiers did not serve ("" when none) */
     char escalation[256]; /* set by routing: why the upstream did not answer */
     /* each tier's clause is capped (KEEL__CLAUSE_MAX) so every tier fits */
     uint64_t ns;

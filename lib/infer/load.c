@@ -157,28 +157,9 @@ static int parse_consts(const cJSON *c, tier *t, const char *where, keel_error *
         cJSON_ArrayForEach(e, data)
         {
             double v = cJSON_IsNumber(e) ? e->valuedouble : cJSON_IsTrue(e) ? 1 : 0;
-            switch (x->dtype) {
-            case KEEL_DT_FLOAT32:
-                ((float *)x->data)[i] = (float)v;
-                break;
-            case KEEL_DT_FLOAT64:
-                ((double *)x->data)[i] = v;
-                break;
-            case KEEL_DT_INT64:
-                ((int64_t *)x->data)[i] =
-                    (int64_t)keel__clamp(v, -9.2233720368547748e18, 9.2233720368547748e18);
-                break;
-            case KEEL_DT_INT32:
-                ((int32_t *)x->data)[i] = (int32_t)keel__clamp(v, -2147483648.0, 2147483647.0);
-                break;
-            case KEEL_DT_UINT8:
-            case KEEL_DT_BOOL:
-                ((uint8_t *)x->data)[i] = (uint8_t)keel__clamp(v, 0, 255);
-                break;
-            default:
+            if (!keel__tensor_set(x, i, v))
                 return keel__err(err, KEEL_EINVALID, "%s.dtype: \"%s\" cannot be a constant", w,
                                  dtype);
-            }
             i++;
         }
     }

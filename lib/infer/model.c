@@ -67,8 +67,8 @@ static void breaker_trip(model *m, tier *t, uint64_t now, const char *why)
 {
     breaker *b = &t->br;
     if (b->state != BR_OPEN)
-        KEEL_LOG_W(MOD, "%s@%s tier %s: breaker open (%s); next probe in %" PRIu64 " ms",
-                   m->name, m->version, t->name, why, b->cooldown_ns / 1000000u);
+        KEEL_LOG_W(MOD, "%s@%s tier %s: breaker open (%s); next probe in %" PRIu64 " ms", m->name,
+                   m->version, t->name, why, b->cooldown_ns / 1000000u);
     b->state = BR_OPEN;
     b->open_until = now + b->cooldown_ns;
     b->trips++;
@@ -107,9 +107,8 @@ static void breaker_record(model *m, tier *t, bool ok, bool probe, uint64_t now)
 
 /* --- latency histogram ------------------------------------------------------------------ */
 
-const double keel__latency_bounds[KEEL__NBUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                     0.005,  0.01,    0.025,  0.05,  0.1,
-                                                     0.25,   0.5,     1,      2.5,   10};
+const double keel__latency_bounds[KEEL__NBUCKETS] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 
 static void observe(tier *t, uint64_t ns)
 {
@@ -313,8 +312,8 @@ static int tier_run(model *m, size_t ti, const keel__tensor *ins, size_t nin, se
         all[n++] = t->consts[i];
     for (size_t k = 0; k < t->nstate; k++) {
         const state_pair *p = &t->state[k];
-        all[n] = (keel__tensor){.name = p->in, .dtype = p->dtype, .ndim = p->ndim,
-                                .nbytes = p->nbytes};
+        all[n] =
+            (keel__tensor){.name = p->in, .dtype = p->dtype, .ndim = p->ndim, .nbytes = p->nbytes};
         memcpy(all[n].shape, p->shape, sizeof(p->shape));
         if (s && s->state[ti][k]) {
             all[n].data = s->state[ti][k];
@@ -358,8 +357,7 @@ static int tier_run(model *m, size_t ti, const keel__tensor *ins, size_t nin, se
                         goto out_free;
                     }
                     if (per >= c)
-                        memcpy(s->ctx[ti], (const float *)ins[i].data + per - c,
-                               c * sizeof(float));
+                        memcpy(s->ctx[ti], (const float *)ins[i].data + per - c, c * sizeof(float));
                 }
         }
     }
@@ -403,11 +401,11 @@ static int check_input(const keel__tensor *decl, const keel__tensor *x, keel_err
             a += (size_t)snprintf(want + a, sizeof(want) - a, "%s%" PRId64, d ? "," : "",
                                   decl->shape[d]);
         for (size_t d = 0; d < x->ndim && b < sizeof(got); d++)
-            b += (size_t)snprintf(got + b, sizeof(got) - b, "%s%" PRId64, d ? "," : "",
-                                  x->shape[d]);
+            b +=
+                (size_t)snprintf(got + b, sizeof(got) - b, "%s%" PRId64, d ? "," : "", x->shape[d]);
         return keel__err(err, KEEL_EINVALID,
-                         "input \"%s\": shape [%s] does not fit [%s] (-1: any size)", x->name,
-                         got, want);
+                         "input \"%s\": shape [%s] does not fit [%s] (-1: any size)", x->name, got,
+                         want);
     }
     return KEEL_OK;
 }
@@ -504,11 +502,15 @@ static int note_served(model *m, size_t ti, const char *reason)
     return -1;
 }
 
-static void emit(model *m, int type, const char *tier_name, const char *from,
-                 const char *reason, const keel__infer_resp *resp)
+static void emit(model *m, int type, const char *tier_name, const char *from, const char *reason,
+                 const keel__infer_resp *resp)
 {
-    keel__infer_event ev = {.type = type, .model = m->name, .version = m->version,
-                            .tier = tier_name, .from_tier = from, .reason = reason,
+    keel__infer_event ev = {.type = type,
+                            .model = m->name,
+                            .version = m->version,
+                            .tier = tier_name,
+                            .from_tier = from,
+                            .reason = reason,
                             .confidence = -1};
     if (resp) {
         ev.resp = resp;
@@ -597,9 +599,9 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
             }
         } else if (!admit) {
             t->skipped++;
-            if (keel__buf_appendf(&why, "%s%s: breaker open%s%.*s%s", why.len ? "; " : "",
-                                  t->name, t->load_error[0] ? " after load failure: " : "",
-                                  KEEL__CLAUSE_MAX, t->load_error,
+            if (keel__buf_appendf(&why, "%s%s: breaker open%s%.*s%s", why.len ? "; " : "", t->name,
+                                  t->load_error[0] ? " after load failure: " : "", KEEL__CLAUSE_MAX,
+                                  t->load_error,
                                   strlen(t->load_error) > KEEL__CLAUSE_MAX ? "..." : "")) {
             }
         }
@@ -640,8 +642,8 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
         }
         pthread_mutex_unlock(&m->mu);
         if (was >= 0 && m->eng_opts.event)
-            emit(m, KEEL__EV_TRANSITION, t->name, m->tiers[was].name,
-                 why.data ? why.data : "", NULL);
+            emit(m, KEEL__EV_TRANSITION, t->name, m->tiers[was].name, why.data ? why.data : "",
+                 NULL);
         if (!trc) {
             keel__strlcpy(resp->tier, t->name, sizeof(resp->tier));
             keel__strlcpy(resp->backend, t->be->name, sizeof(resp->backend));
@@ -649,9 +651,8 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
             rc = KEEL_OK;
             break;
         }
-        if (keel__buf_appendf(&why, "%s%s: %.*s%s", why.len ? "; " : "", t->name,
-                              KEEL__CLAUSE_MAX, e.msg,
-                              strlen(e.msg) > KEEL__CLAUSE_MAX ? "..." : "")) {
+        if (keel__buf_appendf(&why, "%s%s: %.*s%s", why.len ? "; " : "", t->name, KEEL__CLAUSE_MAX,
+                              e.msg, strlen(e.msg) > KEEL__CLAUSE_MAX ? "..." : "")) {
         }
     }
     if (rc) {

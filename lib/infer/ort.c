@@ -8,6 +8,7 @@
  * version KEEL_ORT_API_VERSION and refuse runtimes that do not offer it.
  */
 #include <dlfcn.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,6 +205,75 @@ void keel__tensor_done(keel__tensor *t)
     free(t->data);
     t->data = NULL;
     t->nbytes = 0;
+}
+
+double keel__tensor_get(const keel__tensor *t, size_t i)
+{
+    switch (t->dtype) {
+    case KEEL_DT_FLOAT32:
+        return ((const float *)t->data)[i];
+    case KEEL_DT_FLOAT64:
+        return ((const double *)t->data)[i];
+    case KEEL_DT_INT64:
+        return (double)((const int64_t *)t->data)[i];
+    case KEEL_DT_INT32:
+        return ((const int32_t *)t->data)[i];
+    case KEEL_DT_INT16:
+        return ((const int16_t *)t->data)[i];
+    case KEEL_DT_INT8:
+        return ((const int8_t *)t->data)[i];
+    case KEEL_DT_UINT8:
+    case KEEL_DT_BOOL:
+        return ((const uint8_t *)t->data)[i];
+    case KEEL_DT_UINT16:
+        return ((const uint16_t *)t->data)[i];
+    case KEEL_DT_UINT32:
+        return ((const uint32_t *)t->data)[i];
+    case KEEL_DT_UINT64:
+        return (double)((const uint64_t *)t->data)[i];
+    default:
+        return NAN;
+    }
+}
+
+bool keel__tensor_set(keel__tensor *t, size_t i, double v)
+{
+    switch (t->dtype) {
+    case KEEL_DT_FLOAT32:
+        ((float *)t->data)[i] = (float)v;
+        return true;
+    case KEEL_DT_FLOAT64:
+        ((double *)t->data)[i] = v;
+        return true;
+    case KEEL_DT_INT64:
+        ((int64_t *)t->data)[i] =
+            (int64_t)keel__clamp(v, -9.2233720368547748e18, 9.2233720368547748e18);
+        return true;
+    case KEEL_DT_INT32:
+        ((int32_t *)t->data)[i] = (int32_t)keel__clamp(v, -2147483648.0, 2147483647.0);
+        return true;
+    case KEEL_DT_INT16:
+        ((int16_t *)t->data)[i] = (int16_t)keel__clamp(v, -32768, 32767);
+        return true;
+    case KEEL_DT_INT8:
+        ((int8_t *)t->data)[i] = (int8_t)keel__clamp(v, -128, 127);
+        return true;
+    case KEEL_DT_UINT8:
+    case KEEL_DT_BOOL:
+        ((uint8_t *)t->data)[i] = (uint8_t)keel__clamp(v, 0, 255);
+        return true;
+    case KEEL_DT_UINT16:
+        ((uint16_t *)t->data)[i] = (uint16_t)keel__clamp(v, 0, 65535);
+        return true;
+    case KEEL_DT_UINT32:
+        ((uint32_t *)t->data)[i] = (uint32_t)keel__clamp(v, 0, 4294967295.0);
+        return true;
+    case KEEL_DT_UINT64:
+        ((uint64_t *)t->data)[i] = (uint64_t)keel__clamp(v, 0, 1.8446744073709550e19);
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* --- sessions ------------------------------------------------------------------ */

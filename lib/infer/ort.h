@@ -52,7 +52,21 @@ typedef struct keel__tensor {
     size_t nbytes;
 } keel__tensor;
 
+/* v clamped to [lo, hi] (NaN to 0): float-to-integer casts out of range
+ * are undefined behaviour in C. */
+static inline double keel__clamp(double v, double lo, double hi)
+{
+    return v != v ? 0 : v < lo ? lo : v > hi ? hi : v;
+}
+
 void keel__tensor_done(keel__tensor *t);
+/* Element i of a numeric tensor as a double (NaN for float16, bfloat16,
+ * strings). */
+double keel__tensor_get(const keel__tensor *t, size_t i);
+/* Stores v as element i, converted to the tensor's type; integers saturate
+ * (NaN becomes 0). false for types it cannot store (float16, bfloat16,
+ * strings). */
+bool keel__tensor_set(keel__tensor *t, size_t i, double v);
 
 /* Loads the runtime once (thread-safe): lib_path, or KEEL_ORT_LIB, or
  * .deps/onnxruntime/lib/libonnxruntime.so.1, or the system's. */
@@ -64,7 +78,7 @@ typedef struct keel__ort_opts {
     int intra_threads;                /* 0: ORT default */
     int opt_level;                    /* 0 disable, 1 basic, 2 extended, 99 all (default) */
     const char *optimized_model_path; /* save the optimized graph here (may be NULL) */
-    const char *const *providers;     /* preference order, e.g. {"cuda", "cpu"}; CPU if none takes */
+    const char *const *providers; /* preference order, e.g. {"cuda", "cpu"}; CPU if none takes */
     size_t nproviders;
 } keel__ort_opts;
 
@@ -73,9 +87,8 @@ typedef struct keel__ort_session keel__ort_session;
 KEEL_WUR int keel__ort_session_new(const char *model_path, const keel__ort_opts *opts,
                                    keel__ort_session **ret, keel_error *err);
 /* The same from a model in memory (data must stay valid during the call). */
-KEEL_WUR int keel__ort_session_from_memory(const void *data, size_t len,
-                                           const keel__ort_opts *opts, keel__ort_session **ret,
-                                           keel_error *err);
+KEEL_WUR int keel__ort_session_from_memory(const void *data, size_t len, const keel__ort_opts *opts,
+                                           keel__ort_session **ret, keel_error *err);
 void keel__ort_session_free(keel__ort_session *s);
 size_t keel__ort_ninputs(const keel__ort_session *s);
 size_t keel__ort_noutputs(const keel__ort_session *s);

@@ -279,25 +279,6 @@ int keel__pre_tabular(const keel__pre *p, keel__tensor *t, keel_error *err)
 
 /* --- results ------------------------------------------------------------------------- */
 
-static double as_double(const keel__tensor *t, size_t i)
-{
-    switch (t->dtype) {
-    case KEEL_DT_FLOAT32:
-        return ((const float *)t->data)[i];
-    case KEEL_DT_FLOAT64:
-        return ((const double *)t->data)[i];
-    case KEEL_DT_INT64:
-        return (double)((const int64_t *)t->data)[i];
-    case KEEL_DT_INT32:
-        return ((const int32_t *)t->data)[i];
-    case KEEL_DT_UINT8:
-    case KEEL_DT_BOOL:
-        return ((const uint8_t *)t->data)[i];
-    default:
-        return NAN;
-    }
-}
-
 static int label_of(keel_buf *b, const keel__post *p, size_t idx)
 {
     if (idx < p->nlabels)
@@ -456,7 +437,7 @@ int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n, c
             if (r)
                 rc = keel__buf_append(&b, ",", 1);
             for (size_t i = 0; i < per; i++)
-                sc[i] = as_double(t, r * per + i);
+                sc[i] = keel__tensor_get(t, r * per + i);
             if (rc)
                 break;
             if (is_index && per == 1) {

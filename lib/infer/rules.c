@@ -313,36 +313,6 @@ out:
     return KEEL_OK;
 }
 
-/* Element i of a numeric tensor as a double. */
-static double elem(const keel__tensor *t, size_t i)
-{
-    switch (t->dtype) {
-    case KEEL_DT_FLOAT32:
-        return ((const float *)t->data)[i];
-    case KEEL_DT_FLOAT64:
-        return ((const double *)t->data)[i];
-    case KEEL_DT_INT64:
-        return (double)((const int64_t *)t->data)[i];
-    case KEEL_DT_INT32:
-        return ((const int32_t *)t->data)[i];
-    case KEEL_DT_INT16:
-        return ((const int16_t *)t->data)[i];
-    case KEEL_DT_INT8:
-        return ((const int8_t *)t->data)[i];
-    case KEEL_DT_UINT8:
-    case KEEL_DT_BOOL:
-        return ((const uint8_t *)t->data)[i];
-    case KEEL_DT_UINT16:
-        return ((const uint16_t *)t->data)[i];
-    case KEEL_DT_UINT32:
-        return ((const uint32_t *)t->data)[i];
-    case KEEL_DT_UINT64:
-        return (double)((const uint64_t *)t->data)[i];
-    default:
-        return NAN;
-    }
-}
-
 static double feature_value(const feature *f, const double *vals, const keel__tensor *t, size_t off,
                             size_t n)
 {
@@ -350,9 +320,9 @@ static double feature_value(const feature *f, const double *vals, const keel__te
     size_t cnt = 0;
     switch (f->fn) {
     case FN_VALUE:
-        return f->index < n ? elem(t, off + f->index) : NAN;
+        return f->index < n ? keel__tensor_get(t, off + f->index) : NAN;
     case FN_LAST:
-        return n ? elem(t, off + n - 1) : NAN;
+        return n ? keel__tensor_get(t, off + n - 1) : NAN;
     case FN_ZSCORE:
         return (vals[f->of] - f->mean) / f->std;
     case FN_ABS_ZSCORE:
@@ -361,7 +331,7 @@ static double feature_value(const feature *f, const double *vals, const keel__te
         break;
     }
     for (size_t i = 0; i < n; i++) {
-        double x = elem(t, off + i);
+        double x = keel__tensor_get(t, off + i);
         acc += x;
         sq += x * x;
         lo = x < lo ? x : lo;
@@ -411,31 +381,6 @@ static bool holds(const cond *c, double x)
         return x != c->value;
     default:
         return false;
-    }
-}
-
-static void store_val(keel__tensor *t, size_t i, double v)
-{
-    switch (t->dtype) {
-    case KEEL_DT_FLOAT32:
-        ((float *)t->data)[i] = (float)v;
-        break;
-    case KEEL_DT_FLOAT64:
-        ((double *)t->data)[i] = v;
-        break;
-    case KEEL_DT_INT64:
-        ((int64_t *)t->data)[i] =
-            (int64_t)keel__clamp(v, -9.2233720368547748e18, 9.2233720368547748e18);
-        break;
-    case KEEL_DT_INT32:
-        ((int32_t *)t->data)[i] = (int32_t)keel__clamp(v, -2147483648.0, 2147483647.0);
-        break;
-    case KEEL_DT_UINT8:
-    case KEEL_DT_BOOL:
-        ((uint8_t *)t->data)[i] = (uint8_t)keel__clamp(v, 0, 255);
-        break;
-    default:
-        break;
     }
 }
 
@@ -533,7 +478,7 @@ static int rules_run(void *inst, const keel__tensor *in, size_t nin, keel__tenso
             for (size_t k = 0; k < chosen[row]->nouts; k++)
                 if (chosen[row]->outs[k].output == (int)o)
                     for (size_t i = 0; i < width; i++)
-                        store_val(ot, row * width + i, chosen[row]->outs[k].v[i]);
+                        keel__tensor_set(ot, row * width + i, chosen[row]->outs[k].v[i]);
         n++;
     }
     free(chosen);

@@ -129,24 +129,7 @@ static int row_input(model *m, const row *r, keel__path_fn path_of, void *ctx, k
             return keel__err(err, KEEL_ENOMEM, "out of memory");
         for (size_t i = 0; i < n; i++) {
             double v = r->vals[i];
-            switch (decl->dtype) {
-            case KEEL_DT_FLOAT32:
-                ((float *)t->data)[i] = (float)v;
-                break;
-            case KEEL_DT_FLOAT64:
-                ((double *)t->data)[i] = v;
-                break;
-            case KEEL_DT_INT64:
-                ((int64_t *)t->data)[i] =
-                    (int64_t)keel__clamp(v, -9.2233720368547748e18, 9.2233720368547748e18);
-                break;
-            case KEEL_DT_INT32:
-                ((int32_t *)t->data)[i] = (int32_t)keel__clamp(v, -2147483648.0, 2147483647.0);
-                break;
-            default:
-                ((uint8_t *)t->data)[i] = (uint8_t)keel__clamp(v, 0, 255);
-                break;
-            }
+            keel__tensor_set(t, i, v);
         }
     }
     /* shape: the declared one with the free axis sized to fit one row */
