@@ -396,6 +396,31 @@ static int span_ints(const span *sp, keel__tensor *t, size_t count, keel_error *
     return KEEL_OK;
 }
 
+/* The values an integer dtype holds (BOOL as 0..255, as ONNX stores it).
+ * The 64-bit bounds are the largest doubles inside the type. */
+static bool int_range(int dtype, double *lo, double *hi)
+{
+    static const struct {
+        int dt;
+        double lo, hi;
+    } r[] = {{KEEL_DT_INT8, -128, 127},
+             {KEEL_DT_INT16, -32768, 32767},
+             {KEEL_DT_INT32, -2147483648.0, 2147483647.0},
+             {KEEL_DT_INT64, -9.2233720368547758e18, 9.2233720368547748e18},
+             {KEEL_DT_UINT8, 0, 255},
+             {KEEL_DT_BOOL, 0, 255},
+             {KEEL_DT_UINT16, 0, 65535},
+             {KEEL_DT_UINT32, 0, 4294967295.0},
+             {KEEL_DT_UINT64, 0, 1.8446744073709550e19}};
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(r); i++)
+        if (r[i].dt == dtype) {
+            *lo = r[i].lo;
+            *hi = r[i].hi;
+            return true;
+        }
+    return false;
+}
+
 static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_t count,
                      keel_error *err)
 {
@@ -480,87 +505,22 @@ static int json_data(const cJSON *data, const lifted *lf, keel__tensor *t, size_
                              d, keel__kserve_dtype(t->dtype));
         }
         uint8_t *p = (uint8_t *)t->data + i * es;
-        switch (t->dtype) {
-        case KEEL_DT_FLOAT32: {
-            float f = (float)d;
-            memcpy(p, &f, 4);
-            break;
-        }
-        case KEEL_DT_FLOAT64:
-            memcpy(p, &d, 8);
-            break;
-        case KEEL_DT_FLOAT16: {
+        double lo, hi;
+        if (t->dtype == KEEL_DT_FLOAT16) {
             uint16_t h = f32_to_f16((float)d);
             memcpy(p, &h, 2);
-            break;
-        }
-        case KEEL_DT_BFLOAT16: {
+        } else if (t->dtype == KEEL_DT_BFLOAT16) {
             float f = (float)d;
             uint32_t x;
             memcpy(&x, &f, 4);
             uint16_t h = (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
             memcpy(p, &h, 2);
-            break;
-        }
-        case KEEL_DT_INT8: {
-            if (d < -128 || d > 127)
-                goto range;
-            int8_t x = (int8_t)d;
-            memcpy(p, &x, 1);
-            break;
-        }
-        case KEEL_DT_INT16: {
-            if (d < -32768 || d > 32767)
-                goto range;
-            int16_t x = (int16_t)d;
-            memcpy(p, &x, 2);
-            break;
-        }
-        case KEEL_DT_INT32: {
-            if (d < -2147483648.0 || d > 2147483647.0)
-                goto range;
-            int32_t x = (int32_t)d;
-            memcpy(p, &x, 4);
-            break;
-        }
-        case KEEL_DT_INT64: {
-            if (d < -9.2233720368547758e18 || d >= 9.2233720368547758e18)
-                goto range;
-            int64_t x = (int64_t)d;
-            memcpy(p, &x, 8);
-            break;
-        }
-        case KEEL_DT_UINT8:
-        case KEEL_DT_BOOL: {
-            if (d < 0 || d > 255)
-                goto range;
-            uint8_t x = (uint8_t)d;
-            memcpy(p, &x, 1);
-            break;
-        }
-        case KEEL_DT_UINT16: {
-            if (d < 0 || d > 65535)
-                goto range;
-            uint16_t x = (uint16_t)d;
-            memcpy(p, &x, 2);
-            break;
-        }
-        case KEEL_DT_UINT32: {
-            if (d < 0 || d > 4294967295.0)
-                goto range;
-            uint32_t x = (uint32_t)d;
-            memcpy(p, &x, 4);
-            break;
-        }
-        case KEEL_DT_UINT64: {
-            if (d < 0 || d >= 1.8446744073709552e19)
-                goto range;
-            uint64_t x = (uint64_t)d;
-            memcpy(p, &x, 8);
-            break;
-        }
-        default:
-            break;
+        } else if (integral && int_range(t->dtype, &lo, &hi) && (d < lo || d > hi)) {
+            goto range;
+        } else if (!keel__tensor_set(t, i, d)) {
+            free(vals);
+            return keel__err(err, KEEL_EUNSUPPORTED, "input \"%s\": datatype %s from JSON", t->name,
+                             keel__kserve_dtype(t->dtype));
         }
         continue;
     range:
