@@ -135,6 +135,12 @@ typedef struct req {
     int rc;
     sem_t done;      /* posted by the committer when rc and id are final */
     keel_error *err; /* the producer's; may be NULL */
+    /* keel_queue_enqueue_async: called instead of posting done; the req,
+     * its copy of the message and aerr are one allocation, freed after. */
+    keel_queue_done_fn cb;
+    void *cb_ctx;
+    keel_error aerr;
+    keel_msg_in mcopy;
 } req;
 
 struct keel_queue {
@@ -715,6 +721,13 @@ out:
     pthread_mutex_unlock(&q->db_mu);
 }
 
+/* Tells an asynchronous producer how its message fared, then frees it. */
+static void finish_async(req *r)
+{
+    r->cb(r->cb_ctx, r->rc, r->rc == KEEL_OK ? r->id : 0, r->rc ? &r->aerr : NULL);
+    free(r);
+}
+
 static void *committer_main(void *arg)
 {
     keel_queue *q = arg;
@@ -771,7 +784,10 @@ static void *committer_main(void *arg)
          * its producer returns: read next before posting. */
         for (r = batch; n--;) {
             req *next = r->next;
-            sem_post(&r->done);
+            if (r->cb)
+                finish_async(r);
+            else
+                sem_post(&r->done);
             r = next;
         }
 
@@ -810,6 +826,65 @@ int keel_queue_enqueue(keel_queue *q, const keel_msg_in *m, uint64_t *ret_id, ke
     if (r.rc == KEEL_OK && ret_id)
         *ret_id = r.id;
     return r.rc;
+}
+
+/* One allocation holding the req, a copy of m's strings and its payload. */
+static req *async_req(const keel_msg_in *m)
+{
+    size_t tl = strlen(m->topic) + 1, cl = m->content_type ? strlen(m->content_type) + 1 : 0,
+           kl = m->idem_key ? strlen(m->idem_key) + 1 : 0;
+    req *r = malloc(sizeof(*r) + tl + cl + kl + m->payload_len);
+    if (!r)
+        return NULL;
+    memset(r, 0, sizeof(*r));
+    char *p = (char *)(r + 1);
+    r->mcopy = *m;
+    r->mcopy.topic = memcpy(p, m->topic, tl);
+    p += tl;
+    if (cl)
+        r->mcopy.content_type = memcpy(p, m->content_type, cl);
+    p += cl;
+    if (kl)
+        r->mcopy.idem_key = memcpy(p, m->idem_key, kl);
+    p += kl;
+    r->mcopy.payload = m->payload_len ? memcpy(p, m->payload, m->payload_len) : NULL;
+    r->m = &r->mcopy;
+    r->err = &r->aerr;
+    return r;
+}
+
+int keel_queue_enqueue_async(keel_queue *q, const keel_msg_in *m, keel_queue_done_fn done,
+                             void *ctx, keel_error *err)
+{
+    req probe;
+    int rc;
+    memset(&probe, 0, sizeof(probe));
+    if ((rc = validate(q, m, &probe, err)))
+        return rc;
+    req *r = async_req(m);
+    if (!r)
+        return keel__err(err, KEEL_ENOMEM, "out of memory queueing a %zu-byte message",
+                         m->payload_len);
+    r->ctype = probe.ctype == m->content_type ? r->mcopy.content_type : probe.ctype;
+    r->topic_len = probe.topic_len;
+    r->ctype_len = probe.ctype_len;
+    r->key_len = probe.key_len;
+    r->size = probe.size;
+    r->cb = done;
+    r->cb_ctx = ctx;
+    if (q->o.durability == KEEL_QUEUE_SYNC) {
+        write_batch(q, r, 1);
+        finish_async(r);
+        return KEEL_OK;
+    }
+    pthread_mutex_lock(&q->mu);
+    *q->tail = r;
+    q->tail = &r->next;
+    q->npending++;
+    if (q->committer_waiting && q->npending >= q->wake_at)
+        pthread_cond_signal(&q->work_cv);
+    pthread_mutex_unlock(&q->mu);
+    return KEEL_OK;
 }
 
 /* --- open / close ------------------------------------------------------------------- */
