@@ -473,13 +473,13 @@ static int sink_end(void *ud, const keel_file *f, bool ok, keel_error *err)
     keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
     blob_path(c->s, hex, bp, sizeof(bp));
     snprintf(dir, sizeof(dir), "%s/blobs/sha256/%.2s", c->s->dir, hex);
-    if (fchmod(c->fd, 0444) != 0 || fsync(c->fd) != 0)
+    if (fchmod(c->fd, 0444) != 0 || keel__fs_fsync(c->fd) != 0)
         rc = keel__err_errno(err, KEEL_EIO, errno, "cannot sync %s", c->tmp);
     close(c->fd);
     c->fd = -1;
     if (!rc)
         rc = keel__fs_mkdir_p(dir, 0755, err);
-    if (!rc && rename(c->tmp, bp) != 0)
+    if (!rc && keel__fs_rename(c->tmp, bp) != 0)
         rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot move %s into %s",
                              c->tmp, bp);
     if (!rc)
