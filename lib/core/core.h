@@ -45,8 +45,8 @@ void keel__err_clear(keel_error *err);
 #else
 #define KEEL_ASSERT(cond, ...) ((void)sizeof(!(cond)))
 #endif
-_Noreturn void keel__assert_fail(const char *file, int line, const char *cond, const char *fmt,
-                                 ...) KEEL_PRINTF(4, 5);
+_Noreturn void keel__assert_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+    KEEL_PRINTF(4, 5);
 
 /* --- bounded growable buffer ------------------------------------------------ */
 

@@ -12,12 +12,12 @@
 
 struct keel__metric_series {
     keel__metric_family *f;
-    atomic_uint refs;                        /* the registry's (while linked) + handles */
-    struct keel__metric_series *next;        /* under reg->mu */
+    atomic_uint refs;                 /* the registry's (while linked) + handles */
+    struct keel__metric_series *next; /* under reg->mu */
     const char *values[KEEL_METRICS_MAX_LABELS];
-    _Atomic uint64_t u;                      /* counter value; summary count */
-    _Atomic uint64_t bits;                   /* gauge value; histogram and summary sum (double) */
-    _Atomic uint64_t buckets[];              /* histogram: nbounds + 1, not cumulative */
+    _Atomic uint64_t u;         /* counter value; summary count */
+    _Atomic uint64_t bits;      /* gauge value; histogram and summary sum (double) */
+    _Atomic uint64_t buckets[]; /* histogram: nbounds + 1, not cumulative */
 };
 
 struct keel__metric_family {
@@ -98,8 +98,8 @@ static bool name_ok(const char *s, bool metric)
         return false;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
-        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-                     (metric && c == ':');
+        bool alpha =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (metric && c == ':');
         if (!alpha && !(i > 0 && c >= '0' && c <= '9'))
             return false;
     }
@@ -119,8 +119,8 @@ static int check_desc(const keel__metric_desc *d, keel_error *err)
         return keel__err(err, KEEL_EINVALID, "metric %s: HELP is missing or over %d bytes", name,
                          KEEL_METRICS_HELP_MAX);
     if (d->nlabels > KEEL_METRICS_MAX_LABELS)
-        return keel__err(err, KEEL_ETOOBIG, "metric %s: %zu labels (at most %d)", name,
-                         d->nlabels, KEEL_METRICS_MAX_LABELS);
+        return keel__err(err, KEEL_ETOOBIG, "metric %s: %zu labels (at most %d)", name, d->nlabels,
+                         KEEL_METRICS_MAX_LABELS);
     for (size_t i = 0; i < d->nlabels; i++) {
         const char *l = d->labels[i];
         if (!name_ok(l, false) || (d->type == KEEL_METRIC_HISTOGRAM && !strcmp(l, "le")) ||
@@ -318,8 +318,8 @@ void keel__metrics_unregister(keel__metrics *reg, keel__metric_family *f)
 /* --- series ----------------------------------------------------------------------------- */
 
 /* Finds or creates; under reg->mu. The returned series has no extra reference. */
-static int find_series(keel__metric_family *f, const char *const *values,
-                       keel__metric_series **ret, keel_error *err)
+static int find_series(keel__metric_family *f, const char *const *values, keel__metric_series **ret,
+                       keel_error *err)
 {
     size_t nb = f->type == KEEL_METRIC_HISTOGRAM ? f->nbounds + 1 : 0, strbytes = 0;
     for (size_t i = 0; i < f->nlabels; i++) {
@@ -344,8 +344,8 @@ static int find_series(keel__metric_family *f, const char *const *values,
     }
     if (f->nseries >= KEEL_METRICS_MAX_SERIES)
         return keel__err(err, KEEL_ETOOBIG,
-                         "metric %s has %d series already: a label takes too many values",
-                         f->name, KEEL_METRICS_MAX_SERIES);
+                         "metric %s has %d series already: a label takes too many values", f->name,
+                         KEEL_METRICS_MAX_SERIES);
     size_t head = sizeof(keel__metric_series) + nb * sizeof(_Atomic uint64_t);
     keel__metric_series *s = calloc(1, head + strbytes);
     if (!s)
@@ -442,8 +442,7 @@ void keel__metric_summary_set(keel__metric_series *s, double sum, uint64_t count
     atomic_store_explicit(&s->u, count, memory_order_relaxed);
 }
 
-int keel__metrics_set(keel__metric_family *f, const char *const *values, double v,
-                      keel_error *err)
+int keel__metrics_set(keel__metric_family *f, const char *const *values, double v, keel_error *err)
 {
     keel__metric_series *s;
     pthread_mutex_lock(&f->reg->mu);
@@ -451,8 +450,7 @@ int keel__metrics_set(keel__metric_family *f, const char *const *values, double 
     if (!rc && f->type == KEEL_METRIC_GAUGE)
         atomic_store_explicit(&s->bits, double_bits(v), memory_order_relaxed);
     else if (!rc && f->type == KEEL_METRIC_COUNTER)
-        atomic_store_explicit(&s->u, v > 0 && v < 1.8e19 ? (uint64_t)v : 0,
-                              memory_order_relaxed);
+        atomic_store_explicit(&s->u, v > 0 && v < 1.8e19 ? (uint64_t)v : 0, memory_order_relaxed);
     else if (!rc)
         rc = keel__err(err, KEEL_EINVALID, "metric %s: a %s cannot be set to one value", f->name,
                        type_names[f->type]);
@@ -516,7 +514,10 @@ static int append_escaped(keel_buf *b, const char *s, bool quote)
     int rc = KEEL_OK;
     const char *run = s;
     for (; !rc && *s; s++) {
-        const char *esc = *s == '\\' ? "\\\\" : *s == '\n' ? "\\n" : quote && *s == '"' ? "\\\"" : NULL;
+        const char *esc = *s == '\\'           ? "\\\\"
+                          : *s == '\n'         ? "\\n"
+                          : quote && *s == '"' ? "\\\""
+                                               : NULL;
         if (!esc)
             continue;
         if (!(rc = keel__buf_append(b, run, (size_t)(s - run))))

@@ -31,13 +31,13 @@
 
 #include "core/core.h"
 
-#define KEEL_METRICS_MAX_LABELS   4     /* label names per family */
-#define KEEL_METRICS_MAX_BUCKETS  32    /* histogram bounds, +Inf not counted */
-#define KEEL_METRICS_NAME_MAX     128   /* metric and label names, bytes */
-#define KEEL_METRICS_HELP_MAX     512   /* HELP text, bytes */
-#define KEEL_METRICS_VALUE_MAX    256   /* one label value, bytes */
-#define KEEL_METRICS_MAX_SERIES   4096  /* series per family */
-#define KEEL_METRICS_MAX_FAMILIES 256   /* families per registry */
+#define KEEL_METRICS_MAX_LABELS   4    /* label names per family */
+#define KEEL_METRICS_MAX_BUCKETS  32   /* histogram bounds, +Inf not counted */
+#define KEEL_METRICS_NAME_MAX     128  /* metric and label names, bytes */
+#define KEEL_METRICS_HELP_MAX     512  /* HELP text, bytes */
+#define KEEL_METRICS_VALUE_MAX    256  /* one label value, bytes */
+#define KEEL_METRICS_MAX_SERIES   4096 /* series per family */
+#define KEEL_METRICS_MAX_FAMILIES 256  /* families per registry */
 
 typedef enum keel__metric_type {
     KEEL_METRIC_COUNTER,
@@ -110,8 +110,8 @@ size_t keel__metrics_remove_all(keel__metrics *reg, const char *label, const cha
  * fills values it does not update on its own (keel__metrics_set,
  * keel__metric_*_set). It must not call a renderer or collector_add/remove. */
 typedef void (*keel__metrics_collect_fn)(void *ctx);
-KEEL_WUR int keel__metrics_collector_add(keel__metrics *reg, keel__metrics_collect_fn fn,
-                                         void *ctx, keel_error *err);
+KEEL_WUR int keel__metrics_collector_add(keel__metrics *reg, keel__metrics_collect_fn fn, void *ctx,
+                                         keel_error *err);
 /* After it returns, fn is not running and will not run again with ctx. */
 void keel__metrics_collector_remove(keel__metrics *reg, keel__metrics_collect_fn fn, void *ctx);
 
