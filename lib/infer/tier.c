@@ -599,6 +599,16 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
     return rc;
 }
 
+/* The first tier whose backend declares cap: the one a healthy model
+ * serves from, so serving from any other is degraded. */
+static size_t first_with(const model *m, unsigned cap)
+{
+    size_t i = 0;
+    while (i < m->ntiers && !(m->tiers[i].be->caps & cap))
+        i++;
+    return i;
+}
+
 /* The backend session of client session s for tier ti (made on first use),
  * or NULL without a client session or a backend that keeps none. */
 static int backend_session(model *m, size_t ti, session *s, void **ret, keel_error *err)
@@ -719,7 +729,7 @@ int keel__model_generate(keel__model *m, const keel__gen_req *req, keel__gen_res
     resp->ntokens = c.ntokens;
     keel__strlcpy(resp->tier, m->tiers[ti].name, sizeof(resp->tier));
     keel__strlcpy(resp->backend, m->tiers[ti].be->name, sizeof(resp->backend));
-    resp->degraded = ti > 0;
+    resp->degraded = ti != first_with(m, KEEL__CAP_GENERATE);
     keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
 out:
     session_put(m, s);
@@ -771,7 +781,7 @@ int keel__model_embed(keel__model *m, const keel__embed_req *req, keel__embed_re
         goto out;
     keel__strlcpy(resp->tier, m->tiers[ti].name, sizeof(resp->tier));
     keel__strlcpy(resp->backend, m->tiers[ti].be->name, sizeof(resp->backend));
-    resp->degraded = ti > 0;
+    resp->degraded = ti != first_with(m, KEEL__CAP_EMBED);
     keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
 out:
     keel__buf_done(&why);
