@@ -50,6 +50,12 @@ int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **
     return KEEL_OK;
 }
 
+keel__model *keel__infer_model_ref(keel__model *m)
+{
+    atomic_fetch_add(&m->refs, 1);
+    return m;
+}
+
 void keel__model_unref(keel__model *m)
 {
     if (m && atomic_fetch_sub(&m->refs, 1) == 1)

@@ -66,6 +66,8 @@ KEEL_WUR int keel__infer_refresh(keel__infer *e, keel_error *err);
 KEEL_WUR int keel__model_load(keel__infer *e, const char *name, const char *version,
                               keel__model **ret, keel_error *err);
 void keel__model_unref(keel__model *m);
+/* Takes one more reference on m; returns m. */
+keel__model *keel__infer_model_ref(keel__model *m);
 /* The serving model of `name` with a reference held, or NULL. */
 keel__model *keel__infer_get(keel__infer *e, const char *name);
 
