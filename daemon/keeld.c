@@ -26,11 +26,15 @@
 
 static const char usage[] =
     "usage: keeld [--config FILE] [--state-dir DIR] [--listen ADDR] [--port N]\n"
-    "             [--unix-socket PATH] [--log-level error|warn|info|debug] [--version]\n"
+    "             [--unix-socket PATH] [--log-level error|warn|info|debug]\n"
+    "             [--print-config] [--version]\n"
     "Serves the packages installed in STATE_DIR (default /var/lib/keel) over HTTP on\n"
-    "127.0.0.1:8480. Flags override the config file (default " DEFAULT_CONFIG " if present).\n";
+    "127.0.0.1:8480. Flags override the config file (default " DEFAULT_CONFIG " if present).\n"
+    "--print-config prints the settings in force, by module, as JSON, and exits.\n";
 
-static int apply_flags(keel_config *cfg, int argc, char **argv, const char **ret_config,
+static bool print_config;
+
+static int apply_flags(keel__conf *conf, int argc, char **argv, const char **ret_config,
                        bool only_config)
 {
     static const struct option lo[] = {{"config", required_argument, 0, 'c'},
@@ -40,6 +44,7 @@ static int apply_flags(keel_config *cfg, int argc, char **argv, const char **ret
                                        {"unix-socket", required_argument, 0, 'u'},
                                        {"log-level", required_argument, 0, 'L'},
                                        {"foreground", no_argument, 0, 'f'},
+                                       {"print-config", no_argument, 0, 'P'},
                                        {"version", no_argument, 0, 'V'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
@@ -58,6 +63,9 @@ static int apply_flags(keel_config *cfg, int argc, char **argv, const char **ret
             break;
         case 'f':
             break;
+        case 'P':
+            print_config = true;
+            break;
         case 'V':
             if (only_config) {
                 printf("keeld %s\n", keel_version());
@@ -70,7 +78,7 @@ static int apply_flags(keel_config *cfg, int argc, char **argv, const char **ret
         case '?':
             return 2;
         default:
-            if (!only_config && keel_config_set(cfg, keys[c], optarg, &e)) {
+            if (!only_config && keel__conf_set(conf, keys[c], optarg, &e)) {
                 fprintf(stderr, "keeld: --%s: %s\n", keys[c], e.msg);
                 return 2;
             }
@@ -83,22 +91,40 @@ static int apply_flags(keel_config *cfg, int argc, char **argv, const char **ret
     return 0;
 }
 
-static int load_config(keel_config *cfg, const char *path, bool explicit_path, int argc,
+/* Every setting keeld knows: the runtime's modules and the HTTP server. */
+static int new_conf(keel__conf **ret, keel_error *e)
+{
+    const keel__option_set *sets[16];
+    size_t n;
+    const keel__option_set *const *rs = keel__runtime_option_sets(&n);
+    for (size_t i = 0; i < n; i++)
+        sets[i] = rs[i];
+    sets[n++] = &keel__http_options;
+    return keel__conf_new(sets, n, ret, e);
+}
+
+/* Defaults, then the file, then the flags. *ret is NULL on failure. */
+static int load_config(keel__conf **ret, const char *path, bool explicit_path, int argc,
                        char **argv, keel_error *e)
 {
     const char *dummy = NULL;
-    keel_config_default(cfg);
-    if (path && (explicit_path || keel__fs_exists(path))) {
-        int rc = keel_config_load(cfg, path, e);
-        if (rc)
-            return rc;
+    keel__conf *c = NULL;
+    int rc = new_conf(&c, e);
+    if (!rc && path && (explicit_path || keel__fs_exists(path)))
+        rc = keel__conf_load(c, path, e);
+    if (!rc && apply_flags(c, argc, argv, &dummy, false))
+        rc = KEEL_EINVALID;
+    if (rc) {
+        keel__conf_free(c);
+        c = NULL;
     }
-    return apply_flags(cfg, argc, argv, &dummy, false) ? KEEL_EINVALID : KEEL_OK;
+    *ret = c;
+    return rc;
 }
 
 int main(int argc, char **argv)
 {
-    keel_config cfg;
+    keel__conf *conf = NULL;
     keel_error e = {0};
     keel__runtime *rt = NULL;
     keel__http *http = NULL;
@@ -106,18 +132,25 @@ int main(int argc, char **argv)
     sigset_t set;
     int rc = 1;
 
-    if (apply_flags(&cfg, argc, argv, &config_path, true))
+    if (apply_flags(NULL, argc, argv, &config_path, true))
         return 2;
     bool explicit_path = config_path != NULL;
     if (!config_path)
         config_path = DEFAULT_CONFIG;
-    if (load_config(&cfg, config_path, explicit_path, argc, argv, &e)) {
+    if (load_config(&conf, config_path, explicit_path, argc, argv, &e)) {
         if (e.code)
             fprintf(stderr, "keeld: %s\n", e.msg);
         return 2;
     }
-    keel_log_set_level(cfg.log_level);
-    keel_log_set_syslog(cfg.syslog, "keeld");
+    if (print_config) {
+        char *json = keel__conf_json(conf);
+        printf("%s\n", json ? json : "{}");
+        free(json);
+        keel__conf_free(conf);
+        return json ? 0 : 1;
+    }
+    keel_log_set_level((keel_log_level)keel__conf_u64(conf, "log_level"));
+    keel_log_set_syslog(keel__conf_bool(conf, "syslog"), "keeld");
 
     /* Signals go to the main thread only: block them before any thread starts. */
     sigemptyset(&set);
@@ -127,31 +160,35 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (keel__runtime_open(&cfg, &rt, &e) || keel__http_start(rt, &http, &e)) {
+    if (keel__runtime_open(conf, &rt, &e) || keel__http_start(rt, &http, &e)) {
         KEEL_LOG_E(MOD, "%s", e.msg);
         goto out;
     }
-    if (cfg.port) {
-        bool v6 = strchr(cfg.listen, ':') != NULL; /* URLs bracket IPv6 literals */
-        KEEL_LOG_I(MOD, "listening on http://%s%s%s:%u (state %s)", v6 ? "[" : "", cfg.listen,
-                   v6 ? "]" : "", cfg.port, cfg.state_dir);
+    const char *listen = keel__conf_str(conf, "listen"),
+               *sock = keel__conf_str(conf, "unix_socket");
+    if (keel__conf_u64(conf, "port")) {
+        bool v6 = strchr(listen, ':') != NULL; /* URLs bracket IPv6 literals */
+        KEEL_LOG_I(MOD, "listening on http://%s%s%s:%llu (state %s)", v6 ? "[" : "", listen,
+                   v6 ? "]" : "", (unsigned long long)keel__conf_u64(conf, "port"),
+                   keel__runtime_state_dir(rt));
     }
-    if (cfg.unix_socket[0])
-        KEEL_LOG_I(MOD, "listening on unix:%s", cfg.unix_socket);
+    if (sock[0])
+        KEEL_LOG_I(MOD, "listening on unix:%s", sock);
 
     for (;;) {
         int sig = 0;
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            keel_config next;
+            keel__conf *next = NULL;
             keel_error re = {0};
             if (load_config(&next, config_path, explicit_path, argc, argv, &re)) {
                 KEEL_LOG_E(MOD, "reload: keeping the old config: %s",
                            re.code ? re.msg : "invalid command-line flags");
                 continue;
             }
-            keel__runtime_reload(rt, &next);
+            keel__runtime_reload(rt, next);
+            keel__conf_free(next);
             KEEL_LOG_I(MOD, "reloaded %s", config_path);
             continue;
         }
@@ -162,5 +199,6 @@ int main(int argc, char **argv)
 out:
     keel__http_stop(http);
     keel__runtime_close(rt);
+    keel__conf_free(conf);
     return rc;
 }

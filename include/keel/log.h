@@ -17,6 +17,8 @@ typedef enum keel_log_level {
 KEEL_API void keel_log_set_level(keel_log_level level);
 KEEL_API keel_log_level keel_log_get_level(void);
 /* "error", "warn", "info", "debug" -> level. Returns KEEL_EINVALID otherwise. */
+/* "error", "warn", "info", "debug"; "unknown" otherwise. Static storage. */
+KEEL_API const char *keel_log_level_name(keel_log_level level);
 KEEL_API KEEL_WUR int keel_log_level_parse(const char *s, keel_log_level *ret_level);
 /* Also send lines to syslog(3) under `ident` (borrowed; must outlive logging). */
 KEEL_API void keel_log_set_syslog(bool on, const char *ident);

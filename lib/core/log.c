@@ -25,6 +25,11 @@ keel_log_level keel_log_get_level(void)
     return (keel_log_level)atomic_load(&log_level);
 }
 
+const char *keel_log_level_name(keel_log_level level)
+{
+    return (unsigned)level < KEEL_ARRAY_LEN(level_names) ? level_names[level] : "unknown";
+}
+
 int keel_log_level_parse(const char *s, keel_log_level *ret_level)
 {
     for (size_t i = 0; i < KEEL_ARRAY_LEN(level_names); i++) {

@@ -30,7 +30,10 @@
 struct keel__http {
     struct MHD_Daemon *tcp, *unix_d;
     keel__runtime *rt;
-    keel_config cfg; /* as started; limits are read from the runtime */
+    /* as started (a restart changes them); limits and read_auth are read
+     * from the runtime per request, a reload changes them */
+    char listen[KEEL__CONF_STR_MAX], unix_socket[KEEL__CONF_PATH_MAX];
+    unsigned port, threads, max_connections, request_timeout_s;
     pthread_mutex_t smu;
     keel__stream *streams; /* open streams (keep-alive pings, stop) */
     int job_ping;
@@ -431,13 +434,13 @@ static bool token_ok(keel__http *h, struct MHD_Connection *c)
     return diff == 0;
 }
 
-static bool allowed(keel__http *h, struct MHD_Connection *c, keel__auth a, const keel_config *cfg)
+static bool allowed(keel__http *h, struct MHD_Connection *c, keel__auth a)
 {
     switch (a) {
     case KEEL__AUTH_OPEN:
         return true;
     case KEEL__AUTH_READ:
-        return !cfg->read_auth || token_ok(h, c);
+        return !keel__runtime_setting_bool(h->rt, "read_auth") || token_ok(h, c);
     default:
         return token_ok(h, c);
     }
@@ -490,7 +493,6 @@ static enum MHD_Result flush(keel__hreq *q)
 static enum MHD_Result begin(keel__http *h, keel__hreq *q, struct MHD_Connection *c,
                              const char *url, const char *method)
 {
-    keel_config cfg;
     if (!keel__route_match(method, url, &q->m)) {
         if (q->m.allow[0]) {
             char msg[160];
@@ -504,16 +506,15 @@ static enum MHD_Result begin(keel__http *h, keel__hreq *q, struct MHD_Connection
         return flush(q);
     }
     const keel__route *rt = q->m.route;
-    keel__runtime_config(h->rt, &cfg);
-    if (!allowed(h, c, rt->auth, &cfg)) {
+    if (!allowed(h, c, rt->auth)) {
         KEEL_LOG_W(MOD, "%s %s refused: missing or wrong bearer token", method, url);
         keel__reply_error(q, 401, KEEL_EPERM,
                           "missing or wrong bearer token (it is in STATE_DIR/token)");
         return flush(q);
     }
-    q->limit = rt->body == KEEL__BODY_FILE    ? cfg.limits.max_package_bytes
-               : rt->body == KEEL__BODY_INFER ? cfg.max_infer_body_bytes
-                                              : cfg.max_body_bytes;
+    q->limit = keel__runtime_setting_u64(h->rt, rt->body == KEEL__BODY_FILE    ? "max_package"
+                                                : rt->body == KEEL__BODY_INFER ? "max_infer_body"
+                                                                               : "max_body");
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
     if (cl && strtoull(cl, NULL, 10) > q->limit) {
         char msg[160];
@@ -686,21 +687,20 @@ static struct MHD_Daemon *start_daemon(keel__http *h, const struct sockaddr *add
     if (listen_fd >= 0)
         d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_LISTEN_SOCKET, listen_fd,
                              MHD_OPTION_THREAD_POOL_SIZE, (unsigned)1,
-                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)h->cfg.request_timeout_s,
-                             MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections,
+                             MHD_OPTION_CONNECTION_TIMEOUT, h->request_timeout_s,
+                             MHD_OPTION_CONNECTION_LIMIT, h->max_connections,
                              MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
     else
         d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_SOCK_ADDR, addr,
-                             MHD_OPTION_THREAD_POOL_SIZE, h->cfg.threads,
-                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)h->cfg.request_timeout_s,
-                             MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections,
+                             MHD_OPTION_THREAD_POOL_SIZE, h->threads, MHD_OPTION_CONNECTION_TIMEOUT,
+                             h->request_timeout_s, MHD_OPTION_CONNECTION_LIMIT, h->max_connections,
                              MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)128,
                              MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
     if (!d)
         keel__err(err, KEEL_EIO,
                   "cannot listen on %s%s%u (is another keeld running, or the port taken?)",
-                  listen_fd >= 0 ? h->cfg.unix_socket : h->cfg.listen, listen_fd >= 0 ? "" : ":",
-                  listen_fd >= 0 ? 0u : h->cfg.port);
+                  listen_fd >= 0 ? h->unix_socket : h->listen, listen_fd >= 0 ? "" : ":",
+                  listen_fd >= 0 ? 0u : h->port);
     return d;
 }
 
@@ -712,23 +712,33 @@ int keel__http_start(keel__runtime *rt, keel__http **ret, keel_error *err)
         return keel__err(err, KEEL_ENOMEM, "out of memory");
     pthread_mutex_init(&h->smu, NULL);
     h->rt = rt;
-    keel__runtime_config(rt, &h->cfg);
-    const keel_config *cfg = &h->cfg;
+    keel__conf *conf = keel__runtime_conf(rt);
+    if (!conf) {
+        free(h);
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    }
+    keel__strlcpy(h->listen, keel__conf_str(conf, "listen"), sizeof(h->listen));
+    keel__strlcpy(h->unix_socket, keel__conf_str(conf, "unix_socket"), sizeof(h->unix_socket));
+    h->port = (unsigned)keel__conf_u64(conf, "port");
+    h->threads = (unsigned)keel__conf_u64(conf, "threads");
+    h->max_connections = (unsigned)keel__conf_u64(conf, "max_connections");
+    h->request_timeout_s = (unsigned)keel__conf_u64(conf, "request_timeout");
+    keel__conf_free(conf);
     h->job_ping = keel__runtime_every(rt, "stream-ping", 15, ping_streams, h);
-    if (cfg->port) {
+    if (h->port) {
         struct sockaddr_storage ss;
         memset(&ss, 0, sizeof(ss));
         struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
         struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-        if (inet_pton(AF_INET, cfg->listen, &a4->sin_addr) == 1) {
+        if (inet_pton(AF_INET, h->listen, &a4->sin_addr) == 1) {
             a4->sin_family = AF_INET;
-            a4->sin_port = htons(cfg->port);
-        } else if (inet_pton(AF_INET6, cfg->listen, &a6->sin6_addr) == 1) {
+            a4->sin_port = htons((uint16_t)h->port);
+        } else if (inet_pton(AF_INET6, h->listen, &a6->sin6_addr) == 1) {
             a6->sin6_family = AF_INET6;
-            a6->sin6_port = htons(cfg->port);
+            a6->sin6_port = htons((uint16_t)h->port);
         } else {
             rc = keel__err(err, KEEL_EINVALID,
-                           "listen address \"%s\" is not an IPv4 or IPv6 literal", cfg->listen);
+                           "listen address \"%s\" is not an IPv4 or IPv6 literal", h->listen);
             goto fail;
         }
         if (!(h->tcp = start_daemon(h, (struct sockaddr *)&ss, -1, err))) {
@@ -736,11 +746,11 @@ int keel__http_start(keel__runtime *rt, keel__http **ret, keel_error *err)
             goto fail;
         }
     }
-    if (cfg->unix_socket[0]) {
-        if ((rc = listen_unix(cfg->unix_socket, &ufd, err)))
+    if (h->unix_socket[0]) {
+        if ((rc = listen_unix(h->unix_socket, &ufd, err)))
             goto fail;
         if (!(h->unix_d = start_daemon(h, NULL, ufd, err))) {
-            unlink(cfg->unix_socket);
+            unlink(h->unix_socket);
             rc = KEEL_EIO;
             goto fail;
         }
@@ -781,7 +791,7 @@ void keel__http_stop(keel__http *h)
         MHD_stop_daemon(h->tcp);
     if (h->unix_d) {
         MHD_stop_daemon(h->unix_d);
-        unlink(h->cfg.unix_socket);
+        unlink(h->unix_socket);
     }
     pthread_mutex_destroy(&h->smu);
     free(h);

@@ -12,6 +12,10 @@
 
 typedef struct keel__http keel__http;
 
+/* The server's settings (options.c): listen, port, unix_socket, threads,
+ * limits on bodies, read_auth. */
+extern const keel__option_set keel__http_options;
+
 /* Listens where the runtime's config says (listen:port, unix_socket) and
  * serves it. rt is borrowed and must outlive the server. */
 KEEL_WUR int keel__http_start(keel__runtime *rt, keel__http **ret, keel_error *err);

@@ -16,7 +16,11 @@
 
 #include "infer/backend.h"
 #include "infer/router.h"
+#include "core/conf.h"
 #include "keel/store.h"
+
+/* The engine's settings (options.c). */
+extern const keel__option_set keel__infer_options;
 
 typedef struct keel__infer keel__infer;
 typedef struct keel__model keel__model;

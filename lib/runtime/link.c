@@ -88,7 +88,7 @@ void keel__rt_reporter(void *ctx, const keel__bus_event *ev)
     keel__buf_init(&b, 1u << 20);
     int rc = keel__buf_appendf(&b, "{\"device\":");
     if (!rc)
-        rc = keel__json_quote(&b, rt->cfg.device_id);
+        rc = keel__json_quote(&b, rt->device_id);
     if (!rc)
         rc = keel__buf_appendf(&b, ",\"at\":%lld,\"model\":\"%s\",\"version\":\"%s\",\"tier\":",
                                (long long)ev->at, ev->package, ev->version);
@@ -227,7 +227,7 @@ void keel__rt_report_shadow(keel__runtime *rt)
     keel__buf_init(&b, 0);
     int rc = !sh || keel__buf_appendf(&b, "{\"type\":\"shadow_reported\",\"device\":");
     if (!rc)
-        rc = keel__json_quote(&b, rt->cfg.device_id);
+        rc = keel__json_quote(&b, rt->device_id);
     if (!rc)
         rc = keel__buf_appendf(&b, ",\"at\":%lld,\"shadow\":%s,\"packages\":{",
                                (long long)keel__now_wall_s(), sh);
@@ -279,41 +279,44 @@ static void on_desired(void *ctx, const char *topic, const void *payload, size_t
 /* Starts the uplink the config asks for (none: nothing). */
 int keel__rt_link_start(keel__runtime *rt, keel_error *err)
 {
-    const keel_config *cfg = &rt->cfg;
+    const keel__conf *c = rt->conf; /* the uplink's settings need a restart: no lock */
+    const char *uplink = keel__conf_str(c, "uplink"), *host = keel__conf_str(c, "mqtt_host"),
+               *url = keel__conf_str(c, "uplink_url"), *window = keel__conf_str(c, "sync_window"),
+               *pwfile = keel__conf_str(c, "uplink_password_file");
     keel__uplink_opts o;
     char *password = NULL;
     size_t plen = 0;
-    if (!strcmp(cfg->uplink, "none"))
+    if (!strcmp(uplink, "none"))
         return KEEL_OK;
     keel__uplink_opts_default(&o);
-    if (!strcmp(cfg->uplink, "mqtt")) {
+    if (!strcmp(uplink, "mqtt")) {
         o.transport = KEEL__UPLINK_MQTT;
-        o.host = cfg->mqtt_host;
-        o.port = cfg->mqtt_port;
-    } else if (!strcmp(cfg->uplink, "http")) {
+        o.host = host;
+        o.port = (int)keel__conf_u64(c, "mqtt_port");
+    } else if (!strcmp(uplink, "http")) {
         o.transport = KEEL__UPLINK_HTTP;
-        o.url = cfg->uplink_url;
+        o.url = url;
     } else {
-        return keel__err(err, KEEL_EINVALID, "uplink: \"%s\" is not none, mqtt or http",
-                         cfg->uplink);
+        return keel__err(err, KEEL_EINVALID, "uplink: \"%s\" is not none, mqtt or http", uplink);
     }
-    o.device_id = cfg->device_id;
-    o.ca_file = cfg->uplink_ca[0] ? cfg->uplink_ca : NULL;
-    o.cert_file = cfg->uplink_cert[0] ? cfg->uplink_cert : NULL;
-    o.key_file = cfg->uplink_key[0] ? cfg->uplink_key : NULL;
-    o.username = cfg->uplink_username[0] ? cfg->uplink_username : NULL;
-    o.bandwidth_bps = cfg->uplink_bandwidth;
+#define OPT_PATH(k) (keel__conf_str(c, k)[0] ? keel__conf_str(c, k) : NULL)
+    o.device_id = rt->device_id;
+    o.ca_file = OPT_PATH("uplink_ca");
+    o.cert_file = OPT_PATH("uplink_cert");
+    o.key_file = OPT_PATH("uplink_key");
+    o.username = OPT_PATH("uplink_username");
+#undef OPT_PATH
+    o.bandwidth_bps = keel__conf_u64(c, "uplink_bandwidth");
     o.on_link = on_link;
     o.link_ctx = rt;
-    int rc = keel__sync_window_parse(cfg->sync_window, &o.window, err);
-    if (!rc && cfg->uplink_password_file[0] &&
-        !(rc = keel__fs_read(cfg->uplink_password_file, 4096, &password, &plen, err))) {
+    int rc = keel__sync_window_parse(window, &o.window, err);
+    if (!rc && pwfile[0] && !(rc = keel__fs_read(pwfile, 4096, &password, &plen, err))) {
         while (plen && (password[plen - 1] == '\n' || password[plen - 1] == '\r'))
             password[--plen] = 0;
         o.password = password;
     }
     char sub[160];
-    snprintf(sub, sizeof(sub), "keel/%s/shadow/desired", cfg->device_id);
+    snprintf(sub, sizeof(sub), "keel/%s/shadow/desired", rt->device_id);
     if (o.transport == KEEL__UPLINK_MQTT) {
         o.subscribe = sub;
         o.on_message = on_desired;
@@ -332,9 +335,8 @@ int keel__rt_link_start(keel__runtime *rt, keel_error *err)
     }
     if (rc)
         return rc; /* the message names the uplink option already */
-    KEEL_LOG_I(MOD, "uplink: %s to %s as %s, window %s", cfg->uplink,
-               o.transport == KEEL__UPLINK_MQTT ? cfg->mqtt_host : cfg->uplink_url, cfg->device_id,
-               cfg->sync_window);
+    KEEL_LOG_I(MOD, "uplink: %s to %s as %s, window %s", uplink,
+               o.transport == KEEL__UPLINK_MQTT ? host : url, rt->device_id, window);
     return KEEL_OK;
 }
 

@@ -51,7 +51,7 @@ static int correct(keel__runtime *rt, const keel_msg *m, size_t head,
     keel__buf_init(&ev, 0);
     int rc = keel__buf_appendf(&ev, "{\"type\":\"correction\",\"device\":");
     if (!rc)
-        rc = keel__json_quote(&ev, rt->cfg.device_id);
+        rc = keel__json_quote(&ev, rt->device_id);
     if (!rc)
         rc = keel__buf_appendf(&ev,
                                ",\"model\":\"%s\",\"queued_at\":%lld,"
@@ -111,20 +111,21 @@ int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err)
 {
     char path[PATH_MAX];
     keel_queue_opts qo;
-    if (!rt->cfg.upstream_url[0])
+    const char *upstream = keel__conf_str(rt->conf, "upstream_url"); /* fixed while open */
+    if (!upstream[0])
         return KEEL_OK;
-    int rc = keel__router_new(rt->cfg.upstream_url, &rt->router, err);
+    int rc = keel__router_new(upstream, &rt->router, err);
     if (rc)
         return rc;
     keel_queue_opts_default(&qo);
-    (void)keel_state_path(rt->cfg.state_dir, KEEL_STATE_REPROCESS_DB, path, sizeof(path));
+    (void)keel_state_path(rt->state_dir, KEEL_STATE_REPROCESS_DB, path, sizeof(path));
     if ((rc = keel_queue_open(path, &qo, &rt->reprocess, err)))
         return rc;
     rt->job_reprocess = keel__jobs_add(rt->jobs, "reprocess", 2, job_reprocess, rt);
     rt->sub_reprocess = keel__bus_subscribe(rt->bus, KEEL__BUS_ESCALATION, keep, rt);
     if (!rt->job_reprocess || !rt->sub_reprocess)
         return keel__err(err, KEEL_ENOMEM, "cannot schedule re-processing");
-    KEEL_LOG_I(MOD, "upstream for routed packages: %s", rt->cfg.upstream_url);
+    KEEL_LOG_I(MOD, "upstream for routed packages: %s", upstream);
     return KEEL_OK;
 }
 

@@ -8,6 +8,7 @@
 #ifndef KEEL_RUNTIME_RT_H
 #define KEEL_RUNTIME_RT_H
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -18,7 +19,9 @@
 #include "sync/uplink.h"
 
 struct keel__runtime {
-    keel_config cfg; /* under lock: the reloadable parts change */
+    keel__conf *conf; /* under lock: a reload swaps it */
+    char state_dir[PATH_MAX];
+    char device_id[64];
     pthread_mutex_t lock;
     char token[65];
     uint64_t started_ns;

@@ -18,6 +18,8 @@
 #include "core/json.h"
 #include "keel/layout.h"
 #include "keel/trust.h"
+#include "queue/options.h"
+#include "store/options.h"
 #include "runtime/rt.h"
 
 #define MOD "runtime"
@@ -54,16 +56,55 @@ keel__router *keel__runtime_router(keel__runtime *rt)
     return rt->router;
 }
 
-void keel__runtime_config(keel__runtime *rt, keel_config *ret)
+uint64_t keel__runtime_setting_u64(keel__runtime *rt, const char *name)
 {
     pthread_mutex_lock(&rt->lock);
-    *ret = rt->cfg;
+    uint64_t v = keel__conf_u64(rt->conf, name);
     pthread_mutex_unlock(&rt->lock);
+    return v;
+}
+
+bool keel__runtime_setting_bool(keel__runtime *rt, const char *name)
+{
+    pthread_mutex_lock(&rt->lock);
+    bool v = keel__conf_bool(rt->conf, name);
+    pthread_mutex_unlock(&rt->lock);
+    return v;
+}
+
+keel__conf *keel__runtime_conf(keel__runtime *rt)
+{
+    pthread_mutex_lock(&rt->lock);
+    keel__conf *c = keel__conf_copy(rt->conf);
+    pthread_mutex_unlock(&rt->lock);
+    return c;
+}
+
+const char *keel__runtime_state_dir(keel__runtime *rt)
+{
+    return rt->state_dir;
+}
+
+const char *keel__runtime_device_id(keel__runtime *rt)
+{
+    return rt->device_id;
 }
 
 void keel__runtime_path(keel__runtime *rt, int f, char *buf, size_t n)
 {
-    (void)keel_state_path(rt->cfg.state_dir, (keel_state_file)f, buf, n);
+    (void)keel_state_path(rt->state_dir, (keel_state_file)f, buf, n);
+}
+
+/* The effective trust dir: trust_dir, or STATE_DIR/trust. */
+static void trust_dir(keel__runtime *rt, char *buf, size_t n)
+{
+    pthread_mutex_lock(&rt->lock); /* a reload may change trust_dir */
+    const char *t = keel__conf_str(rt->conf, "trust_dir");
+    if (t[0])
+        keel__strlcpy(buf, t, n);
+    else
+        (void)keel_state_path(rt->state_dir, KEEL_STATE_TRUST, buf, n);
+    pthread_mutex_unlock(&rt->lock);
 }
 
 int keel__runtime_every(keel__runtime *rt, const char *name, uint64_t period_s,
@@ -158,7 +199,7 @@ char *keel__runtime_status_json(keel__runtime *rt, keel_error *err)
             &b, "{\"keel_version\":\"%s\",\"uptime_s\":%llu,\"state_dir\":", keel_version(),
             (unsigned long long)((keel__now_mono_ns() - rt->started_ns) / 1000000000ull));
     if (!rc)
-        rc = keel__json_quote(&b, rt->cfg.state_dir);
+        rc = keel__json_quote(&b, rt->state_dir);
     inf = rt->infer ? keel__infer_status_json(rt->infer) : NULL;
     up = rt->uplink ? keel__uplink_status_json(rt->uplink) : NULL;
     ro = rt->router ? keel__router_status_json(rt->router) : NULL;
@@ -243,9 +284,7 @@ int keel__runtime_install(keel__runtime *rt, const char *path, unsigned flags,
 {
     keel_trust *t = NULL;
     char tdir[PATH_MAX];
-    pthread_mutex_lock(&rt->lock); /* a reload may change trust_dir */
-    keel_config_trust_dir(&rt->cfg, tdir, sizeof(tdir));
-    pthread_mutex_unlock(&rt->lock);
+    trust_dir(rt, tdir, sizeof(tdir));
     int rc = keel_trust_load(tdir, &t, err);
     if (!rc)
         rc = keel_store_install(rt->store, path, t, flags, ret, err);
@@ -494,40 +533,48 @@ static void clean_uploads(const char *dir)
     closedir(d);
 }
 
-int keel__runtime_open(const keel_config *cfg, keel__runtime **ret, keel_error *err)
+int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *err)
 {
     keel__runtime *rt = calloc(1, sizeof(*rt));
     char path[PATH_MAX], staging[PATH_MAX];
+    keel_limits lim;
+    keel_queue_opts qo;
     int rc;
-    if (!rt)
+    if (!rt || !(rt->conf = keel__conf_copy(conf))) {
+        free(rt);
         return keel__err(err, KEEL_ENOMEM, "out of memory");
+    }
     pthread_mutex_init(&rt->lock, NULL);
     pthread_mutex_init(&rt->fold_mu, NULL);
-    rt->cfg = *cfg;
     rt->started_ns = keel__now_mono_ns();
-    (void)keel_state_path(cfg->state_dir, KEEL_STATE_STAGING, staging, sizeof(staging));
+    const char *sd = keel__conf_str(conf, "state_dir");
+    if (keel__snprintf(rt->state_dir, sizeof(rt->state_dir), "%s", sd) ||
+        keel__snprintf(staging, sizeof(staging), "%s/staging", sd)) {
+        rc = keel__err(err, KEEL_ETOOBIG, "state_dir is too long: %s", sd);
+        goto fail;
+    }
+    const char *dev = keel__conf_str(conf, "device_id"); /* default: the host name */
+    if (dev[0])
+        keel__strlcpy(rt->device_id, dev, sizeof(rt->device_id));
+    else if (gethostname(rt->device_id, sizeof(rt->device_id) - 1) || !rt->device_id[0])
+        keel__strlcpy(rt->device_id, "keel", sizeof(rt->device_id));
     if (!(rt->bus = keel__bus_new())) {
         rc = keel__err(err, KEEL_ENOMEM, "out of memory");
         goto fail;
     }
-    if ((rc = keel__fs_mkdir_p(cfg->state_dir, 0700, err)) ||
-        (rc = keel__fs_mkdir_p(staging, 0700, err)) ||
-        (rc = keel_store_open(cfg->state_dir, &cfg->limits, &rt->store, err)))
+    keel__store_limits_from(conf, &lim);
+    if ((rc = keel__fs_mkdir_p(sd, 0700, err)) || (rc = keel__fs_mkdir_p(staging, 0700, err)) ||
+        (rc = keel_store_open(sd, &lim, &rt->store, err)))
         goto fail;
-    (void)keel_state_path(cfg->state_dir, KEEL_STATE_TOKEN, path, sizeof(path));
+    keel__runtime_path(rt, KEEL_STATE_TOKEN, path, sizeof(path));
     if ((rc = load_token(path, rt->token, err)))
         goto fail;
     clean_uploads(staging);
-    (void)keel_state_path(cfg->state_dir, KEEL_STATE_SHADOW, path, sizeof(path));
+    keel__runtime_path(rt, KEEL_STATE_SHADOW, path, sizeof(path));
     if ((rc = keel__shadow_open(path, &rt->shadow, err)))
         goto fail;
-    keel_queue_opts qo;
-    keel_queue_opts_default(&qo);
-    qo.durability = cfg->queue_sync ? KEEL_QUEUE_SYNC : KEEL_QUEUE_GROUP;
-    qo.max_bytes = cfg->queue_max_bytes;
-    qo.max_rows = cfg->queue_max_rows;
-    qo.min_free_disk = cfg->queue_min_free;
-    (void)keel_state_path(cfg->state_dir, KEEL_STATE_QUEUE_DB, path, sizeof(path));
+    keel__queue_opts_from(conf, &qo);
+    keel__runtime_path(rt, KEEL_STATE_QUEUE_DB, path, sizeof(path));
     if ((rc = keel_queue_open(path, &qo, &rt->queue, err)))
         goto fail;
     rt->sub_reporter = keel__bus_subscribe(
@@ -543,18 +590,19 @@ int keel__runtime_open(const keel_config *cfg, keel__runtime **ret, keel_error *
     if ((rc = keel__rt_link_start(rt, err)) || (rc = keel__rt_reprocess_start(rt, err)))
         goto fail;
     char cache[PATH_MAX];
-    (void)keel_state_path(cfg->state_dir, KEEL_STATE_CACHE_ONNX, cache, sizeof(cache));
+    keel__runtime_path(rt, KEEL_STATE_CACHE_ONNX, cache, sizeof(cache));
     keel__infer_opts io = {.event = on_infer_event,
                            .event_ctx = rt,
                            .upstream = rt->router,
                            .cache_dir = cache,
-                           .max_sessions = (size_t)cfg->max_sessions,
-                           .session_idle_s = cfg->session_idle_s};
+                           .max_sessions = (size_t)keel__conf_u64(conf, "max_sessions"),
+                           .session_idle_s = keel__conf_u64(conf, "session_idle")};
     if ((rc = keel__infer_new(rt->store, &io, &rt->infer, err)))
         goto fail;
     keel_store_set_validator(rt->store, keel__infer_validator, rt->infer);
     keel__runtime_refresh(rt, 0);
-    rt->job_verify = keel__jobs_add(rt->jobs, "reverify", cfg->verify_interval_s, job_verify, rt);
+    rt->job_verify = keel__jobs_add(rt->jobs, "reverify", keel__conf_u64(conf, "verify_interval"),
+                                    job_verify, rt);
     rt->job_expire = keel__jobs_add(rt->jobs, "expire", 10, job_expire, rt);
     *ret = rt;
     return KEEL_OK;
@@ -581,32 +629,47 @@ void keel__runtime_close(keel__runtime *rt)
     keel__bus_free(rt->bus);
     pthread_mutex_destroy(&rt->fold_mu);
     pthread_mutex_destroy(&rt->lock);
+    keel__conf_free(rt->conf);
     free(rt);
 }
 
-void keel__runtime_reload(keel__runtime *rt, const keel_config *cfg)
+void keel__runtime_reload(keel__runtime *rt, const keel__conf *next)
 {
+    const keel__option *changed[64];
+    keel__conf *nc = keel__conf_copy(next);
+    if (!nc) {
+        KEEL_LOG_E(MOD, "reload: out of memory; keeping the old config");
+        return;
+    }
     pthread_mutex_lock(&rt->lock);
-    if (strcmp(cfg->listen, rt->cfg.listen) || cfg->port != rt->cfg.port ||
-        strcmp(cfg->unix_socket, rt->cfg.unix_socket) || cfg->threads != rt->cfg.threads)
-        KEEL_LOG_W(MOD, "listen address, socket and threads change only on restart");
-    bool trust = strcmp(cfg->trust_dir, rt->cfg.trust_dir) != 0;
-    bool verify = cfg->verify_interval_s != rt->cfg.verify_interval_s;
-    rt->cfg.limits = cfg->limits;
-    keel_store_set_limits(rt->store, &cfg->limits);
-    rt->cfg.max_body_bytes = cfg->max_body_bytes;
-    rt->cfg.max_infer_body_bytes = cfg->max_infer_body_bytes;
-    rt->cfg.verify_interval_s = cfg->verify_interval_s;
-    rt->cfg.log_level = cfg->log_level;
-    keel__strlcpy(rt->cfg.trust_dir, cfg->trust_dir, sizeof(rt->cfg.trust_dir));
+    size_t n = keel__conf_changes(rt->conf, nc, changed, KEEL_ARRAY_LEN(changed));
+    bool trust = false, verify = false;
+    for (size_t i = 0; i < n && i < KEEL_ARRAY_LEN(changed); i++) {
+        if (!changed[i]->reloadable)
+            KEEL_LOG_W(MOD, "%s changes only on restart; keeping the value in force",
+                       changed[i]->name);
+        trust |= !strcmp(changed[i]->name, "trust_dir");
+        verify |= !strcmp(changed[i]->name, "verify_interval");
+    }
+    keel__conf_keep_fixed(nc, rt->conf); /* what needs a restart stays as it is */
+    keel__conf *old = rt->conf;
+    rt->conf = nc;
+    keel_limits lim;
+    keel__store_limits_from(nc, &lim);
+    uint64_t interval = keel__conf_u64(nc, "verify_interval");
+    keel_log_level level = (keel_log_level)keel__conf_u64(nc, "log_level");
+    char tdir[KEEL__CONF_PATH_MAX];
+    keel__strlcpy(tdir, keel__conf_str(nc, "trust_dir"), sizeof(tdir));
     pthread_mutex_unlock(&rt->lock);
-    keel_log_set_level(cfg->log_level);
+    keel__conf_free(old);
+    keel_store_set_limits(rt->store, &lim);
+    keel_log_set_level(level);
     if (verify) /* a new interval counts from the reload */
-        keel__jobs_set_period(rt->jobs, rt->job_verify, cfg->verify_interval_s);
+        keel__jobs_set_period(rt->jobs, rt->job_verify, interval);
     keel__bus_event ev = {.type = KEEL__BUS_CONFIG, .ok = true};
     keel__bus_publish(rt->bus, &ev);
     if (trust) {
-        keel__bus_event te = {.type = KEEL__BUS_TRUST, .detail = cfg->trust_dir};
+        keel__bus_event te = {.type = KEEL__BUS_TRUST, .detail = tdir};
         keel__bus_publish(rt->bus, &te);
     }
     keel__runtime_refresh(rt, 0); /* offline CLI changes: serve what is active now */

@@ -21,25 +21,32 @@
 #define KEEL_RUNTIME_RUNTIME_H
 
 #include "core/bus.h"
+#include "core/conf.h"
 #include "core/core.h"
 #include "infer/infer.h"
-#include "keel/config.h"
 #include "keel/queue.h"
 #include "keel/store.h"
 
 typedef struct keel__runtime keel__runtime;
 
-/* Opens everything cfg (copied) asks for. The state dir is created when
- * absent; a start-up verification of what is about to serve sets the first
- * readiness. Errors name the part that failed (the queue, the uplink
- * options, ...). */
-KEEL_WUR int keel__runtime_open(const keel_config *cfg, keel__runtime **ret, keel_error *err);
+/* The runtime's own settings, and the tables of every module it opens
+ * (runtime, store, queue, infer, sync), for keel__conf_new. A daemon adds
+ * the tables of what it runs on top (keel__http_options). */
+extern const keel__option_set keel__runtime_options;
+const keel__option_set *const *keel__runtime_option_sets(size_t *ret_n);
+
+/* Opens everything conf (copied; made over at least the tables above) asks
+ * for. The state dir is created when absent; a start-up verification of
+ * what is about to serve sets the first readiness. Errors name the part
+ * that failed (the queue, the uplink options, ...). */
+KEEL_WUR int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *err);
 /* Stops the jobs and every module, in the reverse order. Accepts NULL. */
 void keel__runtime_close(keel__runtime *rt);
-/* Applies the settings of a re-read config that may change at run time
- * (limits, max_body, trust_dir, verify_interval, log_level); logs which
- * ones need a restart. Publishes KEEL__BUS_CONFIG. */
-void keel__runtime_reload(keel__runtime *rt, const keel_config *cfg);
+/* Applies a re-read config: the settings declared reloadable take effect
+ * now (limits, max_body, trust_dir, verify_interval, log_level, ...); a
+ * change to any other is logged as needing a restart and not applied.
+ * Publishes KEEL__BUS_CONFIG. */
+void keel__runtime_reload(keel__runtime *rt, const keel__conf *next);
 
 /* --- the parts (borrowed; valid until close) ------------------------------------ */
 
@@ -49,8 +56,15 @@ keel_queue *keel__runtime_queue(keel__runtime *rt);
 keel__bus *keel__runtime_bus(keel__runtime *rt);
 /* The API bearer token (64 hex digits). */
 const char *keel__runtime_token(keel__runtime *rt);
-/* A copy of the configuration in force (under the runtime's lock). */
-void keel__runtime_config(keel__runtime *rt, keel_config *ret);
+/* Settings in force, by name (under the runtime's lock: a reload may
+ * change the reloadable ones at any time). */
+uint64_t keel__runtime_setting_u64(keel__runtime *rt, const char *name);
+bool keel__runtime_setting_bool(keel__runtime *rt, const char *name);
+/* A copy of the settings in force (caller frees with keel__conf_free). */
+keel__conf *keel__runtime_conf(keel__runtime *rt);
+/* The state directory and this device's name (fixed while open). */
+const char *keel__runtime_state_dir(keel__runtime *rt);
+const char *keel__runtime_device_id(keel__runtime *rt);
 /* STATE_DIR/NAME of a layout entry into buf. */
 void keel__runtime_path(keel__runtime *rt, int keel_state_file, char *buf, size_t n);
 

@@ -23,6 +23,7 @@
 #ifndef KEEL_SYNC_UPLINK_H
 #define KEEL_SYNC_UPLINK_H
 
+#include "core/conf.h"
 #include "sync/sync.h"
 
 typedef enum keel__uplink_transport {
@@ -51,6 +52,9 @@ typedef struct keel__sync_window {
 KEEL_WUR int keel__sync_window_parse(const char *s, keel__sync_window *ret, keel_error *err);
 /* Whether the daily range (if any) admits wall-clock second t in local time. */
 bool keel__sync_window_in_range(const keel__sync_window *w, int64_t t);
+
+/* The uplink's settings (options.c). */
+extern const keel__option_set keel__sync_options;
 
 typedef struct keel__uplink_opts {
     keel__uplink_transport transport;

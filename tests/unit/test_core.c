@@ -1,4 +1,4 @@
-/* test_core.c - errors, buffers, config parsing, JSON adapter, atomic files. */
+/* test_core.c - errors, buffers, JSON adapter, atomic files. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -28,53 +28,6 @@ static void test_buf_bounds(void **state)
     assert_int_equal(keel__buf_append(&b, "x", 1), KEEL_ETOOBIG);
     assert_string_equal(b.data, "1234512345");
     keel__buf_done(&b);
-}
-
-static const struct {
-    const char *text;
-    int rc;
-    const char *msg;
-} config_cases[] = {
-    {"port = 9000\nthreads=4\n# comment\n\nlog_level = debug", 0, NULL},
-    {"state_dir = \"/tmp/a b\"  \nmax_package = 2G\nrequest_timeout = 2m", 0, NULL},
-    {"verify_interval = 0 # off", 0, NULL},
-    {"x-local = whatever", 0, NULL},
-    {"prot = 9000", KEEL_EINVALID, "unknown setting \"prot\""},
-    {"port = 70000", KEEL_EINVALID, "cfg:1: port"},
-    {"port 9000", KEEL_EINVALID, "expected \"key = value\""},
-    {"threads = 0", KEEL_EINVALID, "threads"},
-    {"max_body = 12Q", KEEL_EINVALID, "max_body"},
-    {"syslog = maybe", KEEL_EINVALID, "true or false"},
-    {"log_level = loud", KEEL_EINVALID, "one of error"},
-    {"state_dir = \"unterminated", KEEL_EINVALID, "unterminated"},
-    {"\n\nport = -1", KEEL_EINVALID, "cfg:3"},
-};
-
-static void test_config_table(void **state)
-{
-    for (size_t i = 0; i < KEEL_ARRAY_LEN(config_cases); i++) {
-        keel_config c;
-        keel_error e = {0};
-        keel_config_default(&c);
-        int rc =
-            keel_config_parse(&c, config_cases[i].text, strlen(config_cases[i].text), "cfg", &e);
-        th_expect_err(rc, &e, config_cases[i].rc, config_cases[i].msg);
-    }
-    keel_config c;
-    keel_error e;
-    keel_config_default(&c);
-    const char *t = "port = 9000\nstate_dir = \"/tmp/a b\"\nmax_package = 2G\n"
-                    "request_timeout = 2m\nverify_interval = 3d\nlog_level = debug";
-    assert_int_equal(keel_config_parse(&c, t, strlen(t), "cfg", &e), 0);
-    assert_int_equal(c.port, 9000);
-    assert_string_equal(c.state_dir, "/tmp/a b");
-    assert_int_equal(c.limits.max_package_bytes, 2ull << 30);
-    assert_int_equal(c.request_timeout_s, 120);
-    assert_int_equal(c.verify_interval_s, 3 * 86400);
-    assert_int_equal(c.log_level, KEEL_LOG_DEBUG);
-    char td[256];
-    keel_config_trust_dir(&c, td, sizeof(td));
-    assert_string_equal(td, "/tmp/a b/trust");
 }
 
 static void test_json_errors(void **state)
@@ -129,8 +82,9 @@ int main(void)
 {
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_errors),       cmocka_unit_test(test_buf_bounds),
-        cmocka_unit_test(test_config_table), cmocka_unit_test(test_json_errors),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_buf_bounds),
+        cmocka_unit_test(test_json_errors),
         cmocka_unit_test(test_atomic_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

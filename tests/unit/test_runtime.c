@@ -13,7 +13,126 @@
 #include "core/bus.h"
 #include "core/json.h"
 #include "runtime/jobs.h"
+#include "http/server.h"
 #include "runtime/runtime.h"
+
+static const struct {
+    const char *text;
+    int rc;
+    const char *msg;
+} config_cases[] = {
+    {"port = 9000\nthreads=4\n# comment\n\nlog_level = debug", 0, NULL},
+    {"state_dir = \"/tmp/a b\"  \nmax_package = 2G\nrequest_timeout = 2m", 0, NULL},
+    {"verify_interval = 0 # off", 0, NULL},
+    {"x-local = whatever", 0, NULL},
+    {"prot = 9000", KEEL_EINVALID, "unknown setting \"prot\""},
+    {"port = 70000", KEEL_EINVALID, "cfg:1: port"},
+    {"port 9000", KEEL_EINVALID, "expected \"key = value\""},
+    {"threads = 0", KEEL_EINVALID, "threads"},
+    {"max_body = 12Q", KEEL_EINVALID, "max_body"},
+    {"syslog = maybe", KEEL_EINVALID, "true or false"},
+    {"log_level = loud", KEEL_EINVALID, "one of error"},
+    {"state_dir = \"unterminated", KEEL_EINVALID, "unterminated"},
+    {"\n\nport = -1", KEEL_EINVALID, "cfg:3"},
+};
+
+/* keeld's settings: the runtime's modules and the HTTP server. */
+static keel__conf *daemon_conf(void)
+{
+    const keel__option_set *sets[16];
+    size_t n;
+    const keel__option_set *const *rs = keel__runtime_option_sets(&n);
+    memcpy(sets, rs, n * sizeof(*sets));
+    sets[n++] = &keel__http_options;
+    keel__conf *c = NULL;
+    keel_error e = {0};
+    if (keel__conf_new(sets, n, &c, &e))
+        fail_msg("conf: %s", e.msg);
+    return c;
+}
+
+static void test_config_table(void **state)
+{
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(config_cases); i++) {
+        keel__conf *c = daemon_conf();
+        keel_error e = {0};
+        int rc = keel__conf_parse(c, config_cases[i].text, strlen(config_cases[i].text), "cfg", &e);
+        th_expect_err(rc, &e, config_cases[i].rc, config_cases[i].msg);
+        keel__conf_free(c);
+    }
+    keel__conf *c = daemon_conf();
+    keel_error e;
+    const char *t = "port = 9000\nstate_dir = \"/tmp/a b\"\nmax_package = 2G\n"
+                    "request_timeout = 2m\nverify_interval = 3d\nlog_level = debug";
+    assert_int_equal(keel__conf_parse(c, t, strlen(t), "cfg", &e), 0);
+    assert_int_equal(keel__conf_u64(c, "port"), 9000);
+    assert_string_equal(keel__conf_str(c, "state_dir"), "/tmp/a b");
+    assert_int_equal(keel__conf_u64(c, "max_package"), 2ull << 30);
+    assert_int_equal(keel__conf_u64(c, "request_timeout"), 120);
+    assert_int_equal(keel__conf_u64(c, "verify_interval"), 3 * 86400);
+    assert_int_equal(keel__conf_u64(c, "log_level"), KEEL_LOG_DEBUG);
+    /* defaults, as packaging/keeld.conf documents them */
+    keel__conf *d = daemon_conf();
+    assert_int_equal(keel__conf_u64(d, "max_body"), 1u << 20);
+    assert_int_equal(keel__conf_u64(d, "queue_max_bytes"), 256u << 20);
+    assert_string_equal(keel__conf_str(d, "uplink"), "none");
+    assert_false(keel__conf_bool(d, "read_auth"));
+    /* what changed, and what a reload keeps: port needs a restart */
+    const keel__option *ch[8];
+    assert_int_equal(keel__conf_changes(d, c, ch, 8), 6);
+    keel__conf_keep_fixed(c, d);
+    assert_int_equal(keel__conf_u64(c, "port"), 8480);                    /* kept */
+    assert_string_equal(keel__conf_str(c, "state_dir"), "/var/lib/keel"); /* kept */
+    assert_int_equal(keel__conf_u64(c, "max_package"), 2ull << 30);       /* reloadable */
+    assert_int_equal(keel__conf_changes(d, c, ch, 8), 3);
+    char *json = keel__conf_json(c);
+    cJSON *j = cJSON_Parse(json);
+    assert_non_null(j);
+    assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "http"), "port")->valueint, 8480);
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(j, "runtime"), "log_level")->valuestring, "debug");
+    cJSON_Delete(j);
+    free(json);
+    /* a table that declares a name twice, or a default that does not parse */
+    static const keel__option twice[] = {{"port", KEEL__OPT_UINT, "1", 0, 9, false, "a digit"}};
+    static const keel__option_set twice_set = {"twice", twice, 1};
+    static const keel__option bad[] = {{"zz", KEEL__OPT_UINT, "10", 0, 9, false, "a digit"}};
+    static const keel__option_set bad_set = {"bad", bad, 1};
+    const keel__option_set *s2[] = {&keel__http_options, &twice_set};
+    keel__conf *x = NULL;
+    th_expect_err(keel__conf_new(s2, 2, &x, &e), &e, KEEL_EINVALID, "declared twice");
+    const keel__option_set *s3[] = {&bad_set};
+    th_expect_err(keel__conf_new(s3, 1, &x, &e), &e, KEEL_EINVALID, "default of zz");
+    keel__conf_free(c);
+    keel__conf_free(d);
+    /* the shipped example config parses, and documents every setting */
+    keel__conf *pk = daemon_conf();
+    const char *path = KEEL_TEST_DATA "/../../packaging/keeld.conf";
+    if (keel__conf_load(pk, path, &e))
+        fail_msg("%s", e.msg);
+    char *text = NULL;
+    size_t len;
+    assert_int_equal(keel__fs_read(path, 1 << 20, &text, &len, &e), 0);
+    json = keel__conf_json(pk);
+    j = cJSON_Parse(json);
+    cJSON *mod, *opt;
+    cJSON_ArrayForEach(mod, j)
+    {
+        cJSON_ArrayForEach(opt, mod)
+        {
+            char line[96], commented[96];
+            snprintf(line, sizeof(line), "\n%s =", opt->string);
+            snprintf(commented, sizeof(commented), "\n#%s =", opt->string);
+            if (!strstr(text, line) && !strstr(text, commented))
+                fail_msg("packaging/keeld.conf does not document %s (%s)", opt->string,
+                         mod->string);
+        }
+    }
+    cJSON_Delete(j);
+    free(json);
+    free(text);
+    keel__conf_free(pk);
+}
 
 /* --- the bus ------------------------------------------------------------------------------ */
 
@@ -174,7 +293,7 @@ static void test_runtime(void **state)
 {
     keel_error e = {0};
     keel_key *k = NULL;
-    keel_config cfg;
+    keel__conf *cfg = daemon_conf();
     keel__runtime *rt = NULL;
     const char *sd = th_tmpdir(), *src = th_tmpdir();
     char p1[1024], p2[1024];
@@ -183,10 +302,9 @@ static void test_runtime(void **state)
     make_pkg(th_path(src, "v1"), "1.0.0", strcpy(p1, th_path(src, "v1.keel")), k);
     make_pkg(th_path(src, "v2"), "2.0.0", strcpy(p2, th_path(src, "v2.keel")), k);
 
-    keel_config_default(&cfg);
-    keel__strlcpy(cfg.state_dir, sd, sizeof(cfg.state_dir));
-    keel__strlcpy(cfg.device_id, "unit-1", sizeof(cfg.device_id));
-    if (keel__runtime_open(&cfg, &rt, &e))
+    assert_int_equal(keel__conf_set(cfg, "state_dir", sd, &e), 0);
+    assert_int_equal(keel__conf_set(cfg, "device_id", "unit-1", &e), 0);
+    if (keel__runtime_open(cfg, &rt, &e))
         fail_msg("open: %s", e.msg);
     assert_int_equal(strlen(keel__runtime_token(rt)), 64);
     assert_true(access(th_path(sd, "token"), R_OK) == 0);
@@ -268,12 +386,22 @@ static void test_runtime(void **state)
     keel__runtime_close(rt);
 
     /* reopened: what was active and what was queued are still there */
-    assert_int_equal(keel__runtime_open(&cfg, &rt, &e), 0);
+    assert_int_equal(keel__runtime_open(cfg, &rt, &e), 0);
+    assert_string_equal(keel__runtime_device_id(rt), "unit-1");
+    /* a reload applies what may change at run time and keeps the rest */
+    keel__conf *next = keel__conf_copy(cfg);
+    assert_int_equal(keel__conf_set(next, "max_body", "2M", &e), 0);
+    assert_int_equal(keel__conf_set(next, "queue_max_rows", "5", &e), 0);
+    keel__runtime_reload(rt, next);
+    assert_int_equal(keel__runtime_setting_u64(rt, "max_body"), 2u << 20);
+    assert_int_equal(keel__runtime_setting_u64(rt, "queue_max_rows"), 1000000);
+    keel__conf_free(next);
     assert_true(keel__runtime_ready(rt));
     assert_int_equal(keel__runtime_queue_json(rt, &qj, &e), 0);
     assert_non_null(strstr(qj, "\"critical\":{\"depth\":1"));
     free(qj);
     keel__runtime_close(rt);
+    keel__conf_free(cfg);
     keel_key_free(k);
     th_cleanup();
 }
@@ -282,6 +410,7 @@ int main(void)
 {
     keel_log_set_level(KEEL_LOG_WARN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_table),
         cmocka_unit_test(test_bus),
         cmocka_unit_test(test_jobs),
         cmocka_unit_test(test_runtime),

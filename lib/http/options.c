@@ -1,0 +1,19 @@
+/* options.c - the HTTP server's settings (conf.h). */
+#include "core/conf.h"
+#include "http/server.h"
+
+static const keel__option opts[] = {
+    {"listen", KEEL__OPT_STR, "127.0.0.1", 0, 0, false,
+     "an IPv4 or IPv6 address such as 127.0.0.1"},
+    {"port", KEEL__OPT_UINT, "8480", 0, 65535, false, "a TCP port 0..65535 (0 disables TCP)"},
+    {"unix_socket", KEEL__OPT_PATH, "", 0, 0, false, "a socket path, or empty for none"},
+    {"threads", KEEL__OPT_UINT, "2", 1, 256, false, "a number of threads 1..256"},
+    {"max_connections", KEEL__OPT_UINT, "64", 1, 65536, false, "a count 1..65536"},
+    {"request_timeout", KEEL__OPT_DUR, "30s", 1, 86400, false, "a duration like 30s or 2m"},
+    {"max_body", KEEL__OPT_SIZE, "1M", 1024, 1ull << 32, true, "a size like 1M (>= 1K)"},
+    {"max_infer_body", KEEL__OPT_SIZE, "64M", 1024, 1ull << 32, true, "a size like 64M (>= 1K)"},
+    {"read_auth", KEEL__OPT_BOOL, "false", 0, 0, true,
+     "true (GET /api/... needs the bearer token) or false (open to whoever reaches the "
+     "listen address)"},
+};
+const keel__option_set keel__http_options = {"http", opts, KEEL_ARRAY_LEN(opts)};
