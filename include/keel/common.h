@@ -20,6 +20,11 @@
 #endif
 
 /* Returns the library version, "MAJOR.MINOR.PATCH". Static storage. */
+#define KEEL_VERSION_MAJOR  0
+#define KEEL_VERSION_MINOR  1
+#define KEEL_VERSION_PATCH  0
+#define KEEL_VERSION_STRING "0.1.0"
+
 KEEL_API const char *keel_version(void);
 
 #endif

@@ -18,11 +18,6 @@
 #ifndef KEEL_KEEL_H
 #define KEEL_KEEL_H
 
-#define KEEL_VERSION_MAJOR  0
-#define KEEL_VERSION_MINOR  1
-#define KEEL_VERSION_PATCH  0
-#define KEEL_VERSION_STRING "0.1.0"
-
 #include "keel/common.h"
 #include "keel/error.h"
 #include "keel/log.h"

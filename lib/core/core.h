@@ -9,7 +9,11 @@
 #include <stdarg.h>
 #include <sys/types.h>
 
-#include "keel/keel.h"
+#include "keel/common.h"
+#include "keel/config.h"
+#include "keel/error.h"
+#include "keel/layout.h"
+#include "keel/log.h"
 
 #define KEEL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define KEEL_UNUSED(x)    ((void)(x))

@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "core/core.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
 
 struct keel_key {
     EVP_PKEY *pkey;

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include "core/core.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
 
 struct keel_sha256 {
     EVP_MD_CTX *ctx;

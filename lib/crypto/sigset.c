@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "core/json.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
 
 int keel_sigset_add(keel_sigset *set, const uint8_t keyid[KEEL_KEYID_LEN],
                     const uint8_t sig[KEEL_ED25519_SIG_LEN], keel_error *err)

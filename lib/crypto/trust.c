@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "core/json.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
 
 #define TRUST_DOC_MAX     (1u << 20)
 #define TRUST_KEYS_MAX    256

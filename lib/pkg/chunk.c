@@ -11,6 +11,9 @@
 #include <string.h>
 
 #include "core/core.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
+#include "keel/pkg.h"
 
 static uint64_t gear[256];
 static pthread_once_t gear_once = PTHREAD_ONCE_INIT;

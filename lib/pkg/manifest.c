@@ -11,6 +11,9 @@
 
 #include "core/json.h"
 #include "pkg/pkg_internal.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
+#include "keel/pkg.h"
 
 struct keel_manifest {
     uint8_t *bytes;

@@ -3,6 +3,9 @@
 #define KEEL_PKG_INTERNAL_H
 
 #include "core/core.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
+#include "keel/pkg.h"
 
 /* [a-z0-9][a-z0-9._-]*, shorter than KEEL_NAME_MAX. */
 bool keel__pkg_name_valid(const char *s);

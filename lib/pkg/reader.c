@@ -15,6 +15,9 @@
 #include "core/core.h"
 #include "pkg/archive_dl.h"
 #include "pkg/pkg_internal.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
+#include "keel/pkg.h"
 
 #define READ_BLOCK (1u << 20)
 

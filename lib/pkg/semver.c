@@ -2,6 +2,9 @@
 #include <string.h>
 
 #include "core/core.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
+#include "keel/pkg.h"
 
 static bool is_digit(char c)
 {

@@ -19,6 +19,9 @@
 #include "core/json.h"
 #include "pkg/archive_dl.h"
 #include "pkg/pkg_internal.h"
+#include "keel/crypto.h"
+#include "keel/trust.h"
+#include "keel/pkg.h"
 
 #define IO_BLOCK (1u << 20)
 

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "core/core.h"
+#include "keel/keel.h"
 
 /* A fresh temp dir (static buffer per call slot); removed by th_cleanup. */
 const char *th_tmpdir(void);
