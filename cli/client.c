@@ -244,7 +244,7 @@ int keel_cli_client(const char *verb, int argc, char **argv)
     if (mutating && !o.token) {
         char tp[PATH_MAX], *t = NULL;
         size_t tl;
-        snprintf(tp, sizeof(tp), "%s/token", o.state_dir);
+        (void)keel_state_path(o.state_dir, KEEL_STATE_TOKEN, tp, sizeof(tp));
         if (keel__fs_read(tp, 100, &t, &tl, NULL) == 0) {
             snprintf(tokbuf, sizeof(tokbuf), "%.64s", t);
             o.token = tokbuf;

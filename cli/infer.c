@@ -186,7 +186,7 @@ static char *with_params(const char *body, size_t len, const iopts *o)
 static int open_engine(const iopts *o, keel_store **s, keel__infer **e, keel_error *err)
 {
     char cache[PATH_MAX];
-    snprintf(cache, sizeof(cache), "%s/cache/onnx", o->state_dir);
+    (void)keel_state_path(o->state_dir, KEEL_STATE_CACHE_ONNX, cache, sizeof(cache));
     keel__infer_opts io = {.cache_dir = cache};
     int rc = keel_store_open(o->state_dir, NULL, s, err);
     if (!rc)

@@ -526,7 +526,7 @@ static int offline(const char *verb, const opts *o)
             keel_store_close(s);
             return usage_error("usage: keel install FILE [--activate]%s", "");
         }
-        snprintf(tdir, sizeof(tdir), "%s/trust", o->state_dir);
+        (void)keel_state_path(o->state_dir, KEEL_STATE_TRUST, tdir, sizeof(tdir));
         if (!(rc = keel_trust_load(o->trust ? o->trust : tdir, &t, &e)) &&
             !(rc = keel_store_install(s, o->pos[0], t, o->activate ? KEEL_INSTALL_ACTIVATE : 0, &r,
                                       &e)))
