@@ -17,7 +17,8 @@
 #include "core/json.h"
 #include "store/db.h"
 
-#define MOD "store"
+#define MOD                "store"
+#define MANIFEST_CACHE_MAX (64u * 1024u) /* bigger manifests leave the page cache after a read */
 
 typedef struct serving_rec {
     keel_serving s;
@@ -675,8 +676,8 @@ out:
     return rc;
 }
 
-int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *trust,
-                       unsigned flags, keel_install_result *ret, keel_error *err)
+int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *trust, unsigned flags,
+                       keel_install_result *ret, keel_error *err)
 {
     pthread_mutex_lock(&s->lock);
     bool validated = s->validator != NULL;
@@ -1060,6 +1061,11 @@ int keel_store_version_manifest(keel_store *s, const char *name, const char *ver
         }
     }
     sqlite3_finalize(q);
+    /* A big manifest (a chunk list per file: ~1 MiB for a 1 GiB package)
+     * filled the page cache with its overflow pages, read once at load:
+     * give them back rather than keep them resident while idle. */
+    if (!rc && *ret_len > MANIFEST_CACHE_MAX)
+        (void)sqlite3_db_release_memory(s->db);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
