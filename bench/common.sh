@@ -54,6 +54,12 @@ ensure_state() {
     rm -rf "$out/empty" && mkdir -p "$out/empty"
 }
 
+# The machine's load beside a figure: other work on the host shows in timings
+# and, through page-cache pressure, in RSS.
+machine_load() {
+    awk -v n="$(nproc)" '{ printf "load %s %s %s, %d cores", $1, $2, $3, n }' /proc/loadavg
+}
+
 free_port() { # a loopback port nobody listens on right now
     local p
     while :; do
