@@ -1,11 +1,10 @@
 /*
- * keeld - the keel daemon. Thin: read the config, open the store, verify
- * what is about to serve, start the HTTP API, then wait for signals.
+ * keeld - the keel daemon. Thin: read the config, open the runtime (the
+ * device's state, lib/runtime), start the HTTP API on it, wait for signals.
  *   SIGTERM, SIGINT  graceful stop (requests in flight finish)
  *   SIGHUP           re-read the config file: package limits, max_body, trust_dir,
  *                    log_level and verify_interval apply at once; the rest
  *                    (addresses, threads, timeouts) needs a restart
- * A background thread re-hashes every installed file each verify_interval.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +19,7 @@
 
 #include "core/core.h"
 #include "http/server.h"
+#include "runtime/runtime.h"
 
 #define MOD            "keeld"
 #define DEFAULT_CONFIG "/etc/keel/keeld.conf"
@@ -29,44 +29,6 @@ static const char usage[] =
     "             [--unix-socket PATH] [--log-level error|warn|info|debug] [--version]\n"
     "Serves the packages installed in STATE_DIR (default /var/lib/keel) over HTTP on\n"
     "127.0.0.1:8480. Flags override the config file (default " DEFAULT_CONFIG " if present).\n";
-
-typedef struct checker {
-    pthread_t thread;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool stop;
-    bool changed; /* interval_s was reloaded: restart the wait */
-    uint64_t interval_s;
-    keel__http *http;
-} checker;
-
-static void *check_loop(void *arg)
-{
-    checker *c = arg;
-    pthread_mutex_lock(&c->lock);
-    while (!c->stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        uint64_t iv = c->interval_s ? c->interval_s : 3600;
-        until.tv_sec += (time_t)iv;
-        int rc = 0;
-        c->changed = false;
-        while (!c->stop && !c->changed && rc != ETIMEDOUT)
-            rc = pthread_cond_timedwait(&c->cond, &c->lock, &until);
-        if (c->stop)
-            break;
-        if (c->changed)
-            continue; /* a new interval counts from the reload */
-        if (!c->interval_s)
-            continue;
-        pthread_mutex_unlock(&c->lock);
-        KEEL_LOG_I(MOD, "background re-check: re-hashing every installed file");
-        keel__http_refresh(c->http, KEEL_VERIFY_DEEP);
-        pthread_mutex_lock(&c->lock);
-    }
-    pthread_mutex_unlock(&c->lock);
-    return NULL;
-}
 
 static int apply_flags(keel_config *cfg, int argc, char **argv, const char **ret_config,
                        bool only_config)
@@ -138,10 +100,9 @@ int main(int argc, char **argv)
 {
     keel_config cfg;
     keel_error e = {0};
-    keel_store *store = NULL;
+    keel__runtime *rt = NULL;
     keel__http *http = NULL;
     const char *config_path = NULL;
-    checker chk = {.lock = PTHREAD_MUTEX_INITIALIZER};
     sigset_t set;
     int rc = 1;
 
@@ -166,15 +127,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    char staging[PATH_MAX];
-    snprintf(staging, sizeof(staging), "%s/staging", cfg.state_dir);
-    if (keel__fs_mkdir_p(cfg.state_dir, 0700, &e) || keel__fs_mkdir_p(staging, 0700, &e) ||
-        keel_store_open(cfg.state_dir, &cfg.limits, &store, &e)) {
-        KEEL_LOG_E(MOD, "%s", e.msg);
-        goto out;
-    }
-    /* Start-up verification happens inside http_start (readiness). */
-    if (keel__http_start(&cfg, store, &http, &e)) {
+    if (keel__runtime_open(&cfg, &rt, &e) || keel__http_start(rt, &http, &e)) {
         KEEL_LOG_E(MOD, "%s", e.msg);
         goto out;
     }
@@ -185,25 +138,6 @@ int main(int argc, char **argv)
     }
     if (cfg.unix_socket[0])
         KEEL_LOG_I(MOD, "listening on unix:%s", cfg.unix_socket);
-
-    /* The wait uses CLOCK_MONOTONIC: a wall clock that jumps (devices offline
-     * for months drift) must not make the re-check spin or stall. */
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&chk.cond, &ca);
-    pthread_condattr_destroy(&ca);
-    chk.interval_s = cfg.verify_interval_s;
-    chk.http = http;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    if (pthread_create(&chk.thread, &attr, check_loop, &chk) != 0) {
-        KEEL_LOG_E(MOD, "cannot start the background re-check thread");
-        pthread_attr_destroy(&attr);
-        goto out;
-    }
-    pthread_attr_destroy(&attr);
 
     for (;;) {
         int sig = 0;
@@ -217,30 +151,16 @@ int main(int argc, char **argv)
                            re.code ? re.msg : "invalid command-line flags");
                 continue;
             }
-            keel_log_set_level(next.log_level);
-            keel__http_reload(http, &next);
-            keel__http_refresh(http, 0); /* offline CLI changes: serve what is active now */
-            pthread_mutex_lock(&chk.lock);
-            if (chk.interval_s != next.verify_interval_s) {
-                chk.interval_s = next.verify_interval_s;
-                chk.changed = true;
-            }
-            pthread_cond_signal(&chk.cond);
-            pthread_mutex_unlock(&chk.lock);
+            keel__runtime_reload(rt, &next);
             KEEL_LOG_I(MOD, "reloaded %s", config_path);
             continue;
         }
         KEEL_LOG_I(MOD, "stopping on %s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
         break;
     }
-    pthread_mutex_lock(&chk.lock);
-    chk.stop = true;
-    pthread_cond_signal(&chk.cond);
-    pthread_mutex_unlock(&chk.lock);
-    pthread_join(chk.thread, NULL);
     rc = 0;
 out:
     keel__http_stop(http);
-    keel_store_close(store);
+    keel__runtime_close(rt);
     return rc;
 }

@@ -21,6 +21,8 @@
 
 #include "core/json.h"
 #include "infer/model.h"
+#include "infer/ort.h"
+#include "http/oip.h"
 #include "keel/keel.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

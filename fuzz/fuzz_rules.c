@@ -162,7 +162,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t nout = 0;
         char *result = NULL;
         e.msg[0] = 0;
-        int rc = keel__backend_rules.run(inst, inputs + pass, NIN - (size_t)pass, out, &nout,
+        int rc = keel__backend_rules.run(inst, NULL, inputs + pass, NIN - (size_t)pass, out, &nout,
                                          &result, 0, &e);
         if (rc) {
             if (!e.msg[0] || result)

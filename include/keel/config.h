@@ -56,6 +56,7 @@ typedef struct keel_config {
     char sync_window[64];                    /* "always", "every 15m", "02:00-04:00", both */
     uint64_t uplink_bandwidth;               /* bytes per second on the wire; 0: no cap */
     char upstream_url[KEEL_CONFIG_PATH_MAX]; /* hybrid routing: an OIP endpoint; "" none */
+    bool read_auth;                          /* GET /api/... needs the token; default false */
     uint64_t request_timeout_s;              /* idle connection timeout, default 30 */
     unsigned max_connections;                /* default 64 */
     uint64_t verify_interval_s;              /* background deep re-check, default 1 day; 0 off */

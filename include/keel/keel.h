@@ -32,5 +32,6 @@
 #include "keel/pkg.h"
 #include "keel/store.h"
 #include "keel/queue.h"
+#include "keel/infer.h"
 
 #endif

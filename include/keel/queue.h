@@ -135,6 +135,21 @@ typedef struct keel_msg_in {
 KEEL_API KEEL_WUR int keel_queue_enqueue(keel_queue *q, const keel_msg_in *m, uint64_t *ret_id,
                                          keel_error *err);
 
+/*
+ * The same promise without holding the caller: validates m and copies it
+ * (every pointer in m is borrowed for this call only), then returns at once.
+ * done(ctx, rc, id, err) is called exactly once when the transaction that
+ * holds the message has committed (rc KEEL_OK, id set) or failed (rc and err
+ * say why, err borrowed for the call); it runs on the queue's committer
+ * thread in group mode (inside this call in sync mode), so it must be quick
+ * and must not call back into q. A validation error is returned by this
+ * call itself and done is not called. In group mode every message handed
+ * over before keel_queue_close is committed and reported before it returns.
+ */
+typedef void (*keel_queue_done_fn)(void *ctx, int rc, uint64_t id, const keel_error *err);
+KEEL_API KEEL_WUR int keel_queue_enqueue_async(keel_queue *q, const keel_msg_in *m,
+                                               keel_queue_done_fn done, void *ctx, keel_error *err);
+
 /* --- consuming --------------------------------------------------------------- */
 
 typedef struct keel_msg {

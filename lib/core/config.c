@@ -121,6 +121,9 @@ static const struct key keys[] = {
     {"port", K_PORT, OFF(port), 0, 65535, "a TCP port 0..65535 (0 disables TCP)"},
     {"threads", K_UINT, OFF(threads), 1, 256, "a number of threads 1..256"},
     {"max_connections", K_UINT, OFF(max_connections), 1, 65536, "a count 1..65536"},
+    {"read_auth", K_BOOL, OFF(read_auth), 0, 0,
+     "true (GET /api/... needs the bearer token) or false (open to whoever reaches the "
+     "listen address)"},
     {"request_timeout", K_DUR, OFF(request_timeout_s), 1, 86400, "a duration like 30s or 2m"},
     {"max_body", K_SIZE, OFF(max_body_bytes), 1024, 1ull << 32, "a size like 1M (>= 1K)"},
     {"max_infer_body", K_SIZE, OFF(max_infer_body_bytes), 1024, 1ull << 32,

@@ -26,6 +26,28 @@ int keel__err_prefix(keel_error *err, const char *fmt, ...) KEEL_PRINTF(2, 3);
 int keel__err_from_errno(int errnum);
 void keel__err_clear(keel_error *err);
 
+/* --- invariant checks ---------------------------------------------------------- */
+
+/*
+ * KEEL_ASSERT(cond, fmt, ...): in debug builds (NDEBUG not defined) a false
+ * cond aborts with file:line, the condition and the message; it guards
+ * invariants (docs/internals/), never input a client or a file controls.
+ * In release builds cond is not evaluated (only type-checked). Keep cond
+ * cheap: deeper checks that query a database live in keel__<module>_check
+ * helpers that tests call explicitly.
+ */
+#ifndef NDEBUG
+#define KEEL_ASSERT(cond, ...)                                                                     \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            keel__assert_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                             \
+    } while (0)
+#else
+#define KEEL_ASSERT(cond, ...) ((void)sizeof(!(cond)))
+#endif
+_Noreturn void keel__assert_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+    KEEL_PRINTF(4, 5);
+
 /* --- bounded growable buffer ------------------------------------------------ */
 
 typedef struct keel_buf {
@@ -68,6 +90,25 @@ KEEL_WUR int keel__fs_write_all(int fd, const void *data, size_t len);
 /* Removes a directory tree (no symlink following). Missing is not an error. */
 KEEL_WUR int keel__fs_rm_rf(const char *path, keel_error *err);
 bool keel__fs_exists(const char *path);
+/* fsync(2) and rename(2) through the hook table below. */
+int keel__fs_fsync(int fd);
+int keel__fs_rename(const char *from, const char *to);
+
+/*
+ * The system calls keel's own file code makes for durable writes (atomic
+ * writes, blob writes, package output). Tests replace them to inject
+ * ENOSPC, EIO, short writes and failed syncs or renames
+ * (tests/unit/faults.c); every member is required. The default table calls
+ * the system directly: the cost is one indirect call per system call.
+ * Setting is not synchronized with I/O in flight: set it while no other
+ * thread writes. NULL restores the system calls.
+ */
+typedef struct keel__fs_ops {
+    ssize_t (*write)(int fd, const void *buf, size_t len);
+    int (*fsync)(int fd);
+    int (*rename)(const char *from, const char *to);
+} keel__fs_ops;
+void keel__fs_set_ops(const keel__fs_ops *ops);
 
 /* --- time ------------------------------------------------------------------------ */
 

@@ -1,6 +1,7 @@
 /* error.c - the error table, and helpers that fill a keel_error. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/core.h"
@@ -125,4 +126,16 @@ int keel__err_from_errno(int errnum)
     default:
         return KEEL_EIO;
     }
+}
+
+void keel__assert_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s:%d: invariant violated: %s: %s\n", file, line, cond, msg);
+    fflush(stderr);
+    abort();
 }

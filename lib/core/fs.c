@@ -13,11 +13,29 @@
 
 #include "core/core.h"
 
+static const keel__fs_ops sys_ops = {write, fsync, rename};
+static const keel__fs_ops *fs_ops = &sys_ops;
+
+void keel__fs_set_ops(const keel__fs_ops *ops)
+{
+    fs_ops = ops ? ops : &sys_ops;
+}
+
+int keel__fs_fsync(int fd)
+{
+    return fs_ops->fsync(fd);
+}
+
+int keel__fs_rename(const char *from, const char *to)
+{
+    return fs_ops->rename(from, to);
+}
+
 int keel__fs_write_all(int fd, const void *data, size_t len)
 {
     const char *p = data;
     while (len) {
-        ssize_t w = write(fd, p, len);
+        ssize_t w = fs_ops->write(fd, p, len);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -70,7 +88,7 @@ int keel__fs_fsync_dir(const char *dir, keel_error *err)
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return keel__err_errno(err, KEEL_EIO, errno, "cannot open directory %s", dir);
-    if (fsync(fd) != 0 && errno != EINVAL) {
+    if (keel__fs_fsync(fd) != 0 && errno != EINVAL) {
         int e = errno;
         close(fd);
         return keel__err_errno(err, KEEL_EIO, e, "cannot fsync directory %s", dir);
@@ -105,7 +123,8 @@ int keel__fs_write_atomic(const char *path, const void *data, size_t len, mode_t
     if (fd < 0)
         return keel__err_errno(err, keel__err_from_errno(errno), errno,
                                "cannot create a temporary file beside %s", path);
-    if (fchmod(fd, mode) != 0 || keel__fs_write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+    if (fchmod(fd, mode) != 0 || keel__fs_write_all(fd, data, len) != 0 ||
+        keel__fs_fsync(fd) != 0) {
         rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot write %s", tmp);
         goto fail;
     }
@@ -115,7 +134,7 @@ int keel__fs_write_atomic(const char *path, const void *data, size_t len, mode_t
         goto fail;
     }
     fd = -1;
-    if (rename(tmp, path) != 0) {
+    if (keel__fs_rename(tmp, path) != 0) {
         rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot rename %s to %s", tmp,
                              path);
         goto fail;

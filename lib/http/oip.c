@@ -18,7 +18,7 @@
 
 #include "core/json.h"
 #include "http/oip.h"
-#include "infer/model.h"
+#include "infer/infer.h"
 
 static int dtype_of(const char *kserve)
 {
@@ -1042,4 +1042,85 @@ int keel__oip_response(const keel__oip_req *r, const keel__infer_resp *resp, cha
     *ret_json_len = json_len;
     *ret = keel__buf_steal(&b);
     return KEEL_OK;
+}
+
+/* --- model metadata and datatype names ------------------------------------------------ */
+
+static const char *kserve_dtype(int dt)
+{
+    switch (dt) {
+    case KEEL_DT_FLOAT32:
+        return "FP32";
+    case KEEL_DT_FLOAT16:
+        return "FP16";
+    case KEEL_DT_FLOAT64:
+        return "FP64";
+    case KEEL_DT_BFLOAT16:
+        return "BF16";
+    case KEEL_DT_INT8:
+        return "INT8";
+    case KEEL_DT_INT16:
+        return "INT16";
+    case KEEL_DT_INT32:
+        return "INT32";
+    case KEEL_DT_INT64:
+        return "INT64";
+    case KEEL_DT_UINT8:
+        return "UINT8";
+    case KEEL_DT_UINT16:
+        return "UINT16";
+    case KEEL_DT_UINT32:
+        return "UINT32";
+    case KEEL_DT_UINT64:
+        return "UINT64";
+    case KEEL_DT_BOOL:
+        return "BOOL";
+    case KEEL_DT_STRING:
+        return "BYTES";
+    default:
+        return "BYTES"; /* JSON outputs travel as text */
+    }
+}
+
+const char *keel__kserve_dtype(int dt)
+{
+    return kserve_dtype(dt);
+}
+
+static cJSON *decls_json(const keel__tensor *t, size_t n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < n; i++) {
+        cJSON *o = cJSON_CreateObject(), *sh = cJSON_CreateArray();
+        cJSON_AddStringToObject(o, "name", t[i].name);
+        cJSON_AddStringToObject(o, "datatype", kserve_dtype(t[i].dtype));
+        for (size_t d = 0; d < t[i].ndim; d++)
+            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t[i].shape[d]));
+        cJSON_AddItemToObject(o, "shape", sh);
+        cJSON_AddItemToArray(a, o);
+    }
+    return a;
+}
+
+char *keel__model_metadata_json(const keel__model *m)
+{
+    keel__model_desc d;
+    keel__model_describe(m, &d);
+    cJSON *o = cJSON_CreateObject(), *v = cJSON_CreateArray(), *tiers = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "name", d.name);
+    cJSON_AddItemToArray(v, cJSON_CreateString(d.version));
+    cJSON_AddItemToObject(o, "versions", v);
+    cJSON_AddStringToObject(o, "platform", "keel");
+    cJSON_AddItemToObject(o, "inputs", decls_json(d.inputs, d.ninputs));
+    cJSON_AddItemToObject(o, "outputs", decls_json(d.outputs, d.noutputs));
+    cJSON *p = cJSON_AddObjectToObject(o, "parameters");
+    cJSON_AddStringToObject(p, "package_digest", d.digest);
+    if (d.image_input)
+        cJSON_AddStringToObject(p, "image_input", d.image_input);
+    for (size_t i = 0; i < d.ntiers; i++)
+        cJSON_AddItemToArray(tiers, cJSON_CreateString(d.tiers[i]));
+    cJSON_AddItemToObject(p, "tiers", tiers);
+    char *s = keel__json_print(o);
+    cJSON_Delete(o);
+    return s;
 }

@@ -35,4 +35,11 @@ void keel__oip_done(keel__oip_req *r);
 KEEL_WUR int keel__oip_response(const keel__oip_req *r, const keel__infer_resp *resp, char **ret,
                                 size_t *ret_len, size_t *ret_json_len, keel_error *err);
 
+/* Open Inference Protocol datatype name of a dtype ("FP32", "BYTES", ...;
+ * JSON outputs travel as BYTES). Static storage. */
+const char *keel__kserve_dtype(int dtype);
+/* Open Inference Protocol model metadata of m (malloc'd JSON; NULL when
+ * out of memory), rendered from keel__model_describe. */
+char *keel__model_metadata_json(const keel__model *m);
+
 #endif

@@ -50,6 +50,12 @@ int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **
     return KEEL_OK;
 }
 
+keel__model *keel__infer_model_ref(keel__model *m)
+{
+    atomic_fetch_add(&m->refs, 1);
+    return m;
+}
+
 void keel__model_unref(keel__model *m)
 {
     if (m && atomic_fetch_sub(&m->refs, 1) == 1)
@@ -255,81 +261,23 @@ bool keel__infer_ready(keel__infer *e, char *why, size_t n)
 
 /* --- metadata and status ------------------------------------------------------------- */
 
-static const char *kserve_dtype(int dt)
+void keel__model_describe(const keel__model *m, keel__model_desc *ret)
 {
-    switch (dt) {
-    case KEEL_DT_FLOAT32:
-        return "FP32";
-    case KEEL_DT_FLOAT16:
-        return "FP16";
-    case KEEL_DT_FLOAT64:
-        return "FP64";
-    case KEEL_DT_BFLOAT16:
-        return "BF16";
-    case KEEL_DT_INT8:
-        return "INT8";
-    case KEEL_DT_INT16:
-        return "INT16";
-    case KEEL_DT_INT32:
-        return "INT32";
-    case KEEL_DT_INT64:
-        return "INT64";
-    case KEEL_DT_UINT8:
-        return "UINT8";
-    case KEEL_DT_UINT16:
-        return "UINT16";
-    case KEEL_DT_UINT32:
-        return "UINT32";
-    case KEEL_DT_UINT64:
-        return "UINT64";
-    case KEEL_DT_BOOL:
-        return "BOOL";
-    case KEEL_DT_STRING:
-        return "BYTES";
-    default:
-        return "BYTES"; /* JSON outputs travel as text */
+    memset(ret, 0, sizeof(*ret));
+    ret->name = m->name;
+    ret->version = m->version;
+    ret->digest = m->digest;
+    ret->inputs = m->in;
+    ret->ninputs = m->nin;
+    ret->outputs = m->out;
+    ret->noutputs = m->nout;
+    ret->image_input = keel__model_image_input(m);
+    for (size_t i = 0; i < m->ntiers; i++) {
+        ret->tiers[i] = m->tiers[i].name;
+        ret->backends[i] = m->tiers[i].be->name;
+        ret->caps[i] = m->tiers[i].be->caps;
     }
-}
-
-const char *keel__kserve_dtype(int dt)
-{
-    return kserve_dtype(dt);
-}
-
-static cJSON *decls_json(const keel__tensor *t, size_t n)
-{
-    cJSON *a = cJSON_CreateArray();
-    for (size_t i = 0; a && i < n; i++) {
-        cJSON *o = cJSON_CreateObject(), *sh = cJSON_CreateArray();
-        cJSON_AddStringToObject(o, "name", t[i].name);
-        cJSON_AddStringToObject(o, "datatype", kserve_dtype(t[i].dtype));
-        for (size_t d = 0; d < t[i].ndim; d++)
-            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t[i].shape[d]));
-        cJSON_AddItemToObject(o, "shape", sh);
-        cJSON_AddItemToArray(a, o);
-    }
-    return a;
-}
-
-char *keel__model_metadata_json(const keel__model *m)
-{
-    cJSON *o = cJSON_CreateObject(), *v = cJSON_CreateArray(), *tiers = cJSON_CreateArray();
-    cJSON_AddStringToObject(o, "name", m->name);
-    cJSON_AddItemToArray(v, cJSON_CreateString(m->version));
-    cJSON_AddItemToObject(o, "versions", v);
-    cJSON_AddStringToObject(o, "platform", "keel");
-    cJSON_AddItemToObject(o, "inputs", decls_json(m->in, m->nin));
-    cJSON_AddItemToObject(o, "outputs", decls_json(m->out, m->nout));
-    cJSON *p = cJSON_AddObjectToObject(o, "parameters");
-    cJSON_AddStringToObject(p, "package_digest", m->digest);
-    if (m->pre.kind == KEEL__PRE_IMAGE)
-        cJSON_AddStringToObject(p, "image_input", m->pre.input);
-    for (size_t i = 0; i < m->ntiers; i++)
-        cJSON_AddItemToArray(tiers, cJSON_CreateString(m->tiers[i].name));
-    cJSON_AddItemToObject(p, "tiers", tiers);
-    char *s = keel__json_print(o);
-    cJSON_Delete(o);
-    return s;
+    ret->ntiers = m->ntiers;
 }
 
 static cJSON *model_status(keel__model *m)

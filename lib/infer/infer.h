@@ -15,26 +15,32 @@
 #define KEEL_INFER_INFER_H
 
 #include "infer/backend.h"
+#include "infer/router.h"
 #include "keel/store.h"
 
 typedef struct keel__infer keel__infer;
 typedef struct keel__model keel__model;
 
-/* What the engine tells the rest of keeld (the queue, in keeld): tier
- * transitions, requests no tier could answer, and inference records as the
- * package's "records" policy asks. Called on the request's thread, outside
- * the engine's locks; must not block for long. */
-enum { KEEL__EV_TRANSITION, KEEL__EV_ALL_FAILED, KEEL__EV_RECORD };
+/* What the engine tells its owner (the runtime): tier transitions,
+ * requests no tier could answer, inference records as the package's
+ * "records" policy asks, and escalations the upstream could not take (the
+ * owner keeps those for re-processing). Called on the request's thread,
+ * outside the engine's locks; must not block for long. Every pointer is
+ * borrowed for the call. */
+enum { KEEL__EV_TRANSITION, KEEL__EV_ALL_FAILED, KEEL__EV_RECORD, KEEL__EV_ESCALATION_FAILED };
 typedef struct keel__infer_event {
     int type;
     const char *model, *version;
     const char *tier, *from_tier;        /* from_tier: transitions only */
-    const char *reason;                  /* transitions, failures */
-    const char *result;                  /* records: the result JSON (NULL without postprocess) */
-    const struct keel__infer_resp *resp; /* records: the whole answer (outputs too) */
-    double confidence;                   /* records: first row's, or -1 */
+    const char *reason;                  /* transitions, failures, escalations */
+    const char *result;                  /* records, escalations: the local result JSON */
+    const struct keel__infer_resp *resp; /* records, escalations: the local answer */
+    double confidence;                   /* records, escalations: first row's, or -1 */
     bool degraded;
     uint64_t ns; /* records: request time */
+    /* escalations: the request as received, to forward again later */
+    const void *raw;
+    size_t raw_len, raw_json_len;
 } keel__infer_event;
 typedef void (*keel__infer_event_fn)(void *ctx, const keel__infer_event *ev);
 
@@ -44,6 +50,9 @@ typedef struct keel__infer_opts {
     const char *cache_dir;   /* derived files (optimized graphs); NULL: none */
     size_t max_sessions;     /* stateful sessions per package (default 1024) */
     uint64_t session_idle_s; /* idle expiry (default 300) */
+    /* the upstream for hybrid routing (borrowed; must outlive the engine);
+     * NULL: every package is served locally whatever its "routing" says */
+    keel__router *upstream;
 } keel__infer_opts;
 
 KEEL_WUR int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **ret,
@@ -57,9 +66,12 @@ KEEL_WUR int keel__infer_refresh(keel__infer *e, keel_error *err);
 KEEL_WUR int keel__model_load(keel__infer *e, const char *name, const char *version,
                               keel__model **ret, keel_error *err);
 void keel__model_unref(keel__model *m);
+/* Takes one more reference on m; returns m. */
+keel__model *keel__infer_model_ref(keel__model *m);
 /* The serving model of `name` with a reference held, or NULL. */
 keel__model *keel__infer_get(keel__infer *e, const char *name);
 
+#define KEEL__MAX_TIERS  8
 #define KEEL__MAX_OUT    16
 #define KEEL__CLAUSE_MAX 180
 
@@ -70,6 +82,13 @@ typedef struct keel__infer_req {
     size_t image_len;
     const char *tier;    /* pin to this tier (testing, comparison); NULL: chain */
     const char *session; /* stateful stream id; NULL: fresh state */
+    /* hybrid routing (keel__model_infer): the request as received, forwarded
+     * as is when the package's routing asks the upstream. raw NULL: never
+     * forwarded (image bodies). raw_json_len: where the JSON ends under the
+     * binary tensor extension (0: raw_len). Borrowed. */
+    const void *raw;
+    size_t raw_len, raw_json_len;
+    bool complex; /* parameters.complex: escalate whatever the confidence */
 } keel__infer_req;
 
 struct keel__infer_resp;
@@ -86,6 +105,10 @@ typedef struct keel__infer_resp {
     char escalation[256]; /* set by routing: why the upstream did not answer */
     /* each tier's clause is capped (KEEL__CLAUSE_MAX) so every tier fits */
     uint64_t ns;
+    /* true when the upstream answered (tier "upstream"): answer holds its
+     * reply, to send as is; outputs and result are then empty */
+    bool upstream;
+    keel__upstream_answer answer;
 } keel__infer_resp;
 
 /* Runs a request. KEEL_EINVALID/ETOOBIG: the request is wrong (message says
@@ -93,7 +116,67 @@ typedef struct keel__infer_resp {
  * (message names each tier's failure). */
 KEEL_WUR int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp *resp,
                              keel_error *err);
+/* What a request handler calls: keel__model_run plus the package's routing
+ * policy (tier.c is the only place it lives), with the engine's upstream:
+ *   local           the chain only
+ *   upstream_first  req->raw goes to the upstream; its answer is the
+ *                   response (resp->upstream); when it fails, the chain
+ *                   serves and resp->escalation says why
+ *   escalate        the chain serves; when the first row's confidence is
+ *                   below routing.confidence_below or req->complex, req->raw
+ *                   goes to the upstream and its answer replaces the local
+ *                   one; when that fails the local answer stands,
+ *                   resp->escalation says so, and a KEEL__EV_ESCALATION_FAILED
+ *                   event hands the request to the owner for re-processing
+ * A pinned tier (req->tier), no upstream, or no raw bytes: local. Errors as
+ * keel__model_run (the upstream's failures are never errors). */
+KEEL_WUR int keel__model_infer(keel__model *m, const keel__infer_req *req, keel__infer_resp *resp,
+                               keel_error *err);
+/* Frees the outputs, result and upstream answer; resp may be reused. */
 void keel__infer_resp_done(keel__infer_resp *r);
+
+/* Generation: tokens in, tokens out through a callback, routed to the
+ * first tier (in chain order, or the pinned one) whose backend declares
+ * KEEL__CAP_GENERATE, falling back to the next such tier on a hard
+ * failure; KEEL_EUNSUPPORTED when none does (the message lists the tiers). */
+typedef struct keel__gen_req {
+    const int32_t *tokens; /* the prompt, tokenized; borrowed */
+    size_t ntokens;
+    keel__gen_params params;
+    keel__token_fn on_token; /* required */
+    void *cb_ctx;
+    const keel__cancel *cancel; /* may be NULL */
+    const char *session;        /* the KV cache carries per session; NULL fresh */
+    const char *tier;           /* pin; NULL chain */
+} keel__gen_req;
+typedef struct keel__gen_resp {
+    size_t ntokens; /* produced */
+    char tier[32], backend[16];
+    bool degraded;
+    char reason[1024];
+} keel__gen_resp;
+KEEL_WUR int keel__model_generate(keel__model *m, const keel__gen_req *req, keel__gen_resp *resp,
+                                  keel_error *err);
+
+/* Embedding: text (or tokens) to one vector, routed as generate is, to the
+ * tiers that declare KEEL__CAP_EMBED. */
+typedef struct keel__embed_req {
+    const char *text; /* len bytes, borrowed; NULL: use tokens */
+    size_t len;
+    const int32_t *tokens;
+    size_t ntokens;
+    const char *tier; /* pin; NULL chain */
+} keel__embed_req;
+typedef struct keel__embed_resp {
+    float *vec; /* malloc'd, dim floats; freed by keel__embed_resp_done */
+    size_t dim;
+    char tier[32], backend[16];
+    bool degraded;
+    char reason[1024];
+} keel__embed_resp;
+KEEL_WUR int keel__model_embed(keel__model *m, const keel__embed_req *req, keel__embed_resp *resp,
+                               keel_error *err);
+void keel__embed_resp_done(keel__embed_resp *r);
 
 /* The package's routing policy: KEEL__ROUTE_* (router.h), the confidence
  * below which "escalate" asks upstream, and the upstream deadline. */
@@ -103,10 +186,19 @@ int keel__model_route(const keel__model *m, double *ret_below, uint64_t *ret_dea
 const char *keel__model_name(const keel__model *m);
 const char *keel__model_version(const keel__model *m);
 bool keel__model_ready(keel__model *m); /* some tier can serve */
-/* Open Inference Protocol datatype name of a dtype ("FP32", "BYTES", ...). */
-const char *keel__kserve_dtype(int dtype);
-/* Open Inference Protocol model metadata (malloc'd JSON). */
-char *keel__model_metadata_json(const keel__model *m);
+/* A protocol-neutral description of a model, for the codecs to render
+ * (lib/http/oip.c renders the Open Inference Protocol metadata from it).
+ * Every pointer is valid while m is referenced. */
+typedef struct keel__model_desc {
+    const char *name, *version, *digest;  /* digest: "sha256:<hex>" of keel.json */
+    const keel__tensor *inputs, *outputs; /* the contract */
+    size_t ninputs, noutputs;
+    const char *image_input; /* the input an encoded image feeds, or NULL */
+    const char *tiers[KEEL__MAX_TIERS], *backends[KEEL__MAX_TIERS]; /* in chain order */
+    unsigned caps[KEEL__MAX_TIERS]; /* each tier's backend capabilities (KEEL__CAP_*) */
+    size_t ntiers;
+} keel__model_desc;
+void keel__model_describe(const keel__model *m, keel__model_desc *ret);
 /* The input an image request feeds, or NULL when the package takes none. */
 const char *keel__model_image_input(const keel__model *m);
 /* Declared input i (the contract), or NULL. */

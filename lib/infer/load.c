@@ -25,24 +25,6 @@ static void free_name(const char *p)
     free(u.m);
 }
 
-int keel__dtype_parse(const char *s)
-{
-    static const struct {
-        const char *name;
-        int dt;
-    } names[] = {
-        {"float32", KEEL_DT_FLOAT32},  {"float", KEEL_DT_FLOAT32},  {"float16", KEEL_DT_FLOAT16},
-        {"float64", KEEL_DT_FLOAT64},  {"double", KEEL_DT_FLOAT64}, {"int8", KEEL_DT_INT8},
-        {"int16", KEEL_DT_INT16},      {"int32", KEEL_DT_INT32},    {"int64", KEEL_DT_INT64},
-        {"uint8", KEEL_DT_UINT8},      {"uint16", KEEL_DT_UINT16},  {"uint32", KEEL_DT_UINT32},
-        {"uint64", KEEL_DT_UINT64},    {"bool", KEEL_DT_BOOL},      {"string", KEEL_DT_STRING},
-        {"bfloat16", KEEL_DT_BFLOAT16}};
-    for (size_t i = 0; s && i < KEEL_ARRAY_LEN(names); i++)
-        if (!strcmp(s, names[i].name))
-            return names[i].dt;
-    return 0;
-}
-
 /* {"name", "dtype", "shape"} into t (name malloc'd). */
 static int parse_decl(const cJSON *j, keel__tensor *t, const char *where, bool need_shape,
                       keel_error *err)
@@ -166,54 +148,6 @@ static int parse_consts(const cJSON *c, tier *t, const char *where, keel_error *
     return KEEL_OK;
 }
 
-static int parse_state(const cJSON *a, tier *t, const char *where, keel_error *err)
-{
-    const cJSON *it;
-    if (a && !cJSON_IsArray(a))
-        return keel__err(err, KEEL_EINVALID, "%s.state: expected an array", where);
-    cJSON_ArrayForEach(it, a)
-    {
-        char w[96];
-        snprintf(w, sizeof(w), "%s.state[%zu]", where, t->nstate);
-        if (t->nstate == KEEL__MAX_STATE)
-            return keel__err(err, KEEL_ETOOBIG, "%s.state: more than %d pairs", where,
-                             KEEL__MAX_STATE);
-        state_pair *p = &t->state[t->nstate];
-        const char *in = NULL, *out = NULL;
-        keel__tensor d;
-        int rc;
-        cJSON *copy = cJSON_Duplicate(it, 1);
-        if (!copy)
-            return keel__err(err, KEEL_ENOMEM, "out of memory");
-        /* reuse the declaration parser: name = the input */
-        cJSON_AddItemToObject(copy, "name", cJSON_CreateString(""));
-        if ((rc = keel__json_str(it, "input", true, 63, &in, w, err)) ||
-            (rc = keel__json_str(it, "output", true, 63, &out, w, err)) ||
-            (rc = parse_decl(copy, &d, w, true, err))) {
-            cJSON_Delete(copy);
-            return rc;
-        }
-        cJSON_Delete(copy);
-        free_name(d.name);
-        keel__strlcpy(p->in, in, sizeof(p->in));
-        keel__strlcpy(p->out, out, sizeof(p->out));
-        p->dtype = d.dtype;
-        p->ndim = d.ndim;
-        memcpy(p->shape, d.shape, sizeof(p->shape));
-        size_t n = keel__dtype_size(d.dtype);
-        for (size_t i = 0; i < d.ndim; i++) {
-            if (d.shape[i] < 1 || d.shape[i] > (1 << 20))
-                return keel__err(err, KEEL_EINVALID, "%s.shape: needs fixed sizes", w);
-            n *= (size_t)d.shape[i];
-        }
-        if (!n || n > (64u << 20))
-            return keel__err(err, KEEL_EINVALID, "%s: state of %zu bytes is not supported", w, n);
-        p->nbytes = n;
-        t->nstate++;
-    }
-    return KEEL_OK;
-}
-
 static int parse_tier(model *m, const cJSON *j, size_t k, uint64_t default_deadline,
                       keel__path_fn path_of, void *ctx, keel_error *err)
 {
@@ -248,21 +182,9 @@ static int parse_tier(model *m, const cJSON *j, size_t k, uint64_t default_deadl
         return rc;
     t->memory_budget = mem_mb << 20;
     t->max_inflight = max_inflight > 100000 ? 100000 : (unsigned)max_inflight;
-    if ((rc = parse_consts(cJSON_GetObjectItemCaseSensitive(j, "constants"), t, where, err)) ||
-        (rc = parse_state(cJSON_GetObjectItemCaseSensitive(j, "state"), t, where, err)))
+    /* "state" and "context" are the backend's (onnx.c reads them at load) */
+    if ((rc = parse_consts(cJSON_GetObjectItemCaseSensitive(j, "constants"), t, where, err)))
         return rc;
-    const cJSON *cx = cJSON_GetObjectItemCaseSensitive(j, "context");
-    if (cx) {
-        const char *in = NULL;
-        uint64_t samples = 0;
-        if ((rc = keel__json_str(cx, "input", true, 63, &in, "context", err)) ||
-            (rc = keel__json_u64(cx, "samples", true, &samples, "context", err)))
-            return keel__err_prefix(err, "%s", where);
-        if (!samples || samples > 65536)
-            return keel__err(err, KEEL_EINVALID, "%s.context.samples: 1..65536", where);
-        keel__strlcpy(t->ctx_input, in, sizeof(t->ctx_input));
-        t->ctx_samples = (size_t)samples;
-    }
     if (!(t->spec = cJSON_Duplicate(j, 1)))
         return keel__err(err, KEEL_ENOMEM, "out of memory");
     t->br.cooldown_ns = m->pol.cooldown_ns;
@@ -379,16 +301,8 @@ void keel__model_free(keel__model *m)
 {
     if (!m)
         return;
-    for (size_t i = 0; i < m->nsessions; i++) {
-        session *s = m->sessions[i];
-        for (size_t t = 0; t < m->ntiers; t++) {
-            for (size_t k = 0; k < m->tiers[t].nstate; k++)
-                free(s->state[t][k]);
-            free(s->ctx[t]);
-        }
-        pthread_mutex_destroy(&s->mu);
-        free(s);
-    }
+    for (size_t i = 0; i < m->nsessions; i++) /* before the instances they belong to */
+        keel__session_free(m, m->sessions[i]);
     free(m->sessions);
     for (size_t i = 0; i < m->ntiers; i++) {
         tier *t = &m->tiers[i];
@@ -414,7 +328,8 @@ void keel__model_free(keel__model *m)
 }
 
 /* Derives the contract from the first loaded tier that describes itself,
- * leaving out what keel fills in (constants, state, context is kept). */
+ * leaving out what keel fills in: constants here, and what the backend
+ * fills itself (recurrent state) it does not list. */
 static int derive_inputs(model *m, keel_error *err)
 {
     for (size_t i = 0; i < m->ntiers && !m->nin; i++) {
@@ -427,15 +342,11 @@ static int derive_inputs(model *m, keel_error *err)
             bool internal = false;
             for (size_t c = 0; c < t->nconsts; c++)
                 internal |= !strcmp(t->consts[c].name, d->name);
-            for (size_t s = 0; s < t->nstate; s++)
-                internal |= !strcmp(t->state[s].in, d->name);
             if (internal)
                 continue;
             m->in[m->nin] = *d;
             if (!(m->in[m->nin].name = strdup(d->name)))
                 return keel__err(err, KEEL_ENOMEM, "out of memory");
-            if (t->ctx_samples && !strcmp(d->name, t->ctx_input) && d->ndim)
-                m->in[m->nin].shape[d->ndim - 1] = -1;
             m->nin++;
         }
     }

@@ -1,7 +1,8 @@
 /*
- * model.h - the insides of a loaded package version, shared by model.c
- * (the chain), load.c (building one from a manifest) and engine.c (the
- * registry, status, metrics). Nothing outside lib/infer includes this.
+ * model.h - the insides of a loaded package version, shared by tier.c
+ * (the chain, sessions, routing), load.c (building one from a manifest),
+ * engine.c (the registry, status, metrics) and selftest.c. Nothing outside
+ * lib/infer includes this.
  */
 #ifndef KEEL_INFER_MODEL_H
 #define KEEL_INFER_MODEL_H
@@ -13,8 +14,6 @@
 #include "infer/infer.h"
 #include "infer/pipeline.h"
 
-#define KEEL__MAX_TIERS  8
-#define KEEL__MAX_STATE  8
 #define KEEL__MAX_CONSTS 8
 #define KEEL__NBUCKETS   15
 
@@ -44,14 +43,6 @@ typedef struct policy {
     uint64_t cooldown_ns;  /* open -> half-open (default 5 s) */
 } policy;
 
-typedef struct state_pair {
-    char in[64], out[64];
-    int dtype;
-    size_t ndim;
-    int64_t shape[KEEL_TENSOR_MAX_DIMS];
-    size_t nbytes;
-} state_pair;
-
 typedef struct tier tier;
 struct tier {
     char name[32];
@@ -63,10 +54,6 @@ struct tier {
     char load_error[512];
     keel__tensor consts[KEEL__MAX_CONSTS]; /* names and data owned */
     size_t nconsts;
-    state_pair state[KEEL__MAX_STATE];
-    size_t nstate;
-    char ctx_input[64];
-    size_t ctx_samples;
     uint64_t deadline_ns, memory_budget;
     unsigned max_inflight, inflight;
     breaker br;
@@ -81,8 +68,7 @@ typedef struct session {
     pthread_mutex_t mu;
     unsigned refs;
     uint64_t last_used;
-    void *state[KEEL__MAX_TIERS][KEEL__MAX_STATE];
-    float *ctx[KEEL__MAX_TIERS];
+    void *bs[KEEL__MAX_TIERS]; /* each tier's backend session, made on first use */
 } session;
 
 typedef struct keel__model model;
@@ -105,7 +91,7 @@ struct keel__model {
     int route_mode;
     double route_below;
     uint64_t route_deadline_ms;
-    cJSON *validation; /* owned copy, or NULL */
+    cJSON *validation;       /* owned copy, or NULL */
     pthread_mutex_t mu;      /* breakers, counters, sessions */
     pthread_mutex_t load_mu; /* lazy tier (re)loads */
     session **sessions;
@@ -121,7 +107,8 @@ typedef int (*keel__path_fn)(void *ctx, const char *rel, char *buf, size_t n, ke
 KEEL_WUR int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, void *ctx,
                                const keel__infer_opts *o, keel__model **ret, keel_error *err);
 void keel__model_free(keel__model *m);
+/* Frees a client session and its backend sessions (tier.c). */
+void keel__session_free(keel__model *m, session *s);
 KEEL_WUR int keel__model_tier_load(keel__model *m, size_t ti, keel_error *err);
-int keel__dtype_parse(const char *s);
 
 #endif

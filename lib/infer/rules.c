@@ -384,7 +384,7 @@ static bool holds(const cond *c, double x)
     }
 }
 
-static int rules_run(void *inst, const keel__tensor *in, size_t nin, keel__tensor *out,
+static int rules_run(void *inst, void *sess, const keel__tensor *in, size_t nin, keel__tensor *out,
                      size_t *nout, char **result_json, uint64_t deadline_ns, keel_error *err)
 {
     const rules *r = inst;
@@ -500,6 +500,7 @@ static void rules_unload(void *inst)
 
 const keel__backend keel__backend_rules = {
     .name = "rules",
+    .caps = KEEL__CAP_RUN, /* stateless: no sessions */
     .load = rules_load,
     .run = rules_run,
     .unload = rules_unload,

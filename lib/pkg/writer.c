@@ -288,12 +288,12 @@ static int tar_close(tar_out *t, bool commit, keel_error *err)
     }
     archive_entry_free(t->e);
     if (t->fd >= 0) {
-        if (commit && !rc && fsync(t->fd) != 0)
+        if (commit && !rc && keel__fs_fsync(t->fd) != 0)
             rc = keel__err_errno(err, KEEL_EIO, errno, "cannot fsync %s", t->tmp);
         close(t->fd);
     }
     if (commit && !rc) {
-        if (rename(t->tmp, t->final) != 0)
+        if (keel__fs_rename(t->tmp, t->final) != 0)
             rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot rename to %s",
                                  t->final);
         else

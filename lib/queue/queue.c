@@ -21,6 +21,7 @@
 
 #include "core/core.h"
 #include "keel/queue.h"
+#include "queue/check.h"
 
 #define MOD "queue"
 
@@ -135,6 +136,12 @@ typedef struct req {
     int rc;
     sem_t done;      /* posted by the committer when rc and id are final */
     keel_error *err; /* the producer's; may be NULL */
+    /* keel_queue_enqueue_async: called instead of posting done; the req,
+     * its copy of the message and aerr are one allocation, freed after. */
+    keel_queue_done_fn cb;
+    void *cb_ctx;
+    keel_error aerr;
+    keel_msg_in mcopy;
 } req;
 
 struct keel_queue {
@@ -333,6 +340,7 @@ static int save_counters(keel_queue *q, keel_error *err)
 
 static int tx_begin(keel_queue *q, counters *saved, keel_error *err)
 {
+    KEEL_ASSERT(sqlite3_get_autocommit(q->db), "%s: a transaction is already open", q->path);
     *saved = q->c;
     q->tx_changes = sqlite3_total_changes64(q->db);
     return step_done(q, stmt(q, ST_BEGIN), "beginning a transaction", err);
@@ -360,6 +368,7 @@ static void tx_rollback(keel_queue *q, const counters *saved)
         if (step_done(q, stmt(q, ST_ROLLBACK), "rolling back", &e))
             KEEL_LOG_W(MOD, "%s", e.msg);
     }
+    KEEL_ASSERT(sqlite3_get_autocommit(q->db), "%s: rollback left the transaction open", q->path);
     q->c = *saved;
     q->suspect = true;
 }
@@ -395,6 +404,10 @@ static int remove_expired(keel_queue *q, int64_t now, uint64_t *ret_n, keel_erro
         sqlite3_bind_int64(st, 1, now);
         if ((rc = step_done(q, st, "removing expired messages", err)))
             break;
+        KEEL_ASSERT(q->c.depth[p] >= n && q->c.bytes[p] >= b,
+                    "%s: expiring %" PRIu64 " rows/%" PRIu64 " bytes of %s, counted %" PRIu64
+                    "/%" PRIu64,
+                    q->path, n, b, prio_names[p], q->c.depth[p], q->c.bytes[p]);
         q->c.depth[p] -= n;
         q->c.bytes[p] -= b;
         q->c.expired += n;
@@ -447,6 +460,11 @@ static int evict_class(keel_queue *q, keel_prio p, uint64_t need, keel_error *er
     sqlite3_bind_int64(st, 1, i64(last));
     if ((rc = step_done(q, st, "evicting messages", err)))
         return rc;
+    KEEL_ASSERT(p >= KEEL_PRIO_NORMAL, "%s: evicting %s messages", q->path, prio_names[p]);
+    KEEL_ASSERT(q->c.depth[p] >= rows && q->c.bytes[p] >= bytes,
+                "%s: evicting %" PRIu64 " rows/%" PRIu64 " bytes of %s, counted %" PRIu64
+                "/%" PRIu64,
+                q->path, rows, bytes, prio_names[p], q->c.depth[p], q->c.bytes[p]);
     q->c.depth[p] -= rows;
     q->c.bytes[p] -= bytes;
     q->c.evicted[p] += rows;
@@ -483,6 +501,8 @@ static int make_room(keel_queue *q, req *r, int64_t now, bool *ret_ok, keel_erro
         return rc;
     if (fits_after(q, r->size, 0, 0) == FIT_OK)
         return KEEL_OK;
+    uint64_t evicted_before = sum(q->c.evicted);
+    KEEL_UNUSED(evicted_before);
     /* Bulk may evict older bulk; normal, high and critical evict bulk then normal. */
     keel_prio lowest_kept = p == KEEL_PRIO_BULK ? KEEL_PRIO_NORMAL : KEEL_PRIO_HIGH;
     for (int i = 0; i < KEEL_PRIO_COUNT; i++) {
@@ -503,6 +523,7 @@ static int make_room(keel_queue *q, req *r, int64_t now, bool *ret_ok, keel_erro
         else
             snprintf(limit, sizeof(limit), "min_free_disk %" PRIu64 " on %s", q->o.min_free_disk,
                      q->dir);
+        KEEL_ASSERT(sum(q->c.evicted) == evicted_before, "%s: a refusal evicted messages", q->path);
         q->refused[p]++;
         *ret_ok = false;
         r->rc = keel__err(r->err, KEEL_ENOSPACE,
@@ -644,6 +665,8 @@ static int put_one(keel_queue *q, req *r, int64_t now, keel_error *err)
     if ((rc = make_room(q, r, now, &ok, err)) || !ok)
         return rc;
     uint64_t id = q->c.next_id;
+    KEEL_ASSERT(id > 0 && !sqlite3_get_autocommit(q->db), "%s: storing id %" PRIu64 " %s", q->path,
+                id, id ? "outside a transaction" : "(ids start at 1)");
     sqlite3_stmt *st = cstmt(q, (int)m->prio, CS_INSERT);
     sqlite3_bind_int64(st, 1, i64(id));
     sqlite3_bind_int64(st, 2, now);
@@ -728,6 +751,13 @@ out:
     pthread_mutex_unlock(&q->db_mu);
 }
 
+/* Tells an asynchronous producer how its message fared, then frees it. */
+static void finish_async(req *r)
+{
+    r->cb(r->cb_ctx, r->rc, r->rc == KEEL_OK ? r->id : 0, r->rc ? &r->aerr : NULL);
+    free(r);
+}
+
 static void *committer_main(void *arg)
 {
     keel_queue *q = arg;
@@ -784,7 +814,10 @@ static void *committer_main(void *arg)
          * its producer returns: read next before posting. */
         for (r = batch; n--;) {
             req *next = r->next;
-            sem_post(&r->done);
+            if (r->cb)
+                finish_async(r);
+            else
+                sem_post(&r->done);
             r = next;
         }
 
@@ -823,6 +856,65 @@ int keel_queue_enqueue(keel_queue *q, const keel_msg_in *m, uint64_t *ret_id, ke
     if (r.rc == KEEL_OK && ret_id)
         *ret_id = r.id;
     return r.rc;
+}
+
+/* One allocation holding the req, a copy of m's strings and its payload. */
+static req *async_req(const keel_msg_in *m)
+{
+    size_t tl = strlen(m->topic) + 1, cl = m->content_type ? strlen(m->content_type) + 1 : 0,
+           kl = m->idem_key ? strlen(m->idem_key) + 1 : 0;
+    req *r = malloc(sizeof(*r) + tl + cl + kl + m->payload_len);
+    if (!r)
+        return NULL;
+    memset(r, 0, sizeof(*r));
+    char *p = (char *)(r + 1);
+    r->mcopy = *m;
+    r->mcopy.topic = memcpy(p, m->topic, tl);
+    p += tl;
+    if (cl)
+        r->mcopy.content_type = memcpy(p, m->content_type, cl);
+    p += cl;
+    if (kl)
+        r->mcopy.idem_key = memcpy(p, m->idem_key, kl);
+    p += kl;
+    r->mcopy.payload = m->payload_len ? memcpy(p, m->payload, m->payload_len) : NULL;
+    r->m = &r->mcopy;
+    r->err = &r->aerr;
+    return r;
+}
+
+int keel_queue_enqueue_async(keel_queue *q, const keel_msg_in *m, keel_queue_done_fn done,
+                             void *ctx, keel_error *err)
+{
+    req probe;
+    int rc;
+    memset(&probe, 0, sizeof(probe));
+    if ((rc = validate(q, m, &probe, err)))
+        return rc;
+    req *r = async_req(m);
+    if (!r)
+        return keel__err(err, KEEL_ENOMEM, "out of memory queueing a %zu-byte message",
+                         m->payload_len);
+    r->ctype = probe.ctype == m->content_type ? r->mcopy.content_type : probe.ctype;
+    r->topic_len = probe.topic_len;
+    r->ctype_len = probe.ctype_len;
+    r->key_len = probe.key_len;
+    r->size = probe.size;
+    r->cb = done;
+    r->cb_ctx = ctx;
+    if (q->o.durability == KEEL_QUEUE_SYNC) {
+        write_batch(q, r, 1);
+        finish_async(r);
+        return KEEL_OK;
+    }
+    pthread_mutex_lock(&q->mu);
+    *q->tail = r;
+    q->tail = &r->next;
+    q->npending++;
+    if (q->committer_waiting && q->npending >= q->wake_at)
+        pthread_cond_signal(&q->work_cv);
+    pthread_mutex_unlock(&q->mu);
+    return KEEL_OK;
 }
 
 /* --- open / close ------------------------------------------------------------------- */
@@ -1293,6 +1385,8 @@ static int remove_one(keel_queue *q, uint64_t id, keel_error *err)
         sqlite3_bind_int64(st, 1, i64(id));
         if ((rc = step_done(q, st, "removing an acked message", err)))
             return rc;
+        KEEL_ASSERT(q->c.bytes[p] >= size, "%s: acking %" PRIu64 " bytes of %s, counted %" PRIu64,
+                    q->path, size, prio_names[p], q->c.bytes[p]);
         q->c.depth[p]--;
         q->c.bytes[p] -= size;
         q->c.dirty = true;
@@ -1461,4 +1555,50 @@ int keel_queue_stats_json(const keel_queue_stats *st, char **ret_json, keel_erro
     }
     *ret_json = keel__buf_steal(&b);
     return KEEL_OK;
+}
+
+/* --- deep check (tests) ------------------------------------------------------------------ */
+
+int keel__queue_check(keel_queue *q, keel_error *err)
+{
+    int rc = KEEL_OK;
+    pthread_mutex_lock(&q->db_mu);
+    if (!sqlite3_get_autocommit(q->db)) {
+        rc = keel__err(err, KEEL_ECORRUPT, "%s: a transaction is left open", q->path);
+        goto out;
+    }
+    for (int p = 0; p < KEEL_PRIO_COUNT && !rc; p++) {
+        char sql[160];
+        sqlite3_stmt *st = NULL;
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*), coalesce(sum(size), 0), coalesce(max(id), 0) FROM %s",
+                 class_tables[p]);
+        if (sqlite3_prepare_v2(q->db, sql, -1, &st, NULL) != SQLITE_OK ||
+            sqlite3_step(st) != SQLITE_ROW) {
+            rc = db_err(q, err, "recounting the rows");
+        } else {
+            uint64_t rows = col_u64(st, 0), bytes = col_u64(st, 1), max_id = col_u64(st, 2);
+            if (rows != q->c.depth[p] || bytes != q->c.bytes[p])
+                rc = keel__err(err, KEEL_ECORRUPT,
+                               "%s: %s holds %" PRIu64 " rows, %" PRIu64 " bytes; the counters "
+                               "say %" PRIu64 ", %" PRIu64,
+                               q->path, class_tables[p], rows, bytes, q->c.depth[p], q->c.bytes[p]);
+            else if (max_id >= q->c.next_id)
+                rc = keel__err(err, KEEL_ECORRUPT,
+                               "%s: %s holds id %" PRIu64 " but the next id is %" PRIu64, q->path,
+                               class_tables[p], max_id, q->c.next_id);
+        }
+        sqlite3_finalize(st);
+    }
+    if (!rc) {
+        char v[32] = "";
+        if ((rc = query_text(q, "SELECT value FROM meta WHERE key='id_floor'", v, sizeof(v), err)))
+            goto out;
+        if (v[0] && strtoull(v, NULL, 10) >= q->c.next_id)
+            rc = keel__err(err, KEEL_ECORRUPT, "%s: id_floor %s is not below the next id %" PRIu64,
+                           q->path, v, q->c.next_id);
+    }
+out:
+    pthread_mutex_unlock(&q->db_mu);
+    return rc;
 }

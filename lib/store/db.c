@@ -69,7 +69,9 @@ int keel__db_err(sqlite3 *db, keel_error *err, const char *what)
         kc = KEEL_ENOMEM;
     else if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN)
         kc = KEEL_EPERM;
-    return keel__err(err, kc, "state database: %s: %s", what, sqlite3_errmsg(db));
+    const char *file = sqlite3_db_filename(db, "main");
+    return keel__err(err, kc, "state database %s: %s: %s", file && *file ? file : "(memory)", what,
+                     sqlite3_errmsg(db));
 }
 
 int keel__db_exec(sqlite3 *db, const char *sql, const char *what, keel_error *err)

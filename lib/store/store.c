@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/json.h"
+#include "store/check.h"
 #include "store/db.h"
 
 #define MOD                "store"
@@ -175,6 +176,11 @@ static int slot_set(keel_store *s, const char *name, keel_slot slot, const char 
                     keel_error *err)
 {
     sqlite3_stmt *st;
+    KEEL_ASSERT(slot >= 0 && slot < KEEL_SLOT_COUNT, "slot %d", (int)slot);
+    KEEL_ASSERT(!sqlite3_get_autocommit(s->db), "%s %s := %s outside a transaction", name,
+                slot_names[slot], ver ? ver : "(none)");
+    KEEL_ASSERT(ver || slot != KEEL_SLOT_ACTIVE, "%s: clearing the active slot", name);
+    KEEL_ASSERT(!ver || ver[0], "%s %s := empty version", name, slot_names[slot]);
     int rc = keel__db_prepare(s->db,
                               ver ? "INSERT INTO slots(name, slot, version) VALUES(?1, ?2, ?3) "
                                     "ON CONFLICT(name, slot) DO UPDATE SET version=excluded.version"
@@ -196,6 +202,8 @@ static int journal(keel_store *s, const char *name, const char *action, const ch
                    const char *detail, keel_error *err)
 {
     sqlite3_stmt *st;
+    KEEL_ASSERT(!sqlite3_get_autocommit(s->db), "%s %s %s journalled outside a transaction", name,
+                action, ver);
     int rc = keel__db_prepare(s->db,
                               "INSERT INTO journal(at, name, action, version, detail) "
                               "VALUES(?1, ?2, ?3, ?4, ?5)",
@@ -217,6 +225,7 @@ static int journal(keel_store *s, const char *name, const char *action, const ch
  * and rolls back on any failure, a failed COMMIT included. */
 static int txn_begin(keel_store *s, const char *what, keel_error *err)
 {
+    KEEL_ASSERT(sqlite3_get_autocommit(s->db), "%s: a transaction is already open", what);
     return keel__db_exec(s->db, "BEGIN IMMEDIATE", what, err);
 }
 
@@ -228,6 +237,7 @@ static int txn_end(keel_store *s, int rc, const char *what, keel_error *err)
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK)
         KEEL_LOG_E(MOD, "rollback after a failed %s did not complete: %s", what,
                    sqlite3_errmsg(s->db));
+    KEEL_ASSERT(sqlite3_get_autocommit(s->db), "%s: the transaction is still open", what);
     return rc;
 }
 
@@ -474,13 +484,15 @@ static int sink_end(void *ud, const keel_file *f, bool ok, keel_error *err)
     keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
     blob_path(c->s, hex, bp, sizeof(bp));
     snprintf(dir, sizeof(dir), "%s/blobs/sha256/%.2s", c->s->dir, hex);
-    if (fchmod(c->fd, 0444) != 0 || fsync(c->fd) != 0)
+    if (fchmod(c->fd, 0444) != 0 || keel__fs_fsync(c->fd) != 0)
         rc = keel__err_errno(err, KEEL_EIO, errno, "cannot sync %s", c->tmp);
     close(c->fd);
     c->fd = -1;
     if (!rc)
         rc = keel__fs_mkdir_p(dir, 0755, err);
-    if (!rc && rename(c->tmp, bp) != 0)
+    /* Invariant 1: only a file the reader matched (ok), synced, is renamed in. */
+    KEEL_ASSERT(ok, "%s: renaming an unverified blob", c->tmp);
+    if (!rc && keel__fs_rename(c->tmp, bp) != 0)
         rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot move %s into %s",
                              c->tmp, bp);
     if (!rc)
@@ -669,6 +681,7 @@ static int install_one(keel_store *s, const char *pkg_path, const keel_trust *tr
         *ret = res;
 out:
     pthread_mutex_lock(&s->lock);
+    KEEL_ASSERT(s->installs > 0, "install count underflow");
     s->installs--;
     pthread_mutex_unlock(&s->lock);
     free(c.new_hex);
@@ -702,6 +715,9 @@ static int activate_locked(keel_store *s, const char *name, const char *ver, con
     char cur[KEEL_VERSION_MAX], staged[KEEL_VERSION_MAX];
     bool has_cur, has_staged;
     int rc;
+    KEEL_ASSERT(!sqlite3_get_autocommit(s->db), "activating %s %s outside a transaction", name,
+                ver);
+    /* Invariant 5: anti-rollback and verification come first, in this transaction. */
     if ((rc = rollback_allowed(s, name, ver, err)) || (rc = verify_locked(s, name, ver, 0, err)) ||
         (rc = slot_get(s, name, KEEL_SLOT_ACTIVE, cur, &has_cur, err)) ||
         (rc = slot_get(s, name, KEEL_SLOT_STAGED, staged, &has_staged, err)))
@@ -830,6 +846,8 @@ static int do_rollback(keel_store *s, void *arg, keel_error *err)
     if ((rc = rollback_allowed(s, a->name, a->chosen, err)) ||
         (rc = verify_locked(s, a->name, a->chosen, 0, err)))
         return rc;
+    KEEL_ASSERT(!has_cur || strcmp(cur, a->chosen), "%s: rolling back to the active %s", a->name,
+                cur);
     if ((rc = slot_set(s, a->name, KEEL_SLOT_ACTIVE, a->chosen, err)) ||
         (rc = slot_set(s, a->name, KEEL_SLOT_PREVIOUS, has_cur ? cur : NULL, err)) ||
         (rc = journal(s, a->name, "rollback", a->chosen, has_cur ? cur : "", err)))
@@ -1321,6 +1339,98 @@ out_unlock:
         KEEL_LOG_W(MOD, "cannot return to a shared store lock");
 out:
     sqlite3_finalize(q);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+/* --- deep check (tests) ------------------------------------------------------------------ */
+
+static int check_locked(keel_store *s, keel_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    char path[PATH_MAX];
+    int rc, r;
+    if (!sqlite3_get_autocommit(s->db))
+        return keel__err(err, KEEL_ECORRUPT, "%s/keel.db: a transaction is left open", s->dir);
+    /* Invariant 4: slots name recorded versions. */
+    if ((rc = keel__db_prepare(s->db,
+                               "SELECT name, slot, version FROM slots s WHERE slot NOT IN "
+                               "('active', 'previous', 'known_good', 'staged') OR NOT EXISTS "
+                               "(SELECT 1 FROM packages p WHERE p.name=s.name AND "
+                               "p.version=s.version)",
+                               &st, err)))
+        return rc;
+    if ((r = sqlite3_step(st)) == SQLITE_ROW)
+        rc = keel__err(err, KEEL_ECORRUPT, "slot %s of %s names %s, which is not recorded",
+                       sqlite3_column_text(st, 1), sqlite3_column_text(st, 0),
+                       sqlite3_column_text(st, 2));
+    else if (r != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "checking slots");
+    sqlite3_finalize(st);
+    if (rc)
+        return rc;
+    /* Invariant 2: rows never run ahead of blobs. */
+    if ((rc = keel__db_prepare(s->db, "SELECT name, version, path, sha256, size FROM files", &st,
+                               err)))
+        return rc;
+    while (!rc && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        struct stat sb;
+        blob_path(s, (const char *)sqlite3_column_text(st, 3), path, sizeof(path));
+        if (stat(path, &sb) != 0 || (uint64_t)sb.st_size != (uint64_t)sqlite3_column_int64(st, 4))
+            rc = keel__err(err, KEEL_ECORRUPT,
+                           "%s %s: %s is recorded but its blob %s is missing or of another size",
+                           sqlite3_column_text(st, 0), sqlite3_column_text(st, 1),
+                           sqlite3_column_text(st, 2), path);
+    }
+    if (!rc && r != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "checking files");
+    sqlite3_finalize(st);
+    if (rc)
+        return rc;
+    /* Invariants 5 and 6: active is at most the high-water mark and was put
+     * there by the last activate or rollback in the journal. */
+    if ((rc = keel__db_prepare(
+             s->db,
+             "SELECT s.name, s.version, (SELECT version FROM highwater h WHERE h.name=s.name), "
+             "(SELECT version FROM journal j WHERE j.name=s.name AND j.action IN "
+             "('activate', 'rollback') ORDER BY id DESC LIMIT 1) FROM slots s WHERE "
+             "s.slot='active'",
+             &st, err)))
+        return rc;
+    while (!rc && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *ver = (const char *)sqlite3_column_text(st, 1);
+        const char *hw = (const char *)sqlite3_column_text(st, 2);
+        const char *last = (const char *)sqlite3_column_text(st, 3);
+        if (!hw || keel_semver_cmp(ver, hw) > 0)
+            rc = keel__err(err, KEEL_ECORRUPT, "%s: active %s is above the high-water mark %s",
+                           name, ver, hw ? hw : "(none)");
+        else if (!last || strcmp(last, ver))
+            rc = keel__err(err, KEEL_ECORRUPT,
+                           "%s: active is %s but the journal's last activation names %s", name, ver,
+                           last ? last : "nothing");
+    }
+    if (!rc && r != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "checking the active slots");
+    sqlite3_finalize(st);
+    if (rc || s->installs)
+        return rc;
+    snprintf(path, sizeof(path), "%s/staging/blobs", s->dir);
+    DIR *d = opendir(path);
+    struct dirent *de;
+    while (d && !rc && (de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            rc = keel__err(err, KEEL_ECORRUPT, "%s/%s is left over with no install running", path,
+                           de->d_name);
+    if (d)
+        closedir(d);
+    return rc;
+}
+
+int keel__store_check(keel_store *s, keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    int rc = check_locked(s, err);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }

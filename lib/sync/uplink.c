@@ -128,12 +128,15 @@ static void set_error(keel__uplink *u, const keel_error *e)
 static void set_connected(keel__uplink *u, bool up)
 {
     pthread_mutex_lock(&u->mu);
+    bool changed = up != u->st.connected;
     if (up && !u->st.connected)
         u->st.connects++;
     if (!up && u->st.connected)
         u->st.disconnects++;
     u->st.connected = up;
     pthread_mutex_unlock(&u->mu);
+    if (changed && u->o.on_link)
+        u->o.on_link(u->o.link_ctx, up, u->endpoint);
 }
 
 /* Drains the wake pipe; true if anything was in it. */

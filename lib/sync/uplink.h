@@ -106,6 +106,10 @@ typedef struct keel__uplink_opts {
     const char *subscribe;
     void (*on_message)(void *ctx, const char *topic, const void *payload, size_t len);
     void *msg_ctx;
+    /* Called on the uplink's thread when a working connection is made
+     * (up) or lost; endpoint is borrowed for the call. May be NULL. */
+    void (*on_link)(void *ctx, bool up, const char *endpoint);
+    void *link_ctx;
     /* Wall-clock seconds for the daily range (tests move time); NULL: the
      * system clock. */
     int64_t (*clock)(void *ctx);

@@ -1,6 +1,9 @@
 /*
- * model.c - one loaded package version: its contract, its tiers with their
- * breakers, its stateful sessions, and the fallback chain that runs them.
+ * tier.c - tier policy: the fallback chain over a package's tiers, their
+ * breakers, deadlines, memory budgets and overload guard, the client
+ * sessions (LRU, idle expiry, one request at a time per session) mapped to
+ * backend sessions, and routing to the upstream. The state a session
+ * carries (recurrent state, context, a KV cache) belongs to the backend.
  *
  * The chain (the only place tier policy lives):
  *   for each tier in manifest order (or only the pinned one):
@@ -124,12 +127,14 @@ static void observe(tier *t, uint64_t ns)
 
 /* --- sessions ---------------------------------------------------------------------------- */
 
-static void session_free(model *m, session *s)
+void keel__session_free(model *m, session *s)
 {
+    if (!s)
+        return;
     for (size_t i = 0; i < m->ntiers; i++) {
-        for (size_t k = 0; k < m->tiers[i].nstate; k++)
-            free(s->state[i][k]);
-        free(s->ctx[i]);
+        void *inst = atomic_load(&m->tiers[i].inst);
+        if (s->bs[i] && inst)
+            m->tiers[i].be->session_free(inst, s->bs[i]);
     }
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -151,7 +156,7 @@ static int session_get(model *m, const char *id, session **ret, keel_error *err)
         if (!x->refs && now - x->last_used > m->eng_opts.session_idle_s * 1000000000ull) {
             m->sessions[i] = m->sessions[--m->nsessions];
             m->sessions_expired++;
-            session_free(m, x);
+            keel__session_free(m, x);
             continue;
         }
         if (!strcmp(x->id, id))
@@ -170,7 +175,7 @@ static int session_get(model *m, const char *id, session **ret, keel_error *err)
                 return keel__err(err, KEEL_EBUSY, "all %zu sessions are busy; retry shortly",
                                  m->eng_opts.max_sessions);
             }
-            session_free(m, m->sessions[lru]);
+            keel__session_free(m, m->sessions[lru]);
             m->sessions[lru] = m->sessions[--m->nsessions];
             m->sessions_evicted++;
         }
@@ -242,125 +247,39 @@ int keel__model_tier_load(model *m, size_t ti, keel_error *err)
     return KEEL_OK;
 }
 
-static bool has_nonfinite(const keel__tensor *t)
-{
-    size_t n;
-    switch (t->dtype) {
-    case KEEL_DT_FLOAT32:
-        n = t->nbytes / 4;
-        for (size_t i = 0; i < n; i++)
-            if (!isfinite(((const float *)t->data)[i]))
-                return true;
-        return false;
-    case KEEL_DT_FLOAT64:
-        n = t->nbytes / 8;
-        for (size_t i = 0; i < n; i++)
-            if (!isfinite(((const double *)t->data)[i]))
-                return true;
-        return false;
-    case KEEL_DT_FLOAT16: /* exponent all ones: Inf or NaN */
-        n = t->nbytes / 2;
-        for (size_t i = 0; i < n; i++)
-            if ((((const uint16_t *)t->data)[i] & 0x7c00u) == 0x7c00u)
-                return true;
-        return false;
-    default:
-        return false;
-    }
-}
-
-/* Runs one tier: adds constants, session state and context to the inputs,
- * checks the outputs, keeps the new state, hands the contract outputs to
- * resp. */
+/* Runs one tier: adds the constants to the inputs, passes the client
+ * session's backend session for this tier (made on first use), checks the
+ * outputs and hands the contract's outputs to resp. */
 static int tier_run(model *m, size_t ti, const keel__tensor *ins, size_t nin, session *s,
                     keel__infer_resp *resp, uint64_t deadline, keel_error *err)
 {
     tier *t = &m->tiers[ti];
     keel__tensor all[KEEL__MAX_IO * 2], out[KEEL__MAX_IO];
-    void *tmp[KEEL__MAX_IO] = {0};
-    size_t n = 0, nout = 0, ntmp = 0;
+    size_t n = 0, nout = 0;
     char *result = NULL;
+    void *bs = NULL;
     int rc = KEEL_OK;
     void *inst = atomic_load(&t->inst);
-    if (nin + t->nconsts + t->nstate > KEEL_ARRAY_LEN(all))
+    if (!(t->be->caps & KEEL__CAP_RUN))
+        return keel__err(err, KEEL_EUNSUPPORTED, "backend %s does not run tensors", t->be->name);
+    if (nin + t->nconsts > KEEL_ARRAY_LEN(all))
         return keel__err(err, KEEL_ETOOBIG, "too many inputs");
-    for (size_t i = 0; i < nin; i++) {
-        all[n] = ins[i];
-        if (t->ctx_samples && !strcmp(ins[i].name, t->ctx_input)) {
-            /* prepend the stream's last samples along the last axis (batch 1) */
-            const keel__tensor *x = &ins[i];
-            size_t per = x->nbytes / sizeof(float), c = t->ctx_samples;
-            if (x->dtype != KEEL_DT_FLOAT32 || x->ndim < 1 || (x->ndim >= 2 && x->shape[0] != 1))
-                return keel__err(err, KEEL_EINVALID,
-                                 "input \"%s\": context needs float32 with batch 1", x->name);
-            float *buf = malloc((per + c) * sizeof(float));
-            if (!buf)
-                return keel__err(err, KEEL_ENOMEM, "out of memory");
-            if (s && s->ctx[ti])
-                memcpy(buf, s->ctx[ti], c * sizeof(float));
-            else
-                memset(buf, 0, c * sizeof(float));
-            memcpy(buf + c, x->data, per * sizeof(float));
-            tmp[ntmp++] = buf;
-            all[n].data = buf;
-            all[n].nbytes = (per + c) * sizeof(float);
-            all[n].shape[all[n].ndim - 1] += (int64_t)c;
-        }
-        n++;
-    }
+    for (size_t i = 0; i < nin; i++)
+        all[n++] = ins[i];
     for (size_t i = 0; i < t->nconsts; i++)
         all[n++] = t->consts[i];
-    for (size_t k = 0; k < t->nstate; k++) {
-        const state_pair *p = &t->state[k];
-        all[n] =
-            (keel__tensor){.name = p->in, .dtype = p->dtype, .ndim = p->ndim, .nbytes = p->nbytes};
-        memcpy(all[n].shape, p->shape, sizeof(p->shape));
-        if (s && s->state[ti][k]) {
-            all[n].data = s->state[ti][k];
-        } else {
-            if (!(tmp[ntmp] = calloc(1, p->nbytes))) {
-                rc = keel__err(err, KEEL_ENOMEM, "out of memory");
-                goto out;
-            }
-            all[n].data = tmp[ntmp++];
-        }
-        n++;
+    if (s && (t->be->caps & KEEL__CAP_SESSIONS)) {
+        if (!s->bs[ti] && (rc = t->be->session_new(inst, &s->bs[ti], err)))
+            return rc;
+        bs = s->bs[ti];
     }
-    if ((rc = t->be->run(inst, all, n, out, &nout, &result, deadline, err)))
+    if ((rc = t->be->run(inst, bs, all, n, out, &nout, &result, deadline, err)))
         goto out;
     for (size_t i = 0; i < nout; i++)
-        if (has_nonfinite(&out[i])) {
+        if (keel__tensor_nonfinite(&out[i])) {
             rc = keel__err(err, KEEL_ECORRUPT, "output \"%s\" holds NaN or Inf", out[i].name);
             goto out_free;
         }
-    /* keep the stream's state */
-    if (s) {
-        for (size_t k = 0; k < t->nstate; k++)
-            for (size_t i = 0; i < nout; i++)
-                if (!strcmp(out[i].name, t->state[k].out)) {
-                    if (out[i].nbytes != t->state[k].nbytes) {
-                        rc = keel__err(err, KEEL_ECORRUPT,
-                                       "state output \"%s\" has %zu bytes, expected %zu",
-                                       out[i].name, out[i].nbytes, t->state[k].nbytes);
-                        goto out_free;
-                    }
-                    free(s->state[ti][k]);
-                    s->state[ti][k] = out[i].data;
-                    out[i].data = NULL;
-                }
-        if (t->ctx_samples) {
-            for (size_t i = 0; i < nin; i++)
-                if (!strcmp(ins[i].name, t->ctx_input)) {
-                    size_t per = ins[i].nbytes / sizeof(float), c = t->ctx_samples;
-                    if (!s->ctx[ti] && !(s->ctx[ti] = calloc(c, sizeof(float)))) {
-                        rc = keel__err(err, KEEL_ENOMEM, "out of memory");
-                        goto out_free;
-                    }
-                    if (per >= c)
-                        memcpy(s->ctx[ti], (const float *)ins[i].data + per - c, c * sizeof(float));
-                }
-        }
-    }
     /* the contract's outputs, in contract order */
     resp->noutputs = 0;
     for (size_t o = 0; o < m->nout; o++)
@@ -377,8 +296,6 @@ out_free:
         keel__tensor_done(&out[i]);
 out:
     free(result);
-    for (size_t i = 0; i < ntmp; i++)
-        free(tmp[i]);
     return rc;
 }
 
@@ -548,41 +465,61 @@ static bool want_record(model *m, const keel__infer_resp *resp)
     }
 }
 
-int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp *resp,
-                    keel_error *err)
+/* One tier's work for the chain: runs tier ti before deadline (0: none). */
+typedef int (*tier_op)(model *m, size_t ti, uint64_t deadline, void *ctx, keel_error *err);
+
+static const char *const cap_verbs[] = {"run tensors", "generate", "embed", "tokenize"};
+
+/* The tier pinned by name (KEEL_EINVALID when there is none), or -1. */
+static int find_pin(model *m, const char *name, int *ret, keel_error *err)
 {
-    uint64_t t0 = keel__now_mono_ns();
-    keel__tensor ins[KEEL__MAX_IO];
-    void *owned[KEEL__MAX_IO];
-    size_t nowned = 0;
-    session *s = NULL;
-    keel_buf why;
-    int rc;
-    memset(resp, 0, sizeof(*resp));
-    memset(ins, 0, sizeof(ins));
-    keel__buf_init(&why, sizeof(resp->reason) * 4);
-    keel__strlcpy(resp->model, m->name, sizeof(resp->model));
-    keel__strlcpy(resp->version, m->version, sizeof(resp->version));
-    keel__strlcpy(resp->digest, m->digest, sizeof(resp->digest));
-    int pin = -1;
-    if (req->tier) {
-        for (size_t i = 0; i < m->ntiers; i++)
-            if (!strcmp(m->tiers[i].name, req->tier))
-                pin = (int)i;
-        if (pin < 0) {
-            rc = keel__err(err, KEEL_EINVALID, "parameters.tier: %s has no tier \"%s\"", m->name,
-                           req->tier);
-            goto out;
-        }
+    *ret = -1;
+    if (!name)
+        return KEEL_OK;
+    for (size_t i = 0; i < m->ntiers; i++)
+        if (!strcmp(m->tiers[i].name, name))
+            *ret = (int)i;
+    if (*ret < 0)
+        return keel__err(err, KEEL_EINVALID, "parameters.tier: %s has no tier \"%s\"", m->name,
+                         name);
+    return KEEL_OK;
+}
+
+/* KEEL_EUNSUPPORTED unless some tier (or the pinned one) declares cap. */
+static int check_cap(model *m, int pin, unsigned cap, keel_error *err)
+{
+    char have[256] = "";
+    size_t o = 0;
+    const char *verb = "do that";
+    for (size_t b = 0; b < KEEL_ARRAY_LEN(cap_verbs); b++)
+        if (cap == 1u << b)
+            verb = cap_verbs[b];
+    for (size_t i = 0; i < m->ntiers; i++) {
+        if ((pin < 0 || (int)i == pin) && (m->tiers[i].be->caps & cap))
+            return KEEL_OK;
+        if (o < sizeof(have))
+            o += (size_t)snprintf(have + o, sizeof(have) - o, "%s%s (%s)", i ? ", " : "",
+                                  m->tiers[i].name, m->tiers[i].be->name);
     }
-    if ((rc = prepare(m, req, ins, owned, &nowned, err)))
-        goto out;
-    if (req->session && req->session[0] && (rc = session_get(m, req->session, &s, err)))
-        goto out;
-    rc = KEEL_ENOTREADY;
+    if (pin >= 0)
+        return keel__err(err, KEEL_EUNSUPPORTED, "%s@%s: tier %s's backend (%s) cannot %s", m->name,
+                         m->version, m->tiers[pin].name, m->tiers[pin].be->name, verb);
+    return keel__err(err, KEEL_EUNSUPPORTED,
+                     "%s@%s: no tier's backend can %s (tiers: %s); install a package whose tiers "
+                     "use a backend that declares it",
+                     m->name, m->version, verb, have);
+}
+
+/* Runs op on the tiers that declare cap, in order (or only the pinned one),
+ * under their breakers, overload guards and deadlines, until one succeeds.
+ * why collects one clause per tier that did not serve. *ret_ti: the tier
+ * that served. KEEL_ENOTREADY when none did (err names each failure). */
+static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_buf *why,
+                 size_t *ret_ti, keel_error *err)
+{
     for (size_t i = 0; i < m->ntiers; i++) {
         tier *t = &m->tiers[i];
-        if (pin >= 0 && (int)i != pin)
+        if ((pin >= 0 && (int)i != pin) || !(t->be->caps & cap))
             continue;
         uint64_t now = keel__now_mono_ns();
         bool probe = false;
@@ -594,12 +531,12 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
             t->overloaded++;
             if (probe)
                 t->br.probing = false;
-            if (keel__buf_appendf(&why, "%s%s: overloaded (%u requests in flight)",
-                                  why.len ? "; " : "", t->name, inflight)) {
+            if (keel__buf_appendf(why, "%s%s: overloaded (%u requests in flight)",
+                                  why->len ? "; " : "", t->name, inflight)) {
             }
         } else if (!admit) {
             t->skipped++;
-            if (keel__buf_appendf(&why, "%s%s: breaker open%s%.*s%s", why.len ? "; " : "", t->name,
+            if (keel__buf_appendf(why, "%s%s: breaker open%s%.*s%s", why->len ? "; " : "", t->name,
                                   t->load_error[0] ? " after load failure: " : "", KEEL__CLAUSE_MAX,
                                   t->load_error,
                                   strlen(t->load_error) > KEEL__CLAUSE_MAX ? "..." : "")) {
@@ -620,7 +557,7 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
         }
         uint64_t deadline = t->deadline_ns ? now + t->deadline_ns : 0;
         if (!trc)
-            trc = tier_run(m, i, ins, m->nin, s, resp, deadline, &e);
+            trc = op(m, i, deadline, ctx, &e);
         uint64_t dt = keel__now_mono_ns() - now;
         pthread_mutex_lock(&m->mu);
         t->inflight--;
@@ -636,35 +573,98 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
             breaker_record(m, t, !trc, probe, keel__now_mono_ns());
         int was = -1;
         if (!trc && pin < 0) {
-            was = note_served(m, i, why.data ? why.data : "");
-            if (i > 0 && pin < 0)
+            was = note_served(m, i, why->data ? why->data : "");
+            if (i > 0)
                 t->fallbacks++;
         }
         pthread_mutex_unlock(&m->mu);
         if (was >= 0 && m->eng_opts.event)
-            emit(m, KEEL__EV_TRANSITION, t->name, m->tiers[was].name, why.data ? why.data : "",
+            emit(m, KEEL__EV_TRANSITION, t->name, m->tiers[was].name, why->data ? why->data : "",
                  NULL);
         if (!trc) {
-            keel__strlcpy(resp->tier, t->name, sizeof(resp->tier));
-            keel__strlcpy(resp->backend, t->be->name, sizeof(resp->backend));
-            resp->degraded = i > 0;
-            rc = KEEL_OK;
-            break;
+            *ret_ti = i;
+            return KEEL_OK;
         }
-        if (keel__buf_appendf(&why, "%s%s: %.*s%s", why.len ? "; " : "", t->name, KEEL__CLAUSE_MAX,
+        if (keel__buf_appendf(why, "%s%s: %.*s%s", why->len ? "; " : "", t->name, KEEL__CLAUSE_MAX,
                               e.msg, strlen(e.msg) > KEEL__CLAUSE_MAX ? "..." : "")) {
         }
     }
-    if (rc) {
-        pthread_mutex_lock(&m->mu);
-        m->all_failed++;
-        pthread_mutex_unlock(&m->mu);
-        rc = keel__err(err, KEEL_ENOTREADY, "%s@%s: every tier failed: %s", m->name, m->version,
-                       why.data ? why.data : "no tier");
-        if (m->eng_opts.event)
-            emit(m, KEEL__EV_ALL_FAILED, "", NULL, err ? err->msg : "", NULL);
-        goto out;
+    pthread_mutex_lock(&m->mu);
+    m->all_failed++;
+    pthread_mutex_unlock(&m->mu);
+    int rc = keel__err(err, KEEL_ENOTREADY, "%s@%s: every tier failed: %s", m->name, m->version,
+                       why->data ? why->data : "no tier");
+    if (m->eng_opts.event)
+        emit(m, KEEL__EV_ALL_FAILED, "", NULL, err ? err->msg : "", NULL);
+    return rc;
+}
+
+/* The first tier whose backend declares cap: the one a healthy model
+ * serves from, so serving from any other is degraded. */
+static size_t first_with(const model *m, unsigned cap)
+{
+    size_t i = 0;
+    while (i < m->ntiers && !(m->tiers[i].be->caps & cap))
+        i++;
+    return i;
+}
+
+/* The backend session of client session s for tier ti (made on first use),
+ * or NULL without a client session or a backend that keeps none. */
+static int backend_session(model *m, size_t ti, session *s, void **ret, keel_error *err)
+{
+    tier *t = &m->tiers[ti];
+    *ret = NULL;
+    if (!s || !(t->be->caps & KEEL__CAP_SESSIONS))
+        return KEEL_OK;
+    if (!s->bs[ti]) {
+        int rc = t->be->session_new(atomic_load(&t->inst), &s->bs[ti], err);
+        if (rc)
+            return rc;
     }
+    *ret = s->bs[ti];
+    return KEEL_OK;
+}
+
+typedef struct run_ctx {
+    const keel__tensor *ins;
+    session *s;
+    keel__infer_resp *resp;
+} run_ctx;
+
+static int run_op(model *m, size_t ti, uint64_t deadline, void *ctx, keel_error *err)
+{
+    run_ctx *c = ctx;
+    return tier_run(m, ti, c->ins, m->nin, c->s, c->resp, deadline, err);
+}
+
+int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp *resp,
+                    keel_error *err)
+{
+    uint64_t t0 = keel__now_mono_ns();
+    keel__tensor ins[KEEL__MAX_IO];
+    void *owned[KEEL__MAX_IO];
+    size_t nowned = 0, ti = 0;
+    session *s = NULL;
+    keel_buf why;
+    int rc, pin = -1;
+    memset(resp, 0, sizeof(*resp));
+    memset(ins, 0, sizeof(ins));
+    keel__buf_init(&why, sizeof(resp->reason) * 4);
+    keel__strlcpy(resp->model, m->name, sizeof(resp->model));
+    keel__strlcpy(resp->version, m->version, sizeof(resp->version));
+    keel__strlcpy(resp->digest, m->digest, sizeof(resp->digest));
+    if ((rc = find_pin(m, req->tier, &pin, err)) || (rc = check_cap(m, pin, KEEL__CAP_RUN, err)) ||
+        (rc = prepare(m, req, ins, owned, &nowned, err)))
+        goto out;
+    if (req->session && req->session[0] && (rc = session_get(m, req->session, &s, err)))
+        goto out;
+    run_ctx c = {.ins = ins, .s = s, .resp = resp};
+    if ((rc = chain(m, pin, KEEL__CAP_RUN, run_op, &c, &why, &ti, err)))
+        goto out;
+    keel__strlcpy(resp->tier, m->tiers[ti].name, sizeof(resp->tier));
+    keel__strlcpy(resp->backend, m->tiers[ti].be->name, sizeof(resp->backend));
+    resp->degraded = ti > 0;
     keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
     if (!resp->result &&
         (rc = keel__post_result(&m->post, resp->outputs, resp->noutputs, &resp->result, err)))
@@ -684,8 +684,198 @@ out:
     return rc;
 }
 
+/* --- generate and embed: routed to the tiers whose backend declares them ------------------ */
+
+typedef struct gen_ctx {
+    const keel__gen_req *req;
+    session *s;
+    size_t ntokens;
+} gen_ctx;
+
+static int gen_op(model *m, size_t ti, uint64_t deadline, void *ctx, keel_error *err)
+{
+    gen_ctx *c = ctx;
+    tier *t = &m->tiers[ti];
+    void *bs = NULL;
+    int rc = backend_session(m, ti, c->s, &bs, err);
+    if (!rc)
+        rc = t->be->generate(atomic_load(&t->inst), bs, c->req->tokens, c->req->ntokens,
+                             &c->req->params, c->req->on_token, c->req->cb_ctx, c->req->cancel,
+                             deadline, &c->ntokens, err);
+    return rc;
+}
+
+int keel__model_generate(keel__model *m, const keel__gen_req *req, keel__gen_resp *resp,
+                         keel_error *err)
+{
+    session *s = NULL;
+    keel_buf why;
+    size_t ti = 0;
+    int pin = -1, rc;
+    memset(resp, 0, sizeof(*resp));
+    keel__buf_init(&why, sizeof(resp->reason) * 4);
+    if ((rc = find_pin(m, req->tier, &pin, err)) ||
+        (rc = check_cap(m, pin, KEEL__CAP_GENERATE, err)))
+        goto out;
+    if (!req->on_token) {
+        rc = keel__err(err, KEEL_EINVALID, "generate needs a token callback");
+        goto out;
+    }
+    if (req->session && req->session[0] && (rc = session_get(m, req->session, &s, err)))
+        goto out;
+    gen_ctx c = {.req = req, .s = s};
+    if ((rc = chain(m, pin, KEEL__CAP_GENERATE, gen_op, &c, &why, &ti, err)))
+        goto out;
+    resp->ntokens = c.ntokens;
+    keel__strlcpy(resp->tier, m->tiers[ti].name, sizeof(resp->tier));
+    keel__strlcpy(resp->backend, m->tiers[ti].be->name, sizeof(resp->backend));
+    resp->degraded = ti != first_with(m, KEEL__CAP_GENERATE);
+    keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
+out:
+    session_put(m, s);
+    keel__buf_done(&why);
+    return rc;
+}
+
+typedef struct embed_ctx {
+    const keel__embed_req *req;
+    keel__embed_resp *resp;
+} embed_ctx;
+
+static int embed_op(model *m, size_t ti, uint64_t deadline, void *ctx, keel_error *err)
+{
+    embed_ctx *c = ctx;
+    tier *t = &m->tiers[ti];
+    float *v = NULL;
+    size_t dim = 0;
+    int rc = t->be->embed(atomic_load(&t->inst), c->req->text, c->req->len, c->req->tokens,
+                          c->req->ntokens, &v, &dim, err);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < dim; i++)
+        if (!isfinite(v[i])) {
+            free(v);
+            return keel__err(err, KEEL_ECORRUPT, "embedding holds NaN or Inf");
+        }
+    c->resp->vec = v;
+    c->resp->dim = dim;
+    return KEEL_OK;
+}
+
+int keel__model_embed(keel__model *m, const keel__embed_req *req, keel__embed_resp *resp,
+                      keel_error *err)
+{
+    keel_buf why;
+    size_t ti = 0;
+    int pin = -1, rc;
+    memset(resp, 0, sizeof(*resp));
+    keel__buf_init(&why, sizeof(resp->reason) * 4);
+    if ((rc = find_pin(m, req->tier, &pin, err)) || (rc = check_cap(m, pin, KEEL__CAP_EMBED, err)))
+        goto out;
+    if (!req->text && !req->tokens) {
+        rc = keel__err(err, KEEL_EINVALID, "embed needs text or tokens");
+        goto out;
+    }
+    embed_ctx c = {.req = req, .resp = resp};
+    if ((rc = chain(m, pin, KEEL__CAP_EMBED, embed_op, &c, &why, &ti, err)))
+        goto out;
+    keel__strlcpy(resp->tier, m->tiers[ti].name, sizeof(resp->tier));
+    keel__strlcpy(resp->backend, m->tiers[ti].be->name, sizeof(resp->backend));
+    resp->degraded = ti != first_with(m, KEEL__CAP_EMBED);
+    keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
+out:
+    keel__buf_done(&why);
+    return rc;
+}
+
+void keel__embed_resp_done(keel__embed_resp *r)
+{
+    free(r->vec);
+    r->vec = NULL;
+    r->dim = 0;
+}
+
+/* --- routing to the upstream (hybrid) -------------------------------------------------------- */
+
+/* Forwards the request as received; true when the upstream answered (resp
+ * then holds its answer). why: what happened otherwise. */
+static bool forward(model *m, const keel__infer_req *req, keel__infer_resp *resp, char *why,
+                    size_t n)
+{
+    keel__router *up = m->eng_opts.upstream;
+    keel__upstream_answer a;
+    keel_error ue = {0};
+    if (!keel__router_allow(up)) {
+        snprintf(why, n, "upstream breaker open");
+        return false;
+    }
+    if (keel__router_forward(up, m->name, req->raw, req->raw_len,
+                             req->raw_json_len ? req->raw_json_len : req->raw_len,
+                             m->route_deadline_ms, &a, &ue)) {
+        snprintf(why, n, "%s", ue.msg[0] ? ue.msg : "upstream failed");
+        return false;
+    }
+    keel__infer_resp_done(resp);
+    memset(resp, 0, sizeof(*resp));
+    keel__strlcpy(resp->model, m->name, sizeof(resp->model));
+    keel__strlcpy(resp->version, m->version, sizeof(resp->version));
+    keel__strlcpy(resp->digest, m->digest, sizeof(resp->digest));
+    keel__strlcpy(resp->tier, "upstream", sizeof(resp->tier));
+    resp->upstream = true;
+    resp->answer = a;
+    return true;
+}
+
+int keel__model_infer(keel__model *m, const keel__infer_req *req, keel__infer_resp *resp,
+                      keel_error *err)
+{
+    uint64_t t0 = keel__now_mono_ns();
+    int route = m->eng_opts.upstream && req->raw && !req->tier ? m->route_mode : KEEL__ROUTE_LOCAL;
+    char why[200] = "";
+    int rc;
+    memset(resp, 0, sizeof(*resp));
+    if (route == KEEL__ROUTE_UPSTREAM_FIRST && forward(m, req, resp, why, sizeof(why)))
+        goto out;
+    if ((rc = keel__model_run(m, req, resp, err)))
+        return rc;
+    if (why[0])
+        snprintf(resp->escalation, sizeof(resp->escalation), "upstream first: %s", why);
+    if (route != KEEL__ROUTE_ESCALATE)
+        goto out;
+    double conf = first_confidence(resp->result);
+    if (!req->complex && !(conf >= 0 && conf < m->route_below))
+        goto out;
+    if (forward(m, req, resp, why, sizeof(why)))
+        goto out;
+    snprintf(resp->escalation, sizeof(resp->escalation),
+             "escalation failed (%s); local answer, queued for re-processing", why);
+    if (m->eng_opts.event) {
+        keel__infer_event ev = {.type = KEEL__EV_ESCALATION_FAILED,
+                                .model = m->name,
+                                .version = m->version,
+                                .tier = resp->tier,
+                                .reason = why,
+                                .result = resp->result,
+                                .resp = resp,
+                                .confidence = conf,
+                                .degraded = resp->degraded,
+                                .raw = req->raw,
+                                .raw_len = req->raw_len,
+                                .raw_json_len =
+                                    req->raw_json_len ? req->raw_json_len : req->raw_len};
+        m->eng_opts.event(m->eng_opts.event_ctx, &ev);
+    }
+out:
+    resp->ns = keel__now_mono_ns() - t0;
+    return KEEL_OK;
+}
+
 void keel__infer_resp_done(keel__infer_resp *r)
 {
+    if (r->upstream) {
+        keel__buf_done(&r->answer.body);
+        r->upstream = false;
+    }
     for (size_t i = 0; i < r->noutputs; i++)
         keel__tensor_done(&r->outputs[i]);
     r->noutputs = 0;

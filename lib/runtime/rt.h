@@ -1,0 +1,65 @@
+/*
+ * rt.h - the runtime's insides, shared by runtime.c (open, close,
+ * readiness, package actions), link.c (the queue as the uplink's source,
+ * the shadow, what events become queue messages) and reprocess.c
+ * (escalations the upstream could not answer yet). Nothing outside
+ * lib/runtime includes this.
+ */
+#ifndef KEEL_RUNTIME_RT_H
+#define KEEL_RUNTIME_RT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "infer/router.h"
+#include "runtime/jobs.h"
+#include "runtime/runtime.h"
+#include "sync/shadow.h"
+#include "sync/uplink.h"
+
+struct keel__runtime {
+    keel_config cfg; /* under lock: the reloadable parts change */
+    pthread_mutex_t lock;
+    char token[65];
+    uint64_t started_ns;
+    keel__bus *bus;
+    keel_store *store;
+    keel_queue *queue;
+    keel__shadow *shadow;
+    keel__uplink *uplink;  /* NULL: uplink = none */
+    keel__router *router;  /* NULL: no upstream_url */
+    keel_queue *reprocess; /* escalations the upstream could not answer yet */
+    keel__infer *infer;
+    keel__jobs *jobs;
+    int job_verify, job_expire, job_reprocess;
+    int sub_reporter, sub_reprocess;
+    /* readiness, under lock */
+    bool ready;
+    char why[4096];
+    /* the uplink's current batch (its thread only) */
+    keel_msg *batch;
+    keel__sync_msg *sbatch;
+    /* all-tiers-failed folding (reporter) */
+    pthread_mutex_t fold_mu;
+    struct {
+        char name[KEEL_NAME_MAX];
+        int64_t last;
+        uint64_t folded;
+    } recent[32];
+    _Atomic int64_t last_expire;
+};
+
+/* link.c */
+KEEL_WUR int keel__rt_link_start(keel__runtime *rt, keel_error *err);
+void keel__rt_link_stop(keel__runtime *rt);
+void keel__rt_expire_maybe(keel__runtime *rt);
+void keel__rt_wake(keel__runtime *rt, bool critical);
+void keel__rt_report_shadow(keel__runtime *rt);
+void keel__rt_apply_shadow(keel__runtime *rt);
+void keel__rt_reporter(void *ctx, const keel__bus_event *ev);
+
+/* reprocess.c */
+KEEL_WUR int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err);
+void keel__rt_reprocess_stop(keel__runtime *rt);
+
+#endif

@@ -1,0 +1,118 @@
+/*
+ * runtime.h - the device's live state. keel__runtime_open opens, in order,
+ * and owns: the store, the event bus, the queue, the device shadow, the
+ * uplink (when configured), the upstream router and its re-processing queue
+ * (when configured), and the inference engine; it runs the background jobs
+ * (re-verify, queue expiry, re-processing) and keeps readiness.
+ *
+ * Owns: every file under STATE_DIR (names in keel/layout.h), the API token,
+ * the order things start and stop in, and what each module's events turn
+ * into (queue messages, readiness). Knows nothing of HTTP: lib/http renders
+ * what this module answers, and the daemon only opens, reloads and closes.
+ *
+ * A feature that needs the device's state (updates, the dashboard, audit,
+ * an OpenAI route, the fleet agent) takes it from here and listens on the
+ * bus (keel__runtime_bus); see docs/internals/runtime.md.
+ *
+ * Thread safety: every function except open and close may be called from
+ * any thread at once.
+ */
+#ifndef KEEL_RUNTIME_RUNTIME_H
+#define KEEL_RUNTIME_RUNTIME_H
+
+#include "core/bus.h"
+#include "core/core.h"
+#include "infer/infer.h"
+#include "keel/config.h"
+#include "keel/queue.h"
+#include "keel/store.h"
+
+typedef struct keel__runtime keel__runtime;
+
+/* Opens everything cfg (copied) asks for. The state dir is created when
+ * absent; a start-up verification of what is about to serve sets the first
+ * readiness. Errors name the part that failed (the queue, the uplink
+ * options, ...). */
+KEEL_WUR int keel__runtime_open(const keel_config *cfg, keel__runtime **ret, keel_error *err);
+/* Stops the jobs and every module, in the reverse order. Accepts NULL. */
+void keel__runtime_close(keel__runtime *rt);
+/* Applies the settings of a re-read config that may change at run time
+ * (limits, max_body, trust_dir, verify_interval, log_level); logs which
+ * ones need a restart. Publishes KEEL__BUS_CONFIG. */
+void keel__runtime_reload(keel__runtime *rt, const keel_config *cfg);
+
+/* --- the parts (borrowed; valid until close) ------------------------------------ */
+
+keel_store *keel__runtime_store(keel__runtime *rt);
+keel__infer *keel__runtime_infer(keel__runtime *rt);
+keel_queue *keel__runtime_queue(keel__runtime *rt);
+keel__bus *keel__runtime_bus(keel__runtime *rt);
+/* The API bearer token (64 hex digits). */
+const char *keel__runtime_token(keel__runtime *rt);
+/* A copy of the configuration in force (under the runtime's lock). */
+void keel__runtime_config(keel__runtime *rt, keel_config *ret);
+/* STATE_DIR/NAME of a layout entry into buf. */
+void keel__runtime_path(keel__runtime *rt, int keel_state_file, char *buf, size_t n);
+
+/* A periodic job on the runtime's jobs thread (see jobs.h): fn(ctx) every
+ * period_s seconds. Returns its id for keel__runtime_cancel. */
+int keel__runtime_every(keel__runtime *rt, const char *name, uint64_t period_s,
+                        void (*fn)(void *ctx), void *ctx);
+/* Removes it; waits when it is running now. */
+void keel__runtime_cancel(keel__runtime *rt, int id);
+
+/* --- readiness and status -------------------------------------------------------- */
+
+/* Re-resolves what each package serves (verify_flags: KEEL_VERIFY_DEEP
+ * re-hashes), reloads models that changed, recomputes readiness. */
+void keel__runtime_refresh(keel__runtime *rt, unsigned verify_flags);
+/* {"ready":bool,"reason":"..."} (malloc'd); *ret_ready set. */
+char *keel__runtime_readiness_json(keel__runtime *rt, bool *ret_ready);
+bool keel__runtime_ready(keel__runtime *rt);
+/* The device's status document (malloc'd JSON): versions, slots,
+ * verification, models, uplink, upstream. NULL when out of memory. */
+char *keel__runtime_status_json(keel__runtime *rt, keel_error *err);
+/* Prometheus text exposition of every module's metrics, appended to b. */
+KEEL_WUR int keel__runtime_metrics(keel__runtime *rt, keel_buf *b);
+
+/* --- package actions: store, then readiness, then one event on the bus ------------ */
+
+/* Installs the .keel file at path (verified against the trust dir in
+ * force); flags: KEEL_INSTALL_ACTIVATE. */
+KEEL_WUR int keel__runtime_install(keel__runtime *rt, const char *path, unsigned flags,
+                                   keel_install_result *ret, keel_error *err);
+/* type: KEEL__BUS_ACTIVATE (version may be NULL: the staged one),
+ * KEEL__BUS_ROLLBACK or KEEL__BUS_MARK_GOOD. *ret: what name serves now. */
+KEEL_WUR int keel__runtime_slot_action(keel__runtime *rt, unsigned type, const char *name,
+                                       const char *version, keel_serving *ret, keel_error *err);
+KEEL_WUR int keel__runtime_gc(keel__runtime *rt, uint64_t *ret_freed, keel_error *err);
+/* A new file for an upload under STATE_DIR/staging (mkostemp); *ret_fd open. */
+KEEL_WUR int keel__runtime_upload_file(keel__runtime *rt, char *path, size_t n, int *ret_fd,
+                                       keel_error *err);
+
+/* --- events and the queue ------------------------------------------------------------ */
+
+/* Queues a message for the uplink without blocking the caller: done runs
+ * once it is durable (or failed), on the queue's committer thread. The
+ * uplink is woken when it commits (at once for critical). Also expires old
+ * messages at most every 10 s. */
+KEEL_WUR int keel__runtime_submit(keel__runtime *rt, const keel_msg_in *m, keel_queue_done_fn done,
+                                  void *ctx, keel_error *err);
+/* The queue's statistics as JSON (malloc'd). */
+KEEL_WUR int keel__runtime_queue_json(keel__runtime *rt, char **ret, keel_error *err);
+
+/* --- the device shadow --------------------------------------------------------------- */
+
+/* The shadow document (malloc'd JSON). */
+char *keel__runtime_shadow_json(keel__runtime *rt);
+/* Local changes: body is {"set": {"key": value, ...}}. Applies what the
+ * runtime acts on (log_level), queues the reported state. */
+KEEL_WUR int keel__runtime_shadow_set(keel__runtime *rt, const char *body, size_t len,
+                                      keel_error *err);
+
+/* --- hybrid routing --------------------------------------------------------------------- */
+
+/* NULL when no upstream_url is configured. */
+struct keel__router *keel__runtime_router(keel__runtime *rt);
+
+#endif

@@ -1,0 +1,290 @@
+/* test_runtime.c - the runtime without HTTP: the event bus, the jobs
+ * thread, and a runtime opened on a temp state dir (a rules-only package
+ * installed, activated, rolled back through it; events on the bus; an
+ * asynchronous durable enqueue; the shadow; status). */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "helpers.h"
+#include "core/bus.h"
+#include "core/json.h"
+#include "runtime/jobs.h"
+#include "runtime/runtime.h"
+
+/* --- the bus ------------------------------------------------------------------------------ */
+
+typedef struct seen {
+    atomic_uint n;
+    unsigned types; /* or of the types seen */
+    char last_pkg[64];
+    uint64_t last_seq;
+} seen;
+
+static void count(void *ctx, const keel__bus_event *ev)
+{
+    seen *s = ctx;
+    atomic_fetch_add(&s->n, 1);
+    s->types |= ev->type;
+    s->last_seq = ev->seq;
+    if (ev->package)
+        snprintf(s->last_pkg, sizeof(s->last_pkg), "%s", ev->package);
+}
+
+static void *publisher(void *arg)
+{
+    keel__bus *b = arg;
+    for (int i = 0; i < 1000; i++) {
+        keel__bus_event ev = {.type = KEEL__BUS_INFER, .package = "p"};
+        keel__bus_publish(b, &ev);
+    }
+    return NULL;
+}
+
+static void test_bus(void **state)
+{
+    keel__bus *b = keel__bus_new();
+    seen all = {0}, pkg = {0};
+    assert_non_null(b);
+    int a = keel__bus_subscribe(b, KEEL__BUS_ALL, count, &all);
+    int p = keel__bus_subscribe(b, KEEL__BUS_INSTALL | KEEL__BUS_ACTIVATE, count, &pkg);
+    assert_true(a > 0 && p > 0 && a != p);
+    assert_int_equal(keel__bus_subscribers(b), 2);
+    keel__bus_event ev = {.type = KEEL__BUS_ACTIVATE, .package = "iris"};
+    keel__bus_publish(b, &ev);
+    assert_int_equal(ev.seq, 1);
+    assert_true(ev.at > 0);
+    ev = (keel__bus_event){.type = KEEL__BUS_TIER, .package = "vad"};
+    keel__bus_publish(b, &ev);
+    assert_int_equal(atomic_load(&all.n), 2);
+    assert_int_equal(atomic_load(&pkg.n), 1); /* the mask keeps TIER out */
+    assert_string_equal(pkg.last_pkg, "iris");
+    assert_int_equal(all.types, KEEL__BUS_ACTIVATE | KEEL__BUS_TIER);
+    /* four publishers at once: every event delivered exactly once */
+    keel__bus_unsubscribe(b, p);
+    assert_int_equal(keel__bus_subscribers(b), 1);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, publisher, b), 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(atomic_load(&all.n), 4002);
+    assert_int_equal(keel__bus_published(b), 4002);
+    assert_int_equal(atomic_load(&pkg.n), 1); /* unsubscribed: nothing more */
+    assert_string_equal(keel__bus_type_name(KEEL__BUS_LINK_DOWN), "link_down");
+    assert_string_equal(keel__bus_type_name(3), "unknown");
+    keel__bus_free(b);
+}
+
+/* --- jobs ----------------------------------------------------------------------------------- */
+
+typedef struct tick {
+    atomic_uint runs;
+    unsigned sleep_ms;
+} tick;
+
+static void on_tick(void *ctx)
+{
+    tick *t = ctx;
+    if (t->sleep_ms)
+        usleep(t->sleep_ms * 1000);
+    atomic_fetch_add(&t->runs, 1);
+}
+
+static void wait_runs(tick *t, unsigned want)
+{
+    for (int i = 0; i < 300 && atomic_load(&t->runs) < want; i++)
+        usleep(10000);
+    assert_true(atomic_load(&t->runs) >= want);
+}
+
+static void test_jobs(void **state)
+{
+    keel__jobs *j = keel__jobs_start();
+    tick kicked = {0}, periodic = {0}, slow = {.sleep_ms = 200};
+    assert_non_null(j);
+    int k = keel__jobs_add(j, "kicked", 0, on_tick, &kicked);
+    int p = keel__jobs_add(j, "periodic", 1, on_tick, &periodic);
+    int s = keel__jobs_add(j, "slow", 0, on_tick, &slow);
+    assert_true(k > 0 && p > 0 && s > 0);
+    usleep(100000);
+    assert_int_equal(atomic_load(&kicked.runs), 0); /* period 0: only when kicked */
+    keel__jobs_kick(j, k);
+    wait_runs(&kicked, 1);
+    wait_runs(&periodic, 1); /* after one period */
+    /* remove waits for a run in progress */
+    keel__jobs_kick(j, s);
+    usleep(50000);
+    keel__jobs_remove(j, s);
+    assert_int_equal(atomic_load(&slow.runs), 1);
+    keel__jobs_kick(j, s); /* removed: never runs again */
+    usleep(100000);
+    assert_int_equal(atomic_load(&slow.runs), 1);
+    char *st = keel__jobs_status_json(j);
+    assert_non_null(strstr(st, "\"periodic\":{\"period_s\":1"));
+    assert_null(strstr(st, "\"slow\""));
+    free(st);
+    keel__jobs_set_period(j, p, 0);
+    unsigned n = atomic_load(&periodic.runs);
+    usleep(1200000);
+    assert_int_equal(atomic_load(&periodic.runs), n); /* period 0 now */
+    keel__jobs_stop(j);
+}
+
+/* --- the runtime ------------------------------------------------------------------------------ */
+
+#define RULES_PKG(version)                                                                         \
+    "{\"format\":1,\"name\":\"flower\",\"version\":\"" version "\",\"task\":\"classification\","   \
+    "\"inputs\":[{\"name\":\"x\",\"dtype\":\"float32\",\"shape\":[-1,4]}],"                        \
+    "\"outputs\":[{\"name\":\"label\",\"dtype\":\"int64\",\"shape\":[-1]}],"                       \
+    "\"tiers\":[{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}"
+
+static const char rules[] =
+    "{\"format\":1,\"input\":\"x\",\"features\":{\"pl\":{\"fn\":\"value\",\"index\":2}},"
+    "\"rules\":[{\"if\":[[\"pl\",\"<\",2.45]],\"label\":\"setosa\",\"confidence\":1.0,"
+    "\"outputs\":{\"label\":[0]}},{\"label\":\"other\",\"confidence\":0.8,"
+    "\"outputs\":{\"label\":[1]}}]}";
+
+typedef struct done {
+    atomic_int calls, rc;
+    _Atomic uint64_t id;
+} done;
+
+static void on_done(void *ctx, int rc, uint64_t id, const keel_error *err)
+{
+    done *d = ctx;
+    atomic_store(&d->rc, rc);
+    atomic_store(&d->id, id);
+    atomic_fetch_add(&d->calls, 1);
+}
+
+static void make_pkg(const char *dir, const char *version, const char *out, keel_key *k)
+{
+    char man[1024];
+    snprintf(man, sizeof(man), RULES_PKG("%s"), version);
+    th_write_str(dir, "keel.json", man);
+    th_write_str(dir, "rules.json", rules);
+    th_pack(dir, out, k);
+}
+
+static void test_runtime(void **state)
+{
+    keel_error e = {0};
+    keel_key *k = NULL;
+    keel_config cfg;
+    keel__runtime *rt = NULL;
+    const char *sd = th_tmpdir(), *src = th_tmpdir();
+    char p1[1024], p2[1024];
+    assert_int_equal(keel_key_generate(&k, &e), 0);
+    th_trust(th_path(sd, "trust"), k);
+    make_pkg(th_path(src, "v1"), "1.0.0", strcpy(p1, th_path(src, "v1.keel")), k);
+    make_pkg(th_path(src, "v2"), "2.0.0", strcpy(p2, th_path(src, "v2.keel")), k);
+
+    keel_config_default(&cfg);
+    keel__strlcpy(cfg.state_dir, sd, sizeof(cfg.state_dir));
+    keel__strlcpy(cfg.device_id, "unit-1", sizeof(cfg.device_id));
+    if (keel__runtime_open(&cfg, &rt, &e))
+        fail_msg("open: %s", e.msg);
+    assert_int_equal(strlen(keel__runtime_token(rt)), 64);
+    assert_true(access(th_path(sd, "token"), R_OK) == 0);
+    assert_false(keel__runtime_ready(rt)); /* nothing active */
+
+    seen pk = {0}, ready = {0};
+    keel__bus *bus = keel__runtime_bus(rt);
+    int s1 = keel__bus_subscribe(bus,
+                                 KEEL__BUS_INSTALL | KEEL__BUS_ACTIVATE | KEEL__BUS_ROLLBACK |
+                                     KEEL__BUS_MARK_GOOD | KEEL__BUS_SHADOW,
+                                 count, &pk);
+    int s2 = keel__bus_subscribe(bus, KEEL__BUS_READY, count, &ready);
+
+    keel_install_result ir;
+    if (keel__runtime_install(rt, p1, KEEL_INSTALL_ACTIVATE, &ir, &e))
+        fail_msg("install: %s", e.msg);
+    assert_true(ir.activated);
+    assert_int_equal(atomic_load(&pk.n), 2); /* install, activate */
+    assert_true(keel__runtime_ready(rt));
+    assert_true(atomic_load(&ready.n) >= 1);
+    keel__model *m = keel__infer_get(keel__runtime_infer(rt), "flower");
+    assert_non_null(m);
+    assert_string_equal(keel__model_version(m), "1.0.0");
+    keel__model_unref(m);
+
+    if (keel__runtime_install(rt, p2, 0, &ir, &e))
+        fail_msg("install v2: %s", e.msg);
+    keel_serving sv;
+    assert_int_equal(keel__runtime_slot_action(rt, KEEL__BUS_ACTIVATE, "flower", "2.0.0", &sv, &e),
+                     0);
+    assert_string_equal(sv.version, "2.0.0");
+    m = keel__infer_get(keel__runtime_infer(rt), "flower");
+    assert_string_equal(keel__model_version(m), "2.0.0"); /* the engine followed */
+    keel__model_unref(m);
+    assert_int_equal(keel__runtime_slot_action(rt, KEEL__BUS_ROLLBACK, "flower", NULL, &sv, &e), 0);
+    assert_string_equal(sv.version, "1.0.0");
+    assert_int_equal(pk.types & KEEL__BUS_ROLLBACK, KEEL__BUS_ROLLBACK);
+    th_expect_err(keel__runtime_slot_action(rt, KEEL__BUS_ACTIVATE, "nope", NULL, &sv, &e), &e,
+                  KEEL_ENOTFOUND, "nope");
+
+    /* an asynchronous durable enqueue: done once, with an id */
+    done d = {0};
+    keel_msg_in msg = {
+        .topic = "alerts/door", .prio = KEEL_PRIO_CRITICAL, .payload = "{}", .payload_len = 2};
+    assert_int_equal(keel__runtime_submit(rt, &msg, on_done, &d, &e), 0);
+    for (int i = 0; i < 300 && !atomic_load(&d.calls); i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&d.calls), 1);
+    assert_int_equal(atomic_load(&d.rc), 0);
+    assert_true(atomic_load(&d.id) > 0);
+    msg.topic = "bad+topic";
+    th_expect_err(keel__runtime_submit(rt, &msg, on_done, &d, &e), &e, KEEL_EINVALID, "wildcard");
+    char *qj = NULL;
+    assert_int_equal(keel__runtime_queue_json(rt, &qj, &e), 0);
+    assert_non_null(strstr(qj, "\"critical\":{\"depth\":1"));
+    free(qj);
+
+    /* the shadow: a local change is applied, published and reported */
+    const char *set = "{\"set\":{\"log_level\":\"debug\"}}";
+    assert_int_equal(keel__runtime_shadow_set(rt, set, strlen(set), &e), 0);
+    assert_int_equal(keel_log_get_level(), KEEL_LOG_DEBUG);
+    keel_log_set_level(KEEL_LOG_WARN);
+    assert_int_equal(pk.types & KEEL__BUS_SHADOW, KEEL__BUS_SHADOW);
+    th_expect_err(keel__runtime_shadow_set(rt, "{\"x\":1}", 7, &e), &e, KEEL_EINVALID, "set");
+
+    /* status names the parts */
+    char *st = keel__runtime_status_json(rt, &e);
+    assert_non_null(st);
+    cJSON *j = cJSON_Parse(st);
+    assert_non_null(j);
+    assert_non_null(cJSON_GetObjectItem(j, "jobs"));
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "jobs"), "expire"));
+    assert_true(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "bus"), "published")->valuedouble > 5);
+    cJSON_Delete(j);
+    free(st);
+
+    keel__bus_unsubscribe(bus, s1);
+    keel__bus_unsubscribe(bus, s2);
+    keel__runtime_close(rt);
+
+    /* reopened: what was active and what was queued are still there */
+    assert_int_equal(keel__runtime_open(&cfg, &rt, &e), 0);
+    assert_true(keel__runtime_ready(rt));
+    assert_int_equal(keel__runtime_queue_json(rt, &qj, &e), 0);
+    assert_non_null(strstr(qj, "\"critical\":{\"depth\":1"));
+    free(qj);
+    keel__runtime_close(rt);
+    keel_key_free(k);
+    th_cleanup();
+}
+
+int main(void)
+{
+    keel_log_set_level(KEEL_LOG_WARN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bus),
+        cmocka_unit_test(test_jobs),
+        cmocka_unit_test(test_runtime),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
