@@ -10,7 +10,6 @@
 
 #include "http/api.h"
 #include "http/oip.h"
-#include "infer/router.h"
 
 #define MOD "http"
 
@@ -99,27 +98,11 @@ static void reply_infer(keel__hreq *q, char *body, size_t len, size_t jlen, cons
     }
 }
 
-/* Sends an upstream answer as ours (its tier says "upstream"). Takes a. */
-static void reply_upstream(keel__hreq *q, keel__upstream_answer *a)
-{
-    size_t len = a->body.len, jlen = a->json_len;
-    reply_infer(q, keel__buf_steal(&a->body), len, jlen, "upstream");
-}
-
-/* The first result row's confidence, or -1. */
-static double result_confidence(const char *result)
-{
-    const char *c = result ? strstr(result, "\"confidence\":") : NULL;
-    return c ? strtod(c + 13, NULL) : -1;
-}
-
 void keel__api_v2_infer(keel__hreq *q)
 {
     keel__model *m = v2_model(q);
     if (!m)
         return;
-    keel__runtime *rt = keel__hreq_runtime(q);
-    keel__router *router = keel__runtime_router(rt);
     const char *name = keel__hreq_param(q, "name");
     keel_error e = {0};
     keel__oip_req r;
@@ -165,56 +148,14 @@ void keel__api_v2_infer(keel__hreq *q)
         }
         rc = keel__oip_parse(body, blen, json_len, keel__model_image_input(m), &r, &e);
     }
-    /* hybrid routing (JSON and binary requests; image bodies stay local) */
-    double below = 0;
-    uint64_t up_ms = 0;
-    int route = router && !image && !rc && !r.req.tier ? keel__model_route(m, &below, &up_ms)
-                                                       : KEEL__ROUTE_LOCAL;
-    char up_why[200] = "";
-    if (route == KEEL__ROUTE_UPSTREAM_FIRST) {
-        keel__upstream_answer a;
-        keel_error ue = {0};
-        if (!keel__router_allow(router))
-            snprintf(up_why, sizeof(up_why), "upstream breaker open");
-        else if (!keel__router_forward(router, name, body, blen, json_len, up_ms, &a, &ue)) {
-            keel__oip_done(&r);
-            keel__model_unref(m);
-            reply_upstream(q, &a);
-            return;
-        } else
-            snprintf(up_why, sizeof(up_why), "%s", ue.msg);
+    if (!rc && !image) { /* hybrid routing forwards the request as received */
+        r.req.raw = body;
+        r.req.raw_len = blen;
+        r.req.raw_json_len = json_len;
+        r.req.complex = r.complex;
     }
     if (!rc)
-        rc = keel__model_run(m, &r.req, &resp, &e);
-    if (!rc && up_why[0])
-        snprintf(resp.escalation, sizeof(resp.escalation), "upstream first: %s", up_why);
-    if (!rc && route == KEEL__ROUTE_ESCALATE) {
-        double conf = result_confidence(resp.result);
-        if (r.complex || (conf >= 0 && conf < below)) {
-            keel__upstream_answer a;
-            keel_error ue = {0};
-            if (keel__router_allow(router) &&
-                !keel__router_forward(router, name, body, blen, json_len, up_ms, &a, &ue)) {
-                keel__infer_resp_done(&resp);
-                keel__oip_done(&r);
-                keel__model_unref(m);
-                reply_upstream(q, &a);
-                return;
-            }
-            snprintf(resp.escalation, sizeof(resp.escalation),
-                     "escalation failed (%s); local answer, queued for re-processing",
-                     ue.msg[0] ? ue.msg : "upstream breaker open");
-            keel__bus_event ev = {.type = KEEL__BUS_ESCALATION,
-                                  .package = name,
-                                  .version = keel__model_version(m),
-                                  .reason = resp.escalation,
-                                  .result = resp.result,
-                                  .data = body,
-                                  .len = blen,
-                                  .json_len = json_len};
-            keel__bus_publish(keel__runtime_bus(rt), &ev);
-        }
-    }
+        rc = keel__model_infer(m, &r.req, &resp, &e);
     if (rc) {
         keel__model_unref(m);
         keel__oip_done(&r);
@@ -228,7 +169,14 @@ void keel__api_v2_infer(keel__hreq *q)
     }
     char *out = NULL;
     size_t len = 0, jlen = 0;
-    rc = keel__oip_response(&r, &resp, &out, &len, &jlen, &e);
+    if (resp.upstream) { /* the upstream's answer, as ours (its tier says "upstream") */
+        len = resp.answer.body.len;
+        jlen = resp.answer.json_len;
+        out = keel__buf_steal(&resp.answer.body);
+        rc = out ? KEEL_OK : keel__err(&e, KEEL_ENOMEM, "out of memory");
+    } else {
+        rc = keel__oip_response(&r, &resp, &out, &len, &jlen, &e);
+    }
     char tier_hdr[64];
     snprintf(tier_hdr, sizeof(tier_hdr), "%s", resp.tier);
     keel__infer_resp_done(&resp);

@@ -430,6 +430,12 @@ static void on_infer_event(void *ctx, const keel__infer_event *ie)
     case KEEL__EV_ALL_FAILED:
         ev.type = KEEL__BUS_ALL_FAILED;
         break;
+    case KEEL__EV_ESCALATION_FAILED: /* kept for re-processing (reprocess.c) */
+        ev.type = KEEL__BUS_ESCALATION;
+        ev.data = ie->raw;
+        ev.len = ie->raw_len;
+        ev.json_len = ie->raw_json_len ? ie->raw_json_len : ie->raw_len;
+        break;
     default:
         ev.type = KEEL__BUS_INFER;
         ev.ok = true;
@@ -540,6 +546,7 @@ int keel__runtime_open(const keel_config *cfg, keel__runtime **ret, keel_error *
     (void)keel_state_path(cfg->state_dir, KEEL_STATE_CACHE_ONNX, cache, sizeof(cache));
     keel__infer_opts io = {.event = on_infer_event,
                            .event_ctx = rt,
+                           .upstream = rt->router,
                            .cache_dir = cache,
                            .max_sessions = (size_t)cfg->max_sessions,
                            .session_idle_s = cfg->session_idle_s};
