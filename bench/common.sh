@@ -1,12 +1,15 @@
 # shellcheck shell=bash
 # bench/common.sh - sourced by the bench scripts: paths, and the work files
-# they share in bench/out/ (ignored by git): a 1 GiB random file, a signing
-# key, a trust dir, a package holding the file, and a state dir with that
+# they share in bench/out/ (ignored by git; KEEL_BENCH_OUT=DIR puts them
+# elsewhere, e.g. under /tmp): a 1 GiB random file, a signing key, a trust
+# dir, a package holding the file and a rules tier, and a state dir with that
 # package installed and active. Each is made once and then reused.
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$top/build/release
-out=$top/bench/out
+out=${KEEL_BENCH_OUT:-$top/bench/out}
 big=$out/model.bin
+# the keeld under test (bench/before_after.sh points it at another build)
+keeld=${KEELD:-$bin/keeld}
 mkdir -p "$out"
 
 need_release() {
@@ -26,11 +29,17 @@ ensure_package() {
     ensure_big
     [[ -f $out/k.key ]] || "$bin/keel" keygen -o "$out/k" >/dev/null
     [[ -f $out/trust/root.json ]] || "$bin/keel" trust init "$out/trust" --key "$out/k.pub" >/dev/null
-    # a data package (no tiers): the store benchmarks measure bytes, not models
-    local manifest='{"format":1,"name":"big","version":"1.0.0","task":"data"}'
+    # 1 GiB of data beside a rules tier: the store holds a big package and
+    # keeld loads a (small) model, as on a device
+    local manifest='{"format":1,"name":"big","version":"1.0.0","task":"anomaly-detection",
+ "inputs":[{"name":"window","dtype":"float32","shape":[-1,32]}],
+ "outputs":[{"name":"score","dtype":"float32","shape":[-1,1]}],
+ "tiers":[{"name":"primary","backend":"rules","model":"rules.json"}],
+ "postprocess":{"output":"score","activation":"none","labels":"labels.txt","threshold":0.5}}'
     if [[ ! -f $out/big.keel || $out/big.keel -ot $big || $(cat "$out/src/keel.json" 2>/dev/null) != "$manifest" ]]; then
         mkdir -p "$out/src"
         ln -f "$big" "$out/src/model.bin"
+        cp "$top/examples/machine-temp/rules.json" "$top/examples/machine-temp/labels.txt" "$out/src/"
         printf '%s' "$manifest" >"$out/src/keel.json"
         "$bin/keel" pack "$out/src" -o "$out/big.keel" --key "$out/k.key" >/dev/null
     fi
@@ -45,6 +54,12 @@ ensure_state() {
         "$bin/keel" install "$out/big.keel" --offline --state-dir "$out/state" --activate >/dev/null
     fi
     rm -rf "$out/empty" && mkdir -p "$out/empty"
+}
+
+# The machine's load beside a figure: other work on the host shows in timings
+# and, through page-cache pressure, in RSS.
+machine_load() {
+    awk -v n="$(nproc)" '{ printf "load %s %s %s, %d cores", $1, $2, $3, n }' /proc/loadavg
 }
 
 free_port() { # a loopback port nobody listens on right now

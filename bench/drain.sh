@@ -30,7 +30,7 @@ port=$(free_port)
 printf 'state_dir = %s\ndevice_id = bench\nuplink = mqtt\nmqtt_host = 127.0.0.1\nmqtt_port = %s\nqueue_max_rows = 0\n' \
     "$st" "$bport" >"$out/drain.conf"
 t0=$(date +%s.%N)
-"$bin/keeld" --config "$out/drain.conf" --port "$port" --log-level error &
+"$keeld" --config "$out/drain.conf" --port "$port" --log-level error &
 pid=$!
 until curl -sf "127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.02; done
 while [[ $(curl -s "127.0.0.1:$port/api/queue" | jq -r .depth) != 0 ]]; do sleep 0.05; done

@@ -6,6 +6,8 @@
 #   2. keeld start-up to ready with a verified 1 GiB package vs an empty
 #      store (bench/restart.sh, timing by bench/startup.c)
 #   3. keeld idle RSS, empty and with the 1 GiB package (bench/idle_rss.sh)
+# Each figure is printed with the machine's load beside it. The work files
+# (2 GiB: the file and its package) go to bench/out/, or to KEEL_BENCH_OUT.
 # Builds the release tree in build/release and the bench programs against its
 # libkeel_static.a. Work files live in bench/out/ (ignored) and are reused.
 set -euo pipefail
@@ -15,7 +17,7 @@ source "$(dirname "$0")/common.sh"
 cmake -S "$top" -B "$bin" -DCMAKE_BUILD_TYPE=Release -DKEEL_TESTS=OFF >/dev/null
 cmake --build "$bin" -j "$(nproc)" >/dev/null
 mkdir -p "$bin/bench"
-libs="$(pkg-config --libs openssl sqlite3 libarchive libmicrohttpd libcurl libcjson libpng16) -ljpeg"
+libs="$(pkg-config --libs openssl sqlite3 libmicrohttpd libcjson libpng16 libzstd) -ljpeg"
 for p in verify_throughput startup; do
     # shellcheck disable=SC2086
     gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I"$top/include" "$top/bench/$p.c" \

@@ -180,3 +180,104 @@ int keel__json_quote(keel_buf *b, const char *s)
     }
     return rc ? rc : keel__buf_append(b, "\"", 1);
 }
+
+/* --- parsing without some top-level members ----------------------------------- */
+
+static size_t skip_ws(const char *s, size_t i, size_t len)
+{
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* s[i] is '"': returns the index just past the closing quote, or len. */
+static size_t skip_string(const char *s, size_t i, size_t len)
+{
+    for (i++; i < len; i++) {
+        if (s[i] == '\\')
+            i++;
+        else if (s[i] == '"')
+            return i + 1;
+    }
+    return len;
+}
+
+/* Returns the index just past the value starting at s[i], or len when it
+ * does not end (unbalanced). Scalars end at ',', '}' or ']'. */
+static size_t skip_value(const char *s, size_t i, size_t len)
+{
+    size_t depth = 0;
+    if (i < len && s[i] == '"')
+        return skip_string(s, i, len);
+    while (i < len) {
+        char c = s[i];
+        if (c == '"') {
+            i = skip_string(s, i, len);
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (depth == 0)
+                return i; /* the end of the enclosing object: a scalar ended */
+            if (--depth == 0)
+                return i + 1;
+        } else if (c == ',' && depth == 0) {
+            return i;
+        }
+        i++;
+    }
+    return len;
+}
+
+int keel__json_parse_except(const void *data, size_t len, const char *skip, const char *what,
+                            cJSON **ret, keel_error *err)
+{
+    const char *s = data;
+    size_t klen = strlen(skip), i = skip_ws(s, 0, len), o = 0;
+    char *out = NULL;
+    int rc;
+    if (i >= len || s[i] != '{' || !(out = malloc(len)))
+        goto whole;
+    out[o++] = '{';
+    for (i = skip_ws(s, i + 1, len); i < len && s[i] != '}';) {
+        size_t key = i, kend, vend;
+        if (s[i] != '"' || (kend = skip_string(s, i, len)) >= len)
+            goto whole;
+        i = skip_ws(s, kend, len);
+        if (i >= len || s[i] != ':')
+            goto whole;
+        i = skip_ws(s, i + 1, len);
+        if (i >= len || (vend = skip_value(s, i, len)) >= len)
+            goto whole;
+        if (!(kend - key == klen + 2 && memcmp(s + key + 1, skip, klen) == 0)) {
+            if (o > 1)
+                out[o++] = ',';
+            memcpy(out + o, s + key, vend - key);
+            o += vend - key;
+        }
+        i = skip_ws(s, vend, len);
+        if (i < len && s[i] == ',') {
+            i = skip_ws(s, i + 1, len);
+            if (i >= len || s[i] != '"') /* a trailing comma */
+                goto whole;
+        } else if (i >= len || s[i] != '}') {
+            goto whole;
+        }
+    }
+    if (i >= len)
+        goto whole;
+    out[o++] = '}';
+    /* What follows the object is checked by the whole parse's rules. */
+    i = skip_ws(s, i + 1, len);
+    while (i < len && s[i] == '\0')
+        i++;
+    if (i != len)
+        goto whole;
+    rc = keel__json_parse(out, o, what, ret, err);
+    free(out);
+    return rc;
+whole:
+    free(out);
+    return keel__json_parse(data, len, what, ret, err);
+}

@@ -15,6 +15,16 @@
 KEEL_WUR int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret,
                               keel_error *err);
 
+/* Like keel__json_parse for a JSON object, but the top-level members named
+ * `skip` are left out of the tree: their bytes are stepped over (strings
+ * and brackets balanced), never parsed or checked further. For a package
+ * manifest's "files" (a chunk list per file, ~1 MiB for a 1 GiB package)
+ * when only its tiers and schemas are wanted: tens of thousands of cJSON
+ * nodes fewer. A document that is not a well-formed object is parsed whole,
+ * so its errors read as keel__json_parse's. */
+KEEL_WUR int keel__json_parse_except(const void *data, size_t len, const char *skip,
+                                     const char *what, cJSON **ret, keel_error *err);
+
 /* Field accessors. `where` prefixes messages ("keel.json", "files[2]").
  * A missing optional field leaves *ret untouched and returns KEEL_OK. */
 KEEL_WUR int keel__json_str(const cJSON *obj, const char *key, bool required, size_t maxlen,

@@ -360,7 +360,7 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
     const cJSON *tiers = NULL, *it;
     const char *name = NULL, *version = NULL;
     uint64_t deadline = 0;
-    int rc = keel__json_parse(manifest, len, "keel.json", &root, err);
+    int rc = keel__json_parse_except(manifest, len, "files", "keel.json", &root, err);
     if (rc)
         return rc;
     model *m = calloc(1, sizeof(*m));

@@ -1,15 +1,16 @@
 /*
  * router.c - forwarding inference requests to an upstream endpoint
- * (router.h). One libcurl easy handle per call (keep-alive through a shared
+ * (router.h). libcurl is loaded when the first router is made
+ * (core/curl_dl.h). One libcurl easy handle per call (keep-alive through a shared
  * connection cache), a breaker of its own: open after 3 consecutive
  * failures, one probe after 10 s.
  */
-#include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/curl_dl.h"
 #include "core/json.h"
 #include "infer/router.h"
 
@@ -42,8 +43,10 @@ static void share_unlock(CURL *h, curl_lock_data d, void *u)
 int keel__router_new(const char *url, keel__router **ret, keel_error *err)
 {
     if (strncmp(url, "http://", 7) && strncmp(url, "https://", 8))
-        return keel__err(err, KEEL_EINVALID, "upstream_url: \"%s\" is not an http(s):// URL",
-                         url);
+        return keel__err(err, KEEL_EINVALID, "upstream_url: \"%s\" is not an http(s):// URL", url);
+    int rc = keel__curl_load(err);
+    if (rc)
+        return keel__err_prefix(err, "upstream_url %s", url);
     keel__router *r = calloc(1, sizeof(*r));
     if (!r)
         return keel__err(err, KEEL_ENOMEM, "out of memory");
@@ -53,7 +56,6 @@ int keel__router_new(const char *url, keel__router **ret, keel_error *err)
         r->url[--n] = 0;
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->share_mu, NULL);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     if ((r->share = curl_share_init())) {
         curl_share_setopt(r->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
         curl_share_setopt(r->share, CURLSHOPT_LOCKFUNC, share_lock);
@@ -73,7 +75,6 @@ void keel__router_free(keel__router *r)
     pthread_mutex_destroy(&r->mu);
     pthread_mutex_destroy(&r->share_mu);
     free(r);
-    curl_global_cleanup();
 }
 
 bool keel__router_allow(keel__router *r)

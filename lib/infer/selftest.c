@@ -344,7 +344,7 @@ int keel__infer_validator(void *ctx, keel_store *s, const char *name, const char
     if (rc)
         return rc;
     /* Packages without tiers (data, configuration) have nothing to run. */
-    if (keel__json_parse(man, len, "keel.json", &j, NULL) ||
+    if (keel__json_parse_except(man, len, "files", "keel.json", &j, NULL) ||
         !cJSON_GetObjectItemCaseSensitive(j, "tiers")) {
         cJSON_Delete(j);
         free(man);

@@ -160,6 +160,11 @@ struct keel_queue {
     uint64_t refused[KEEL_PRIO_COUNT];
     uint64_t enqueued, commits;
     int64_t last_sync;
+    /* meta.clean is 1 on disk: the snapshot of the last clean close still
+     * holds, because nothing changed since. The first transaction that
+     * changes a row sets it to 0 (in that transaction). */
+    bool snap_on_disk;
+    int64_t tx_changes;                     /* sqlite3_total_changes64 at tx_begin */
     uint64_t evict_logged[KEEL_PRIO_COUNT]; /* monotonic ns of the last eviction warning */
     /* group commit, under mu */
     pthread_mutex_t mu;
@@ -337,14 +342,22 @@ static int tx_begin(keel_queue *q, counters *saved, keel_error *err)
 {
     KEEL_ASSERT(sqlite3_get_autocommit(q->db), "%s: a transaction is already open", q->path);
     *saved = q->c;
+    q->tx_changes = sqlite3_total_changes64(q->db);
     return step_done(q, stmt(q, ST_BEGIN), "beginning a transaction", err);
 }
 
+/* A transaction that changed nothing (an expiry pass with nothing due)
+ * commits nothing: no WAL frame, no fsync, and the snapshot stays valid. */
 static int tx_commit(keel_queue *q, keel_error *err)
 {
     int rc = save_counters(q, err);
+    bool unclean = !rc && q->snap_on_disk && sqlite3_total_changes64(q->db) != q->tx_changes;
+    if (unclean)
+        rc = meta_put(q, "clean", 0, err);
     if (!rc)
         rc = step_done(q, stmt(q, ST_COMMIT), "committing", err);
+    if (!rc && unclean)
+        q->snap_on_disk = false;
     return rc;
 }
 
@@ -1014,9 +1027,9 @@ static int load(keel_queue *q, keel_error *err)
         st = NULL;
     }
     q->c.next_id = (max_id > id_floor ? max_id : id_floor) + 1;
-    /* From now on the snapshot is stale until the next clean close. */
-    if (clean && (rc = meta_put(q, "clean", 0, err)))
-        goto out;
+    /* The snapshot stays valid until a transaction changes a row: that
+     * transaction sets clean = 0 (tx_commit). An open writes nothing. */
+    q->snap_on_disk = clean;
     rc = exec(q, "COMMIT", "reading the counters", err);
 out:
     sqlite3_finalize(st);
@@ -1036,7 +1049,7 @@ static void save_snapshot(keel_queue *q)
         {"bytes.critical", "bytes.high", "bytes.normal", "bytes.bulk"}};
     keel_error e;
     int rc;
-    if (!q->loaded || q->suspect)
+    if (!q->loaded || q->suspect || q->snap_on_disk) /* on disk already: nothing changed */
         return;
     if ((rc = exec(q, "BEGIN IMMEDIATE", "saving the counters", &e)))
         goto out;

@@ -26,6 +26,33 @@ static const char schema[] =
     "  action TEXT NOT NULL, version TEXT NOT NULL, detail TEXT NOT NULL);"
     "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', '1');";
 
+/* Every table and index the schema above creates: when all are there, an
+ * open writes nothing. */
+static const char schema_present[] =
+    "SELECT count(*) FROM sqlite_master WHERE name IN ('meta', 'packages', 'files', 'files_sha',"
+    " 'slots', 'highwater', 'stamps', 'journal')";
+#define SCHEMA_OBJECTS 8
+
+/* Creates what is missing in one transaction (one WAL commit and sync, not
+ * one per statement); an open of an existing store only reads. */
+static int schema_ensure(sqlite3 *db, keel_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    int rc;
+    if ((rc = keel__db_prepare(db, schema_present, &q, err)))
+        return rc;
+    bool complete = sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0) == SCHEMA_OBJECTS;
+    sqlite3_finalize(q);
+    if (complete)
+        return KEEL_OK;
+    if ((rc = keel__db_exec(db, "BEGIN IMMEDIATE", "creating the schema", err)))
+        return rc;
+    if ((rc = keel__db_exec(db, schema, "creating the schema", err)) ||
+        (rc = keel__db_exec(db, "COMMIT", "creating the schema", err)))
+        (void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
 int keel__db_err(sqlite3 *db, keel_error *err, const char *what)
 {
     int code = sqlite3_errcode(db);
@@ -77,7 +104,7 @@ int keel__db_open(const char *path, sqlite3 **ret, keel_error *err)
                             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
                             "PRAGMA foreign_keys=ON; PRAGMA cache_size=-512;",
                             "setting pragmas", err)) ||
-        (rc = keel__db_exec(db, schema, "creating the schema", err))) {
+        (rc = schema_ensure(db, err))) {
         sqlite3_close(db);
         return rc;
     }

@@ -18,7 +18,8 @@
 #include "store/check.h"
 #include "store/db.h"
 
-#define MOD "store"
+#define MOD                "store"
+#define MANIFEST_CACHE_MAX (64u * 1024u) /* bigger manifests leave the page cache after a read */
 
 typedef struct serving_rec {
     keel_serving s;
@@ -1054,32 +1055,55 @@ int keel_store_version_manifest(keel_store *s, const char *name, const char *ver
                                 size_t *ret_len, keel_error *err)
 {
     sqlite3_stmt *q = NULL;
+    sqlite3_blob *b = NULL;
+    char *copy = NULL;
+    size_t len = 0;
     pthread_mutex_lock(&s->lock);
-    int rc = keel__db_prepare(s->db, "SELECT manifest FROM packages WHERE name=?1 AND version=?2",
-                              &q, err);
-    if (!rc) {
-        sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(q, 2, version, -1, SQLITE_STATIC);
-        if (sqlite3_step(q) != SQLITE_ROW) {
-            rc = keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", name, version);
-        } else {
-            size_t len = (size_t)sqlite3_column_bytes(q, 0);
-            const void *b = sqlite3_column_blob(q, 0);
-            char *copy = malloc(len + 1);
-            if (!copy) {
-                rc = keel__err(err, KEEL_ENOMEM, "out of memory");
-            } else {
-                if (len)
-                    memcpy(copy, b, len);
-                copy[len] = 0;
-                *ret = copy;
-                *ret_len = len;
-            }
-        }
+    /* length() of a BLOB reads no content; the bytes then go from the
+     * overflow pages straight into the caller's buffer (sqlite3_blob_read),
+     * not through a column value and a second copy: a 1 GiB package's
+     * manifest is ~1 MiB, read at every model load. */
+    int rc = keel__db_prepare(
+        s->db, "SELECT rowid, length(manifest) FROM packages WHERE name=?1 AND version=?2", &q,
+        err);
+    if (rc)
+        goto out;
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, version, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) != SQLITE_ROW) {
+        rc = keel__err(err, KEEL_ENOTFOUND, "%s %s is not installed", name, version);
+        goto out;
     }
+    sqlite3_int64 rowid = sqlite3_column_int64(q, 0);
+    len = (size_t)sqlite3_column_int64(q, 1);
+    if (!(copy = malloc(len + 1))) {
+        rc = keel__err(err, KEEL_ENOMEM, "out of memory reading the manifest of %s %s", name,
+                       version);
+        goto out;
+    }
+    if (len &&
+        (sqlite3_blob_open(s->db, "main", "packages", "manifest", rowid, 0, &b) != SQLITE_OK ||
+         sqlite3_blob_read(b, copy, (int)len, 0) != SQLITE_OK)) {
+        rc = keel__db_err(s->db, err, "reading a manifest");
+        goto out;
+    }
+    copy[len] = 0;
+out:
+    sqlite3_blob_close(b);
     sqlite3_finalize(q);
+    /* A big manifest (a chunk list per file) went through the page cache as
+     * overflow pages, read once per load: give them back rather than keep
+     * them resident while idle. */
+    if (len > MANIFEST_CACHE_MAX)
+        (void)sqlite3_db_release_memory(s->db);
     pthread_mutex_unlock(&s->lock);
-    return rc;
+    if (rc) {
+        free(copy);
+        return rc;
+    }
+    *ret = copy;
+    *ret_len = len;
+    return KEEL_OK;
 }
 
 static int file_path_locked(keel_store *s, const char *name, const char *ver, const char *path,

@@ -9,12 +9,14 @@
  * The thread owns the connection and runs its own poll(2) over the MQTT
  * socket and a wake pipe (mosquitto_loop_read/write/misc, never
  * loop_forever), so wake and stop take effect at once.
+ *
+ * Each transport's library is loaded (dlopen) when an uplink using it
+ * starts (core/curl_dl.h, sync/mosq_dl.h): a keeld without an uplink maps
+ * neither.
  */
-#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <mosquitto.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,8 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/curl_dl.h"
 #include "core/json.h"
 #include "sync/envelope.h"
+#include "sync/mosq_dl.h"
 #include "sync/uplink.h"
 
 #define MOD       "uplink"
@@ -629,6 +633,50 @@ static void bandwidth_wait(keel__uplink *u)
 /* --- the thread --------------------------------------------------------------------------------
  */
 
+/* An MQTT topic name one may publish to, whatever the transport (the
+ * rules of mosquitto_pub_topic_check and mosquitto_validate_utf8, kept here
+ * so that an HTTP uplink needs no libmosquitto): no wildcards, at most 200
+ * levels, well-formed UTF-8 without surrogates, overlong forms,
+ * non-characters or control characters. */
+static bool topic_ok(const char *topic, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)topic;
+    unsigned levels = 0;
+    if (len > 65535)
+        return false;
+    for (size_t i = 0; i < len;) {
+        unsigned c = s[i], n;
+        uint32_t cp;
+        if (c == '+' || c == '#')
+            return false;
+        levels += c == '/';
+        if (c < 0x80) {
+            n = 1, cp = c;
+        } else if ((c & 0xe0) == 0xc0 && c >= 0xc2) {
+            n = 2, cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 3, cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0 && c <= 0xf4) {
+            n = 4, cp = c & 0x07;
+        } else {
+            return false; /* a stray continuation byte, or 0xc0, 0xc1, 0xf5.. */
+        }
+        if (len - i < n)
+            return false;
+        for (unsigned k = 1; k < n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + k] & 0x3fu);
+        }
+        if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0xfdd0 && cp <= 0xfdef) ||
+            (cp & 0xfffe) == 0xfffe || cp <= 0x1f || (cp >= 0x7f && cp <= 0x9f))
+            return false;
+        i += n;
+    }
+    return levels <= 200;
+}
+
 static int build_topic(keel__uplink *u, const keel__sync_msg *m, char *out, size_t n,
                        keel_error *err)
 {
@@ -636,11 +684,7 @@ static int build_topic(keel__uplink *u, const keel__sync_msg *m, char *out, size
                        m->topic ? m->topic : ""))
         return keel__err(err, KEEL_EINVALID, "message %" PRIu64 ": topic '%.64s...' too long",
                          m->id, m->topic);
-    bool ctl = false;
-    for (const char *c = out; *c; c++)
-        ctl |= (unsigned char)*c < 0x20 || *c == 0x7f;
-    if (ctl || mosquitto_pub_topic_check(out) != MOSQ_ERR_SUCCESS ||
-        mosquitto_validate_utf8(out, (int)strlen(out)) != MOSQ_ERR_SUCCESS)
+    if (!topic_ok(out, strlen(out)))
         return keel__err(err, KEEL_EINVALID,
                          "message %" PRIu64 ": '%s' is not a valid MQTT topic (wildcards or bad "
                          "UTF-8)",
@@ -922,14 +966,6 @@ bad:
                      s);
 }
 
-static pthread_once_t libs_once = PTHREAD_ONCE_INIT;
-
-static void libs_init(void)
-{
-    (void)mosquitto_lib_init();
-    (void)curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
 static bool device_ok(const char *d)
 {
     size_t n = d ? strlen(d) : 0;
@@ -997,7 +1033,8 @@ int keel__uplink_start(const keel__uplink_opts *o, const keel__sync_source *src,
         return rc;
     if (!src || !src->next_batch || !src->release || !src->ack)
         return keel__err(err, KEEL_EINVALID, "uplink: the source lacks next_batch/release/ack");
-    pthread_once(&libs_once, libs_init);
+    if ((rc = o->transport == KEEL__UPLINK_MQTT ? keel__mosq_load(err) : keel__curl_load(err)))
+        return keel__err_prefix(err, "uplink");
 
     keel__uplink *u = calloc(1, sizeof(*u));
     if (!u)
@@ -1007,9 +1044,9 @@ int keel__uplink_start(const keel__uplink_opts *o, const keel__sync_source *src,
     u->wake_rd = u->wake_wr = -1;
     pthread_mutex_init(&u->mu, NULL);
     keel__buf_init(&u->env, 0);
-    const char **fields[] = {&u->o.device_id, &u->o.host,     &u->o.url,      &u->o.ca_file,
-                             &u->o.cert_file, &u->o.key_file, &u->o.username, &u->o.password,
-                             &u->o.subscribe};
+    const char **fields[] = {&u->o.device_id, &u->o.host,      &u->o.url,
+                             &u->o.ca_file,   &u->o.cert_file, &u->o.key_file,
+                             &u->o.username,  &u->o.password,  &u->o.subscribe};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(fields); i++) {
         if (!*fields[i])
             continue;

@@ -57,6 +57,44 @@ static void test_json_errors(void **state)
     cJSON_Delete(j);
 }
 
+/* keel__json_parse_except: the skipped member is gone, everything else
+ * reads as a whole parse would; malformed input fails as a whole parse. */
+static void test_json_parse_except(void **state)
+{
+    static const struct {
+        const char *doc, *want; /* want: compact print, NULL: an error */
+    } cases[] = {
+        {"{\"a\":1,\"files\":[[1,\"x]}\"],{\"b\":[2]}],\"c\":\"d\"}", "{\"a\":1,\"c\":\"d\"}"},
+        {" {\"files\": {\"q\\\"}\": 1}}\n", "{}"},
+        {"{\"a\": true , \"files\" : null , \"b\": -2.5e3 }", "{\"a\":true,\"b\":-2500}"},
+        {"{\"a\":{\"files\":1},\"files\":2,\"files\":3}", "{\"a\":{\"files\":1}}"},
+        {"{\"filesx\":1,\"\\u0066iles\":2}", "{\"filesx\":1,\"files\":2}"},
+        {"{}", "{}"},
+        {"[1,2]", "[1,2]"},
+        {"{\"a\":1,\"files\":[1,2}", NULL},
+        {"{\"a\":1,}", NULL},
+        {"{\"a\":1} x", NULL},
+        {"{\"a\" 1}", NULL},
+        {"", NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cJSON *j = NULL;
+        keel_error e = {0};
+        int rc =
+            keel__json_parse_except(cases[i].doc, strlen(cases[i].doc), "files", "doc", &j, &e);
+        if (!cases[i].want) {
+            assert_int_equal(rc, KEEL_EINVALID);
+            assert_non_null(strstr(e.msg, "doc: "));
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        char *p = cJSON_PrintUnformatted(j);
+        assert_string_equal(p, cases[i].want);
+        cJSON_free(p);
+        cJSON_Delete(j);
+    }
+}
+
 static void test_atomic_write(void **state)
 {
     const char *d = th_tmpdir();
@@ -85,6 +123,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_buf_bounds),
         cmocka_unit_test(test_json_errors),
+        cmocka_unit_test(test_json_parse_except),
         cmocka_unit_test(test_atomic_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
