@@ -48,7 +48,7 @@ const char *keel_slot_name(keel_slot s)
 
 static void blob_path(const keel_store *s, const char *hex, char *out, size_t n)
 {
-    snprintf(out, n, "%s/blobs/sha256/%.2s/%s", s->dir, hex, hex);
+    snprintf(out, n, "%s/%s/%.2s/%s", s->dir, keel_state_name(KEEL_STATE_BLOBS), hex, hex);
 }
 
 /* --- open / close ---------------------------------------------------------- */
@@ -58,7 +58,7 @@ static void clean_staging(const char *dir)
     char path[PATH_MAX];
     keel_error e;
     /* Partial blobs of an install that was killed: never referenced. */
-    snprintf(path, sizeof(path), "%s/staging/blobs", dir);
+    (void)keel_state_path(dir, KEEL_STATE_STAGING_BLOBS, path, sizeof(path));
     if (keel__fs_rm_rf(path, &e))
         KEEL_LOG_W(MOD, "cannot clean %s: %s", path, e.msg);
 }
@@ -82,14 +82,14 @@ int keel_store_open(const char *state_dir, const keel_limits *lim, keel_store **
         s->lim = *lim;
     else
         keel_limits_default(&s->lim);
-    snprintf(path, sizeof(path), "%s/blobs/sha256", state_dir);
+    (void)keel_state_path(state_dir, KEEL_STATE_BLOBS, path, sizeof(path));
     if ((rc = keel__fs_mkdir_p(state_dir, 0700, err)) || (rc = keel__fs_mkdir_p(path, 0755, err)))
         goto fail;
     /* Several processes may open one store (keeld, `keel --offline`, `keel
      * verify`). Each holds a shared lock for its lifetime; only a process
      * that can take the lock exclusively (nobody else has the store open)
      * removes leftovers of a killed install, and gc needs it too. */
-    snprintf(path, sizeof(path), "%s/lock", state_dir);
+    (void)keel_state_path(state_dir, KEEL_STATE_LOCK, path, sizeof(path));
     s->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (s->lockfd < 0) {
         rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s", path);
@@ -101,10 +101,10 @@ int keel_store_open(const char *state_dir, const keel_limits *lim, keel_store **
         rc = keel__err_errno(err, KEEL_EIO, errno, "cannot lock %s", path);
         goto fail;
     }
-    snprintf(path, sizeof(path), "%s/staging/blobs", state_dir);
+    (void)keel_state_path(state_dir, KEEL_STATE_STAGING_BLOBS, path, sizeof(path));
     if ((rc = keel__fs_mkdir_p(path, 0700, err)))
         goto fail;
-    snprintf(path, sizeof(path), "%s/keel.db", state_dir);
+    (void)keel_state_path(state_dir, KEEL_STATE_STORE_DB, path, sizeof(path));
     if ((rc = keel__db_open(path, &s->db, err)))
         goto fail;
     *ret = s;
@@ -452,7 +452,8 @@ static int sink_begin(void *ud, const keel_file *f, bool *ret_skip, keel_error *
         }
     }
     *ret_skip = false;
-    snprintf(c->tmp, sizeof(c->tmp), "%s/staging/blobs/%s.XXXXXX", c->s->dir, hex);
+    snprintf(c->tmp, sizeof(c->tmp), "%s/%s/%s.XXXXXX", c->s->dir,
+             keel_state_name(KEEL_STATE_STAGING_BLOBS), hex);
     c->fd = mkostemp(c->tmp, O_CLOEXEC);
     if (c->fd < 0)
         return keel__err_errno(err, keel__err_from_errno(errno), errno,
@@ -483,7 +484,7 @@ static int sink_end(void *ud, const keel_file *f, bool ok, keel_error *err)
     }
     keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
     blob_path(c->s, hex, bp, sizeof(bp));
-    snprintf(dir, sizeof(dir), "%s/blobs/sha256/%.2s", c->s->dir, hex);
+    snprintf(dir, sizeof(dir), "%s/%s/%.2s", c->s->dir, keel_state_name(KEEL_STATE_BLOBS), hex);
     if (fchmod(c->fd, 0444) != 0 || keel__fs_fsync(c->fd) != 0)
         rc = keel__err_errno(err, KEEL_EIO, errno, "cannot sync %s", c->tmp);
     close(c->fd);
@@ -1304,7 +1305,7 @@ int keel_store_gc(keel_store *s, uint64_t *ret_freed_bytes, keel_error *err)
     if (rc)
         goto out_unlock;
     char top[PATH_MAX];
-    snprintf(top, sizeof(top), "%s/blobs/sha256", s->dir);
+    (void)keel_state_path(s->dir, KEEL_STATE_BLOBS, top, sizeof(top));
     if ((rc = keel__db_prepare(s->db, "SELECT 1 FROM files WHERE sha256=?1 LIMIT 1", &q, err)))
         goto out_unlock;
     for (int hi = 0; hi < 256; hi++) {
