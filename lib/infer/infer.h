@@ -17,6 +17,7 @@
 #include "infer/backend.h"
 #include "infer/router.h"
 #include "keel/store.h"
+#include "obs/metrics.h"
 
 typedef struct keel__infer keel__infer;
 typedef struct keel__model keel__model;
@@ -53,6 +54,11 @@ typedef struct keel__infer_opts {
     /* the upstream for hybrid routing (borrowed; must outlive the engine);
      * NULL: every package is served locally whatever its "routing" says */
     keel__router *upstream;
+    /* where the engine registers its keel_infer_* families (borrowed; must
+     * outlive the engine); NULL: no metrics. Each served model's series
+     * are labelled model (and tier); they are removed when its version is
+     * swapped out or it stops being served. */
+    keel__metrics *metrics;
 } keel__infer_opts;
 
 KEEL_WUR int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **ret,
@@ -212,8 +218,6 @@ KEEL_WUR int keel__model_selftest(keel__model *m, keel_store *s, char **ret_repo
 
 /* Engine status for /api/status (malloc'd JSON object keyed by package). */
 char *keel__infer_status_json(keel__infer *e);
-/* Prometheus text exposition of the engine's metrics, appended to b. */
-KEEL_WUR int keel__infer_metrics(keel__infer *e, keel_buf *b);
 /* Whether every served package has a model that can serve; why otherwise. */
 bool keel__infer_ready(keel__infer *e, char *why, size_t n);
 

@@ -108,21 +108,21 @@ static void breaker_record(model *m, tier *t, bool ok, bool probe, uint64_t now)
         breaker_trip(m, t, now, "error rate");
 }
 
-/* --- latency histogram ------------------------------------------------------------------ */
+/* --- metrics: series handles engine.c attached (NULL: not counted) --------------------- */
 
 const double keel__latency_bounds[KEEL__NBUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 
+static void count(keel__metric_series *s)
+{
+    if (s)
+        keel__metric_inc(s, 1);
+}
+
 static void observe(tier *t, uint64_t ns)
 {
-    double s = (double)ns / 1e9;
-    for (size_t i = 0; i < KEEL__NBUCKETS; i++)
-        if (s <= keel__latency_bounds[i]) {
-            t->hist[i]++;
-            break;
-        }
-    t->hist_count++;
-    t->hist_sum += s;
+    if (t->m_latency)
+        keel__metric_observe(t->m_latency, (double)ns / 1e9);
 }
 
 /* --- sessions ---------------------------------------------------------------------------- */
@@ -403,6 +403,7 @@ static int note_served(model *m, size_t ti, const char *reason)
     if (m->serving_tier != (int)ti) {
         if (m->serving_tier >= 0) {
             m->transitions++;
+            count(m->m_transitions);
             m->tiers[ti].transitions_in++;
             if (ti > (size_t)m->serving_tier)
                 KEEL_LOG_W(MOD, "%s@%s now served by tier %s (was %s): %s", m->name, m->version,
@@ -528,14 +529,14 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
         unsigned inflight = t->inflight;
         if (admit && pin < 0 && t->max_inflight && inflight >= t->max_inflight) {
             admit = false;
-            t->overloaded++;
+            count(t->m_req[KEEL__OUT_OVERLOADED]);
             if (probe)
                 t->br.probing = false;
             if (keel__buf_appendf(why, "%s%s: overloaded (%u requests in flight)",
                                   why->len ? "; " : "", t->name, inflight)) {
             }
         } else if (!admit) {
-            t->skipped++;
+            count(t->m_req[KEEL__OUT_SKIPPED]);
             if (keel__buf_appendf(why, "%s%s: breaker open%s%.*s%s", why->len ? "; " : "", t->name,
                                   t->load_error[0] ? " after load failure: " : "", KEEL__CLAUSE_MAX,
                                   t->load_error,
@@ -563,11 +564,11 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
         t->inflight--;
         if (!trc) {
             t->ok++;
+            count(t->m_req[KEEL__OUT_OK]);
             observe(t, dt);
         } else {
             t->failed++;
-            if (trc == KEEL_ETIMEOUT)
-                t->timeouts++;
+            count(t->m_req[trc == KEEL_ETIMEOUT ? KEEL__OUT_TIMEOUT : KEEL__OUT_ERROR]);
         }
         if (pin < 0 || trc) /* a pinned success says nothing about the chain's health */
             breaker_record(m, t, !trc, probe, keel__now_mono_ns());
@@ -591,6 +592,7 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
     }
     pthread_mutex_lock(&m->mu);
     m->all_failed++;
+    count(m->m_all_failed);
     pthread_mutex_unlock(&m->mu);
     int rc = keel__err(err, KEEL_ENOTREADY, "%s@%s: every tier failed: %s", m->name, m->version,
                        why->data ? why->data : "no tier");

@@ -305,6 +305,7 @@ int keel__rt_link_start(keel__runtime *rt, keel_error *err)
     o.bandwidth_bps = cfg->uplink_bandwidth;
     o.on_link = on_link;
     o.link_ctx = rt;
+    o.metrics = rt->metrics;
     int rc = keel__sync_window_parse(cfg->sync_window, &o.window, err);
     if (!rc && cfg->uplink_password_file[0] &&
         !(rc = keel__fs_read(cfg->uplink_password_file, 4096, &password, &plen, err))) {

@@ -114,6 +114,8 @@ int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err)
     if (!rt->cfg.upstream_url[0])
         return KEEL_OK;
     int rc = keel__router_new(rt->cfg.upstream_url, &rt->router, err);
+    if (!rc)
+        rc = keel__router_metrics_register(rt->router, rt->metrics, err);
     if (rc)
         return rc;
     keel_queue_opts_default(&qo);

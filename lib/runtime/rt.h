@@ -22,6 +22,8 @@ struct keel__runtime {
     pthread_mutex_t lock;
     char token[65];
     uint64_t started_ns;
+    keel__metrics *metrics;      /* every module's families; freed last */
+    keel__metric_family *fam[6]; /* the runtime's own: keel_up, keel_ready, keel_queue_* */
     keel__bus *bus;
     keel_store *store;
     keel_queue *queue;
