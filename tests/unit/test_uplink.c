@@ -397,7 +397,7 @@ static bool all_received(void)
 
 /* --- status helpers ------------------------------------------------------------------------- */
 
-static keel__uplink *cur;    /* the uplink under test */
+static keel__uplink *cur;   /* the uplink under test */
 static keel__metrics *mreg; /* where it registers its metrics (setup, teardown) */
 
 static bool status_has(const char *needle)
