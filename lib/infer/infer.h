@@ -37,6 +37,9 @@ typedef struct keel__infer_event {
     const char *result;                  /* records, escalations: the local result JSON */
     const struct keel__infer_resp *resp; /* records, escalations: the local answer */
     double confidence;                   /* records, escalations: first row's, or -1 */
+    /* records, escalations: the answer is not the first tier's; transitions:
+     * the new tier is further down the chain than the one before (a fall
+     * back, not a recovery) */
     bool degraded;
     uint64_t ns; /* records: request time */
     /* escalations: the request as received, to forward again later */

@@ -394,9 +394,10 @@ static int prepare(model *m, const keel__infer_req *req, keel__tensor *ins, void
 
 /* --- the chain ----------------------------------------------------------------------------- */
 
-/* Lock held. A transition is counted and logged once per change of the
- * serving tier, not per request. Returns the previous tier when it changed
- * (for the event), else -1. */
+/* Lock held. A transition is counted once per change of the serving tier,
+ * not per request. Returns the previous tier when it changed, else -1: the
+ * caller tells the owner (KEEL__EV_TRANSITION), which logs it (the
+ * runtime: on_infer_event); here it is only a debug line. */
 static int note_served(model *m, size_t ti, const char *reason)
 {
     int was = m->serving_tier;
@@ -405,13 +406,9 @@ static int note_served(model *m, size_t ti, const char *reason)
             m->transitions++;
             count(m->m_transitions);
             m->tiers[ti].transitions_in++;
-            if (ti > (size_t)m->serving_tier)
-                KEEL_LOG_W(MOD, "%s@%s now served by tier %s (was %s): %s", m->name, m->version,
-                           m->tiers[ti].name, m->tiers[m->serving_tier].name,
-                           reason[0] ? reason : "pinned");
-            else
-                KEEL_LOG_I(MOD, "%s@%s served by tier %s again (was %s)", m->name, m->version,
-                           m->tiers[ti].name, m->tiers[m->serving_tier].name);
+            KEEL_LOG_D(MOD, "%s@%s served by tier %s (was %s)%s%s", m->name, m->version,
+                       m->tiers[ti].name, m->tiers[m->serving_tier].name, reason[0] ? ": " : "",
+                       reason);
         }
         m->serving_tier = (int)ti;
         m->serving_since = keel__now_wall_s();
@@ -420,8 +417,9 @@ static int note_served(model *m, size_t ti, const char *reason)
     return -1;
 }
 
+/* degraded: transitions only (records take the response's) */
 static void emit(model *m, int type, const char *tier_name, const char *from, const char *reason,
-                 const keel__infer_resp *resp)
+                 bool degraded, const keel__infer_resp *resp)
 {
     keel__infer_event ev = {.type = type,
                             .model = m->name,
@@ -429,6 +427,7 @@ static void emit(model *m, int type, const char *tier_name, const char *from, co
                             .tier = tier_name,
                             .from_tier = from,
                             .reason = reason,
+                            .degraded = degraded,
                             .confidence = -1};
     if (resp) {
         ev.resp = resp;
@@ -581,7 +580,7 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
         pthread_mutex_unlock(&m->mu);
         if (was >= 0 && m->eng_opts.event)
             emit(m, KEEL__EV_TRANSITION, t->name, m->tiers[was].name, why->data ? why->data : "",
-                 NULL);
+                 i > (size_t)was, NULL);
         if (!trc) {
             *ret_ti = i;
             return KEEL_OK;
@@ -597,7 +596,7 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
     int rc = keel__err(err, KEEL_ENOTREADY, "%s@%s: every tier failed: %s", m->name, m->version,
                        why->data ? why->data : "no tier");
     if (m->eng_opts.event)
-        emit(m, KEEL__EV_ALL_FAILED, "", NULL, err ? err->msg : "", NULL);
+        emit(m, KEEL__EV_ALL_FAILED, "", NULL, err ? err->msg : "", false, NULL);
     return rc;
 }
 
@@ -673,7 +672,7 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
         goto out;
     if (m->eng_opts.event && m->rec_mode && want_record(m, resp)) {
         resp->ns = keel__now_mono_ns() - t0;
-        emit(m, KEEL__EV_RECORD, resp->tier, NULL, resp->reason, resp);
+        emit(m, KEEL__EV_RECORD, resp->tier, NULL, resp->reason, false, resp);
     }
 out:
     session_put(m, s);

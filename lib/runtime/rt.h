@@ -49,6 +49,9 @@ struct keel__runtime {
         uint64_t folded;
     } recent[32];
     _Atomic int64_t last_expire;
+    /* evictions reported (link.c report_evictions), under lock */
+    uint64_t evict_reported[KEEL_PRIO_COUNT];
+    int64_t evict_reported_at[KEEL_PRIO_COUNT];
 };
 
 /* link.c */

@@ -455,7 +455,13 @@ static void on_infer_event(void *ctx, const keel__infer_event *ie)
                           .degraded = ie->degraded,
                           .ns = ie->ns};
     switch (ie->type) {
-    case KEEL__EV_TRANSITION:
+    case KEEL__EV_TRANSITION: /* logged here, once; the engine only counts it */
+        if (ie->degraded)
+            KEEL_LOG_W(MOD, "%s@%s now served by tier %s (was %s): %s", ie->model, ie->version,
+                       ie->tier, ie->from_tier, ie->reason && ie->reason[0] ? ie->reason : "?");
+        else
+            KEEL_LOG_I(MOD, "%s@%s served by tier %s again (was %s)", ie->model, ie->version,
+                       ie->tier, ie->from_tier);
         ev.type = KEEL__BUS_TIER;
         break;
     case KEEL__EV_ALL_FAILED:
@@ -564,6 +570,11 @@ int keel__runtime_open(const keel_config *cfg, keel__runtime **ret, keel_error *
     if ((rc = keel_queue_open(path, &qo, &rt->queue, err)) ||
         (rc = keel__metrics_collector_add(rt->metrics, collect, rt, err)))
         goto fail;
+    keel_queue_stats qs;
+    keel_error qe;
+    if (!keel_queue_stats_get(rt->queue, &qs, &qe)) /* report evictions from now on */
+        for (int p = 0; p < KEEL_PRIO_COUNT; p++)
+            rt->evict_reported[p] = qs.cls[p].evicted;
     rt->sub_reporter = keel__bus_subscribe(
         rt->bus, KEEL__BUS_INFER | KEEL__BUS_TIER | KEEL__BUS_ALL_FAILED, keel__rt_reporter, rt);
     if (!rt->sub_reporter) {
