@@ -62,7 +62,7 @@ typedef struct keel__bus_event {
     const char *detail;    /* free text: endpoint (LINK), route (API), key (SHADOW) */
     const char *result;    /* INFER, ESCALATION: the result rows (JSON) or NULL */
     double confidence;     /* INFER: first row's, or -1 */
-    bool degraded, ok;     /* INFER: degraded; READY, API: ok */
+    bool degraded, ok;     /* INFER: degraded; TIER: a fall back; READY, API: ok */
     uint64_t ns;           /* INFER: request time */
     int status;            /* API: HTTP status */
     const void *data;      /* ESCALATION: the request as received */

@@ -13,7 +13,8 @@
 void keel__api_health(keel__hreq *q);
 void keel__api_ready(keel__hreq *q);
 void keel__api_status(keel__hreq *q);
-void keel__api_metrics(keel__hreq *q);
+void keel__api_metrics(keel__hreq *q);      /* GET /metrics: Prometheus text */
+void keel__api_metrics_json(keel__hreq *q); /* GET /api/metrics: the same as JSON */
 void keel__api_verify(keel__hreq *q);
 void keel__api_bus_stream(keel__hreq *q);
 

@@ -1,5 +1,6 @@
 /*
- * api_system.c - health, readiness, status, metrics, re-verification, and
+ * api_system.c - health, readiness, status, metrics (Prometheus text at
+ * /metrics, the same registry as JSON at /api/metrics), re-verification, and
  * the runtime's event bus as server-sent events (GET /api/bus).
  */
 #include <stdio.h>
@@ -33,17 +34,29 @@ void keel__api_status(keel__hreq *q)
         keel__reply_json(q, 200, json);
 }
 
-void keel__api_metrics(keel__hreq *q)
+/* The runtime's metrics registry, rendered by render into one answer. */
+static void reply_metrics(keel__hreq *q, int (*render)(keel__metrics *, keel_buf *),
+                          const char *ctype)
 {
     keel_buf b;
     keel__buf_init(&b, 0);
-    if (keel__runtime_metrics(keel__hreq_runtime(q), &b)) {
+    if (render(keel__runtime_metrics_registry(keel__hreq_runtime(q)), &b)) {
         keel__buf_done(&b);
         keel__reply_error(q, 500, KEEL_ENOMEM, "out of memory rendering metrics");
         return;
     }
     size_t len = b.len;
-    keel__reply(q, 200, "text/plain; version=0.0.4", keel__buf_steal(&b), len, NULL);
+    keel__reply(q, 200, ctype, keel__buf_steal(&b), len, NULL);
+}
+
+void keel__api_metrics(keel__hreq *q)
+{
+    reply_metrics(q, keel__metrics_prometheus, "text/plain; version=0.0.4");
+}
+
+void keel__api_metrics_json(keel__hreq *q)
+{
+    reply_metrics(q, keel__metrics_json, "application/json");
 }
 
 void keel__api_verify(keel__hreq *q)

@@ -22,6 +22,7 @@ const keel__route keel__routes[] = {
     R("GET", "/readyz", keel__api_ready, OPEN, NONE, 0, "ready"),
     R("GET", "/metrics", keel__api_metrics, OPEN, NONE, 0, "metrics"),
     R("GET", "/api/status", keel__api_status, READ, NONE, 0, "status"),
+    R("GET", "/api/metrics", keel__api_metrics_json, READ, NONE, 0, "metrics.json"),
     R("POST", "/api/verify", keel__api_verify, OPERATOR, NONE, AUDIT, "verify"),
     R("GET", "/api/bus", keel__api_bus_stream, READ, NONE, STREAM, "bus.stream"),
     /* packages (api_packages.c) */

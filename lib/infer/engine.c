@@ -4,7 +4,6 @@
  * under a short lock; the old model is freed by whoever drops the last one,
  * so requests in flight finish on the version they started with.
  */
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +11,8 @@
 #include "core/json.h"
 #include "infer/model.h"
 
-#define MOD "infer"
+#define MOD       "infer"
+#define NFAMILIES 8
 
 typedef struct entry {
     char name[KEEL_NAME_MAX];
@@ -29,7 +29,14 @@ struct keel__infer {
     pthread_mutex_t refresh_mu; /* one refresh at a time */
     entry *entries;
     size_t n;
+    keel__metric_family *fam[NFAMILIES]; /* NULL without opts.metrics */
 };
+
+static int metrics_register(keel__infer *e, keel_error *err);
+static void metrics_unregister(keel__infer *e);
+static void attach_series(keel__infer *e, keel__model *m);
+static void remove_series(keel__infer *e, const char *name);
+static void collect(void *ctx);
 
 int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **ret,
                     keel_error *err)
@@ -46,6 +53,11 @@ int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **
     }
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->refresh_mu, NULL);
+    int rc = e->opts.metrics ? metrics_register(e, err) : KEEL_OK;
+    if (rc) {
+        keel__infer_free(e);
+        return rc;
+    }
     *ret = e;
     return KEEL_OK;
 }
@@ -66,8 +78,11 @@ void keel__infer_free(keel__infer *e)
 {
     if (!e)
         return;
+    if (e->opts.metrics) /* the collector first: it reads the entries */
+        keel__metrics_collector_remove(e->opts.metrics, collect, e);
     for (size_t i = 0; i < e->n; i++)
         keel__model_unref(e->entries[i].m);
+    metrics_unregister(e); /* after the models: they hold series of its families */
     free(e->entries);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->refresh_mu);
@@ -131,8 +146,11 @@ static void put(keel__infer *e, const char *name, keel__model *m, const char *wh
         e->n++;
     }
     entry *en = &e->entries[i];
-    if (m || !why) {
+    if (m || !why) { /* the old version's series go with it; m starts at 0 */
         old = en->m;
+        remove_series(e, name);
+        if (m)
+            attach_series(e, m);
         en->m = m;
     }
     keel__strlcpy(en->error, why ? why : "", sizeof(en->error));
@@ -196,6 +214,7 @@ int keel__infer_refresh(keel__infer *e, keel_error *err)
             continue;
         }
         keel__model *old = e->entries[k].m;
+        remove_series(e, e->entries[k].name);
         e->entries[k] = e->entries[--e->n];
         pthread_mutex_unlock(&e->mu);
         keel__model_unref(old);
@@ -334,94 +353,161 @@ char *keel__infer_status_json(keel__infer *e)
     return s;
 }
 
-/* --- metrics ------------------------------------------------------------------------- */
+/* --- metrics ----------------------------------------------------------------------------
+ *
+ * Counted on the request path (tier.c, through the handles attach_series
+ * gives a model before it serves): requests by outcome, latency,
+ * transitions, all-tiers-failed. Copied in at scrape time (collect): breaker
+ * states and trips (time and load failures change them), memory, sessions. */
 
-static int metric_head(keel_buf *b, const char *name, const char *type, const char *help)
+enum {
+    F_REQUESTS,
+    F_LATENCY,
+    F_TRANSITIONS,
+    F_BREAKER,
+    F_TRIPS,
+    F_MEMORY,
+    F_ALL_FAILED,
+    F_SESSIONS
+};
+
+static const keel__metric_desc families[NFAMILIES] = {
+    [F_REQUESTS] = {.name = "keel_infer_requests_total",
+                    .help = "Inference attempts per tier and outcome.",
+                    .type = KEEL_METRIC_COUNTER,
+                    .nlabels = 3,
+                    .labels = {"model", "tier", "outcome"}},
+    [F_LATENCY] = {.name = "keel_infer_latency_seconds",
+                   .help = "Latency of successful tier runs.",
+                   .type = KEEL_METRIC_HISTOGRAM,
+                   .nlabels = 2,
+                   .labels = {"model", "tier"},
+                   .bounds = keel__latency_bounds,
+                   .nbounds = KEEL__NBUCKETS},
+    [F_TRANSITIONS] = {.name = "keel_infer_tier_transitions_total",
+                       .help = "Changes of the tier that serves.",
+                       .type = KEEL_METRIC_COUNTER,
+                       .nlabels = 1,
+                       .labels = {"model"}},
+    [F_BREAKER] = {.name = "keel_infer_breaker_state",
+                   .help = "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+                   .type = KEEL_METRIC_GAUGE,
+                   .nlabels = 2,
+                   .labels = {"model", "tier"}},
+    [F_TRIPS] = {.name = "keel_infer_breaker_trips_total",
+                 .help = "Times a tier's breaker opened.",
+                 .type = KEEL_METRIC_COUNTER,
+                 .nlabels = 2,
+                 .labels = {"model", "tier"}},
+    [F_MEMORY] = {.name = "keel_infer_model_memory_bytes",
+                  .help = "Memory attributed to a loaded tier model.",
+                  .type = KEEL_METRIC_GAUGE,
+                  .nlabels = 2,
+                  .labels = {"model", "tier"}},
+    [F_ALL_FAILED] = {.name = "keel_infer_all_tiers_failed_total",
+                      .help = "Requests no tier could answer.",
+                      .type = KEEL_METRIC_COUNTER,
+                      .nlabels = 1,
+                      .labels = {"model"}},
+    [F_SESSIONS] = {.name = "keel_infer_sessions",
+                    .help = "Open stateful sessions.",
+                    .type = KEEL_METRIC_GAUGE,
+                    .nlabels = 1,
+                    .labels = {"model"}},
+};
+
+static const char *const outcomes[KEEL__NOUTCOMES] = {
+    [KEEL__OUT_OK] = "ok",
+    [KEEL__OUT_ERROR] = "error",
+    [KEEL__OUT_TIMEOUT] = "timeout",
+    [KEEL__OUT_SKIPPED] = "skipped",
+    [KEEL__OUT_OVERLOADED] = "overloaded",
+};
+
+/* Removes every series of model `name` from the engine's families. e->mu held. */
+static void remove_series(keel__infer *e, const char *name)
 {
-    return keel__buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (size_t f = 0; e->fam[F_REQUESTS] && f < NFAMILIES; f++)
+        (void)keel__metrics_remove(e->fam[f], "model", name);
 }
 
-int keel__infer_metrics(keel__infer *e, keel_buf *b)
+/* Gives m, about to serve, its counted series (at 0). e->mu held, before m
+ * is shared. Without memory for them m serves uncounted. */
+static void attach_series(keel__infer *e, keel__model *m)
 {
-    static const struct {
-        const char *name, *type, *help;
-    } fam[] = {
-        {"keel_infer_requests_total", "counter", "Inference attempts per tier and outcome."},
-        {"keel_infer_latency_seconds", "histogram", "Latency of successful tier runs."},
-        {"keel_infer_tier_transitions_total", "counter", "Changes of the tier that serves."},
-        {"keel_infer_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open."},
-        {"keel_infer_breaker_trips_total", "counter", "Times a tier's breaker opened."},
-        {"keel_infer_model_memory_bytes", "gauge", "Memory attributed to a loaded tier model."},
-        {"keel_infer_all_tiers_failed_total", "counter", "Requests no tier could answer."},
-        {"keel_infer_sessions", "gauge", "Open stateful sessions."},
-    };
+    keel_error err;
     int rc = KEEL_OK;
-    pthread_mutex_lock(&e->mu);
-    keel__model *ms[256];
-    size_t n = 0;
-    for (size_t i = 0; i < e->n && n < KEEL_ARRAY_LEN(ms); i++)
-        if (e->entries[i].m) {
-            ms[n] = e->entries[i].m;
-            atomic_fetch_add(&ms[n]->refs, 1);
-            n++;
+    if (!e->fam[F_REQUESTS])
+        return;
+    for (size_t i = 0; !rc && i < m->ntiers; i++) {
+        tier *t = &m->tiers[i];
+        for (size_t o = 0; !rc && o < KEEL__NOUTCOMES; o++) {
+            const char *v[] = {m->name, t->name, outcomes[o]};
+            rc = keel__metrics_series(e->fam[F_REQUESTS], v, &t->m_req[o], &err);
         }
-    pthread_mutex_unlock(&e->mu);
-    for (size_t f = 0; !rc && f < KEEL_ARRAY_LEN(fam); f++) {
-        rc = metric_head(b, fam[f].name, fam[f].type, fam[f].help);
-        for (size_t k = 0; !rc && k < n; k++) {
-            keel__model *m = ms[k];
-            pthread_mutex_lock(&m->mu);
-            if (f == 2)
-                rc = keel__buf_appendf(b, "%s{model=\"%s\"} %" PRIu64 "\n", fam[f].name, m->name,
-                                       m->transitions);
-            else if (f == 6)
-                rc = keel__buf_appendf(b, "%s{model=\"%s\"} %" PRIu64 "\n", fam[f].name, m->name,
-                                       m->all_failed);
-            else if (f == 7)
-                rc = keel__buf_appendf(b, "%s{model=\"%s\"} %zu\n", fam[f].name, m->name,
-                                       m->nsessions);
-            for (size_t i = 0; !rc && i < m->ntiers && f != 2 && f < 6; i++) {
-                tier *t = &m->tiers[i];
-                void *inst = atomic_load(&t->inst);
-                char l[160];
-                snprintf(l, sizeof(l), "model=\"%s\",tier=\"%s\"", m->name, t->name);
-                if (f == 0) {
-                    rc = keel__buf_appendf(
-                        b,
-                        "%s{%s,outcome=\"ok\"} %" PRIu64 "\n%s{%s,outcome=\"error\"} %" PRIu64
-                        "\n%s{%s,outcome=\"timeout\"} %" PRIu64 "\n%s{%s,outcome=\"skipped\"} "
-                        "%" PRIu64 "\n%s{%s,outcome=\"overloaded\"} %" PRIu64 "\n",
-                        fam[f].name, l, t->ok, fam[f].name, l, t->failed - t->timeouts, fam[f].name,
-                        l, t->timeouts, fam[f].name, l, t->skipped, fam[f].name, l, t->overloaded);
-                } else if (f == 1) {
-                    uint64_t cum = 0;
-                    for (size_t h = 0; !rc && h < KEEL__NBUCKETS; h++) {
-                        cum += t->hist[h];
-                        rc = keel__buf_appendf(b, "%s_bucket{%s,le=\"%g\"} %" PRIu64 "\n",
-                                               fam[f].name, l, keel__latency_bounds[h], cum);
-                    }
-                    if (!rc)
-                        rc = keel__buf_appendf(b,
-                                               "%s_bucket{%s,le=\"+Inf\"} %" PRIu64
-                                               "\n%s_sum{%s} %.9f\n%s_count{%s} "
-                                               "%" PRIu64 "\n",
-                                               fam[f].name, l, t->hist_count, fam[f].name, l,
-                                               t->hist_sum, fam[f].name, l, t->hist_count);
-                } else if (f == 3) {
-                    rc = keel__buf_appendf(b, "%s{%s} %d\n", fam[f].name, l,
-                                           keel__breaker_state(t, keel__now_mono_ns()));
-                } else if (f == 4) {
-                    rc = keel__buf_appendf(b, "%s{%s} %u\n", fam[f].name, l, t->br.trips);
-                } else if (f == 5) {
-                    rc = keel__buf_appendf(b, "%s{%s} %" PRIu64 "\n", fam[f].name, l,
-                                           inst && t->be->memory ? t->be->memory(inst)
-                                                                 : (uint64_t)0);
-                }
-            }
-            pthread_mutex_unlock(&m->mu);
-        }
+        const char *v[] = {m->name, t->name};
+        if (!rc)
+            rc = keel__metrics_series(e->fam[F_LATENCY], v, &t->m_latency, &err);
     }
-    for (size_t k = 0; k < n; k++)
-        keel__model_unref(ms[k]);
+    const char *v[] = {m->name};
+    if (!rc)
+        rc = keel__metrics_series(e->fam[F_TRANSITIONS], v, &m->m_transitions, &err);
+    if (!rc)
+        rc = keel__metrics_series(e->fam[F_ALL_FAILED], v, &m->m_all_failed, &err);
+    if (rc)
+        KEEL_LOG_W(MOD, "%s %s: its metrics are not counted: %s", m->name, m->version, err.msg);
+}
+
+/* The collector: what is not counted on the request path. */
+static void collect(void *ctx)
+{
+    keel__infer *e = ctx;
+    uint64_t now = keel__now_mono_ns();
+    keel_error err;
+    int rc = KEEL_OK;
+    pthread_mutex_lock(&e->mu); /* put cannot remove series under us */
+    for (size_t k = 0; k < e->n; k++) {
+        keel__model *m = e->entries[k].m;
+        if (!m)
+            continue;
+        pthread_mutex_lock(&m->mu);
+        for (size_t i = 0; i < m->ntiers; i++) {
+            tier *t = &m->tiers[i];
+            void *inst = atomic_load(&t->inst);
+            const char *v[] = {m->name, t->name};
+            rc |= keel__metrics_set(e->fam[F_BREAKER], v, keel__breaker_state(t, now), &err);
+            rc |= keel__metrics_set(e->fam[F_TRIPS], v, t->br.trips, &err);
+            rc |= keel__metrics_set(e->fam[F_MEMORY], v,
+                                    inst && t->be->memory ? (double)t->be->memory(inst) : 0, &err);
+        }
+        const char *v[] = {m->name};
+        rc |= keel__metrics_set(e->fam[F_SESSIONS], v, (double)m->nsessions, &err);
+        pthread_mutex_unlock(&m->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (rc)
+        KEEL_LOG_D(MOD, "metrics incomplete: %s", err.msg);
+}
+
+static int metrics_register(keel__infer *e, keel_error *err)
+{
+    int rc = KEEL_OK;
+    for (size_t f = 0; !rc && f < NFAMILIES; f++)
+        rc = keel__metrics_register(e->opts.metrics, &families[f], &e->fam[f], err);
+    if (!rc)
+        rc = keel__metrics_collector_add(e->opts.metrics, collect, e, err);
+    if (rc)
+        metrics_unregister(e);
     return rc;
+}
+
+static void metrics_unregister(keel__infer *e)
+{
+    if (!e->opts.metrics)
+        return;
+    keel__metrics_collector_remove(e->opts.metrics, collect, e);
+    for (size_t f = 0; f < NFAMILIES; f++) {
+        keel__metrics_unregister(e->opts.metrics, e->fam[f]);
+        e->fam[f] = NULL;
+    }
 }

@@ -18,6 +18,7 @@
 #include "infer/router.h"
 #include "core/conf.h"
 #include "keel/store.h"
+#include "obs/metrics.h"
 
 /* The engine's settings (options.c). */
 extern const keel__option_set keel__infer_options;
@@ -40,6 +41,9 @@ typedef struct keel__infer_event {
     const char *result;                  /* records, escalations: the local result JSON */
     const struct keel__infer_resp *resp; /* records, escalations: the local answer */
     double confidence;                   /* records, escalations: first row's, or -1 */
+    /* records, escalations: the answer is not the first tier's; transitions:
+     * the new tier is further down the chain than the one before (a fall
+     * back, not a recovery) */
     bool degraded;
     uint64_t ns; /* records: request time */
     /* escalations: the request as received, to forward again later */
@@ -57,6 +61,11 @@ typedef struct keel__infer_opts {
     /* the upstream for hybrid routing (borrowed; must outlive the engine);
      * NULL: every package is served locally whatever its "routing" says */
     keel__router *upstream;
+    /* where the engine registers its keel_infer_* families (borrowed; must
+     * outlive the engine); NULL: no metrics. Each served model's series
+     * are labelled model (and tier); they are removed when its version is
+     * swapped out or it stops being served. */
+    keel__metrics *metrics;
 } keel__infer_opts;
 
 KEEL_WUR int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **ret,
@@ -216,8 +225,6 @@ KEEL_WUR int keel__model_selftest(keel__model *m, keel_store *s, char **ret_repo
 
 /* Engine status for /api/status (malloc'd JSON object keyed by package). */
 char *keel__infer_status_json(keel__infer *e);
-/* Prometheus text exposition of the engine's metrics, appended to b. */
-KEEL_WUR int keel__infer_metrics(keel__infer *e, keel_buf *b);
 /* Whether every served package has a model that can serve; why otherwise. */
 bool keel__infer_ready(keel__infer *e, char *why, size_t n);
 

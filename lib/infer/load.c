@@ -314,7 +314,12 @@ void keel__model_free(keel__model *m)
             free(t->consts[k].data);
         }
         cJSON_Delete(t->spec);
+        for (size_t k = 0; k < KEEL__NOUTCOMES; k++)
+            keel__metric_series_unref(t->m_req[k]);
+        keel__metric_series_unref(t->m_latency);
     }
+    keel__metric_series_unref(m->m_transitions);
+    keel__metric_series_unref(m->m_all_failed);
     for (size_t i = 0; i < m->nin; i++)
         free_name(m->in[i].name);
     for (size_t i = 0; i < m->nout; i++)

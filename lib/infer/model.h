@@ -43,6 +43,17 @@ typedef struct policy {
     uint64_t cooldown_ns;  /* open -> half-open (default 5 s) */
 } policy;
 
+/* Outcomes of a tier attempt, the values of keel_infer_requests_total's
+ * outcome label. */
+enum {
+    KEEL__OUT_OK,
+    KEEL__OUT_ERROR,
+    KEEL__OUT_TIMEOUT,
+    KEEL__OUT_SKIPPED,
+    KEEL__OUT_OVERLOADED,
+    KEEL__NOUTCOMES
+};
+
 typedef struct tier tier;
 struct tier {
     char name[32];
@@ -57,10 +68,12 @@ struct tier {
     uint64_t deadline_ns, memory_budget;
     unsigned max_inflight, inflight;
     breaker br;
-    /* counters (model lock) */
-    uint64_t ok, failed, timeouts, skipped, overloaded, fallbacks, transitions_in;
-    uint64_t hist[KEEL__NBUCKETS], hist_count;
-    double hist_sum;
+    /* counters for status (model lock) */
+    uint64_t ok, failed, fallbacks, transitions_in;
+    /* registry series (engine.c attaches them before a served model is
+     * shared; NULL without a registry and for models loaded only for a
+     * self-test): keel_infer_requests_total by outcome, latency */
+    keel__metric_series *m_req[KEEL__NOUTCOMES], *m_latency;
 };
 
 typedef struct session {
@@ -100,6 +113,8 @@ struct keel__model {
     int serving_tier; /* the tier that served last, -1 none yet */
     int64_t serving_since;
     uint64_t transitions, all_failed;
+    /* registry series, as the tiers' */
+    keel__metric_series *m_transitions, *m_all_failed;
 };
 
 /* Builds a model from a manifest; files resolved through `path_of`. */

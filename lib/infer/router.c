@@ -28,7 +28,12 @@ struct keel__router {
     uint64_t open_until;
     uint64_t forwarded, failed, trips;
     char last_error[256];
+    keel__metrics *reg; /* keel__router_metrics_register; NULL: none */
+    keel__metric_family *fam[3];
+    keel__metric_series *series[4];
 };
+
+static void metrics_unregister(keel__router *r);
 
 static void share_lock(CURL *h, curl_lock_data d, curl_lock_access a, void *u)
 {
@@ -70,6 +75,7 @@ void keel__router_free(keel__router *r)
 {
     if (!r)
         return;
+    metrics_unregister(r);
     if (r->share)
         curl_share_cleanup(r->share);
     pthread_mutex_destroy(&r->mu);
@@ -229,24 +235,77 @@ int keel__router_forward(keel__router *r, const char *model, const void *body, s
     return rc;
 }
 
-int keel__router_metrics(keel__router *r, keel_buf *b)
+/* --- metrics: the counters above, copied into the registry at every scrape ------------- */
+
+enum { F_STATE, F_TRIPS, F_REQUESTS, NFAMILIES };
+enum { S_STATE, S_TRIPS, S_OK, S_ERROR, NSERIES };
+_Static_assert(NFAMILIES == KEEL_ARRAY_LEN(((keel__router *)0)->fam) &&
+                   NSERIES == KEEL_ARRAY_LEN(((keel__router *)0)->series),
+               "the router's metric arrays");
+
+static const keel__metric_desc families[NFAMILIES] = {
+    [F_STATE] = {.name = "keel_upstream_breaker_state",
+                 .help = "Upstream breaker: 0 closed, 1 open, 2 half-open.",
+                 .type = KEEL_METRIC_GAUGE},
+    [F_TRIPS] = {.name = "keel_upstream_breaker_trips_total",
+                 .help = "Times the upstream breaker opened.",
+                 .type = KEEL_METRIC_COUNTER},
+    [F_REQUESTS] = {.name = "keel_upstream_requests_total",
+                    .help = "Requests forwarded upstream, by outcome.",
+                    .type = KEEL_METRIC_COUNTER,
+                    .nlabels = 1,
+                    .labels = {"outcome"}},
+};
+
+static void collect(void *ctx)
 {
+    keel__router *r = ctx;
     pthread_mutex_lock(&r->mu);
     int st = r->state == 1 && keel__now_mono_ns() >= r->open_until ? 2 : r->state;
-    int rc = keel__buf_appendf(
-        b,
-        "# HELP keel_upstream_breaker_state Upstream breaker: 0 closed, 1 open, 2 half-open.\n"
-        "# TYPE keel_upstream_breaker_state gauge\nkeel_upstream_breaker_state %d\n"
-        "# HELP keel_upstream_breaker_trips_total Times the upstream breaker opened.\n"
-        "# TYPE keel_upstream_breaker_trips_total counter\nkeel_upstream_breaker_trips_total %llu\n"
-        "# HELP keel_upstream_requests_total Requests forwarded upstream, by outcome.\n"
-        "# TYPE keel_upstream_requests_total counter\n"
-        "keel_upstream_requests_total{outcome=\"ok\"} %llu\n"
-        "keel_upstream_requests_total{outcome=\"error\"} %llu\n",
-        st, (unsigned long long)r->trips, (unsigned long long)r->forwarded,
-        (unsigned long long)r->failed);
+    keel__metric_gauge_set(r->series[S_STATE], st);
+    keel__metric_counter_set(r->series[S_TRIPS], r->trips);
+    keel__metric_counter_set(r->series[S_OK], r->forwarded);
+    keel__metric_counter_set(r->series[S_ERROR], r->failed);
     pthread_mutex_unlock(&r->mu);
+}
+
+int keel__router_metrics_register(keel__router *r, keel__metrics *reg, keel_error *err)
+{
+    static const char *const ok[] = {"ok"}, *const error[] = {"error"};
+    int rc = KEEL_OK;
+    KEEL_ASSERT(!r->reg, "the router's metrics registered twice");
+    r->reg = reg;
+    for (size_t f = 0; !rc && f < NFAMILIES; f++)
+        rc = keel__metrics_register(reg, &families[f], &r->fam[f], err);
+    if (!rc)
+        rc = keel__metrics_series(r->fam[F_STATE], NULL, &r->series[S_STATE], err);
+    if (!rc)
+        rc = keel__metrics_series(r->fam[F_TRIPS], NULL, &r->series[S_TRIPS], err);
+    if (!rc)
+        rc = keel__metrics_series(r->fam[F_REQUESTS], ok, &r->series[S_OK], err);
+    if (!rc)
+        rc = keel__metrics_series(r->fam[F_REQUESTS], error, &r->series[S_ERROR], err);
+    if (!rc)
+        rc = keel__metrics_collector_add(reg, collect, r, err);
+    if (rc)
+        metrics_unregister(r);
     return rc;
+}
+
+static void metrics_unregister(keel__router *r)
+{
+    if (!r->reg)
+        return;
+    keel__metrics_collector_remove(r->reg, collect, r);
+    for (size_t i = 0; i < NSERIES; i++) {
+        keel__metric_series_unref(r->series[i]);
+        r->series[i] = NULL;
+    }
+    for (size_t f = 0; f < NFAMILIES; f++) {
+        keel__metrics_unregister(r->reg, r->fam[f]);
+        r->fam[f] = NULL;
+    }
+    r->reg = NULL;
 }
 
 char *keel__router_status_json(keel__router *r)

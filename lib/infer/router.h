@@ -10,6 +10,7 @@
 #define KEEL_INFER_ROUTER_H
 
 #include "core/core.h"
+#include "obs/metrics.h"
 
 enum { KEEL__ROUTE_LOCAL, KEEL__ROUTE_ESCALATE, KEEL__ROUTE_UPSTREAM_FIRST };
 
@@ -37,8 +38,10 @@ KEEL_WUR int keel__router_forward(keel__router *r, const char *model, const void
                                   size_t len, size_t json_len, uint64_t deadline_ms,
                                   keel__upstream_answer *out, keel_error *err);
 
-/* Prometheus text: breaker state and trips, requests by outcome. */
-KEEL_WUR int keel__router_metrics(keel__router *r, keel_buf *b);
+/* Registers keel_upstream_* (breaker state and trips, requests by
+ * outcome) in reg (borrowed; must outlive r), filled at every scrape from
+ * the router's counters. Once per router; without it r keeps no metrics. */
+KEEL_WUR int keel__router_metrics_register(keel__router *r, keel__metrics *reg, keel_error *err);
 
 /* {"url", "breaker", "consecutive_failures", "forwarded", "failed", ...} (malloc'd). */
 char *keel__router_status_json(keel__router *r);

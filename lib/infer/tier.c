@@ -108,21 +108,21 @@ static void breaker_record(model *m, tier *t, bool ok, bool probe, uint64_t now)
         breaker_trip(m, t, now, "error rate");
 }
 
-/* --- latency histogram ------------------------------------------------------------------ */
+/* --- metrics: series handles engine.c attached (NULL: not counted) --------------------- */
 
 const double keel__latency_bounds[KEEL__NBUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 
+static void count(keel__metric_series *s)
+{
+    if (s)
+        keel__metric_inc(s, 1);
+}
+
 static void observe(tier *t, uint64_t ns)
 {
-    double s = (double)ns / 1e9;
-    for (size_t i = 0; i < KEEL__NBUCKETS; i++)
-        if (s <= keel__latency_bounds[i]) {
-            t->hist[i]++;
-            break;
-        }
-    t->hist_count++;
-    t->hist_sum += s;
+    if (t->m_latency)
+        keel__metric_observe(t->m_latency, (double)ns / 1e9);
 }
 
 /* --- sessions ---------------------------------------------------------------------------- */
@@ -394,23 +394,21 @@ static int prepare(model *m, const keel__infer_req *req, keel__tensor *ins, void
 
 /* --- the chain ----------------------------------------------------------------------------- */
 
-/* Lock held. A transition is counted and logged once per change of the
- * serving tier, not per request. Returns the previous tier when it changed
- * (for the event), else -1. */
+/* Lock held. A transition is counted once per change of the serving tier,
+ * not per request. Returns the previous tier when it changed, else -1: the
+ * caller tells the owner (KEEL__EV_TRANSITION), which logs it (the
+ * runtime: on_infer_event); here it is only a debug line. */
 static int note_served(model *m, size_t ti, const char *reason)
 {
     int was = m->serving_tier;
     if (m->serving_tier != (int)ti) {
         if (m->serving_tier >= 0) {
             m->transitions++;
+            count(m->m_transitions);
             m->tiers[ti].transitions_in++;
-            if (ti > (size_t)m->serving_tier)
-                KEEL_LOG_W(MOD, "%s@%s now served by tier %s (was %s): %s", m->name, m->version,
-                           m->tiers[ti].name, m->tiers[m->serving_tier].name,
-                           reason[0] ? reason : "pinned");
-            else
-                KEEL_LOG_I(MOD, "%s@%s served by tier %s again (was %s)", m->name, m->version,
-                           m->tiers[ti].name, m->tiers[m->serving_tier].name);
+            KEEL_LOG_D(MOD, "%s@%s served by tier %s (was %s)%s%s", m->name, m->version,
+                       m->tiers[ti].name, m->tiers[m->serving_tier].name, reason[0] ? ": " : "",
+                       reason);
         }
         m->serving_tier = (int)ti;
         m->serving_since = keel__now_wall_s();
@@ -419,8 +417,9 @@ static int note_served(model *m, size_t ti, const char *reason)
     return -1;
 }
 
+/* degraded: transitions only (records take the response's) */
 static void emit(model *m, int type, const char *tier_name, const char *from, const char *reason,
-                 const keel__infer_resp *resp)
+                 bool degraded, const keel__infer_resp *resp)
 {
     keel__infer_event ev = {.type = type,
                             .model = m->name,
@@ -428,6 +427,7 @@ static void emit(model *m, int type, const char *tier_name, const char *from, co
                             .tier = tier_name,
                             .from_tier = from,
                             .reason = reason,
+                            .degraded = degraded,
                             .confidence = -1};
     if (resp) {
         ev.resp = resp;
@@ -528,14 +528,14 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
         unsigned inflight = t->inflight;
         if (admit && pin < 0 && t->max_inflight && inflight >= t->max_inflight) {
             admit = false;
-            t->overloaded++;
+            count(t->m_req[KEEL__OUT_OVERLOADED]);
             if (probe)
                 t->br.probing = false;
             if (keel__buf_appendf(why, "%s%s: overloaded (%u requests in flight)",
                                   why->len ? "; " : "", t->name, inflight)) {
             }
         } else if (!admit) {
-            t->skipped++;
+            count(t->m_req[KEEL__OUT_SKIPPED]);
             if (keel__buf_appendf(why, "%s%s: breaker open%s%.*s%s", why->len ? "; " : "", t->name,
                                   t->load_error[0] ? " after load failure: " : "", KEEL__CLAUSE_MAX,
                                   t->load_error,
@@ -563,11 +563,11 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
         t->inflight--;
         if (!trc) {
             t->ok++;
+            count(t->m_req[KEEL__OUT_OK]);
             observe(t, dt);
         } else {
             t->failed++;
-            if (trc == KEEL_ETIMEOUT)
-                t->timeouts++;
+            count(t->m_req[trc == KEEL_ETIMEOUT ? KEEL__OUT_TIMEOUT : KEEL__OUT_ERROR]);
         }
         if (pin < 0 || trc) /* a pinned success says nothing about the chain's health */
             breaker_record(m, t, !trc, probe, keel__now_mono_ns());
@@ -580,7 +580,7 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
         pthread_mutex_unlock(&m->mu);
         if (was >= 0 && m->eng_opts.event)
             emit(m, KEEL__EV_TRANSITION, t->name, m->tiers[was].name, why->data ? why->data : "",
-                 NULL);
+                 i > (size_t)was, NULL);
         if (!trc) {
             *ret_ti = i;
             return KEEL_OK;
@@ -591,11 +591,12 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
     }
     pthread_mutex_lock(&m->mu);
     m->all_failed++;
+    count(m->m_all_failed);
     pthread_mutex_unlock(&m->mu);
     int rc = keel__err(err, KEEL_ENOTREADY, "%s@%s: every tier failed: %s", m->name, m->version,
                        why->data ? why->data : "no tier");
     if (m->eng_opts.event)
-        emit(m, KEEL__EV_ALL_FAILED, "", NULL, err ? err->msg : "", NULL);
+        emit(m, KEEL__EV_ALL_FAILED, "", NULL, err ? err->msg : "", false, NULL);
     return rc;
 }
 
@@ -671,7 +672,7 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
         goto out;
     if (m->eng_opts.event && m->rec_mode && want_record(m, resp)) {
         resp->ns = keel__now_mono_ns() - t0;
-        emit(m, KEEL__EV_RECORD, resp->tier, NULL, resp->reason, resp);
+        emit(m, KEEL__EV_RECORD, resp->tier, NULL, resp->reason, false, resp);
     }
 out:
     session_put(m, s);

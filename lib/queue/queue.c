@@ -470,10 +470,12 @@ static int evict_class(keel_queue *q, keel_prio p, uint64_t need, keel_error *er
     q->c.evicted[p] += rows;
     q->c.dirty = true;
     q->disk_room += i64(bytes);
-    /* Evicting is data loss: say so, but at most once a minute per class. */
+    /* Evicting is data loss: it is counted (keel_queue_stats_get), and the
+     * owner says so (keeld's runtime logs it, once a minute at most); here
+     * only a debug line, at most once a minute per class. */
     uint64_t t = keel__now_mono_ns();
     if (q->evict_logged[p] == 0 || t - q->evict_logged[p] > 60ull * 1000000000) {
-        KEEL_LOG_W(MOD,
+        KEEL_LOG_D(MOD,
                    "queue full: evicted %" PRIu64 " %s message(s) (%" PRIu64 " bytes); %" PRIu64
                    " %s evicted since the database was created",
                    rows, prio_names[p], bytes, q->c.evicted[p], prio_names[p]);

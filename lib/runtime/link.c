@@ -4,6 +4,7 @@
  * queue messages (the reporter), and the device shadow (desired documents
  * from the broker, local changes, the reported state).
  */
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,30 @@ void keel__rt_wake(keel__runtime *rt, bool critical)
 }
 
 /* Removes expired messages at most every 10 s (from whichever caller comes). */
+/* Evicting is data loss. The queue counts it (keel_queue_evicted_total);
+ * the runtime says so in the log, at most once a minute per class. */
+static void report_evictions(keel__runtime *rt, int64_t now)
+{
+    keel_queue_stats st;
+    keel_error e;
+    if (keel_queue_stats_get(rt->queue, &st, &e))
+        return;
+    pthread_mutex_lock(&rt->lock);
+    for (int p = 0; p < KEEL_PRIO_COUNT; p++) {
+        uint64_t total = st.cls[p].evicted, n = total - rt->evict_reported[p];
+        if (total <= rt->evict_reported[p] || now - rt->evict_reported_at[p] < 60)
+            continue;
+        KEEL_LOG_W(MOD,
+                   "queue full: evicted %" PRIu64 " %s message(s) to make room; %" PRIu64
+                   " %s evicted since the queue was created (raise queue_max_bytes or "
+                   "queue_max_rows, or let the uplink drain it)",
+                   n, keel_prio_name((keel_prio)p), total, keel_prio_name((keel_prio)p));
+        rt->evict_reported[p] = total;
+        rt->evict_reported_at[p] = now;
+    }
+    pthread_mutex_unlock(&rt->lock);
+}
+
 void keel__rt_expire_maybe(keel__runtime *rt)
 {
     int64_t now = keel__now_wall_s(), last = rt->last_expire;
@@ -30,6 +55,7 @@ void keel__rt_expire_maybe(keel__runtime *rt)
     uint64_t n = 0;
     if (keel_queue_expire(rt->queue, now, &n, &e))
         KEEL_LOG_W(MOD, "queue expiry: %s", e.msg);
+    report_evictions(rt, now);
 }
 
 /* Queues m; logs (once, here) when it cannot. */
@@ -309,6 +335,7 @@ int keel__rt_link_start(keel__runtime *rt, keel_error *err)
     o.bandwidth_bps = keel__conf_u64(c, "uplink_bandwidth");
     o.on_link = on_link;
     o.link_ctx = rt;
+    o.metrics = rt->metrics;
     int rc = keel__sync_window_parse(window, &o.window, err);
     if (!rc && pwfile[0] && !(rc = keel__fs_read(pwfile, 4096, &password, &plen, err))) {
         while (plen && (password[plen - 1] == '\n' || password[plen - 1] == '\r'))

@@ -115,6 +115,8 @@ int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err)
     if (!upstream[0])
         return KEEL_OK;
     int rc = keel__router_new(upstream, &rt->router, err);
+    if (!rc)
+        rc = keel__router_metrics_register(rt->router, rt->metrics, err);
     if (rc)
         return rc;
     keel_queue_opts_default(&qo);

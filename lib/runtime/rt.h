@@ -25,6 +25,8 @@ struct keel__runtime {
     pthread_mutex_t lock;
     char token[65];
     uint64_t started_ns;
+    keel__metrics *metrics;      /* every module's families; freed last */
+    keel__metric_family *fam[6]; /* the runtime's own: keel_up, keel_ready, keel_queue_* */
     keel__bus *bus;
     keel_store *store;
     keel_queue *queue;
@@ -50,6 +52,9 @@ struct keel__runtime {
         uint64_t folded;
     } recent[32];
     _Atomic int64_t last_expire;
+    /* evictions reported (link.c report_evictions), under lock */
+    uint64_t evict_reported[KEEL_PRIO_COUNT];
+    int64_t evict_reported_at[KEEL_PRIO_COUNT];
 };
 
 /* link.c */

@@ -3,8 +3,10 @@
  * the package actions (runtime.h). The order of open is the order of
  * dependence: the bus and the store first, then the queue (the shadow and
  * the engine produce into it), the uplink (reads the queue), the router,
- * the engine, and last the jobs that touch all of them. Close runs it
- * backwards. docs/internals/runtime.md draws the threads.
+ * the engine, and last the jobs that touch all of them. The metrics
+ * registry comes before all of them (each registers its families there)
+ * and goes after them. Close runs it backwards. docs/internals/runtime.md
+ * draws the threads.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -231,42 +233,71 @@ char *keel__runtime_status_json(keel__runtime *rt, keel_error *err)
     return keel__buf_steal(&b);
 }
 
-int keel__runtime_metrics(keel__runtime *rt, keel_buf *b)
+/* --- metrics: the runtime's own families ------------------------------------------------- */
+
+keel__metrics *keel__runtime_metrics_registry(keel__runtime *rt)
 {
-    int rc = keel__buf_appendf(b,
-                               "# HELP keel_up keeld is running.\n# TYPE keel_up gauge\n"
-                               "keel_up 1\n"
-                               "# HELP keel_ready Whether keeld is ready to serve.\n"
-                               "# TYPE keel_ready gauge\nkeel_ready %d\n",
-                               keel__runtime_ready(rt) ? 1 : 0);
-    if (!rc && rt->infer)
-        rc = keel__infer_metrics(rt->infer, b);
+    return rt->metrics;
+}
+
+enum { F_UP, F_READY, F_QDEPTH, F_QBYTES, F_QEVICTED, F_QREFUSED };
+
+static const keel__metric_desc families[] = {
+    [F_UP] = {.name = "keel_up", .help = "keeld is running.", .type = KEEL_METRIC_GAUGE},
+    [F_READY] = {.name = "keel_ready",
+                 .help = "Whether keeld is ready to serve.",
+                 .type = KEEL_METRIC_GAUGE},
+    [F_QDEPTH] = {.name = "keel_queue_depth",
+                  .help = "Messages waiting, by priority class.",
+                  .type = KEEL_METRIC_GAUGE,
+                  .nlabels = 1,
+                  .labels = {"class"}},
+    [F_QBYTES] = {.name = "keel_queue_bytes",
+                  .help = "Bytes waiting, by priority class.",
+                  .type = KEEL_METRIC_GAUGE,
+                  .nlabels = 1,
+                  .labels = {"class"}},
+    [F_QEVICTED] = {.name = "keel_queue_evicted_total",
+                    .help = "Messages evicted to make room.",
+                    .type = KEEL_METRIC_COUNTER,
+                    .nlabels = 1,
+                    .labels = {"class"}},
+    [F_QREFUSED] = {.name = "keel_queue_refused_total",
+                    .help = "Enqueues refused (backpressure).",
+                    .type = KEEL_METRIC_COUNTER,
+                    .nlabels = 1,
+                    .labels = {"class"}},
+};
+
+/* Readiness and the queue's statistics, copied in at scrape time. */
+static void collect(void *ctx)
+{
+    keel__runtime *rt = ctx;
     keel_queue_stats st;
-    keel_error qe;
-    if (!rc && rt->queue && !keel_queue_stats_get(rt->queue, &st, &qe)) {
-        static const char *const fam[][3] = {
-            {"keel_queue_depth", "gauge", "Messages waiting, by priority class."},
-            {"keel_queue_bytes", "gauge", "Bytes waiting, by priority class."},
-            {"keel_queue_evicted_total", "counter", "Messages evicted to make room."},
-            {"keel_queue_refused_total", "counter", "Enqueues refused (backpressure)."}};
-        for (size_t f = 0; !rc && f < 4; f++) {
-            rc = keel__buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n", fam[f][0], fam[f][2],
-                                   fam[f][0], fam[f][1]);
-            for (int k = 0; !rc && k < KEEL_PRIO_COUNT; k++) {
-                const keel_queue_class_stats *cs = &st.cls[k];
-                uint64_t v = f == 0   ? cs->depth
-                             : f == 1 ? cs->bytes
-                             : f == 2 ? cs->evicted
-                                      : cs->refused;
-                rc = keel__buf_appendf(b, "%s{class=\"%s\"} %llu\n", fam[f][0],
-                                       keel_prio_name((keel_prio)k), (unsigned long long)v);
-            }
-        }
+    keel_error e;
+    int rc = keel__metrics_set(rt->fam[F_READY], NULL, keel__runtime_ready(rt) ? 1 : 0, &e);
+    if (!rc && (rc = keel_queue_stats_get(rt->queue, &st, &e)))
+        return; /* the queue's families keep their last values */
+    for (int k = 0; !rc && k < KEEL_PRIO_COUNT; k++) {
+        const keel_queue_class_stats *cs = &st.cls[k];
+        const char *v[] = {keel_prio_name((keel_prio)k)};
+        if (!(rc = keel__metrics_set(rt->fam[F_QDEPTH], v, (double)cs->depth, &e)) &&
+            !(rc = keel__metrics_set(rt->fam[F_QBYTES], v, (double)cs->bytes, &e)) &&
+            !(rc = keel__metrics_set(rt->fam[F_QEVICTED], v, (double)cs->evicted, &e)))
+            rc = keel__metrics_set(rt->fam[F_QREFUSED], v, (double)cs->refused, &e);
     }
-    if (!rc && rt->uplink)
-        rc = keel__uplink_metrics(rt->uplink, b);
-    if (!rc && rt->router)
-        rc = keel__router_metrics(rt->router, b);
+    if (rc)
+        KEEL_LOG_D(MOD, "metrics incomplete: %s", e.msg);
+}
+
+/* The registry, the runtime's families (first in the exposition) and its collector. */
+static int metrics_open(keel__runtime *rt, keel_error *err)
+{
+    int rc = keel__metrics_new(&rt->metrics, err);
+    for (size_t f = 0; !rc && f < KEEL_ARRAY_LEN(families); f++)
+        rc = keel__metrics_register(rt->metrics, &families[f], &rt->fam[f], err);
+    if (!rc)
+        rc = keel__metrics_set(rt->fam[F_UP], NULL, 1, err);
     return rc;
 }
 
@@ -463,7 +494,13 @@ static void on_infer_event(void *ctx, const keel__infer_event *ie)
                           .degraded = ie->degraded,
                           .ns = ie->ns};
     switch (ie->type) {
-    case KEEL__EV_TRANSITION:
+    case KEEL__EV_TRANSITION: /* logged here, once; the engine only counts it */
+        if (ie->degraded)
+            KEEL_LOG_W(MOD, "%s@%s now served by tier %s (was %s): %s", ie->model, ie->version,
+                       ie->tier, ie->from_tier, ie->reason && ie->reason[0] ? ie->reason : "?");
+        else
+            KEEL_LOG_I(MOD, "%s@%s served by tier %s again (was %s)", ie->model, ie->version,
+                       ie->tier, ie->from_tier);
         ev.type = KEEL__BUS_TIER;
         break;
     case KEEL__EV_ALL_FAILED:
@@ -558,6 +595,8 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
         keel__strlcpy(rt->device_id, dev, sizeof(rt->device_id));
     else if (gethostname(rt->device_id, sizeof(rt->device_id) - 1) || !rt->device_id[0])
         keel__strlcpy(rt->device_id, "keel", sizeof(rt->device_id));
+    if ((rc = metrics_open(rt, err))) /* before every module that registers families */
+        goto fail;
     if (!(rt->bus = keel__bus_new())) {
         rc = keel__err(err, KEEL_ENOMEM, "out of memory");
         goto fail;
@@ -575,8 +614,14 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
         goto fail;
     keel__queue_opts_from(conf, &qo);
     keel__runtime_path(rt, KEEL_STATE_QUEUE_DB, path, sizeof(path));
-    if ((rc = keel_queue_open(path, &qo, &rt->queue, err)))
+    if ((rc = keel_queue_open(path, &qo, &rt->queue, err)) ||
+        (rc = keel__metrics_collector_add(rt->metrics, collect, rt, err)))
         goto fail;
+    keel_queue_stats qs;
+    keel_error qe;
+    if (!keel_queue_stats_get(rt->queue, &qs, &qe)) /* report evictions from now on */
+        for (int p = 0; p < KEEL_PRIO_COUNT; p++)
+            rt->evict_reported[p] = qs.cls[p].evicted;
     rt->sub_reporter = keel__bus_subscribe(
         rt->bus, KEEL__BUS_INFER | KEEL__BUS_TIER | KEEL__BUS_ALL_FAILED, keel__rt_reporter, rt);
     if (!rt->sub_reporter) {
@@ -596,7 +641,8 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
                            .upstream = rt->router,
                            .cache_dir = cache,
                            .max_sessions = (size_t)keel__conf_u64(conf, "max_sessions"),
-                           .session_idle_s = keel__conf_u64(conf, "session_idle")};
+                           .session_idle_s = keel__conf_u64(conf, "session_idle"),
+                           .metrics = rt->metrics};
     if ((rc = keel__infer_new(rt->store, &io, &rt->infer, err)))
         goto fail;
     keel_store_set_validator(rt->store, keel__infer_validator, rt->infer);
@@ -623,10 +669,13 @@ void keel__runtime_close(keel__runtime *rt)
     keel__rt_reprocess_stop(rt);
     keel__rt_link_stop(rt); /* before the queue: the uplink reads from it */
     keel__bus_unsubscribe(rt->bus, rt->sub_reporter);
+    if (rt->metrics) /* it reads the queue */
+        keel__metrics_collector_remove(rt->metrics, collect, rt);
     keel_queue_close(rt->queue);
     keel__shadow_close(rt->shadow); /* after the uplink: it applies desired documents */
     keel_store_close(rt->store);
     keel__bus_free(rt->bus);
+    keel__metrics_free(rt->metrics); /* last: every module above registered in it */
     pthread_mutex_destroy(&rt->fold_mu);
     pthread_mutex_destroy(&rt->lock);
     keel__conf_free(rt->conf);

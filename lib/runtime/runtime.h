@@ -6,9 +6,11 @@
  * (re-verify, queue expiry, re-processing) and keeps readiness.
  *
  * Owns: every file under STATE_DIR (names in keel/layout.h), the API token,
- * the order things start and stop in, and what each module's events turn
- * into (queue messages, readiness). Knows nothing of HTTP: lib/http renders
- * what this module answers, and the daemon only opens, reloads and closes.
+ * the metrics registry (created before the modules, which register their
+ * families in it, and freed after them), the order things start and stop
+ * in, and what each module's events turn into (queue messages, readiness).
+ * Knows nothing of HTTP: lib/http renders what this module answers, and
+ * the daemon only opens, reloads and closes.
  *
  * A feature that needs the device's state (updates, the dashboard, audit,
  * an OpenAI route, the fleet agent) takes it from here and listens on the
@@ -26,6 +28,7 @@
 #include "infer/infer.h"
 #include "keel/queue.h"
 #include "keel/store.h"
+#include "obs/metrics.h"
 
 typedef struct keel__runtime keel__runtime;
 
@@ -86,8 +89,11 @@ bool keel__runtime_ready(keel__runtime *rt);
 /* The device's status document (malloc'd JSON): versions, slots,
  * verification, models, uplink, upstream. NULL when out of memory. */
 char *keel__runtime_status_json(keel__runtime *rt, keel_error *err);
-/* Prometheus text exposition of every module's metrics, appended to b. */
-KEEL_WUR int keel__runtime_metrics(keel__runtime *rt, keel_buf *b);
+/* The metrics registry every module registers its families in (the
+ * runtime's keel_up, keel_ready and keel_queue_*, the engine's, the
+ * uplink's, the upstream router's); render it with keel__metrics_prometheus
+ * or keel__metrics_json. */
+keel__metrics *keel__runtime_metrics_registry(keel__runtime *rt);
 
 /* --- package actions: store, then readiness, then one event on the bus ------------ */
 

@@ -68,6 +68,9 @@ struct keel__uplink {
 
     pthread_mutex_t mu;
     stats st;
+    /* the registry's copy of st (metrics_start); NULL without o.metrics */
+    keel__metric_family *fam[16];    /* NFAMILIES */
+    keel__metric_series *series[18]; /* NSERIES */
 
     /* Everything below belongs to the thread. */
     struct mosquitto *mosq;
@@ -105,6 +108,9 @@ struct transport {
     /* Whether a heartbeat is due and, when it is, runs it. */
     int (*heartbeat)(keel__uplink *u, keel_error *err);
 };
+
+static int metrics_start(keel__uplink *u, keel_error *err);
+static void metrics_stop(keel__uplink *u);
 
 /* --- small helpers ------------------------------------------------------------------------ */
 
@@ -1077,6 +1083,8 @@ int keel__uplink_start(const keel__uplink_opts *o, const keel__sync_source *src,
     u->st.batch = u->batch;
     u->st.breaker = KEEL__UPLINK_CLOSED;
     atomic_init(&u->stopping, false);
+    if (u->o.metrics && (rc = metrics_start(u, err)))
+        goto fail;
 
     int fds[2];
     if (pipe2(fds, O_CLOEXEC | O_NONBLOCK)) {
@@ -1112,6 +1120,7 @@ void keel__uplink_stop(keel__uplink *u)
         close(u->wake_rd);
     if (u->wake_wr >= 0)
         close(u->wake_wr);
+    metrics_stop(u);
     keel__buf_done(&u->env);
     free(u->ids);
     for (size_t i = 0; i < KEEL_ARRAY_LEN(u->strs); i++) {
@@ -1176,57 +1185,116 @@ char *keel__uplink_status_json(keel__uplink *u)
     return out;
 }
 
-int keel__uplink_metrics(keel__uplink *u, keel_buf *b)
+/* The families, in exposition order: NSIMPLE without labels, then the
+ * transitions by state entered, then the ack time. Each scrape copies st
+ * into them (collect); status_json reads the same st. */
+enum { NSIMPLE = 14, F_TRANSITIONS = NSIMPLE, F_ACK, NFAMILIES };
+enum { S_ACK = NSIMPLE + 3, NSERIES };
+_Static_assert(NFAMILIES == KEEL_ARRAY_LEN(((keel__uplink *)0)->fam) &&
+                   NSERIES == KEEL_ARRAY_LEN(((keel__uplink *)0)->series),
+               "the uplink's metric arrays");
+
+static const keel__metric_desc families[NFAMILIES] = {
+    {.name = "keel_uplink_connected",
+     .help = "1 while the uplink holds a working connection.",
+     .type = KEEL_METRIC_GAUGE},
+    {.name = "keel_uplink_messages_total",
+     .help = "Messages delivered and acknowledged.",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_batches_total",
+     .help = "Envelopes delivered.",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_wire_bytes_total",
+     .help = "Bytes sent for delivered envelopes.",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_payload_bytes_total",
+     .help = "Message payload bytes delivered (before compression).",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_failures_total",
+     .help = "Failed connection or delivery attempts.",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_dropped_total",
+     .help = "Messages dropped as impossible to send.",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_connects_total",
+     .help = "Connections established.",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_disconnects_total",
+     .help = "Connections lost or closed.",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_heartbeats_total",
+     .help = "HTTP heartbeat probes.",
+     .type = KEEL_METRIC_COUNTER},
+    {.name = "keel_uplink_breaker_state",
+     .help = "Circuit breaker: 0 closed, 1 open, 2 half-open.",
+     .type = KEEL_METRIC_GAUGE},
+    {.name = "keel_uplink_batch_size",
+     .help = "Messages asked for in the next batch.",
+     .type = KEEL_METRIC_GAUGE},
+    {.name = "keel_uplink_window_open",
+     .help = "1 while messages below critical may go.",
+     .type = KEEL_METRIC_GAUGE},
+    {.name = "keel_uplink_last_sync_timestamp_seconds",
+     .help = "When the last batch was acked.",
+     .type = KEEL_METRIC_GAUGE},
+    [F_TRANSITIONS] = {.name = "keel_uplink_breaker_transitions_total",
+                       .help = "Breaker state changes, by the state entered.",
+                       .type = KEEL_METRIC_COUNTER,
+                       .nlabels = 1,
+                       .labels = {"to"}},
+    [F_ACK] = {.name = "keel_uplink_ack_seconds",
+               .help = "Time from sending an envelope to its acknowledgement.",
+               .type = KEEL_METRIC_SUMMARY},
+};
+
+static void collect(void *ctx)
 {
+    keel__uplink *u = ctx;
     stats s;
     pthread_mutex_lock(&u->mu);
     s = u->st;
     pthread_mutex_unlock(&u->mu);
-    const struct {
-        const char *name, *type, *help;
-        uint64_t v;
-    } simple[] = {
-        {"keel_uplink_connected", "gauge", "1 while the uplink holds a working connection.",
-         s.connected},
-        {"keel_uplink_messages_total", "counter", "Messages delivered and acknowledged.", s.msgs},
-        {"keel_uplink_batches_total", "counter", "Envelopes delivered.", s.batches},
-        {"keel_uplink_wire_bytes_total", "counter", "Bytes sent for delivered envelopes.",
-         s.wire_bytes},
-        {"keel_uplink_payload_bytes_total", "counter",
-         "Message payload bytes delivered (before compression).", s.payload_bytes},
-        {"keel_uplink_failures_total", "counter", "Failed connection or delivery attempts.",
-         s.failures},
-        {"keel_uplink_dropped_total", "counter", "Messages dropped as impossible to send.",
-         s.dropped},
-        {"keel_uplink_connects_total", "counter", "Connections established.", s.connects},
-        {"keel_uplink_disconnects_total", "counter", "Connections lost or closed.", s.disconnects},
-        {"keel_uplink_heartbeats_total", "counter", "HTTP heartbeat probes.", s.heartbeats},
-        {"keel_uplink_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.",
-         (uint64_t)s.breaker},
-        {"keel_uplink_batch_size", "gauge", "Messages asked for in the next batch.", s.batch},
-        {"keel_uplink_window_open", "gauge", "1 while messages below critical may go.",
-         s.window_open},
-        {"keel_uplink_last_sync_timestamp_seconds", "gauge", "When the last batch was acked.",
-         (uint64_t)s.last_sync},
-    };
+    const uint64_t v[NSIMPLE] = {
+        s.connected,         s.msgs,    s.batches,     s.wire_bytes,         s.payload_bytes,
+        s.failures,          s.dropped, s.connects,    s.disconnects,        s.heartbeats,
+        (uint64_t)s.breaker, s.batch,   s.window_open, (uint64_t)s.last_sync};
+    for (size_t i = 0; i < NSIMPLE; i++) {
+        if (families[i].type == KEEL_METRIC_COUNTER)
+            keel__metric_counter_set(u->series[i], v[i]);
+        else
+            keel__metric_gauge_set(u->series[i], (double)v[i]);
+    }
+    for (size_t i = 0; i < 3; i++)
+        keel__metric_counter_set(u->series[NSIMPLE + i], s.transitions[i]);
+    keel__metric_summary_set(u->series[S_ACK], (double)s.ack_ns_sum / 1e9, s.ack_count);
+}
+
+/* Registers the families and their series; the collector copies st in. */
+static int metrics_start(keel__uplink *u, keel_error *err)
+{
+    keel__metrics *reg = u->o.metrics;
     int rc = KEEL_OK;
-    for (size_t i = 0; !rc && i < KEEL_ARRAY_LEN(simple); i++)
-        rc = keel__buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", simple[i].name,
-                               simple[i].help, simple[i].name, simple[i].type, simple[i].name,
-                               simple[i].v);
+    for (size_t f = 0; !rc && f < NFAMILIES; f++)
+        rc = keel__metrics_register(reg, &families[f], &u->fam[f], err);
+    for (size_t f = 0; !rc && f < NSIMPLE; f++)
+        rc = keel__metrics_series(u->fam[f], NULL, &u->series[f], err);
+    for (size_t i = 0; !rc && i < 3; i++)
+        rc = keel__metrics_series(u->fam[F_TRANSITIONS], &breaker_names[i], &u->series[NSIMPLE + i],
+                                  err);
     if (!rc)
-        rc = keel__buf_appendf(b, "# HELP keel_uplink_breaker_transitions_total Breaker state "
-                                  "changes, by the state entered.\n"
-                                  "# TYPE keel_uplink_breaker_transitions_total counter\n");
-    for (int i = 0; !rc && i < 3; i++)
-        rc = keel__buf_appendf(b, "keel_uplink_breaker_transitions_total{to=\"%s\"} %" PRIu64 "\n",
-                               breaker_names[i], s.transitions[i]);
+        rc = keel__metrics_series(u->fam[F_ACK], NULL, &u->series[S_ACK], err);
     if (!rc)
-        rc = keel__buf_appendf(b,
-                               "# HELP keel_uplink_ack_seconds Time from sending an envelope to "
-                               "its acknowledgement.\n# TYPE keel_uplink_ack_seconds summary\n"
-                               "keel_uplink_ack_seconds_sum %.6f\nkeel_uplink_ack_seconds_count "
-                               "%" PRIu64 "\n",
-                               (double)s.ack_ns_sum / 1e9, s.ack_count);
+        rc = keel__metrics_collector_add(reg, collect, u, err);
     return rc;
+}
+
+static void metrics_stop(keel__uplink *u)
+{
+    if (!u->o.metrics)
+        return;
+    keel__metrics_collector_remove(u->o.metrics, collect, u);
+    for (size_t i = 0; i < NSERIES; i++)
+        keel__metric_series_unref(u->series[i]);
+    for (size_t f = 0; f < NFAMILIES; f++)
+        keel__metrics_unregister(u->o.metrics, u->fam[f]);
 }

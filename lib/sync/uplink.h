@@ -16,7 +16,7 @@
  * critical|high|normal|bulk; every batch holds one priority and one topic.
  * docs/uplink.md describes the policies and the wire format.
  *
- * Thread safety: wake, status_json and metrics may be called from any
+ * Thread safety: wake, status_json and a metrics scrape may run on any
  * thread while the uplink runs; start and stop from one owner. The source's
  * functions are called only from the uplink's thread.
  */
@@ -24,6 +24,7 @@
 #define KEEL_SYNC_UPLINK_H
 
 #include "core/conf.h"
+#include "obs/metrics.h"
 #include "sync/sync.h"
 
 typedef enum keel__uplink_transport {
@@ -118,6 +119,9 @@ typedef struct keel__uplink_opts {
      * system clock. */
     int64_t (*clock)(void *ctx);
     void *clock_ctx;
+    /* Where the uplink registers its keel_uplink_* families while it runs
+     * (borrowed; must outlive the uplink); NULL: no metrics. */
+    keel__metrics *metrics;
 } keel__uplink_opts;
 
 void keel__uplink_opts_default(keel__uplink_opts *ret);
@@ -141,8 +145,6 @@ void keel__uplink_wake(keel__uplink *u, bool critical);
 /* A JSON object (malloc'd): transport, endpoint, connected, breaker,
  * window, batch size, counters, last error. NULL on allocation failure. */
 char *keel__uplink_status_json(keel__uplink *u);
-/* Appends the Prometheus text exposition of the uplink's metrics to b. */
-KEEL_WUR int keel__uplink_metrics(keel__uplink *u, keel_buf *b);
 
 /* Breaker states, as in status and metrics. */
 enum { KEEL__UPLINK_CLOSED, KEEL__UPLINK_OPEN, KEEL__UPLINK_HALF_OPEN };

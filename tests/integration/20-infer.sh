@@ -208,6 +208,18 @@ for m in "${models[@]}"; do
     done
     expect_has "$metrics" "keel_infer_all_tiers_failed_total{model=\"$m\"} 0" "metrics $m"
 done
+# the same registry as JSON
+mj=$(curl -s "$url/api/metrics")
+jq -e . <<<"$mj" >/dev/null || die "/api/metrics is not JSON: ${mj:0:200}"
+expect_eq "$(jq -r '.families[] | select(.name=="keel_ready") | .series[0].value' <<<"$mj")" 1 \
+    "/api/metrics keel_ready"
+for m in "${models[@]}"; do
+    tier=$(jq -r '.tiers[0].name' "$ex/$m/keel.json")
+    expect_eq "$(jq -r --arg m "$m" --arg t "$tier" '.families[] |
+        select(.name=="keel_infer_requests_total") | .series[] |
+        select(.labels.model==$m and .labels.tier==$t and .labels.outcome=="ok") | .value' <<<"$mj")" \
+        "${pinned[$m/$tier]}" "/api/metrics keel_infer_requests_total $m $tier"
+done
 
 # --- images: PNG body, base64 BYTES, JSON and binary tensors; against raw ORT ---------------
 out=$(infer_client mnist-images "$ex/mnist") || die "mnist images disagree between the six ways"

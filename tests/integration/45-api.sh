@@ -86,6 +86,21 @@ expect_eq "$(jfield "$(curl -s "$url/api/queue")" .classes.normal.depth)" 64 "no
 r=$(http POST /api/events "${auth[@]}" -d '{"topic":"a+b","payload":1}')
 expect_error "$r" 400 INVALID "wildcard" "event with a wildcard topic"
 
+# --- the metrics registry as JSON (GET /api/metrics), beside the Prometheus text --------------
+mj=$(curl -s "$url/api/metrics")
+jq -e '.format == 1' <<<"$mj" >/dev/null || die "/api/metrics is not the registry's JSON: ${mj:0:200}"
+expect_eq "$(jq -r '[.families[] | select(.name=="keel_up" or .name=="keel_ready") | .name] | join(",")' \
+    <<<"$mj")" "keel_up,keel_ready" "/api/metrics families"
+expect_eq "$(jq -r '.families[] | select(.name=="keel_queue_depth") | [.series[].labels.class] | join(",")' \
+    <<<"$mj")" "critical,high,normal,bulk" "/api/metrics queue classes"
+expect_eq "$(jq -r '.families[] | select(.name=="keel_queue_depth") | .series[] |
+    select(.labels.class=="normal") | .value' <<<"$mj")" 64 "/api/metrics normal depth"
+pm=$(curl -s "$url/metrics")
+promtool check metrics <<<"$pm" >/dev/null 2>&1 || die "promtool: $(promtool check metrics <<<"$pm" 2>&1 | head -3)"
+expect_eq "$(jq -r '[.families[].name] | join(" ")' <<<"$mj")" \
+    "$(awk '$1 == "#" && $2 == "TYPE" { printf "%s%s", n++ ? " " : "", $3 }' <<<"$pm")" \
+    "/api/metrics and /metrics render the same families"
+
 # --- a stop with a stream open is clean --------------------------------------------------------
 curl -sN "$url/api/bus" >/dev/null 2>&1 &
 open_pid=$!
@@ -99,7 +114,7 @@ wait "$open_pid" 2>/dev/null || true
 # --- read_auth: reading the device's state needs the token ---------------------------------------
 printf 'read_auth = true\n' >"$work/keeld.conf"
 start_keeld --config "$work/keeld.conf" --log-level warn
-for p in /api/status /api/packages /api/queue /api/shadow /api/bus; do
+for p in /api/status /api/packages /api/queue /api/shadow /api/bus /api/metrics; do
     expect_eq "$(status_of "$(http GET "$p")")" 401 "GET $p without a token"
 done
 expect_eq "$(status_of "$(http GET /api/status "${auth[@]}")")" 200 "GET /api/status with the token"

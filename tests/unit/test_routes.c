@@ -39,6 +39,9 @@ static void test_match(void **state)
         {"POST", "/api/events", "events.post"},
         {"GET", "/api/events", NULL, .allow = "POST"},
         {"GET", "/api/bus", "bus.stream"},
+        {"GET", "/api/metrics", "metrics.json"},
+        {"POST", "/api/metrics", NULL, .allow = "GET, HEAD"},
+        {"GET", "/metrics", "metrics"},
         {"GET", "/api/shadow", "shadow.get"},
         {"POST", "/api/shadow", "shadow.set"},
         {"GET", "/nope", NULL, .allow = ""},
@@ -113,6 +116,13 @@ static void test_table(void **state)
             assert_false(!strcmp(r->method, keel__routes[j].method) &&
                          !strcmp(r->pattern, keel__routes[j].pattern));
     }
+    /* the metrics registry as JSON is guarded as the status is (read_auth);
+     * the Prometheus text stays open for scrapers */
+    keel__match m;
+    assert_true(keel__route_match("GET", "/api/metrics", &m));
+    assert_int_equal(m.route->auth, KEEL__AUTH_READ);
+    assert_true(keel__route_match("GET", "/metrics", &m));
+    assert_int_equal(m.route->auth, KEEL__AUTH_OPEN);
     assert_string_equal(keel__auth_name(KEEL__AUTH_OPERATOR), "operator");
     assert_int_equal(keel__http_status_of(KEEL_EDOWNGRADE), 422);
     assert_int_equal(keel__http_status_of(KEEL_ENOSPACE), 507);

@@ -289,6 +289,49 @@ static void make_pkg(const char *dir, const char *version, const char *out, keel
     th_pack(dir, out, k);
 }
 
+/* The runtime's registry as Prometheus text (malloc'd). */
+static char *prom(keel__runtime *rt)
+{
+    keel_buf b;
+    keel__buf_init(&b, 0);
+    assert_int_equal(keel__metrics_prometheus(keel__runtime_metrics_registry(rt), &b), 0);
+    return keel__buf_steal(&b);
+}
+
+/* How often needle occurs in /metrics, and its value at the last one (-1: absent). */
+static int metric_lines(keel__runtime *rt, const char *needle, long long *ret_value)
+{
+    char *t = prom(rt);
+    int n = 0;
+    *ret_value = -1;
+    for (const char *p = t; (p = strstr(p, needle)); p += strlen(needle), n++)
+        *ret_value = strtoll(p + strlen(needle), NULL, 10);
+    free(t);
+    return n;
+}
+
+static void run_flower(keel__runtime *rt)
+{
+    float x[4] = {5.1f, 3.5f, 1.4f, 0.2f};
+    keel__tensor in = {.name = "x",
+                       .dtype = KEEL_DT_FLOAT32,
+                       .ndim = 2,
+                       .shape = {1, 4},
+                       .data = x,
+                       .nbytes = sizeof(x)};
+    keel__infer_req req = {.inputs = &in, .ninputs = 1};
+    keel__infer_resp resp;
+    keel_error e = {0};
+    keel__model *m = keel__infer_get(keel__runtime_infer(rt), "flower");
+    assert_non_null(m);
+    if (keel__model_run(m, &req, &resp, &e))
+        fail_msg("run: %s", e.msg);
+    keel__infer_resp_done(&resp);
+    keel__model_unref(m);
+}
+
+#define FLOWER_OK "keel_infer_requests_total{model=\"flower\",tier=\"rules\",outcome=\"ok\"} "
+
 static void test_runtime(void **state)
 {
     keel_error e = {0};
@@ -330,6 +373,33 @@ static void test_runtime(void **state)
     assert_string_equal(keel__model_version(m), "1.0.0");
     keel__model_unref(m);
 
+    /* the registry: the runtime's families first, the served model's series counted */
+    char *t = prom(rt);
+    assert_true(
+        !strncmp(t, "# HELP keel_up keeld is running.\n# TYPE keel_up gauge\nkeel_up 1\n", 62));
+    assert_non_null(strstr(t, "\nkeel_ready 1\n"));
+    assert_non_null(strstr(t, "\nkeel_queue_depth{class=\"critical\"} 0\n"));
+    assert_non_null(strstr(t, "\nkeel_infer_breaker_state{model=\"flower\",tier=\"rules\"} 0\n"));
+    assert_non_null(strstr(t, "\nkeel_infer_sessions{model=\"flower\"} 0\n"));
+    free(t);
+    long long v;
+    assert_int_equal(metric_lines(rt, FLOWER_OK, &v), 1);
+    assert_int_equal(v, 0);
+    run_flower(rt);
+    run_flower(rt);
+    assert_int_equal(metric_lines(rt, FLOWER_OK, &v), 1);
+    assert_int_equal(v, 2);
+    assert_int_equal(metric_lines(rt, "_seconds_count{model=\"flower\",tier=\"rules\"} ", &v), 1);
+    assert_int_equal(v, 2);
+    keel_buf jb;
+    keel__buf_init(&jb, 0);
+    assert_int_equal(keel__metrics_json(keel__runtime_metrics_registry(rt), &jb), 0);
+    cJSON *mj = cJSON_Parse(jb.data);
+    assert_non_null(mj);
+    assert_int_equal(cJSON_GetObjectItem(mj, "format")->valueint, 1);
+    cJSON_Delete(mj);
+    keel__buf_done(&jb);
+
     if (keel__runtime_install(rt, p2, 0, &ir, &e))
         fail_msg("install v2: %s", e.msg);
     keel_serving sv;
@@ -339,6 +409,12 @@ static void test_runtime(void **state)
     m = keel__infer_get(keel__runtime_infer(rt), "flower");
     assert_string_equal(keel__model_version(m), "2.0.0"); /* the engine followed */
     keel__model_unref(m);
+    /* the swapped-out version's series went with it: one series, from 0 */
+    assert_int_equal(metric_lines(rt, FLOWER_OK, &v), 1);
+    assert_int_equal(v, 0);
+    run_flower(rt);
+    assert_int_equal(metric_lines(rt, FLOWER_OK, &v), 1);
+    assert_int_equal(v, 1);
     assert_int_equal(keel__runtime_slot_action(rt, KEEL__BUS_ROLLBACK, "flower", NULL, &sv, &e), 0);
     assert_string_equal(sv.version, "1.0.0");
     assert_int_equal(pk.types & KEEL__BUS_ROLLBACK, KEEL__BUS_ROLLBACK);

@@ -397,7 +397,8 @@ static bool all_received(void)
 
 /* --- status helpers ------------------------------------------------------------------------- */
 
-static keel__uplink *cur; /* the uplink under test */
+static keel__uplink *cur;   /* the uplink under test */
+static keel__metrics *mreg; /* where it registers its metrics (setup, teardown) */
 
 static bool status_has(const char *needle)
 {
@@ -418,7 +419,7 @@ static uint64_t metric(const char *name)
     uint64_t v = 0;
     char key[128];
     keel__buf_init(&b, 0);
-    assert_int_equal(keel__uplink_metrics(cur, &b), 0);
+    assert_int_equal(keel__metrics_prometheus(mreg, &b), 0);
     snprintf(key, sizeof(key), "\n%s ", name);
     const char *p = strstr(b.data, key);
     if (p)
@@ -430,6 +431,7 @@ static uint64_t metric(const char *name)
 static void mqtt_opts(keel__uplink_opts *o, const char *dev)
 {
     keel__uplink_opts_default(o);
+    o->metrics = mreg;
     o->device_id = dev;
     o->host = "127.0.0.1";
     o->port = broker.port;
@@ -457,6 +459,8 @@ static int setup(void **state)
     src.calls = 0;
     src.hook = NULL;
     cur = NULL;
+    keel_error e;
+    assert_int_equal(keel__metrics_new(&mreg, &e), 0);
     return 0;
 }
 
@@ -464,6 +468,8 @@ static int teardown(void **state)
 {
     keel__uplink_stop(cur);
     cur = NULL;
+    keel__metrics_free(mreg); /* after the uplink: it registered there */
+    mreg = NULL;
     sub_stop();
     broker_kill(SIGKILL);
     for (size_t i = 0; i < src.n; i++)
@@ -903,6 +909,7 @@ static void test_http(void **state)
     http_start();
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/ingest", hs.port);
     keel__uplink_opts_default(&o);
+    o.metrics = mreg;
     o.transport = KEEL__UPLINK_HTTP;
     o.device_id = "dev-e";
     o.url = url;
@@ -953,7 +960,7 @@ static void test_http(void **state)
     pthread_mutex_unlock(&hs.mu);
     keel_buf b;
     keel__buf_init(&b, 0);
-    assert_int_equal(keel__uplink_metrics(cur, &b), 0);
+    assert_int_equal(keel__metrics_prometheus(mreg, &b), 0);
     assert_non_null(strstr(b.data, "keel_uplink_breaker_transitions_total{to=\"open\"} 2\n"));
     assert_non_null(strstr(b.data, "keel_uplink_breaker_transitions_total{to=\"half_open\"} 2\n"));
     assert_non_null(strstr(b.data, "keel_uplink_breaker_transitions_total{to=\"closed\"} 1\n"));
