@@ -6,6 +6,12 @@
 #   2. keeld start-up to ready with a verified 1 GiB package vs an empty
 #      store (bench/restart.sh, timing by bench/startup.c)
 #   3. keeld idle RSS, empty and with the 1 GiB package (bench/idle_rss.sh)
+#   4. the durable queue vs a raw SQLite loop and fdatasync (bench/queue.sh)
+#   5. POST /api/events at 1 and 8 clients vs the queue library (bench/events_http.sh)
+#   6. drain through keeld to mosquitto (bench/drain.sh)
+#   7. inference serving vs raw ORT and Node.js (bench/infer.sh; needs ../shared, node)
+#   8. with BEFORE=OLD/build/release: the same keeld measurements of an older
+#      build beside this one (bench/before_after.sh)
 # Each figure is printed with the machine's load beside it. The work files
 # (2 GiB: the file and its package) go to bench/out/, or to KEEL_BENCH_OUT.
 # Builds the release tree in build/release and the bench programs against its
@@ -29,3 +35,17 @@ echo "== verification throughput (1 GiB, page cache warm, best of 3)"
 "$bin/bench/verify_throughput" "$big" "$out/big.keel" "$out/trust"
 "$top/bench/restart.sh"
 "$top/bench/idle_rss.sh"
+echo "== durable queue (library)"
+"$top/bench/queue.sh" 8 3 256
+"$top/bench/events_http.sh"
+echo "== drain through keeld"
+"$top/bench/drain.sh" 100000
+if [[ -d $top/../shared/models ]] && command -v node >/dev/null; then
+    "$top/bench/infer.sh"
+else
+    echo "== inference: skipped (needs ../shared and node)"
+fi
+# before/after rows: BEFORE=path/to/an/older/tree/build/release make bench
+if [[ -n ${BEFORE:-} ]]; then
+    "$top/bench/before_after.sh"
+fi
