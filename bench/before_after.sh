@@ -16,7 +16,7 @@
 set -euo pipefail
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
-: "${BEFORE:?set BEFORE to the old tree's release build dir (keeld, keel)}"
+: "${BEFORE:?set BEFORE to the release build dir of the old tree (keeld, keel)}"
 duration=${DURATION:-5}
 shared=$top/../shared
 cmake -S "$top" -B "$bin" -DCMAKE_BUILD_TYPE=Release -DKEEL_TESTS=OFF >/dev/null
@@ -42,6 +42,14 @@ LUA
 [[ -f $out/k.key ]] || "$bin/keel" keygen -o "$out/k" >/dev/null
 "$bin/keel" pack "$top/examples/mnist" -o "$out/mnist.keel" --key "$out/k.key" >/dev/null
 
+cat >"$out/wrk.awk" <<'AWK'
+/^ +50%/ { p50 = $2 }
+/^ +99%/ { p99 = $2 }
+/^Requests\/sec/ { rps = $2 }
+/Non-2xx/ { err = $NF }
+END { printf "p50=%s p99=%s rps=%s non2xx=%d", p50, p99, rps, err }
+AWK
+
 serve() { # label bindir
     local st=$out/ba-$1 port pid r
     rm -rf "$st" && mkdir -p "$st"
@@ -54,10 +62,12 @@ serve() { # label bindir
     for c in 1 2; do
         r=$("$bin/bench/loadgen" --url "127.0.0.1:$port/v2/models/mnist/infer" --body "$body" \
             --threads "$c" --duration "$duration" --warmup 300)
-        echo "$1 loadgen clients=$c $(jq -r '"p50_us=\(.p50_us|floor) p99_us=\(.p99_us|floor) rps=\(.throughput_rps|floor) errors=\(.errors)"' <<<"$r")"
+        line=$(jq -r '[.p50_us, .p99_us, .throughput_rps, .errors] | map(floor | tostring) | "p50_us=" + .[0] + " p99_us=" + .[1] + " rps=" + .[2] + " errors=" + .[3]' <<<"$r")
+        echo "$1 loadgen clients=$c $line"
         r=$(wrk -t "$c" -c "$c" -d "${duration}s" --latency -s "$out/post.lua" \
             "http://127.0.0.1:$port/v2/models/mnist/infer")
-        echo "$1 wrk     clients=$c $(awk '/^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /^Requests\/sec/ {rps=$2} /Non-2xx/ {err=$NF} END {printf "p50=%s p99=%s rps=%s non2xx=%s", p50, p99, rps, err+0}' <<<"$r")"
+        line=$(awk -f "$out/wrk.awk" <<<"$r")
+        echo "$1 wrk     clients=$c $line"
     done
     kill "$pid"
     wait "$pid" || true
