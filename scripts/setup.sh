@@ -19,7 +19,7 @@ pkgs=(
     libssl-dev libsqlite3-dev libzstd-dev libmicrohttpd-dev libcurl4-openssl-dev
     libmosquitto-dev mosquitto mosquitto-clients libcjson-dev libarchive-dev libcmocka-dev
     libpng-dev libjpeg62-turbo-dev prometheus libonnx-testdata python3-onnx python3-numpy
-    curl openssl sqlite3 procps xxd jq
+    curl openssl sqlite3 procps xxd jq wrk
 )
 
 missing=()
