@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/json.h"
@@ -38,6 +39,7 @@ struct keel__http {
     keel__stream *streams; /* open streams (keep-alive pings, stop) */
     int job_ping;
     atomic_int deferred; /* requests suspended until a later answer */
+    atomic_int inflight; /* requests begun and not completed */
 };
 
 struct keel__hreq {
@@ -51,6 +53,7 @@ struct keel__hreq {
     bool too_big, dispatched, queued;
     int write_errno; /* storing the upload failed (disk full, ...) */
     pthread_mutex_t mu;
+    pthread_cond_t answered;   /* signalled when a later answer is set */
     struct MHD_Response *resp; /* the answer, once there is one (under mu) */
     unsigned status;
     bool suspended; /* waiting for a later answer (under mu) */
@@ -134,6 +137,7 @@ static void set_answer(keel__hreq *q, unsigned status, struct MHD_Response *r)
     }
     q->resp = r;
     q->status = status;
+    pthread_cond_signal(&q->answered);
     if (q->suspended) {
         q->suspended = false;
         MHD_resume_connection(q->c);
@@ -458,10 +462,26 @@ static const char *limit_name(keel__body b)
 
 /* Queues q's answer if there is one; otherwise suspends the connection
  * until a later keel__reply_* resumes it. */
+/* A later answer that comes within this long is waited for on the worker
+ * when this is the only request in flight: alone, a suspend and resume (two
+ * epoll_ctl calls and a wake-up) cost more than the short wait, and nobody
+ * else needs the worker. With company, requests suspend at once and join
+ * the next commit together. */
+#define ALONE_WAIT_NS 2000000
+
 static enum MHD_Result flush(keel__hreq *q)
 {
     enum MHD_Result ret = MHD_YES;
     pthread_mutex_lock(&q->mu);
+    if (!q->resp && !q->status && !q->stream && atomic_load(&q->h->inflight) == 1) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += ALONE_WAIT_NS;
+        until.tv_sec += until.tv_nsec / 1000000000;
+        until.tv_nsec %= 1000000000;
+        while (!q->resp && !q->status && pthread_cond_timedwait(&q->answered, &q->mu, &until) == 0)
+            ;
+    }
     if (q->resp || q->status) {
         struct MHD_Response *r = q->resp;
         q->resp = NULL;
@@ -551,6 +571,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         q->c = c;
         q->fd = -1;
         pthread_mutex_init(&q->mu, NULL);
+        pthread_cond_init(&q->answered, NULL);
+        atomic_fetch_add(&h->inflight, 1);
         *con_cls = q;
         return begin(h, q, c, url, method);
     }
@@ -614,6 +636,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (q->resp) /* answered after the client went away */
         MHD_destroy_response(q->resp);
     keel__buf_done(&q->body);
+    atomic_fetch_sub(&q->h->inflight, 1);
+    pthread_cond_destroy(&q->answered);
     pthread_mutex_destroy(&q->mu);
     free(q);
     *con_cls = NULL;
