@@ -10,9 +10,10 @@
  *
  * Delivery is synchronous, on the publisher's thread, in subscription
  * order, after the state change it reports is durable. A subscriber must be
- * quick and must not publish into the same bus from inside its callback
- * with a lock held that a publisher may hold. Every pointer in an event is
- * borrowed for the duration of the callback: copy what you keep.
+ * quick, must not publish into the same bus from inside its callback, and
+ * must not unsubscribe itself there (hand that to another thread). Every
+ * pointer in an event is borrowed for the duration of the callback: copy
+ * what you keep.
  *
  * Thread safety: every function may be called from any thread; subscribe
  * and unsubscribe may run while events are being delivered (an
