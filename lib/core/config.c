@@ -9,4 +9,3 @@ void keel_limits_default(keel_limits *ret)
     ret->max_sig_bytes = 64u << 10;
     ret->max_files = 10000;
 }
-

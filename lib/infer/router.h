@@ -21,8 +21,8 @@ KEEL_WUR int keel__router_new(const char *url, keel__router **ret, keel_error *e
 void keel__router_free(keel__router *r);
 
 typedef struct keel__upstream_answer {
-    keel_buf body;    /* the upstream's answer, rewritten: parameters.tier = "upstream" */
-    size_t json_len;  /* == body.len unless binary outputs follow the JSON */
+    keel_buf body;   /* the upstream's answer, rewritten: parameters.tier = "upstream" */
+    size_t json_len; /* == body.len unless binary outputs follow the JSON */
     long status;
 } keel__upstream_answer;
 
@@ -34,9 +34,9 @@ bool keel__router_allow(keel__router *r);
  * KEEL_OK with a 2xx answer; KEEL_ENOCONN / KEEL_ETIMEOUT / KEEL_EIO
  * otherwise (the message says what happened). out->body is initialized
  * here and freed with keel__buf_done. */
-KEEL_WUR int keel__router_forward(keel__router *r, const char *model, const void *body,
-                                  size_t len, size_t json_len, uint64_t deadline_ms,
-                                  keel__upstream_answer *out, keel_error *err);
+KEEL_WUR int keel__router_forward(keel__router *r, const char *model, const void *body, size_t len,
+                                  size_t json_len, uint64_t deadline_ms, keel__upstream_answer *out,
+                                  keel_error *err);
 
 /* Registers keel_upstream_* (breaker state and trips, requests by
  * outcome) in reg (borrowed; must outlive r), filled at every scrape from

@@ -120,10 +120,8 @@ int main(void)
 {
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_buf_bounds),
-        cmocka_unit_test(test_json_errors),
-        cmocka_unit_test(test_json_parse_except),
+        cmocka_unit_test(test_errors),       cmocka_unit_test(test_buf_bounds),
+        cmocka_unit_test(test_json_errors),  cmocka_unit_test(test_json_parse_except),
         cmocka_unit_test(test_atomic_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
