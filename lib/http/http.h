@@ -81,7 +81,6 @@ bool keel__route_match(const char *method, const char *path, keel__match *m);
 /* --- the request ---------------------------------------------------------------------- */
 
 keel__runtime *keel__hreq_runtime(keel__hreq *q);
-const keel__route *keel__hreq_route(keel__hreq *q);
 /* A path parameter by its name in the pattern ("name"), or NULL. */
 const char *keel__hreq_param(keel__hreq *q, const char *name);
 /* A query argument or a request header; NULL when absent. Valid until the reply. */
@@ -128,8 +127,8 @@ KEEL_WUR int keel__stream_sse(keel__stream *s, const char *event, const char *da
 void keel__stream_end(keel__stream *s);
 /* Drops the producer's reference. */
 void keel__stream_release(keel__stream *s);
-/* Bytes written and not yet sent, and whether the client went away. */
+/* Bytes written and not yet sent. (A client that went away shows as
+ * KEEL_ENOCONN from the next write, and as the on_close call.) */
 size_t keel__stream_pending(keel__stream *s);
-bool keel__stream_gone(keel__stream *s);
 
 #endif

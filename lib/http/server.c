@@ -80,11 +80,6 @@ keel__runtime *keel__hreq_runtime(keel__hreq *q)
     return q->h->rt;
 }
 
-const keel__route *keel__hreq_route(keel__hreq *q)
-{
-    return q->m.route;
-}
-
 const char *keel__hreq_param(keel__hreq *q, const char *name)
 {
     for (size_t i = 0; i < q->m.nparams; i++)
@@ -399,14 +394,6 @@ size_t keel__stream_pending(keel__stream *s)
     size_t n = s->len;
     pthread_mutex_unlock(&s->mu);
     return n;
-}
-
-bool keel__stream_gone(keel__stream *s)
-{
-    pthread_mutex_lock(&s->mu);
-    bool g = s->gone;
-    pthread_mutex_unlock(&s->mu);
-    return g;
 }
 
 /* Every 15 s an SSE comment on each open stream: proxies keep the

@@ -38,11 +38,6 @@ keel__infer *keel__runtime_infer(keel__runtime *rt)
     return rt->infer;
 }
 
-keel_queue *keel__runtime_queue(keel__runtime *rt)
-{
-    return rt->queue;
-}
-
 keel__bus *keel__runtime_bus(keel__runtime *rt)
 {
     return rt->bus;
@@ -51,11 +46,6 @@ keel__bus *keel__runtime_bus(keel__runtime *rt)
 const char *keel__runtime_token(keel__runtime *rt)
 {
     return rt->token;
-}
-
-keel__router *keel__runtime_router(keel__runtime *rt)
-{
-    return rt->router;
 }
 
 uint64_t keel__runtime_setting_u64(keel__runtime *rt, const char *name)
@@ -413,7 +403,6 @@ int keel__runtime_submit(keel__runtime *rt, const keel_msg_in *m, keel_queue_don
         return keel__err(err, KEEL_ENOMEM, "out of memory");
     *s =
         (submit_ctx){.rt = rt, .done = done, .ctx = ctx, .critical = m->prio == KEEL_PRIO_CRITICAL};
-    keel__rt_expire_maybe(rt);
     int rc = keel_queue_enqueue_async(rt->queue, m, submitted, s, err);
     if (rc) {
         if (rc == KEEL_ENOSPACE)

@@ -55,7 +55,6 @@ void keel__runtime_reload(keel__runtime *rt, const keel__conf *next);
 
 keel_store *keel__runtime_store(keel__runtime *rt);
 keel__infer *keel__runtime_infer(keel__runtime *rt);
-keel_queue *keel__runtime_queue(keel__runtime *rt);
 keel__bus *keel__runtime_bus(keel__runtime *rt);
 /* The API bearer token (64 hex digits). */
 const char *keel__runtime_token(keel__runtime *rt);
@@ -114,11 +113,12 @@ KEEL_WUR int keel__runtime_upload_file(keel__runtime *rt, char *path, size_t n, 
 
 /* Queues a message for the uplink without blocking the caller: done runs
  * once it is durable (or failed), on the queue's committer thread. The
- * uplink is woken when it commits (at once for critical). Also expires old
- * messages at most every 10 s. */
+ * uplink is woken when it commits (at once for critical). (Expired messages
+ * go in the `expire` job, off the request path.) */
 KEEL_WUR int keel__runtime_submit(keel__runtime *rt, const keel_msg_in *m, keel_queue_done_fn done,
                                   void *ctx, keel_error *err);
-/* The queue's statistics as JSON (malloc'd). */
+/* The queue's statistics as JSON (malloc'd), after an expiry sweep when
+ * the last one is 10 s old. */
 KEEL_WUR int keel__runtime_queue_json(keel__runtime *rt, char **ret, keel_error *err);
 
 /* --- the device shadow --------------------------------------------------------------- */
@@ -129,10 +129,5 @@ char *keel__runtime_shadow_json(keel__runtime *rt);
  * runtime acts on (log_level), queues the reported state. */
 KEEL_WUR int keel__runtime_shadow_set(keel__runtime *rt, const char *body, size_t len,
                                       keel_error *err);
-
-/* --- hybrid routing --------------------------------------------------------------------- */
-
-/* NULL when no upstream_url is configured. */
-struct keel__router *keel__runtime_router(keel__runtime *rt);
 
 #endif
