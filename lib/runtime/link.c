@@ -58,15 +58,41 @@ void keel__rt_expire_maybe(keel__runtime *rt)
     report_evictions(rt, now);
 }
 
-/* Queues m; logs (once, here) when it cannot. */
+typedef struct produced_ctx {
+    keel__runtime *rt;
+    bool critical;
+    char what[KEEL_NAME_MAX + 64];
+} produced_ctx;
+
+/* The committer's word on a produced message (its thread). */
+static void produced(void *arg, int rc, uint64_t id, const keel_error *err)
+{
+    produced_ctx *p = arg;
+    if (rc)
+        KEEL_LOG_W(MOD, "could not queue %s: %s", p->what, err->msg);
+    else
+        keel__rt_wake(p->rt, p->critical);
+    free(p);
+}
+
+/* Queues m without holding the caller (a request's thread: the inference
+ * that produced a record must not wait for its fsync); logs (once, here)
+ * when it cannot. */
 static void produce(keel__runtime *rt, keel_msg_in *m, int build_rc, const char *what)
 {
     keel_error e;
+    produced_ctx *p = build_rc ? NULL : malloc(sizeof(*p));
     m->content_type = "application/json";
-    if (build_rc || keel_queue_enqueue(rt->queue, m, NULL, &e))
-        KEEL_LOG_W(MOD, "could not queue %s: %s", what, build_rc ? "out of memory" : e.msg);
-    else
-        keel__rt_wake(rt, m->prio == KEEL_PRIO_CRITICAL);
+    if (!p) {
+        KEEL_LOG_W(MOD, "could not queue %s: out of memory", what);
+        return;
+    }
+    *p = (produced_ctx){.rt = rt, .critical = m->prio == KEEL_PRIO_CRITICAL};
+    keel__strlcpy(p->what, what, sizeof(p->what));
+    if (keel_queue_enqueue_async(rt->queue, m, produced, p, &e)) {
+        KEEL_LOG_W(MOD, "could not queue %s: %s", what, e.msg);
+        free(p);
+    }
 }
 
 /* Whether an all-tiers-failed alert for model goes out now: at most one per
