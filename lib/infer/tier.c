@@ -145,12 +145,15 @@ void keel__session_free(model *m, session *s)
  * used idle one; refuses when all are busy. */
 static int session_get(model *m, const char *id, session **ret, keel_error *err)
 {
-    uint64_t now = keel__now_mono_ns();
     session *s = NULL;
     if (strlen(id) >= sizeof(s->id))
         return keel__err(err, KEEL_EINVALID, "parameters.session: longer than %zu bytes",
                          sizeof(s->id) - 1);
     pthread_mutex_lock(&m->mu);
+    /* Read under the lock: last_used is written under it, so it is never
+     * later than now (a clock read before the lock could be, and the
+     * unsigned difference below would then expire a live session). */
+    uint64_t now = keel__now_mono_ns();
     for (size_t i = 0; i < m->nsessions;) {
         session *x = m->sessions[i];
         if (!x->refs && now - x->last_used > m->eng_opts.session_idle_s * 1000000000ull) {
