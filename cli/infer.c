@@ -110,6 +110,26 @@ static int read_input(const char *in, char **ret, size_t *ret_len, bool *is_imag
     return rc;
 }
 
+/* A degraded answer is still an answer, but not a quiet one: says on stderr
+ * which tier served and why the earlier ones did not. */
+static void note_degraded(const char *json, size_t len)
+{
+    cJSON *j = NULL;
+    if (keel__json_parse(json, len, "response", &j, NULL))
+        return;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "parameters");
+    const cJSON *tier = cJSON_GetObjectItemCaseSensitive(p, "tier"),
+                *backend = cJSON_GetObjectItemCaseSensitive(p, "backend"),
+                *why = cJSON_GetObjectItemCaseSensitive(p, "fallback_reason");
+    bool has_why = cJSON_IsString(why) && *why->valuestring;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p, "degraded")))
+        fprintf(stderr, "keel: degraded answer from tier %s (%s)%s%s\n",
+                cJSON_IsString(tier) ? tier->valuestring : "?",
+                cJSON_IsString(backend) ? backend->valuestring : "?",
+                has_why ? "; the earlier tiers: " : "", has_why ? why->valuestring : "");
+    cJSON_Delete(j);
+}
+
 static size_t on_body(char *p, size_t sz, size_t n, void *ud)
 {
     return keel__buf_append(ud, p, sz * n) ? 0 : sz * n;
@@ -158,6 +178,8 @@ static int infer_remote(const iopts *o, const char *body, size_t len, bool image
         FILE *f = status >= 200 && status < 300 ? stdout : stderr;
         fprintf(f, "%s\n", out.data ? out.data : "");
         rc = status >= 200 && status < 300 ? 0 : 1;
+        if (!rc && out.data)
+            note_degraded(out.data, out.len);
     }
     keel__buf_done(&out);
     return rc;
@@ -232,6 +254,10 @@ static int infer_local(const iopts *o, const char *body, size_t len, bool image)
     }
     if (!rc)
         printf("%.*s\n", (int)jlen, out);
+    if (!rc) {
+        fflush(stdout);
+        note_degraded(out, jlen);
+    }
     else
         fprintf(stderr, "keel: %s (%s)\n", err.msg, keel_errname(err.code));
     free(out);

@@ -66,4 +66,5 @@ expect_eq "$(jfield "$(cat "$work/out")" -c '[.tiers[].passed]')" '[false,false,
 out=$("$work/lonely/keel" infer iris --offline --state-dir "$state" --input "$req" 2>"$work/err")
 expect_eq "$(jfield "$out" .parameters.degraded)" true "infer without the runtime is degraded"
 expect_has "$(cat "$work/err")" "ONNX Runtime not found" "infer without the runtime says so"
+expect_has "$(cat "$work/err")" "degraded answer from tier tertiary (rules)" "infer says the answer is degraded"
 echo "ok: keel and keeld find ONNX Runtime from any working directory"

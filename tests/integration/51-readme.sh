@@ -28,7 +28,7 @@ for try in 1 2 3; do
     KEEL_BIN_DIR=$(dirname "$KEEL") KEEL_RUN_DIR=$clone/.run KEEL_PORT=$port \
         bash "$keel_src/scripts/run-example.sh" >>"$work/keeld.log" 2>&1 &
     keeld_pid=$! # the script execs keeld
-    for _ in $(seq 1200); do # the examples' self-tests run first (ASan: slow)
+    for _ in $(seq 3000); do # the examples' self-tests run first (ASan: slow)
         if curl -sf "$url/healthz" >/dev/null 2>&1; then break 2; fi
         kill -0 "$keeld_pid" 2>/dev/null || break
         sleep 0.1
@@ -116,7 +116,7 @@ keeld_pid=""
 KEEL_BIN_DIR=$(dirname "$KEEL") KEEL_RUN_DIR=$clone/.run KEEL_PORT=$port \
     bash "$keel_src/scripts/run-example.sh" >"$work/keeld.log" 2>&1 &
 keeld_pid=$!
-for _ in $(seq 600); do
+for _ in $(seq 1200); do
     curl -sf "$url/healthz" >/dev/null 2>&1 && break
     kill -0 "$keeld_pid" 2>/dev/null || die "a second make run failed"
     sleep 0.1
