@@ -286,14 +286,9 @@ static int label_of(keel_buf *b, const keel__post *p, size_t idx)
     return keel__buf_appendf(b, "\"%zu\"", idx);
 }
 
-/* One row: scores[0..n) (after activation) -> {"label","index","confidence"[,"top_k"]}. */
-static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
+void keel__post_activate(int activation, double *sc, size_t n)
 {
-    size_t best = 0;
-    int rc;
-    if (!n) /* no scores: nothing to say about the row */
-        return keel__buf_append(b, "{}", 2);
-    if (p->activation == KEEL__ACT_SOFTMAX && n) {
+    if (activation == KEEL__ACT_SOFTMAX && n) {
         double mx = sc[0], sum = 0;
         for (size_t i = 1; i < n; i++)
             mx = sc[i] > mx ? sc[i] : mx;
@@ -301,10 +296,20 @@ static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
             sum += (sc[i] = exp(sc[i] - mx));
         for (size_t i = 0; i < n; i++)
             sc[i] /= sum;
-    } else if (p->activation == KEEL__ACT_SIGMOID) {
+    } else if (activation == KEEL__ACT_SIGMOID) {
         for (size_t i = 0; i < n; i++)
             sc[i] = 1.0 / (1.0 + exp(-sc[i]));
     }
+}
+
+/* One row: scores[0..n) (after activation) -> {"label","index","confidence"[,"top_k"]}. */
+static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
+{
+    size_t best = 0;
+    int rc;
+    if (!n) /* no scores: nothing to say about the row */
+        return keel__buf_append(b, "{}", 2);
+    keel__post_activate(p->activation, sc, n);
     if (n == 1 || (p->has_threshold && n <= 2)) { /* binary: one score (or the positive's) */
         double s = sc[n - 1], th = p->has_threshold ? p->threshold : 0.5;
         size_t idx = s >= th ? 1 : 0;
