@@ -407,12 +407,42 @@ static void test_sessions(void **state)
     keel__model_unref(m);
 }
 
+/* keel pack and install check what the package format fixes: every
+ * step's model is a file of the package. */
+static void test_manifest(void **state)
+{
+    static const char *const files =
+        "'files':[{'path':'a.onnx','size':1,'sha256':"
+        "'0000000000000000000000000000000000000000000000000000000000000000'}],";
+    char man[2048];
+    keel_manifest *mf = NULL;
+    keel_error e;
+    snprintf(man, sizeof(man), "%s",
+             q("{'format':1,'name':'g','version':'1.0.0',"));
+    strcat(man, q(files));
+    strcat(man, q("'tiers':[{'name':'p','backend':'graph','steps':[{'name':'s','model':'a.onnx',"
+                  "'inputs':{'x':'x'},'outputs':{'y':'y'}}]}]}"));
+    assert_int_equal(keel_manifest_parse(man, strlen(man), NULL, &mf, &e), KEEL_OK);
+    keel_manifest_free(mf);
+    snprintf(man, sizeof(man), "%s", q("{'format':1,'name':'g','version':'1.0.0',"));
+    strcat(man, q(files));
+    strcat(man, q("'tiers':[{'name':'p','backend':'graph','steps':[{'name':'s','model':'b.onnx',"
+                  "'inputs':{'x':'x'},'outputs':{'y':'y'}}]}]}"));
+    th_expect_err(keel_manifest_parse(man, strlen(man), NULL, &mf, &e), &e, KEEL_EINVALID,
+                  "tiers[0].steps[0]: model \"b.onnx\" is not in \"files\"");
+    snprintf(man, sizeof(man), "%s", q("{'format':1,'name':'g','version':'1.0.0',"));
+    strcat(man, q(files));
+    strcat(man, q("'tiers':[{'name':'p','backend':'graph','steps':{}}]}"));
+    th_expect_err(keel_manifest_parse(man, strlen(man), NULL, &mf, &e), &e, KEEL_EINVALID,
+                  "field \"steps\" must be an array");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chain),      cmocka_unit_test(test_ops),
         cmocka_unit_test(test_validation), cmocka_unit_test(test_failover),
-        cmocka_unit_test(test_sessions),
+        cmocka_unit_test(test_sessions),   cmocka_unit_test(test_manifest),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_cleanup();
