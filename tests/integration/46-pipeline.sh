@@ -20,7 +20,7 @@ if [[ ! -f $kws/melspectrogram.onnx || ! -f $kws/embedding_model.onnx || ! -f $w
     exit 77
 fi
 [[ -x $ort_ref ]] || die "ort_ref not built at $ort_ref"
-chunk=32000 # 2 s: 199 mel frames, 16 windows of 76 frames at step 8
+chunk=32000 # 2 s: 197 mel frames, 16 windows of 76 frames at step 8
 
 # the example with the models copied in (packages hold regular files only)
 src=$work/kws
