@@ -40,15 +40,15 @@ static const char *const kind_names[K_NKINDS] = {
     "model", "slice", "window", "reshape", "concat", "affine", "activation", "standardize", "cast"};
 /* the fields each kind of step takes besides name (an unknown one is refused) */
 static const char *const kind_fields[K_NKINDS][8] = {
-    [K_MODEL] = {"model", "backend", "inputs", "outputs", "options", "state", "context"},
-    [K_SLICE] = {"op", "input", "output", "axis", "start", "end"},
-    [K_WINDOW] = {"op", "input", "output", "axis", "size", "step"},
-    [K_RESHAPE] = {"op", "input", "output", "shape"},
-    [K_CONCAT] = {"op", "inputs", "output", "axis"},
-    [K_AFFINE] = {"op", "input", "output", "scale", "offset"},
-    [K_ACTIVATION] = {"op", "input", "output", "activation"},
-    [K_STANDARDIZE] = {"op", "input", "output", "mean", "std"},
-    [K_CAST] = {"op", "input", "output", "dtype"},
+    [K_MODEL] = {"model", "backend", "inputs", "outputs", "options", "state", "context", "when"},
+    [K_SLICE] = {"op", "input", "output", "axis", "start", "end", "when"},
+    [K_WINDOW] = {"op", "input", "output", "axis", "size", "step", "when"},
+    [K_RESHAPE] = {"op", "input", "output", "shape", "when"},
+    [K_CONCAT] = {"op", "inputs", "output", "axis", "when"},
+    [K_AFFINE] = {"op", "input", "output", "scale", "offset", "when"},
+    [K_ACTIVATION] = {"op", "input", "output", "activation", "when"},
+    [K_STANDARDIZE] = {"op", "input", "output", "mean", "std", "when"},
+    [K_CAST] = {"op", "input", "output", "dtype", "when"},
 };
 
 typedef struct port {
@@ -61,6 +61,10 @@ typedef struct step {
     int kind;
     port in[KEEL__MAX_IO], out[KEEL__MAX_IO];
     size_t nin, nout;
+    /* "when": runs only if the largest element of tensor when_t is at least at_least */
+    bool gated;
+    size_t when_t;
+    double at_least;
     /* model steps */
     const keel__backend *be;
     void *inst;
@@ -356,6 +360,28 @@ static int parse_op(graph *g, step *s, const cJSON *j, const char *where, keel_e
     return KEEL_OK;
 }
 
+/* "when": {"tensor": "speech", "at_least": 0.5} */
+static int parse_when(graph *g, step *s, const cJSON *w, const char *where, keel_error *err)
+{
+    char at[96];
+    const cJSON *v;
+    if (!w)
+        return KEEL_OK;
+    snprintf(at, sizeof(at), "%s.when", where);
+    if (!cJSON_IsObject(w) || cJSON_GetArraySize(w) != 2 ||
+        !cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(w, "at_least")) ||
+        !isfinite(v->valuedouble))
+        return keel__err(err, KEEL_EINVALID,
+                         "%s: expected {\"tensor\": NAME, \"at_least\": NUMBER}", at);
+    int rc = tensor_ref(g, cJSON_GetObjectItemCaseSensitive(w, "tensor"), at, &s->when_t, err);
+    if (rc)
+        return rc;
+    s->gated = true;
+    s->at_least = v->valuedouble;
+    g->t[s->when_t].readers++;
+    return KEEL_OK;
+}
+
 static int parse_step(graph *g, const cJSON *j, size_t k, keel_error *err)
 {
     step *s = &g->steps[k];
@@ -398,7 +424,8 @@ static int parse_step(graph *g, const cJSON *j, size_t k, keel_error *err)
             return keel__err(err, KEEL_EINVALID, "%s: unknown field \"%s\" for a %s step", where,
                              f->string, model ? "model" : op);
     }
-    return model ? parse_model(g, s, j, where, err) : parse_op(g, s, j, where, err);
+    int rc2 = model ? parse_model(g, s, j, where, err) : parse_op(g, s, j, where, err);
+    return rc2 ? rc2 : parse_when(g, s, cJSON_GetObjectItemCaseSensitive(j, "when"), where, err);
 }
 
 /* Orders the steps so each runs after the steps whose tensors it reads
@@ -411,6 +438,7 @@ static int order_steps(graph *g, keel_error *err)
         indeg[s] = 0;
         for (size_t p = 0; p < g->steps[s].nin; p++)
             indeg[s] += g->t[g->steps[s].in[p].t].producer >= 0;
+        indeg[s] += g->steps[s].gated && g->t[g->steps[s].when_t].producer >= 0;
     }
     while (n < g->nsteps) {
         size_t s = 0;
@@ -420,10 +448,13 @@ static int order_steps(graph *g, keel_error *err)
             break;
         done[s] = true;
         g->order[n++] = s;
-        for (size_t r = 0; r < g->nsteps; r++)
+        for (size_t r = 0; r < g->nsteps; r++) {
             for (size_t p = 0; p < g->steps[r].nin; p++)
                 if (g->t[g->steps[r].in[p].t].producer == (int)s)
                     indeg[r]--;
+            if (g->steps[r].gated && g->t[g->steps[r].when_t].producer == (int)s)
+                indeg[r]--;
+        }
     }
     if (n == g->nsteps)
         return KEEL_OK;
@@ -885,8 +916,9 @@ static int check_edges(graph *g, const keel__tier_ctx *ctx, keel_error *err)
                 o += (size_t)snprintf(names + o, sizeof(names) - o, "%s\"%s\"", k ? ", " : "",
                                       ctx->inputs[k].name);
             for (size_t s = 0; s < g->nsteps; s++)
-                for (size_t p = 0; p < g->steps[s].nin; p++)
-                    if (g->steps[s].in[p].t == i)
+                for (size_t p = 0; p <= g->steps[s].nin; p++)
+                    if (p < g->steps[s].nin ? g->steps[s].in[p].t == i
+                                            : g->steps[s].gated && g->steps[s].when_t == i)
                         return keel__err(err, KEEL_EINVALID,
                                          "steps[%zu] (\"%s\") reads tensor \"%s\", which no step "
                                          "writes and which is neither a package input (%s) nor "
@@ -918,6 +950,14 @@ static int check_edges(graph *g, const keel__tier_ctx *ctx, keel_error *err)
         step *s = &g->steps[g->order[k]];
         char where[64];
         snprintf(where, sizeof(where), "steps[%zu] (\"%s\")", g->order[k], s->name);
+        if (s->gated) {
+            const keel__tensor *w = &g->t[s->when_t].decl;
+            if (w->dtype && (!keel__dtype_size(w->dtype) || w->dtype == KEEL_DT_FLOAT16 ||
+                             w->dtype == KEEL_DT_BFLOAT16))
+                return keel__err(err, KEEL_EINVALID,
+                                 "%s.when: tensor \"%s\" is %s; a gate reads numbers", where,
+                                 w->name, keel__dtype_name(w->dtype));
+        }
         if (s->kind != K_MODEL) {
             const keel__tensor *x[KEEL__MAX_IO];
             for (size_t p = 0; p < s->nin; p++)
@@ -1191,6 +1231,27 @@ static int run_op(const step *s, const keel__tensor *const *x, keel__tensor *y, 
     return KEEL_OK;
 }
 
+/* A step runs when everything it reads is there (a closed gate upstream
+ * leaves tensors absent) and its own gate, if any, is open. */
+static bool should_run(const step *s, const values *vals)
+{
+    for (size_t p = 0; p < s->nin; p++)
+        if (!vals->have[s->in[p].t])
+            return false;
+    if (!s->gated)
+        return true;
+    if (!vals->have[s->when_t])
+        return false;
+    const keel__tensor *w = &vals->v[s->when_t];
+    size_t es = keel__dtype_size(w->dtype), n = es ? w->nbytes / es : 0;
+    for (size_t i = 0; i < n; i++) {
+        double v = keel__tensor_get(w, i);
+        if (v >= s->at_least) /* NaN never opens it */
+            return true;
+    }
+    return false;
+}
+
 static int graph_run(void *inst, void *sess, const keel__tensor *in, size_t nin, keel__tensor *out,
                      size_t *nout, char **result_json, uint64_t deadline_ns, keel_error *err)
 {
@@ -1216,6 +1277,8 @@ static int graph_run(void *inst, void *sess, const keel__tensor *in, size_t nin,
     for (k = 0; k < g->nsteps; k++) {
         size_t si = g->order[k];
         const step *s = &g->steps[si];
+        if (!should_run(s, vals))
+            continue; /* its outputs stay absent; so do its readers' */
         if (deadline_ns && keel__now_mono_ns() >= deadline_ns) {
             rc = keel__err(err, KEEL_ETIMEOUT, "deadline passed before step \"%s\"", s->name);
             goto out;
@@ -1247,18 +1310,21 @@ static int graph_run(void *inst, void *sess, const keel__tensor *in, size_t nin,
         rc = keel__err(err, KEEL_ETIMEOUT, "deadline passed during the last step");
         goto out;
     }
-    for (no = 0; no < g->nouts; no++) { /* owned buffers move out, views are copied */
-        size_t t = g->outs[no];
+    for (size_t o = 0; o < g->nouts; o++) { /* owned buffers move out, views are copied */
+        size_t t = g->outs[o];
+        if (!vals->have[t])
+            continue; /* behind a gate that stayed closed */
         out[no] = vals->v[t];
         if (vals->owned[t]) {
             vals->owned[t] = false;
+            no++;
             continue;
         }
-        if (!(out[no].data = malloc(out[no].nbytes ? out[no].nbytes : 1))) {
+        if (!(out[no].data = malloc(vals->v[t].nbytes ? vals->v[t].nbytes : 1))) {
             rc = keel__err(err, KEEL_ENOMEM, "out of memory");
             goto out;
         }
-        memcpy(out[no].data, vals->v[t].data, out[no].nbytes);
+        memcpy(out[no++].data, vals->v[t].data, vals->v[t].nbytes);
     }
     *nout = no;
     (void)result_json;

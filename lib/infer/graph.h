@@ -29,6 +29,10 @@
  *   standardize  mean, std: (x - mean[i % n]) / std[i % n], the tabular
  *                preprocessing of pipeline.c (float32)
  *   cast         dtype
+ * Any step may carry "when": {"tensor": T, "at_least": X}: it runs only
+ * when T's largest element is at least X; otherwise it, and every step that
+ * reads what it would write, is skipped, and those tensors are absent from
+ * the answer (a VAD gating a detector).
  * A tensor no step writes is a graph input: a package input or a tier
  * constant. The graph's outputs are the tier's "outputs", else the
  * package's declared outputs, else every tensor no step reads.

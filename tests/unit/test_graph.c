@@ -407,6 +407,50 @@ static void test_sessions(void **state)
     keel__model_unref(m);
 }
 
+/* A gate: a step runs only when its "when" tensor reaches the threshold;
+ * what it (and everything after it) would write is absent from the answer. */
+static void test_gate(void **state)
+{
+    keel__model *m = must_build(
+        HEAD(X4, "{'name':'s','dtype':'float32','shape':[-1,1]},"
+                 "{'name':'y','dtype':'float32','shape':[-1,4]}," OUT("yf"))
+        "'tiers':[{'name':'pipe','backend':'graph','steps':["
+        "{'name':'double','model':'graph/double.onnx','inputs':{'x':'x'},'outputs':{'y':'y'},"
+        "'when':{'tensor':'s','at_least':10}},"
+        "{'name':'flat','op':'reshape','input':'y','shape':[-1],'output':'yf'},"
+        "{'name':'sum','model':'graph/rowsum.onnx','inputs':{'a':'x'},'outputs':{'s':'s'}}]}]}");
+    float lo[4] = {1, 1, 1, 1}, hi[4] = {3, 3, 3, 3};
+    keel__infer_resp r;
+    keel_error e;
+    if (run(m, lo, 1, NULL, &r, &e))
+        fail_msg("run: %s", e.msg);
+    assert_int_equal(r.noutputs, 1); /* the sum only: the gate stayed closed */
+    assert_string_equal(r.outputs[0].name, "s");
+    assert_float_equal(((float *)r.outputs[0].data)[0], 4, 0);
+    keel__infer_resp_done(&r);
+    if (run(m, hi, 1, NULL, &r, &e))
+        fail_msg("run: %s", e.msg);
+    assert_int_equal(r.noutputs, 3);
+    assert_float_equal(((float *)output(&r, "y")->data)[3], 6, 0);
+    assert_float_equal(((float *)output(&r, "yf")->data)[3], 6, 0);
+    keel__infer_resp_done(&r);
+    keel__model_unref(m);
+    static const char *const pre = HEAD(X4, OUT("y")) "'tiers':[{'name':'p','backend':'graph',";
+    char man[2048];
+    snprintf(man, sizeof(man), "%s%s}]}", pre,
+             "'steps':[{'name':'a','op':'affine','input':'x','output':'y',"
+             "'when':{'tensor':'vad','at_least':0.5}}]");
+    expect_refused(man, KEEL_EINVALID, "reads tensor \"vad\", which no step writes");
+    snprintf(man, sizeof(man), "%s%s}]}", pre,
+             "'steps':[{'name':'a','op':'affine','input':'x','output':'y',"
+             "'when':{'tensor':'x','above':0.5}}]");
+    expect_refused(man, KEEL_EINVALID, "when: expected {\"tensor\": NAME, \"at_least\": NUMBER}");
+    snprintf(man, sizeof(man), "%s%s}]}", pre,
+             "'steps':[{'name':'a','op':'affine','input':'x','output':'y',"
+             "'when':{'tensor':'y','at_least':0.5}}]");
+    expect_refused(man, KEEL_EINVALID, "in a cycle");
+}
+
 /* keel pack and install check what the package format fixes: every
  * step's model is a file of the package. */
 static void test_manifest(void **state)
@@ -442,7 +486,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chain),      cmocka_unit_test(test_ops),
         cmocka_unit_test(test_validation), cmocka_unit_test(test_failover),
-        cmocka_unit_test(test_sessions),   cmocka_unit_test(test_manifest),
+        cmocka_unit_test(test_sessions),   cmocka_unit_test(test_gate),
+        cmocka_unit_test(test_manifest),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_cleanup();
