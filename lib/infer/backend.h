@@ -44,9 +44,7 @@ typedef struct keel__tier_ctx {
     const char *model_path;               /* the tier's "model" file, verified, in the blob store */
     const char *model_hex;                /* its SHA-256 (cache key) */
     const cJSON *tier;                    /* the tier's manifest object (options, state, ...) */
-    /* the files the backend's `files` op named, resolved: {"path in the
-     * package": "path on disk"}; NULL for a backend without that op */
-    const cJSON *files;
+    const cJSON *files;                   /* the `files` op's files: {"in package": "on disk"} */
     const keel__tensor *inputs, *outputs; /* the package contract */
     size_t ninputs, noutputs;
     const char *cache_dir; /* for derived files (optimized graphs); may be NULL */

@@ -310,8 +310,8 @@ static int parse_op(graph *g, step *s, const cJSON *j, const char *where, keel_e
         else if (!strcmp(a, "sigmoid"))
             s->act = KEEL__ACT_SIGMOID;
         else
-            return keel__err(err, KEEL_EINVALID,
-                             "%s.activation: \"%s\" is not softmax or sigmoid", where, a);
+            return keel__err(err, KEEL_EINVALID, "%s.activation: \"%s\" is not softmax or sigmoid",
+                             where, a);
         break;
     }
     case K_STANDARDIZE: {
@@ -698,8 +698,10 @@ static int op_shape(const step *s, const keel__tensor *const *x, size_t nx, keel
         return KEEL_OK;
     case K_ACTIVATION:
         if (!unk && !a->ndim)
-            return keel__err(err, KEEL_EINVALID, "activation needs at least one axis; \"%s\" is "
-                                                 "a scalar", a->name);
+            return keel__err(err, KEEL_EINVALID,
+                             "activation needs at least one axis; \"%s\" is "
+                             "a scalar",
+                             a->name);
         return KEEL_OK;
     case K_RESHAPE: {
         int64_t total = -1, prod = 1;
@@ -735,8 +737,8 @@ static int op_shape(const step *s, const keel__tensor *const *x, size_t nx, keel
         return KEEL_OK;
     bad_reshape:
         shape_str(a, sh, sizeof(sh));
-        return keel__err(err, KEEL_EINVALID, "cannot reshape \"%s\" %s (%" PRId64
-                                             " elements) to the shape given",
+        return keel__err(err, KEEL_EINVALID,
+                         "cannot reshape \"%s\" %s (%" PRId64 " elements) to the shape given",
                          a->name, sh, total);
     }
     case K_SLICE: {
@@ -747,13 +749,14 @@ static int op_shape(const step *s, const keel__tensor *const *x, size_t nx, keel
         int64_t d = a->shape[ax];
         if (d < 0) {
             y->shape[ax] = s->start >= 0 && s->has_end && s->end >= 0 ? s->end - s->start
-                           : s->start < 0 && !s->has_end            ? -s->start
+                           : s->start < 0 && !s->has_end              ? -s->start
                            : s->start < 0 && s->has_end && s->end < 0 ? s->end - s->start
-                                                                       : -1;
+                                                                      : -1;
             return KEEL_OK;
         }
-        int64_t b = s->start < 0 ? d + s->start : s->start,
-                e = !s->has_end ? d : s->end < 0 ? d + s->end : s->end;
+        int64_t b = s->start < 0 ? d + s->start : s->start, e = !s->has_end  ? d
+                                                                : s->end < 0 ? d + s->end
+                                                                             : s->end;
         if (b < 0 || e > d || b >= e)
             return keel__err(err, KEEL_EINVALID,
                              "slice %" PRId64 "..%" PRId64 " of axis %" PRId64
@@ -773,8 +776,8 @@ static int op_shape(const step *s, const keel__tensor *const *x, size_t nx, keel
         int64_t d = a->shape[ax];
         if (d >= 0 && d < s->size)
             return keel__err(err, KEEL_EINVALID,
-                             "a window of %" PRId64 " along axis %" PRId64 " needs at least %" PRId64
-                             "; \"%s\" has %" PRId64,
+                             "a window of %" PRId64 " along axis %" PRId64
+                             " needs at least %" PRId64 "; \"%s\" has %" PRId64,
                              s->size, ax, s->size, a->name, d);
         y->ndim = a->ndim + 1;
         y->shape[ax] = d < 0 ? -1 : (d - s->size) / s->stride + 1;
@@ -816,9 +819,8 @@ static int op_shape(const step *s, const keel__tensor *const *x, size_t nx, keel
                                  "elsewhere",
                                  ax, a->name, sh, x[i]->name, s2);
             }
-            y->shape[ax] = y->shape[ax] < 0 || x[i]->shape[ax] < 0
-                               ? -1
-                               : y->shape[ax] + x[i]->shape[ax];
+            y->shape[ax] =
+                y->shape[ax] < 0 || x[i]->shape[ax] < 0 ? -1 : y->shape[ax] + x[i]->shape[ax];
         }
         return KEEL_OK;
     }
@@ -873,8 +875,8 @@ static void names_of(const step *s, bool out, char *buf, size_t n)
 /* The declared dtype and shape of a tier constant, from the tier object. */
 static bool constant_decl(const cJSON *tier, const char *name, keel__tensor *ret)
 {
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(
-        cJSON_GetObjectItemCaseSensitive(tier, "constants"), name);
+    const cJSON *c =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(tier, "constants"), name);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(c, "dtype"),
                 *shape = cJSON_GetObjectItemCaseSensitive(c, "shape"), *d;
     if (!c)
@@ -929,9 +931,9 @@ static int check_edges(graph *g, const keel__tier_ctx *ctx, keel_error *err)
             for (size_t k = g->nsteps; k-- > 0;)
                 for (size_t p = 0; p < g->steps[g->order[k]].nin; p++) {
                     const step *s = &g->steps[g->order[k]];
-                    const keel__tensor *mi =
-                        s->in[p].t == i && s->kind == K_MODEL ? model_input(s, s->in[p].name)
-                                                              : NULL;
+                    const keel__tensor *mi = s->in[p].t == i && s->kind == K_MODEL
+                                                 ? model_input(s, s->in[p].name)
+                                                 : NULL;
                     if (mi)
                         t->decl = *mi;
                 }
@@ -985,9 +987,8 @@ static int check_edges(graph *g, const keel__tier_ctx *ctx, keel_error *err)
                 return keel__err(err, KEEL_EINVALID,
                                  "%s: input \"%s\" takes %s %s, but tensor \"%s\" is %s %s "
                                  "(a shape mismatch)",
-                                 where, s->in[p].name, keel__dtype_name(want->dtype), a,
-                                 have->name, have->dtype ? keel__dtype_name(have->dtype) : "any",
-                                 b);
+                                 where, s->in[p].name, keel__dtype_name(want->dtype), a, have->name,
+                                 have->dtype ? keel__dtype_name(have->dtype) : "any", b);
             }
         }
         for (size_t i = 0; i < nmi; i++) { /* every input the model needs is fed */
@@ -1059,8 +1060,8 @@ static int graph_load(const keel__tier_ctx *ctx, void **ret, keel_error *err)
     const cJSON *spec = cJSON_GetObjectItemCaseSensitive(ctx->tier, "steps");
     for (size_t i = 0; i < g->nsteps && !rc; i++) {
         step *s = &g->steps[i];
-        if (s->kind == K_MODEL && (rc = load_step(g, s, cJSON_GetArrayItem(spec, (int)i), ctx,
-                                                  err)))
+        if (s->kind == K_MODEL &&
+            (rc = load_step(g, s, cJSON_GetArrayItem(spec, (int)i), ctx, err)))
             rc = keel__err_prefix(err, "steps[%zu] (\"%s\", %s)", i, s->name, s->file);
     }
     if (!rc)
@@ -1108,8 +1109,7 @@ static int run_model(const graph *g, size_t si, gsession *gs, values *vals, uint
         while (i < nout && (!outs[i].name || strcmp(outs[i].name, s->out[p].name)))
             i++;
         if (i == nout) {
-            rc = keel__err(err, KEEL_ECORRUPT, "%s gave no output \"%s\"", s->file,
-                           s->out[p].name);
+            rc = keel__err(err, KEEL_ECORRUPT, "%s gave no output \"%s\"", s->file, s->out[p].name);
             break;
         }
         size_t t = s->out[p].t;
@@ -1220,10 +1220,12 @@ static int run_op(const step *s, const keel__tensor *const *x, keel__tensor *y, 
         memcpy(dst, src, y->nbytes);
         return keel__pre_tabular(s->pre, y, err);
     case K_CAST:
-        for (size_t i = 0; i < n; i++)
-            if (!keel__tensor_set(y, i, keel__tensor_get(a, i)))
+        for (size_t i = 0; i < n; i++) {
+            double v = keel__tensor_get(a, i);
+            if (!keel__tensor_set(y, i, y->dtype == KEEL_DT_BOOL ? v != 0 : v))
                 return keel__err(err, KEEL_EINVALID, "cast to %s failed",
                                  keel__dtype_name(y->dtype));
+        }
         break;
     default:
         return keel__err(err, KEEL_EINTERNAL, "op %d cannot run", s->kind);
@@ -1302,7 +1304,7 @@ static int graph_run(void *inst, void *sess, const keel__tensor *in, size_t nin,
                     err->code = rc;
             }
             (void)keel__err_prefix(err, "step \"%s\"%s%s", s->name, s->kind == K_MODEL ? " " : "",
-                             s->kind == K_MODEL ? s->file : "");
+                                   s->kind == K_MODEL ? s->file : "");
             goto out;
         }
     }

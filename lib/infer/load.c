@@ -196,8 +196,8 @@ static int parse_tier(model *m, const cJSON *j, size_t k, uint64_t default_deadl
     if (t->be->files) { /* a pipeline: its steps name the files */
         if (file)
             return keel__err(err, KEEL_EINVALID,
-                             "%s.model: a %s tier names its models in its steps, not here",
-                             where, backend);
+                             "%s.model: a %s tier names its models in its steps, not here", where,
+                             backend);
         if ((rc = tier_files(t, j, path_of, ctx, err)))
             return keel__err_prefix(err, "%s", where);
     } else if (!file) {

@@ -487,14 +487,17 @@ out:
 #define KWS_CONTEXT 16
 
 /* Runs session s on one float32 input; the first output (malloc'd) in *out. */
-static int run1(keel__ort_session *s, const char *name, float *x, size_t ndim,
-                const int64_t *shape, keel__tensor *out)
+static int run1(keel__ort_session *s, const char *name, float *x, size_t ndim, const int64_t *shape,
+                keel__tensor *out)
 {
     size_t n = 1, nout = keel__ort_noutputs(s);
     keel__tensor o[8];
     for (size_t d = 0; d < ndim; d++)
         n *= (size_t)shape[d];
-    keel__tensor in = {.name = name, .dtype = KEEL_DT_FLOAT32, .ndim = ndim, .data = x,
+    keel__tensor in = {.name = name,
+                       .dtype = KEEL_DT_FLOAT32,
+                       .ndim = ndim,
+                       .data = x,
                        .nbytes = n * sizeof(float)};
     memcpy(in.shape, shape, ndim * sizeof(int64_t));
     keel_error e = {0};

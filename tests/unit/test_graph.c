@@ -97,8 +97,8 @@ static const keel__tensor *output(const keel__infer_resp *r, const char *name)
 
 static void test_chain(void **state)
 {
-    keel__model *m = must_build(HEAD(X4, OUT("sums")) "'tiers':[{'name':'pipe','backend':'graph',"
-                                                      CHAIN_STEPS "}]}");
+    keel__model *m = must_build(
+        HEAD(X4, OUT("sums")) "'tiers':[{'name':'pipe','backend':'graph'," CHAIN_STEPS "}]}");
     float x[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     keel__infer_resp r;
     keel_error e;
@@ -140,17 +140,27 @@ static void test_chain(void **state)
 /* Each op's arithmetic, in a graph of ops only. */
 static void test_ops(void **state)
 {
-    keel__model *m = must_build(
-        HEAD(X4, OUT("cat") "," OUT("mid") "," OUT("aff") "," OUT("soft") "," OUT("std") ","
-                 "{'name':'int','dtype':'int32','shape':[-1]}")
-        "'tiers':[{'name':'ops','backend':'graph','steps':["
-        "{'name':'c','op':'concat','inputs':['x','x'],'axis':1,'output':'cat'},"
-        "{'name':'s','op':'slice','input':'cat','axis':-1,'start':3,'end':-3,'output':'mid'},"
-        "{'name':'a','op':'affine','input':'x','scale':2,'offset':1,'output':'aff'},"
-        "{'name':'p','op':'activation','input':'x','activation':'softmax','output':'soft'},"
-        "{'name':'z','op':'standardize','input':'x','mean':[1,2,3,4],'std':[2,2,2,2],"
-        "'output':'std'},"
-        "{'name':'k','op':'cast','input':'aff','dtype':'int32','output':'int'}]}]}");
+    keel__model *m =
+        must_build(HEAD(X4, OUT("cat") "," OUT("mid") "," OUT("aff") "," OUT(
+                                "soft") "," OUT("std") ","
+                                                       "{'name':'int','dtype':'int32','shape':[-1]"
+                                                       "}") "'tiers':[{'name':'ops','backend':'"
+                                                            "graph','steps':["
+                                                            "{'name':'c','op':'concat','inputs':['"
+                                                            "x','x'],'axis':1,'output':'cat'},"
+                                                            "{'name':'s','op':'slice','input':'cat'"
+                                                            ",'axis':-1,'start':3,'end':-3,'output'"
+                                                            ":'mid'},"
+                                                            "{'name':'a','op':'affine','input':'x',"
+                                                            "'scale':2,'offset':1,'output':'aff'},"
+                                                            "{'name':'p','op':'activation','input':"
+                                                            "'x','activation':'softmax','output':'"
+                                                            "soft'},"
+                                                            "{'name':'z','op':'standardize','input'"
+                                                            ":'x','mean':[1,2,3,4],'std':[2,2,2,2],"
+                                                            "'output':'std'},"
+                                                            "{'name':'k','op':'cast','input':'aff',"
+                                                            "'dtype':'int32','output':'int'}]}]}");
     float x[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     keel__infer_resp r;
     keel_error e;
@@ -161,7 +171,7 @@ static void test_ops(void **state)
     assert_int_equal(t->shape[1], 8);
     assert_float_equal(((float *)t->data)[5], 1, 0);  /* row 0: 0 1 2 3 0 1 2 3 */
     assert_float_equal(((float *)t->data)[12], 4, 0); /* row 1: 4 5 6 7 4 5 6 7 */
-    t = output(&r, "mid"); /* columns 3..4 of the 8 */
+    t = output(&r, "mid");                            /* columns 3..4 of the 8 */
     assert_int_equal(t->shape[1], 2);
     assert_float_equal(((float *)t->data)[0], 3, 0);
     assert_float_equal(((float *)t->data)[1], 0, 0);
@@ -300,18 +310,22 @@ static void test_validation(void **state)
 /* A step that fails fails the whole tier; the next tier answers. */
 static void test_failover(void **state)
 {
-    static const char *const good =
-        "{'name':'plain','backend':'onnx','model':'fault/good.onnx'}";
+    static const char *const good = "{'name':'plain','backend':'onnx','model':'fault/good.onnx'}";
     keel__model *m = NULL;
     char man[4096];
-    snprintf(man, sizeof(man),
-             q(HEAD(X4, "{'name':'y','dtype':'float32','shape':[-1,3]}")
-               "'tiers':[{'name':'pipe','backend':'graph','steps':["
-               "{'name':'double','model':'graph/double.onnx','inputs':{'x':'x'},"
-               "'outputs':{'y':'d'}},"
-               "{'name':'bad','model':'fault/runtime_error.onnx','inputs':{'x':'d'},"
-               "'outputs':{'y':'y'}}]},%s]}"),
-             q(good));
+    snprintf(
+        man, sizeof(man),
+        q(HEAD(X4,
+               "{'name':'y','dtype':'float32','shape':[-1,3]}") "'tiers':[{'name':'pipe','backend':"
+                                                                "'graph','steps':["
+                                                                "{'name':'double','model':'graph/"
+                                                                "double.onnx','inputs':{'x':'x'},"
+                                                                "'outputs':{'y':'d'}},"
+                                                                "{'name':'bad','model':'fault/"
+                                                                "runtime_error.onnx','inputs':{'x':"
+                                                                "'d'},"
+                                                                "'outputs':{'y':'y'}}]},%s]}"),
+        q(good));
     keel_error e;
     assert_int_equal(build(man, &m, &e), KEEL_OK);
     float x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -327,15 +341,22 @@ static void test_failover(void **state)
 
     /* an op that cannot take this request (too few rows for a window) fails
      * the tier; a longer request is served by the pipeline */
-    snprintf(man, sizeof(man),
-             q(HEAD(X4, "{'name':'y','dtype':'float32','shape':[-1,3]}")
-               "'tiers':[{'name':'pipe','backend':'graph','steps':["
-               "{'name':'flat','op':'reshape','input':'x','shape':[-1],'output':'f'},"
-               "{'name':'win','op':'window','input':'f','axis':0,'size':12,'output':'w'},"
-               "{'name':'rows','op':'reshape','input':'w','shape':[-1,4],'output':'w4'},"
-               "{'name':'good','model':'fault/good.onnx','inputs':{'x':'w4'},"
-               "'outputs':{'y':'y'}}]},%s]}"),
-             q(good));
+    snprintf(
+        man, sizeof(man),
+        q(HEAD(
+            X4,
+            "{'name':'y','dtype':'float32','shape':[-1,3]}") "'tiers':[{'name':'pipe','backend':'"
+                                                             "graph','steps':["
+                                                             "{'name':'flat','op':'reshape','input'"
+                                                             ":'x','shape':[-1],'output':'f'},"
+                                                             "{'name':'win','op':'window','input':'"
+                                                             "f','axis':0,'size':12,'output':'w'},"
+                                                             "{'name':'rows','op':'reshape','input'"
+                                                             ":'w','shape':[-1,4],'output':'w4'},"
+                                                             "{'name':'good','model':'fault/"
+                                                             "good.onnx','inputs':{'x':'w4'},"
+                                                             "'outputs':{'y':'y'}}]},%s]}"),
+        q(good));
     assert_int_equal(build(man, &m, &e), KEEL_OK);
     if (run(m, x, 2, NULL, &r, &e))
         fail_msg("run: %s", e.msg);
@@ -352,14 +373,18 @@ static void test_failover(void **state)
     keel__model_unref(m);
 
     /* one deadline for the whole pipeline: a slow step times the tier out */
-    snprintf(man, sizeof(man),
-             q(HEAD(X4, "{'name':'y','dtype':'float32','shape':[-1,3]}")
-               "'tiers':[{'name':'pipe','backend':'graph','deadline_ms':50,'steps':["
-               "{'name':'double','model':'graph/double.onnx','inputs':{'x':'x'},"
-               "'outputs':{'y':'d'}},"
-               "{'name':'slow','model':'fault/slow.onnx','inputs':{'x':'d'},"
-               "'outputs':{'y':'y'}}]},%s]}"),
-             q(good));
+    snprintf(
+        man, sizeof(man),
+        q(HEAD(X4,
+               "{'name':'y','dtype':'float32','shape':[-1,3]}") "'tiers':[{'name':'pipe','backend':"
+                                                                "'graph','deadline_ms':50,'steps':["
+                                                                "{'name':'double','model':'graph/"
+                                                                "double.onnx','inputs':{'x':'x'},"
+                                                                "'outputs':{'y':'d'}},"
+                                                                "{'name':'slow','model':'fault/"
+                                                                "slow.onnx','inputs':{'x':'d'},"
+                                                                "'outputs':{'y':'y'}}]},%s]}"),
+        q(good));
     assert_int_equal(build(man, &m, &e), KEEL_OK);
     if (run(m, x, 2, NULL, &r, &e))
         fail_msg("run: %s", e.msg);
@@ -369,11 +394,14 @@ static void test_failover(void **state)
     keel__model_unref(m);
 
     /* every tier failing names the step */
-    snprintf(man, sizeof(man), "%s",
-             q(HEAD(X4, "{'name':'y','dtype':'float32','shape':[-1,3]}")
-               "'tiers':[{'name':'pipe','backend':'graph','steps':["
-               "{'name':'bad','model':'fault/runtime_error.onnx','inputs':{'x':'x'},"
-               "'outputs':{'y':'y'}}]}]}"));
+    snprintf(
+        man, sizeof(man), "%s",
+        q(HEAD(X4, "{'name':'y','dtype':'float32','shape':[-1,3]}") "'tiers':[{'name':'pipe','"
+                                                                    "backend':'graph','steps':["
+                                                                    "{'name':'bad','model':'fault/"
+                                                                    "runtime_error.onnx','inputs':{"
+                                                                    "'x':'x'},"
+                                                                    "'outputs':{'y':'y'}}]}]}"));
     assert_int_equal(build(man, &m, &e), KEEL_OK);
     th_expect_err(run(m, x, 2, NULL, &r, &e), &e, KEEL_ENOTREADY,
                   "every tier failed: pipe: step \"bad\"");
@@ -383,13 +411,15 @@ static void test_failover(void **state)
 /* A stateful step keeps its state per client session. */
 static void test_sessions(void **state)
 {
-    keel__model *m = must_build(
-        HEAD("{'name':'x','dtype':'float32','shape':[1,4]}", OUT("acc"))
-        "'tiers':[{'name':'pipe','backend':'graph','steps':["
-        "{'name':'half','op':'affine','input':'x','scale':0.5,'output':'h'},"
-        "{'name':'acc','model':'accumulate.onnx','inputs':{'x':'h'},'outputs':{'y':'y'},"
-        "'state':[{'input':'state','output':'state_out','dtype':'float32','shape':[1,1]}]},"
-        "{'name':'flat','op':'reshape','input':'y','shape':[-1],'output':'acc'}]}]}");
+    keel__model *m = must_build(HEAD(
+        "{'name':'x','dtype':'float32','shape':[1,4]}",
+        OUT("acc")) "'tiers':[{'name':'pipe','backend':'graph','steps':["
+                    "{'name':'half','op':'affine','input':'x','scale':0.5,'output':'h'},"
+                    "{'name':'acc','model':'accumulate.onnx','inputs':{'x':'h'},'outputs':{'y':'y'}"
+                    ","
+                    "'state':[{'input':'state','output':'state_out','dtype':'float32','shape':[1,1]"
+                    "}]},"
+                    "{'name':'flat','op':'reshape','input':'y','shape':[-1],'output':'acc'}]}]}");
     float x[4] = {1, 1, 1, 1};
     keel__infer_resp r;
     keel_error e;
@@ -413,12 +443,14 @@ static void test_gate(void **state)
 {
     keel__model *m = must_build(
         HEAD(X4, "{'name':'s','dtype':'float32','shape':[-1,1]},"
-                 "{'name':'y','dtype':'float32','shape':[-1,4]}," OUT("yf"))
-        "'tiers':[{'name':'pipe','backend':'graph','steps':["
-        "{'name':'double','model':'graph/double.onnx','inputs':{'x':'x'},'outputs':{'y':'y'},"
-        "'when':{'tensor':'s','at_least':10}},"
-        "{'name':'flat','op':'reshape','input':'y','shape':[-1],'output':'yf'},"
-        "{'name':'sum','model':'graph/rowsum.onnx','inputs':{'a':'x'},'outputs':{'s':'s'}}]}]}");
+                 "{'name':'y','dtype':'float32','shape':[-1,4]}," OUT(
+                     "yf")) "'tiers':[{'name':'pipe','backend':'graph','steps':["
+                            "{'name':'double','model':'graph/"
+                            "double.onnx','inputs':{'x':'x'},'outputs':{'y':'y'},"
+                            "'when':{'tensor':'s','at_least':10}},"
+                            "{'name':'flat','op':'reshape','input':'y','shape':[-1],'output':'yf'},"
+                            "{'name':'sum','model':'graph/"
+                            "rowsum.onnx','inputs':{'a':'x'},'outputs':{'s':'s'}}]}]}");
     float lo[4] = {1, 1, 1, 1}, hi[4] = {3, 3, 3, 3};
     keel__infer_resp r;
     keel_error e;
@@ -461,8 +493,7 @@ static void test_manifest(void **state)
     char man[2048];
     keel_manifest *mf = NULL;
     keel_error e;
-    snprintf(man, sizeof(man), "%s",
-             q("{'format':1,'name':'g','version':'1.0.0',"));
+    snprintf(man, sizeof(man), "%s", q("{'format':1,'name':'g','version':'1.0.0',"));
     strcat(man, q(files));
     strcat(man, q("'tiers':[{'name':'p','backend':'graph','steps':[{'name':'s','model':'a.onnx',"
                   "'inputs':{'x':'x'},'outputs':{'y':'y'}}]}]}"));
