@@ -140,11 +140,12 @@ typedef struct keel__backend {
     const char *(*device)(void *inst); /* "cpu", "cuda", ... */
     KEEL_WUR int (*health)(void *inst, keel_error *err);
 
-    /* The package files the tier object names instead of one "model" (a
-     * pipeline's step models), up to max into ret (borrowed from tier);
-     * checks the object's structure on the way. load.c resolves each into
-     * ctx->files; a backend with this op takes no "model". */
-    KEEL_WUR int (*files)(const cJSON *tier, const char **ret, size_t max, size_t *ret_n,
+    /* The package files the tier object (ctx->tier) names instead of one
+     * "model" (a pipeline's step models), up to max into ret (borrowed from
+     * the tier object); checks what it can before anything loads on the way
+     * (ctx has the tier and the contract only). load.c resolves each into
+     * ctx->files for load; a backend with this op takes no "model". */
+    KEEL_WUR int (*files)(const keel__tier_ctx *ctx, const char **ret, size_t max, size_t *ret_n,
                           keel_error *err);
 } keel__backend;
 

@@ -594,11 +594,23 @@ int keel__graph_check(const cJSON *tier, keel_error *err)
     return rc;
 }
 
-static int graph_files(const cJSON *tier, const char **ret, size_t max, size_t *ret_n,
+static int check_edges(graph *g, const keel__tier_ctx *ctx, keel_error *err);
+
+/* The step models' files, after every check that needs no model: the
+ * structure, then the edges with what the package declares (its inputs,
+ * outputs and the tier's constants), model steps' own shapes unknown. */
+static int graph_files(const keel__tier_ctx *ctx, const char **ret, size_t max, size_t *ret_n,
                        keel_error *err)
 {
+    const cJSON *tier = ctx->tier;
     size_t n = 0;
-    int rc = keel__graph_check(tier, err);
+    graph *g = NULL;
+    int rc = parse(tier, &g, err);
+    if (!rc)
+        rc = resolve_outputs(g, tier, ctx->outputs, ctx->noutputs, err);
+    if (!rc)
+        rc = check_edges(g, ctx, err);
+    graph_free(g);
     if (rc)
         return rc;
     const cJSON *it;
@@ -844,9 +856,20 @@ static bool fits(const keel__tensor *want, const keel__tensor *have)
     return true;
 }
 
+/* How many inputs (or outputs) a model step's model describes; 0 before it
+ * is loaded (a check from the manifest alone) or when it describes none. */
+static size_t nio(const step *s, bool out)
+{
+    if (!s->inst)
+        return 0;
+    if (out)
+        return s->be->noutputs ? s->be->noutputs(s->inst) : 0;
+    return s->be->ninputs ? s->be->ninputs(s->inst) : 0;
+}
+
 static const keel__tensor *model_input(const step *s, const char *name)
 {
-    size_t n = s->be->ninputs ? s->be->ninputs(s->inst) : 0;
+    size_t n = nio(s, false);
     for (size_t i = 0; i < n; i++)
         if (!strcmp(s->be->input(s->inst, i)->name, name))
             return s->be->input(s->inst, i);
@@ -855,7 +878,7 @@ static const keel__tensor *model_input(const step *s, const char *name)
 
 static const keel__tensor *model_output(const step *s, const char *name)
 {
-    size_t n = s->be->noutputs ? s->be->noutputs(s->inst) : 0;
+    size_t n = nio(s, true);
     for (size_t i = 0; i < n; i++)
         if (!strcmp(s->be->output(s->inst, i)->name, name))
             return s->be->output(s->inst, i);
@@ -864,8 +887,7 @@ static const keel__tensor *model_output(const step *s, const char *name)
 
 static void names_of(const step *s, bool out, char *buf, size_t n)
 {
-    size_t o = 0, k = out ? (s->be->noutputs ? s->be->noutputs(s->inst) : 0)
-                          : (s->be->ninputs ? s->be->ninputs(s->inst) : 0);
+    size_t o = 0, k = nio(s, out);
     buf[0] = 0;
     for (size_t i = 0; i < k && o < n; i++)
         o += (size_t)snprintf(buf + o, n - o, "%s\"%s\"", i ? ", " : "",
@@ -971,7 +993,7 @@ static int check_edges(graph *g, const keel__tier_ctx *ctx, keel_error *err)
             y->decl.name = y->name;
             continue;
         }
-        size_t nmi = s->be->ninputs ? s->be->ninputs(s->inst) : 0;
+        size_t nmi = nio(s, false);
         for (size_t p = 0; p < s->nin; p++) {
             const keel__tensor *want = model_input(s, s->in[p].name),
                                *have = &g->t[s->in[p].t].decl;
@@ -1002,7 +1024,7 @@ static int check_edges(graph *g, const keel__tier_ctx *ctx, keel_error *err)
                                  "tensor",
                                  where, need, s->file);
         }
-        size_t nmo = s->be->noutputs ? s->be->noutputs(s->inst) : 0;
+        size_t nmo = nio(s, true);
         for (size_t p = 0; p < s->nout; p++) {
             const keel__tensor *o = model_output(s, s->out[p].name);
             gtensor *y = &g->t[s->out[p].t];

@@ -150,12 +150,15 @@ static int parse_consts(const cJSON *c, tier *t, const char *where, keel_error *
 
 /* The files a backend with a `files` op (graph) names, resolved into
  * t->files as {"path in the package": "path on disk"}. */
-static int tier_files(tier *t, const cJSON *j, keel__path_fn path_of, void *ctx, keel_error *err)
+static int tier_files(model *m, tier *t, const cJSON *j, keel__path_fn path_of, void *ctx,
+                      keel_error *err)
 {
     const char *rel[64];
     size_t n = 0;
     char p[PATH_MAX];
-    int rc = t->be->files(j, rel, KEEL_ARRAY_LEN(rel), &n, err);
+    keel__tier_ctx tc = {
+        .tier = j, .inputs = m->in, .ninputs = m->nin, .outputs = m->out, .noutputs = m->nout};
+    int rc = t->be->files(&tc, rel, KEEL_ARRAY_LEN(rel), &n, err);
     if (rc)
         return rc;
     if (!(t->files = cJSON_CreateObject()))
@@ -198,7 +201,7 @@ static int parse_tier(model *m, const cJSON *j, size_t k, uint64_t default_deadl
             return keel__err(err, KEEL_EINVALID,
                              "%s.model: a %s tier names its models in its steps, not here", where,
                              backend);
-        if ((rc = tier_files(t, j, path_of, ctx, err)))
+        if ((rc = tier_files(m, t, j, path_of, ctx, err)))
             return keel__err_prefix(err, "%s", where);
     } else if (!file) {
         return keel__err(err, KEEL_EINVALID, "%s: required field \"model\" is missing", where);

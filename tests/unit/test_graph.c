@@ -141,26 +141,26 @@ static void test_chain(void **state)
 static void test_ops(void **state)
 {
     keel__model *m =
-        must_build(HEAD(X4, OUT("cat") "," OUT("mid") "," OUT("aff") "," OUT(
-                                "soft") "," OUT("std") ","
-                                                       "{'name':'int','dtype':'int32','shape':[-1]"
-                                                       "}") "'tiers':[{'name':'ops','backend':'"
-                                                            "graph','steps':["
-                                                            "{'name':'c','op':'concat','inputs':['"
-                                                            "x','x'],'axis':1,'output':'cat'},"
-                                                            "{'name':'s','op':'slice','input':'cat'"
-                                                            ",'axis':-1,'start':3,'end':-3,'output'"
-                                                            ":'mid'},"
-                                                            "{'name':'a','op':'affine','input':'x',"
-                                                            "'scale':2,'offset':1,'output':'aff'},"
-                                                            "{'name':'p','op':'activation','input':"
-                                                            "'x','activation':'softmax','output':'"
-                                                            "soft'},"
-                                                            "{'name':'z','op':'standardize','input'"
-                                                            ":'x','mean':[1,2,3,4],'std':[2,2,2,2],"
-                                                            "'output':'std'},"
-                                                            "{'name':'k','op':'cast','input':'aff',"
-                                                            "'dtype':'int32','output':'int'}]}]}");
+        must_build(HEAD(X4, OUT("cat") "," OUT("mid") "," OUT("aff") "," OUT("soft") "," OUT(
+                                "std") ","
+                                       "{'name':'int','dtype':'int32','shape':[-1]"
+                                       "}") "'tiers':[{'name':'ops','backend':'"
+                                            "graph','steps':["
+                                            "{'name':'c','op':'concat','inputs':['"
+                                            "x','x'],'axis':1,'output':'cat'},"
+                                            "{'name':'s','op':'slice','input':'cat'"
+                                            ",'axis':-1,'start':3,'end':-3,'output'"
+                                            ":'mid'},"
+                                            "{'name':'a','op':'affine','input':'x',"
+                                            "'scale':2,'offset':1,'output':'aff'},"
+                                            "{'name':'p','op':'activation','input':"
+                                            "'x','activation':'softmax','output':'"
+                                            "soft'},"
+                                            "{'name':'z','op':'standardize','input'"
+                                            ":'x','mean':[1,2,3,4],'std':[2,2,2,2],"
+                                            "'output':'std'},"
+                                            "{'name':'k','op':'cast','input':'aff',"
+                                            "'dtype':'int32','output':'int'}]}]}");
     float x[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     keel__infer_resp r;
     keel_error e;
@@ -188,14 +188,20 @@ static void test_ops(void **state)
     keel__model_unref(m);
 }
 
-/* A manifest refused at build, or (what needs the models: shapes, model
- * names) a tier that does not load, recorded with the reason as any tier's
- * load failure is, so the package activates only if another tier serves. */
-static void expect_refused(const char *man, int code, const char *want)
+/* A manifest refused at build (at_build: what the manifest shows alone,
+ * which keel pack and keel lint see too), or (what needs the models: their
+ * input and output names and shapes) a tier that does not load, recorded with the reason as any
+ * tier's load failure is, so the package activates only if another tier serves. */
+static void expect_refused(const char *man, int code, const char *want, bool at_build)
 {
     keel__model *m = NULL;
     keel_error e;
     int rc = build(man, &m, &e);
+    if (at_build && !rc)
+        fail_msg("expected the build to refuse it (%s); the tier failed to load instead: %s", want,
+                 m->tiers[0].load_error);
+    if (!at_build && rc)
+        fail_msg("expected a load failure (%s), the build refused it: %s", want, e.msg);
     if (rc) {
         th_expect_err(rc, &e, code, want);
         assert_null(m);
@@ -223,60 +229,62 @@ static void test_validation(void **state)
     struct {
         const char *steps, *want;
         int code;
+        bool model; /* needs the models: found at load, not at build */
     } cases[] = {
         {"'steps':[{'name':'a','op':'transpose','input':'x','output':'y'}]", "unknown op",
-         KEEL_EINVALID},
+         KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'affine','input':'y','output':'t'},"
          "{'name':'b','op':'affine','input':'t','output':'y'}]",
-         "\"a\", \"b\" wait for each other's outputs in a cycle", KEEL_EINVALID},
+         "\"a\", \"b\" wait for each other's outputs in a cycle", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'affine','input':'nope','output':'y'}]",
-         "reads tensor \"nope\", which no step writes", KEEL_EINVALID},
+         "reads tensor \"nope\", which no step writes", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'reshape','input':'x','shape':[-1,2],'output':'h'},"
          "{'name':'b','model':'graph/rowsum.onnx','inputs':{'a':'h'},'outputs':{'s':'y'}}]",
-         "input \"a\" takes float32 [?,4], but tensor \"h\" is float32 [?,2]", KEEL_EINVALID},
+         "input \"a\" takes float32 [?,4], but tensor \"h\" is float32 [?,2]", KEEL_EINVALID, true},
         {"'steps':[{'name':'a','op':'affine','input':'x','output':'y'},"
          "{'name':'b','op':'affine','input':'x','output':'y'}]",
-         "tensor \"y\" is already written by step \"a\"", KEEL_EINVALID},
+         "tensor \"y\" is already written by step \"a\"", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'affine','input':'x','output':'y','size':3}]",
-         "unknown field \"size\" for a affine step", KEEL_EINVALID},
+         "unknown field \"size\" for a affine step", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'affine','model':'graph/double.onnx','input':'x',"
          "'output':'y'}]",
-         "exactly one of \"model\"", KEEL_EINVALID},
+         "exactly one of \"model\"", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','model':'graph/rowsum.onnx','inputs':{'b':'x'},"
          "'outputs':{'s':'y'}}]",
-         "graph/rowsum.onnx has no input \"b\" (it takes \"a\")", KEEL_EINVALID},
+         "graph/rowsum.onnx has no input \"b\" (it takes \"a\")", KEEL_EINVALID, true},
         {"'steps':[{'name':'a','op':'slice','input':'x','axis':1,'start':2,'end':6,"
          "'output':'y'}]",
-         "slice 2..6 of axis 1 does not fit \"x\", whose axis has 4", KEEL_EINVALID},
+         "slice 2..6 of axis 1 does not fit \"x\", whose axis has 4", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'window','input':'x','axis':1,'size':5,'output':'y'}]",
-         "needs at least 5; \"x\" has 4", KEEL_EINVALID},
+         "needs at least 5; \"x\" has 4", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'affine','input':'x','output':'y'},"
          "{'name':'b','op':'affine','input':'x','output':'unused'}]",
-         "steps[1] (\"b\"): nothing reads its outputs", KEEL_EINVALID},
+         "steps[1] (\"b\"): nothing reads its outputs", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','backend':'graph','model':'graph/double.onnx',"
          "'inputs':{'x':'x'},'outputs':{'y':'y'}}]",
-         "cannot itself be a pipeline", KEEL_EINVALID},
+         "cannot itself be a pipeline", KEEL_EINVALID, false},
         {"'model':'graph/double.onnx','steps':[{'name':'a','op':'affine','input':'x',"
          "'output':'y'}]",
-         "names its models in its steps", KEEL_EINVALID},
+         "names its models in its steps", KEEL_EINVALID, false},
         {"'outputs':['zz'],'steps':[{'name':'a','op':'affine','input':'x','output':'y'}]",
-         "no step writes tensor \"zz\"", KEEL_EINVALID},
+         "no step writes tensor \"zz\"", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'affine','input':'x','output':'t'}]",
-         "package output \"y\" is written by no step", KEEL_EINVALID},
+         "package output \"y\" is written by no step", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','model':'graph/nofile.onnx','inputs':{'x':'x'},"
          "'outputs':{'y':'y'}}]",
-         "no file graph/nofile.onnx", KEEL_ENOTFOUND},
-        {"'steps':[{'name':'a','op':'reshape','input':'x','shape':[3,-1],'output':'y'}]", "", 0},
-        {"'steps':[]", "a pipeline needs at least one step", KEEL_EINVALID},
+         "no file graph/nofile.onnx", KEEL_ENOTFOUND, false},
+        {"'steps':[{'name':'a','op':'reshape','input':'x','shape':[3,-1],'output':'y'}]", "", 0,
+         false},
+        {"'steps':[]", "a pipeline needs at least one step", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'window','input':'x','axis':0,'size':0,'output':'y'}]",
-         "size: expected an integer 1..", KEEL_EINVALID},
+         "size: expected an integer 1..", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'activation','input':'x','activation':'relu','output':'y'}]",
-         "\"relu\" is not softmax or sigmoid", KEEL_EINVALID},
+         "\"relu\" is not softmax or sigmoid", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'cast','input':'x','dtype':'string','output':'y'}]",
-         "dtype: \"string\" is not", KEEL_EINVALID},
+         "dtype: \"string\" is not", KEEL_EINVALID, false},
         {"'steps':[{'name':'a','op':'standardize','input':'x','mean':[1,2],'std':[1],"
          "'output':'y'}]",
-         "mean has 2 values and std 1", KEEL_EINVALID},
+         "mean has 2 values and std 1", KEEL_EINVALID, false},
     };
     for (size_t i = 0; i < KEEL_ARRAY_LEN(cases); i++) {
         char man[4096];
@@ -295,10 +303,10 @@ static void test_validation(void **state)
             keel__model_unref(m);
             continue;
         }
-        expect_refused(man, cases[i].code, cases[i].want);
+        expect_refused(man, cases[i].code, cases[i].want, !cases[i].model);
     }
     keel_error e;
-    expect_refused(many, KEEL_ETOOBIG, "33 steps, more than the 32");
+    expect_refused(many, KEEL_ETOOBIG, "33 steps, more than the 32", true);
     /* the structural check alone (what a pack-time lint can call) */
     const char *t = q("{'name':'p','backend':'graph','steps':[{'name':'a','op':'affine',"
                       "'input':'y','output':'y'}]}");
@@ -472,15 +480,16 @@ static void test_gate(void **state)
     snprintf(man, sizeof(man), "%s%s}]}", pre,
              "'steps':[{'name':'a','op':'affine','input':'x','output':'y',"
              "'when':{'tensor':'vad','at_least':0.5}}]");
-    expect_refused(man, KEEL_EINVALID, "reads tensor \"vad\", which no step writes");
+    expect_refused(man, KEEL_EINVALID, "reads tensor \"vad\", which no step writes", true);
     snprintf(man, sizeof(man), "%s%s}]}", pre,
              "'steps':[{'name':'a','op':'affine','input':'x','output':'y',"
              "'when':{'tensor':'x','above':0.5}}]");
-    expect_refused(man, KEEL_EINVALID, "when: expected {\"tensor\": NAME, \"at_least\": NUMBER}");
+    expect_refused(man, KEEL_EINVALID, "when: expected {\"tensor\": NAME, \"at_least\": NUMBER}",
+                   true);
     snprintf(man, sizeof(man), "%s%s}]}", pre,
              "'steps':[{'name':'a','op':'affine','input':'x','output':'y',"
              "'when':{'tensor':'y','at_least':0.5}}]");
-    expect_refused(man, KEEL_EINVALID, "in a cycle");
+    expect_refused(man, KEEL_EINVALID, "in a cycle", true);
 }
 
 /* keel pack and install check what the package format fixes: every
