@@ -286,22 +286,6 @@ static int label_of(keel_buf *b, const keel__post *p, size_t idx)
     return keel__buf_appendf(b, "\"%zu\"", idx);
 }
 
-void keel__post_activate(int activation, double *sc, size_t n)
-{
-    if (activation == KEEL__ACT_SOFTMAX && n) {
-        double mx = sc[0], sum = 0;
-        for (size_t i = 1; i < n; i++)
-            mx = sc[i] > mx ? sc[i] : mx;
-        for (size_t i = 0; i < n; i++)
-            sum += (sc[i] = exp(sc[i] - mx));
-        for (size_t i = 0; i < n; i++)
-            sc[i] /= sum;
-    } else if (activation == KEEL__ACT_SIGMOID) {
-        for (size_t i = 0; i < n; i++)
-            sc[i] = 1.0 / (1.0 + exp(-sc[i]));
-    }
-}
-
 /* One row: scores[0..n) (after activation) -> {"label","index","confidence"[,"top_k"]}. */
 static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
 {
@@ -400,6 +384,22 @@ static int zipmap_rows(keel_buf *b, const keel__post *p, const keel__tensor *t, 
     }
     cJSON_Delete(j);
     return rc ? rc : keel__buf_append(b, "]", 1);
+}
+
+void keel__post_activate(int activation, double *sc, size_t n)
+{
+    if (activation == KEEL__ACT_SOFTMAX && n) {
+        double mx = sc[0], sum = 0;
+        for (size_t i = 1; i < n; i++)
+            mx = sc[i] > mx ? sc[i] : mx;
+        for (size_t i = 0; i < n; i++)
+            sum += (sc[i] = exp(sc[i] - mx));
+        for (size_t i = 0; i < n; i++)
+            sc[i] /= sum;
+    } else if (activation == KEEL__ACT_SIGMOID) {
+        for (size_t i = 0; i < n; i++)
+            sc[i] = 1.0 / (1.0 + exp(-sc[i]));
+    }
 }
 
 int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n, char **ret,

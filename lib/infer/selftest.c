@@ -357,18 +357,9 @@ int keel__infer_validator(void *ctx, keel_store *s, const char *name, const char
     uint64_t t0 = keel__now_mono_ns();
     if ((rc = keel__model_load(e, name, version, &m, err)))
         return rc;
-    if (!keel__model_ready(m)) { /* each tier's reason: a manifest error reads as one */
-        keel_buf why;
-        keel__buf_init(&why, 2048);
-        for (size_t i = 0; i < m->ntiers; i++)
-            if (keel__buf_appendf(&why, "%s%s: %.*s", i ? "; " : "", m->tiers[i].name,
-                                  KEEL__CLAUSE_MAX * 2, m->tiers[i].load_error)) {
-            }
-        rc = keel__err(err, KEEL_ECORRUPT, "no tier of %s %s can load (%s)", name, version,
-                       why.data ? why.data : "");
-        keel__buf_done(&why);
+    if (!keel__model_ready(m)) {
         keel__model_unref(m);
-        return rc;
+        return keel__err(err, KEEL_ECORRUPT, "no tier of %s %s can load", name, version);
     }
     if (!has_validation) {
         KEEL_LOG_W(MOD, "%s %s has no validation set; activating without a self-test", name,

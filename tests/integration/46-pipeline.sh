@@ -152,9 +152,11 @@ jq '.name = "kws-bad" | .tiers = [.tiers[0] | .steps[4].shape = [0, 76, 16, 2]]'
     "$src/keel.json" >"$bad/keel.json"
 r=$(install "$bad" kws-bad)
 [[ $(status_of "$r") == 4* || $(status_of "$r") == 5* ]] || die "kws-bad: installed ($(body_of "$r"))"
-expect_has "$(body_of "$r")" 'steps[5] (\"embed\"): input \"input_1\" takes float32 [?,76,32,1], but tensor \"batch\" is' \
-    "kws-bad: the refusal names the mismatch"
-expect_has "$(body_of "$r")" '[?,76,16,2] (a shape mismatch)' "kws-bad: the refusal names the shape"
+expect_has "$(body_of "$r")" 'no tier of kws-bad 1.0.0 can load' "kws-bad: refused at activation"
+log=$(grep 'kws-bad@1.0.0 tier pipeline (graph) failed to load' "$work/keeld.log" || true)
+expect_has "$log" 'steps[5] ("embed"): input "input_1" takes float32 [?,76,32,1], but tensor "batch" is' \
+    "kws-bad: the tier's load failure names the mismatch"
+expect_has "$log" '[?,76,16,2] (a shape mismatch)' "kws-bad: ... and the shape"
 bad2=$work/kws-cycle
 cp -r "$src" "$bad2"
 jq '.name = "kws-cycle" | .tiers[0].steps[1].input = "score"' "$src/keel.json" >"$bad2/keel.json"
