@@ -5,7 +5,8 @@
 #   make build     debug build (ASan + UBSan, warnings are errors) in build/debug
 #   make release   optimized build in build/release
 #   make test      setup + build + every test through CTest
-#   make run       setup + release build + keeld on .run/ with the example package
+#   make run       setup + release build + keeld on .run/ with the example packages
+#                  (KEEL_PORT=N for another port than 8480; .run/env for other shells)
 #   make fuzz      run the libFuzzer targets (FUZZ_SECONDS each, default 60)
 #   make bench     benchmarks (bench/run.sh), results on stdout
 #   make install   install the release build (PREFIX, DESTDIR)

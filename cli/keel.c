@@ -13,6 +13,7 @@
 
 #include "client.h"
 #include "infer/infer.h"
+#include "infer/lint.h"
 #include "sync/envelope.h"
 #include "core/json.h"
 #include "core/core.h"
@@ -43,6 +44,9 @@ static const char usage[] =
     "Package tools (offline):\n"
     "  keygen -o PREFIX                 new Ed25519 key: PREFIX.key (private), PREFIX.pub\n"
     "  pack SRC_DIR -o FILE [--key K]   build a package from SRC_DIR/keel.json + files\n"
+    "                                   (refused when activation would refuse it: see lint)\n"
+    "  lint DIR|keel.json|FILE.keel...  every problem activation would find in a manifest\n"
+    "                                   (exit 0: none; 1: each listed on stderr)\n"
     "  sign FILE --key K                add a signature to a package\n"
     "  verify FILE [--trust DIR]        check hashes (and signatures against DIR)\n"
     "  verify --state-dir D [--deep]    check what is installed on this device\n"
@@ -70,7 +74,7 @@ typedef struct opts {
     size_t nkeys;
     unsigned threshold;
     bool json, deep, installed, activate, offline;
-    const char *pos[4];
+    const char *pos[64];
     size_t npos;
 } opts;
 
@@ -192,6 +196,37 @@ static int cmd_keygen(const opts *o)
     return 0;
 }
 
+/* Prints every problem activation would find in path's manifest; 0 when
+ * there are none, 1 otherwise (or when the checks could not run). */
+static int lint_one(const char *path, bool quiet_ok)
+{
+    keel__lint l;
+    keel_error e;
+    int rc = keel__lint_package(path, &l, &e);
+    if (rc) {
+        fprintf(stderr, "keel: %s: %s (%s)\n", path, e.msg, keel_errname(e.code));
+    } else {
+        for (size_t i = 0; i < l.n; i++)
+            fprintf(stderr, "%s: %s\n", path, l.problems[i]);
+        if (!l.n && !quiet_ok)
+            printf("ok: %s\n", path);
+    }
+    int status = rc || l.n ? 1 : 0;
+    keel__lint_done(&l);
+    return status;
+}
+
+/* `keel lint DIR|MANIFEST|FILE.keel...`: for CI pipelines. */
+static int cmd_lint(const opts *o)
+{
+    int status = 0;
+    if (!o->npos)
+        return usage_error("usage: keel lint DIR|keel.json|FILE.keel...%s", "");
+    for (size_t i = 0; i < o->npos; i++)
+        status |= lint_one(o->pos[i], false);
+    return status;
+}
+
 static int cmd_pack(const opts *o)
 {
     keel_key *keys[MAX_KEYS] = {0};
@@ -199,6 +234,11 @@ static int cmd_pack(const opts *o)
     int rc;
     if (o->npos != 1 || !o->out)
         return usage_error("usage: keel pack SRC_DIR -o FILE [--key KEY]...%s", "");
+    /* what activation would refuse is refused here, before anything is written */
+    if (lint_one(o->pos[0], true)) {
+        fprintf(stderr, "keel: %s: not packed; fix the problems above\n", o->pos[0]);
+        return 1;
+    }
     if ((rc = load_keys(o, keys, true, &e)) ||
         (rc =
              keel_pack_dir(o->pos[0], o->out, (const keel_key *const *)keys, o->nkeys, NULL, &e))) {
@@ -608,6 +648,8 @@ int main(int argc, char **argv)
         return cmd_keygen(&o);
     if (!strcmp(verb, "pack"))
         return cmd_pack(&o);
+    if (!strcmp(verb, "lint"))
+        return cmd_lint(&o);
     if (!strcmp(verb, "sign"))
         return cmd_sign(&o);
     if (!strcmp(verb, "verify"))

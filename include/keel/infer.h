@@ -11,8 +11,10 @@
  * does no networking (no upstream routing here) and has no HTTP.
  *
  * ONNX Runtime is loaded at the first ONNX tier: opts->onnxruntime_path,
- * else $KEEL_ORT_LIB, else .deps/onnxruntime/lib/libonnxruntime.so.1 from
- * the working directory, else the system's libonnxruntime.so.1.
+ * else $KEEL_ORT_LIB, else libonnxruntime.so.1 beside libkeel or the
+ * program (DIR, DIR/../lib: where `make install` puts it; a build tree's
+ * .deps/onnxruntime/lib), else the install prefix's lib folder, else the
+ * system's. The working directory plays no part.
  *
  * Thread safety: an engine and its models may be used from several threads
  * at once; keel_engine_refresh may run while requests do (they finish on

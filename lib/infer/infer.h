@@ -66,6 +66,9 @@ typedef struct keel__infer_opts {
      * are labelled model (and tier); they are removed when its version is
      * swapped out or it stops being served. */
     keel__metrics *metrics;
+    /* build models without loading their tiers (keel__model_check: the
+     * manifest checks of activation, for keel pack and keel lint) */
+    bool check_only;
 } keel__infer_opts;
 
 KEEL_WUR int keel__infer_new(keel_store *store, const keel__infer_opts *o, keel__infer **ret,

@@ -474,7 +474,7 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
         rc = keel__err(err, KEEL_ENOMEM, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < m->ntiers; i++) {
+    for (size_t i = 0; i < m->ntiers && !o->check_only; i++) {
         keel_error e = {0};
         if (keel__model_tier_load(m, i, &e)) { /* recorded; the breaker keeps requests away */
             m->tiers[i].br.state = BR_OPEN;
@@ -502,4 +502,14 @@ out:
     }
     *ret = m;
     return KEEL_OK;
+}
+
+int keel__model_check(const char *manifest, size_t len, keel__path_fn path_of, void *ctx,
+                      keel_error *err)
+{
+    keel__infer_opts o = {.check_only = true, .max_sessions = 1};
+    keel__model *m = NULL;
+    int rc = keel__model_build(manifest, len, path_of, ctx, &o, &m, err);
+    keel__model_free(m);
+    return rc;
 }

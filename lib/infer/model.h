@@ -123,6 +123,12 @@ typedef int (*keel__path_fn)(void *ctx, const char *rel, char *buf, size_t n, ke
 KEEL_WUR int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, void *ctx,
                                const keel__infer_opts *o, keel__model **ret, keel_error *err);
 void keel__model_free(keel__model *m);
+/* The checks keel__model_build makes of a manifest (contract, tiers and
+ * backends, pre/post-processing, policy, records, routing, the files it
+ * names through path_of), without loading any tier: what activation would
+ * refuse in keel.json, for keel pack and keel lint (lib/infer/lint.c). */
+KEEL_WUR int keel__model_check(const char *manifest, size_t len, keel__path_fn path_of, void *ctx,
+                               keel_error *err);
 /* Frees a client session and its backend sessions (tier.c). */
 void keel__session_free(keel__model *m, session *s);
 KEEL_WUR int keel__model_tier_load(keel__model *m, size_t ti, keel_error *err);

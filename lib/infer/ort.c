@@ -8,11 +8,13 @@
  * version KEEL_ORT_API_VERSION and refuse runtimes that do not offer it.
  */
 #include <dlfcn.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/json.h"
 #include "infer/ort.h"
@@ -77,7 +79,8 @@ typedef struct ort_api_base {
 static ort_fn const *api;
 static void *lib, *env, *meminfo, *allocator;
 static char version[32];
-static char load_error[512];
+static char load_error[1024];
+static bool not_found; /* no library loaded (else: loaded, unusable) */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const char *want_path;
 
@@ -92,22 +95,144 @@ static int status_err(status_t st, keel_error *err, const char *what)
     return rc;
 }
 
+/* --- finding the runtime ----------------------------------------------------------
+ *
+ * In order, the first that loads wins:
+ *   1. the path the caller names (keel_engine_opts.onnxruntime_path), alone;
+ *   2. $KEEL_ORT_LIB;
+ *   3. next to the code running (libkeel.so or the statically linked
+ *      program, found with dladdr) and next to /proc/self/exe: DIR,
+ *      DIR/../lib, DIR/../LIBDIR (an installed bin/keel finds PREFIX/lib);
+ *      then .deps/onnxruntime/lib in DIR or up to three folders above it
+ *      (build/debug/keel finds the clone's .deps);
+ *   4. the install prefix's LIBDIR, as configured at build time;
+ *   5. the system's libonnxruntime.so.1 (ld.so's search path).
+ * The working directory plays no part: keel and keeld find the same runtime
+ * wherever they are started from. */
+
+#define ORT_SONAME "libonnxruntime.so.1"
+#ifndef KEEL_ORT_INSTALL_LIBDIR
+#define KEEL_ORT_INSTALL_LIBDIR "/usr/local/lib"
+#endif
+#ifndef KEEL_ORT_LIBDIR_NAME
+#define KEEL_ORT_LIBDIR_NAME "lib"
+#endif
+
+typedef struct ort_search {
+    void *h;
+    char looked[640];      /* every place looked at, for the error message */
+    char load_failed[256]; /* the first file that exists but did not load, and why */
+} ort_search;
+
+static void note(char *list, size_t size, const char *what)
+{
+    size_t n = strlen(list);
+    if (n + strlen(what) + 8 < size)
+        snprintf(list + n, size - n, "%s%s", n ? ", " : "", what);
+    else if (n + 5 < size && strcmp(list + n - 3, "..."))
+        snprintf(list + n, size - n, ", ...");
+}
+
+/* named: a path someone asked for, tried even when absent; the guessed ones
+ * are opened only when present. */
+static void try_path(ort_search *s, const char *path, bool named)
+{
+    if (s->h || !path || !*path)
+        return;
+    note(s->looked, sizeof(s->looked), path);
+    if (!named && path[0] == '/' && access(path, F_OK) != 0)
+        return;
+    s->h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    const char *e = s->h ? NULL : dlerror();
+    if (e && !s->load_failed[0] && (named || path[0] == '/'))
+        keel__strlcpy(s->load_failed, e, sizeof(s->load_failed));
+}
+
+/* Candidates around the folder DIR holds a binary or libkeel.so in. */
+static void try_around(ort_search *s, const char *dir)
+{
+    char p[PATH_MAX], up[PATH_MAX];
+    snprintf(p, sizeof(p), "%s/" ORT_SONAME, dir);
+    try_path(s, p, false);
+    snprintf(p, sizeof(p), "%s/../lib/" ORT_SONAME, dir);
+    try_path(s, p, false);
+    if (strcmp(KEEL_ORT_LIBDIR_NAME, "lib")) {
+        snprintf(p, sizeof(p), "%s/../" KEEL_ORT_LIBDIR_NAME "/" ORT_SONAME, dir);
+        try_path(s, p, false);
+    }
+    keel__strlcpy(up, dir, sizeof(up));
+    for (int i = 0; i < 4 && !s->h; i++) {
+        snprintf(p, sizeof(p), "%s/.deps/onnxruntime/lib/" ORT_SONAME, up);
+        try_path(s, p, false);
+        char *slash = strrchr(up, '/');
+        if (!slash || slash == up)
+            break;
+        *slash = 0;
+    }
+}
+
+static void dir_of(const char *path, char *out, size_t n)
+{
+    keel__strlcpy(out, path, n);
+    char *slash = strrchr(out, '/');
+    if (slash && slash != out)
+        *slash = 0;
+    else if (slash)
+        out[1] = 0;
+    else
+        keel__strlcpy(out, ".", n);
+}
+
+static void *find_runtime(const char *want, char *ret_error, size_t n)
+{
+    ort_search s = {0};
+    char dir[PATH_MAX], exe[PATH_MAX];
+    if (want && *want) {
+        try_path(&s, want, true);
+        if (!s.h)
+            snprintf(ret_error, n, "cannot load ONNX Runtime from %s (%s)", want, s.load_failed);
+        return s.h;
+    }
+    const char *env_path = getenv("KEEL_ORT_LIB");
+    if (env_path && *env_path) {
+        try_path(&s, env_path, true);
+        if (!s.h)
+            KEEL_LOG_W(MOD, "KEEL_ORT_LIB=%s does not load (%s); looking elsewhere", env_path,
+                       s.load_failed);
+    }
+    Dl_info info;
+    dir[0] = 0;
+    if (!s.h && dladdr((void *)find_runtime, &info) && info.dli_fname && info.dli_fname[0] == '/') {
+        char real[PATH_MAX];
+        dir_of(realpath(info.dli_fname, real) ? real : info.dli_fname, dir, sizeof(dir));
+        try_around(&s, dir);
+    }
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (!s.h && len > 0) { /* a program linking libkeel.so lives elsewhere */
+        char exe_dir[PATH_MAX];
+        exe[len] = 0;
+        dir_of(exe, exe_dir, sizeof(exe_dir));
+        if (strcmp(exe_dir, dir))
+            try_around(&s, exe_dir);
+    }
+    try_path(&s, KEEL_ORT_INSTALL_LIBDIR "/" ORT_SONAME, false);
+    try_path(&s, ORT_SONAME " (the system's library path)", false);
+    if (!s.h) /* the note above is for people; ld.so gets the bare name */
+        s.h = dlopen(ORT_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!s.h)
+        snprintf(ret_error, n,
+                 "ONNX Runtime not found; looked at %s%s%s. Install libonnxruntime.so.1 beside "
+                 "libkeel (PREFIX/lib, as `make install` does), run `make setup` in the source "
+                 "tree, or set KEEL_ORT_LIB to its path",
+                 s.looked, s.load_failed[0] ? "; failed to load: " : "", s.load_failed);
+    return s.h;
+}
+
 static void load(void)
 {
-    const char *cands[3] = {want_path, getenv("KEEL_ORT_LIB"), NULL};
-    static const char *const defaults[] = {".deps/onnxruntime/lib/libonnxruntime.so.1",
-                                           "libonnxruntime.so.1"};
-    void *h = NULL;
-    for (size_t i = 0; !h && i < 2; i++)
-        if (cands[i] && *cands[i])
-            h = dlopen(cands[i], RTLD_NOW | RTLD_LOCAL);
-    for (size_t i = 0; !h && i < KEEL_ARRAY_LEN(defaults) && !(want_path && *want_path); i++)
-        h = dlopen(defaults[i], RTLD_NOW | RTLD_LOCAL);
+    void *h = find_runtime(want_path, load_error, sizeof(load_error));
     if (!h) {
-        snprintf(load_error, sizeof(load_error),
-                 "cannot load ONNX Runtime (%s); run `make setup`, or set KEEL_ORT_LIB to "
-                 "libonnxruntime.so.1",
-                 dlerror());
+        not_found = true;
         return;
     }
     const ort_api_base *(*get_base)(void) =
@@ -143,13 +268,27 @@ static void load(void)
         api = NULL;
         return;
     }
-    KEEL_LOG_I(MOD, "ONNX Runtime %s loaded", version);
+    Dl_info info;
+    KEEL_LOG_I(MOD, "ONNX Runtime %s loaded from %s", version,
+               dladdr((void *)get_base, &info) && info.dli_fname ? info.dli_fname : "?");
+}
+
+/* Said once per process: every ONNX tier then fails to load with this. */
+static void load_once(void)
+{
+    load();
+    if (!api)
+        KEEL_LOG_E(MOD, "%s; tiers on the onnx backend are unavailable", load_error);
 }
 
 int keel__ort_load(const char *lib_path, keel_error *err)
 {
     want_path = lib_path;
-    pthread_once(&once, load);
+    pthread_once(&once, load_once);
+    if (!api && not_found) /* where keel looked is in the log, once; this goes in every answer */
+        return keel__err(err, KEEL_EUNSUPPORTED,
+                         "ONNX Runtime (" ORT_SONAME ") not found: set KEEL_ORT_LIB to its path "
+                         "(the log says where keel looked)");
     if (!api)
         return keel__err(err, KEEL_EUNSUPPORTED, "%s", load_error);
     return KEEL_OK;

@@ -16,8 +16,10 @@
 
 #include "infer/tensor.h"
 
-/* Loads the runtime once (thread-safe): lib_path, or KEEL_ORT_LIB, or
- * .deps/onnxruntime/lib/libonnxruntime.so.1, or the system's. */
+/* Loads the runtime once (thread-safe): lib_path, or KEEL_ORT_LIB, or beside
+ * libkeel / the program (DIR, DIR/../lib, a build tree's .deps), or the
+ * install prefix's LIBDIR, or the system's (ort.c has the order). A failure
+ * is logged once, with every place looked at. */
 KEEL_WUR int keel__ort_load(const char *lib_path, keel_error *err);
 /* The runtime's version ("1.30.0") once loaded, else NULL. */
 const char *keel__ort_version(void);

@@ -241,9 +241,11 @@ int keel__model_tier_load(model *m, size_t ti, keel_error *err)
         }
     }
     if (rc) {
+        /* said once per failure, not at every retry (a self-test retries per row) */
+        if (strncmp(t->load_error, err->msg, sizeof(t->load_error) - 1))
+            KEEL_LOG_W(MOD, "%s@%s tier %s (%s) failed to load: %s", m->name, m->version, t->name,
+                       t->be->name, err->msg);
         keel__strlcpy(t->load_error, err->msg, sizeof(t->load_error));
-        KEEL_LOG_W(MOD, "%s@%s tier %s (%s) failed to load: %s", m->name, m->version, t->name,
-                   t->be->name, err->msg);
         return rc;
     }
     t->load_error[0] = 0;

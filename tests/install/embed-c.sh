@@ -28,7 +28,8 @@ grep -n '#include' "$p"/include/keel/infer.h | grep -v '"keel/' && die "infer.h 
     -o "$work/embed-c" "$SRC/examples/embed-c/main.c" -L"$lib" -lkeel ||
     die "the example does not build against the installed headers and library"
 
-export KEEL_ORT_LIB=${KEEL_ORT_LIB:-$SRC/.deps/onnxruntime/lib/libonnxruntime.so.1}
+# libkeel.so finds the libonnxruntime.so.1 installed beside it (no KEEL_ORT_LIB)
+unset KEEL_ORT_LIB
 export LSAN_OPTIONS=suppressions=$SRC/tests/lsan.supp
 keel=$p/bin/keel
 state=$work/state
