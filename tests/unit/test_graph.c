@@ -307,6 +307,21 @@ static void test_validation(void **state)
     }
     keel_error e;
     expect_refused(many, KEEL_ETOOBIG, "33 steps, more than the 32", true);
+    /* a model output that does not exist: at load where the backend describes
+     * its outputs, else when the step runs; never a silent empty tensor */
+    snprintf(many, sizeof(many), "%s%s}]}", pre,
+             "'steps':[{'name':'a','model':'graph/double.onnx','inputs':{'x':'x'},"
+             "'outputs':{'zz':'y'}}]");
+    keel__model *m = NULL;
+    assert_int_equal(build(many, &m, &e), KEEL_OK);
+    if (!strstr(m->tiers[0].load_error,
+                "graph/double.onnx has no output \"zz\" (it gives \"y\")")) {
+        float x[4] = {0};
+        keel__infer_resp r;
+        th_expect_err(run(m, x, 1, NULL, &r, &e), &e, KEEL_ENOTREADY,
+                      "step \"a\" graph/double.onnx: graph/double.onnx gave no output \"zz\"");
+    }
+    keel__model_unref(m);
     /* the structural check alone (what a pack-time lint can call) */
     const char *t = q("{'name':'p','backend':'graph','steps':[{'name':'a','op':'affine',"
                       "'input':'y','output':'y'}]}");
