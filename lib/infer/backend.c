@@ -2,8 +2,8 @@
  * backend.c - the registry of backends: the one place that says which
  * backends this keel has. A tier's "backend" names one of them.
  *
- * The built-in table is fixed at compile time (onnx, rules; llama comes
- * here when it lands). keel__backend_register adds one more at run time,
+ * The built-in table is fixed at compile time (onnx, rules, graph for
+ * pipeline tiers; llama comes here when it lands). keel__backend_register adds one more at run time,
  * for tests and for embedders that bring their own; registered backends
  * are looked up after the built-in ones and live until the process ends.
  */
@@ -15,6 +15,7 @@
 static const keel__backend *const builtin[] = {
     &keel__backend_onnx,
     &keel__backend_rules,
+    &keel__backend_graph,
 };
 
 #define MAX_EXTRA 8

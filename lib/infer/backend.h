@@ -15,7 +15,8 @@
  * KEEL__CAP_SESSIONS, session objects that carry state from one call to the
  * next (recurrent state and context for onnx, a KV cache for llama).
  *
- * One file per backend (onnx.c, rules.c); the registry is backend.c.
+ * One file per backend (onnx.c, rules.c, graph.c); the registry is
+ * backend.c.
  */
 #ifndef KEEL_INFER_BACKEND_H
 #define KEEL_INFER_BACKEND_H
@@ -43,6 +44,7 @@ typedef struct keel__tier_ctx {
     const char *model_path;               /* the tier's "model" file, verified, in the blob store */
     const char *model_hex;                /* its SHA-256 (cache key) */
     const cJSON *tier;                    /* the tier's manifest object (options, state, ...) */
+    const cJSON *files;                   /* the `files` op's files: {"in package": "on disk"} */
     const keel__tensor *inputs, *outputs; /* the package contract */
     size_t ninputs, noutputs;
     const char *cache_dir; /* for derived files (optimized graphs); may be NULL */
@@ -128,13 +130,28 @@ typedef struct keel__backend {
      * as recurrent state), for describing the package. */
     size_t (*ninputs)(void *inst);
     const keel__tensor *(*input)(void *inst, size_t i);
+    /* The outputs a caller gets (without internal ones such as recurrent
+     * state); dtype KEEL_DT_JSON for a non-tensor output (sequence, map).
+     * With ninputs/input, the tier layer checks the package's contract
+     * against them at load and derives what the manifest leaves out. */
+    size_t (*noutputs)(void *inst);
+    const keel__tensor *(*output)(void *inst, size_t i);
     uint64_t (*memory)(void *inst);    /* bytes attributed to the loaded model */
     const char *(*device)(void *inst); /* "cpu", "cuda", ... */
     KEEL_WUR int (*health)(void *inst, keel_error *err);
+
+    /* The package files the tier object (ctx->tier) names instead of one
+     * "model" (a pipeline's step models), up to max into ret (borrowed from
+     * the tier object); checks what it can before anything loads on the way
+     * (ctx has the tier and the contract only). load.c resolves each into
+     * ctx->files for load; a backend with this op takes no "model". */
+    KEEL_WUR int (*files)(const keel__tier_ctx *ctx, const char **ret, size_t max, size_t *ret_n,
+                          keel_error *err);
 } keel__backend;
 
 extern const keel__backend keel__backend_onnx;
 extern const keel__backend keel__backend_rules;
+extern const keel__backend keel__backend_graph;
 
 /* --- the registry (backend.c) ------------------------------------------------------- */
 

@@ -148,6 +148,30 @@ static int parse_consts(const cJSON *c, tier *t, const char *where, keel_error *
     return KEEL_OK;
 }
 
+/* The files a backend with a `files` op (graph) names, resolved into
+ * t->files as {"path in the package": "path on disk"}. */
+static int tier_files(model *m, tier *t, const cJSON *j, keel__path_fn path_of, void *ctx,
+                      keel_error *err)
+{
+    const char *rel[64];
+    size_t n = 0;
+    char p[PATH_MAX];
+    keel__tier_ctx tc = {
+        .tier = j, .inputs = m->in, .ninputs = m->nin, .outputs = m->out, .noutputs = m->nout};
+    int rc = t->be->files(&tc, rel, KEEL_ARRAY_LEN(rel), &n, err);
+    if (rc)
+        return rc;
+    if (!(t->files = cJSON_CreateObject()))
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = path_of(ctx, rel[i], p, sizeof(p), err)))
+            return keel__err_prefix(err, "model \"%s\"", rel[i]);
+        if (!cJSON_AddStringToObject(t->files, rel[i], p))
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+    }
+    return KEEL_OK;
+}
+
 static int parse_tier(model *m, const cJSON *j, size_t k, uint64_t default_deadline,
                       keel__path_fn path_of, void *ctx, keel_error *err)
 {
@@ -159,7 +183,7 @@ static int parse_tier(model *m, const cJSON *j, size_t k, uint64_t default_deadl
     snprintf(where, sizeof(where), "tiers[%zu]", k);
     if ((rc = keel__json_str(j, "name", true, sizeof(t->name) - 1, &name, where, err)) ||
         (rc = keel__json_str(j, "backend", true, 16, &backend, where, err)) ||
-        (rc = keel__json_str(j, "model", true, 255, &file, where, err)) ||
+        (rc = keel__json_str(j, "model", false, 255, &file, where, err)) ||
         (rc = keel__json_u64(j, "memory_mb", false, &mem_mb, where, err)) ||
         (rc = keel__json_u64(j, "max_inflight", false, &max_inflight, where, err)))
         return rc;
@@ -169,10 +193,21 @@ static int parse_tier(model *m, const cJSON *j, size_t k, uint64_t default_deadl
             return keel__err(err, KEEL_EINVALID, "%s.name: \"%s\" is used twice", where, name);
     if (!(t->be = keel__backend_find(backend)))
         return keel__err(err, KEEL_EUNSUPPORTED,
-                         "%s.backend: \"%s\" is not a backend this keel has (onnx, rules)", where,
-                         backend);
-    if ((rc = path_of(ctx, file, t->model_path, sizeof(t->model_path), err)))
+                         "%s.backend: \"%s\" is not a backend this keel has (onnx, rules, "
+                         "graph)",
+                         where, backend);
+    if (t->be->files) { /* a pipeline: its steps name the files */
+        if (file)
+            return keel__err(err, KEEL_EINVALID,
+                             "%s.model: a %s tier names its models in its steps, not here", where,
+                             backend);
+        if ((rc = tier_files(m, t, j, path_of, ctx, err)))
+            return keel__err_prefix(err, "%s", where);
+    } else if (!file) {
+        return keel__err(err, KEEL_EINVALID, "%s: required field \"model\" is missing", where);
+    } else if ((rc = path_of(ctx, file, t->model_path, sizeof(t->model_path), err))) {
         return keel__err_prefix(err, "%s.model", where);
+    }
     const char *base = strrchr(t->model_path, '/');
     base = base ? base + 1 : t->model_path;
     if (strlen(base) == 64 && strspn(base, "0123456789abcdef") == 64)
@@ -314,6 +349,7 @@ void keel__model_free(keel__model *m)
             free(t->consts[k].data);
         }
         cJSON_Delete(t->spec);
+        cJSON_Delete(t->files);
         for (size_t k = 0; k < KEEL__NOUTCOMES; k++)
             keel__metric_series_unref(t->m_req[k]);
         keel__metric_series_unref(t->m_latency);

@@ -293,18 +293,7 @@ static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
     int rc;
     if (!n) /* no scores: nothing to say about the row */
         return keel__buf_append(b, "{}", 2);
-    if (p->activation == KEEL__ACT_SOFTMAX && n) {
-        double mx = sc[0], sum = 0;
-        for (size_t i = 1; i < n; i++)
-            mx = sc[i] > mx ? sc[i] : mx;
-        for (size_t i = 0; i < n; i++)
-            sum += (sc[i] = exp(sc[i] - mx));
-        for (size_t i = 0; i < n; i++)
-            sc[i] /= sum;
-    } else if (p->activation == KEEL__ACT_SIGMOID) {
-        for (size_t i = 0; i < n; i++)
-            sc[i] = 1.0 / (1.0 + exp(-sc[i]));
-    }
+    keel__post_activate(p->activation, sc, n);
     if (n == 1 || (p->has_threshold && n <= 2)) { /* binary: one score (or the positive's) */
         double s = sc[n - 1], th = p->has_threshold ? p->threshold : 0.5;
         size_t idx = s >= th ? 1 : 0;
@@ -395,6 +384,22 @@ static int zipmap_rows(keel_buf *b, const keel__post *p, const keel__tensor *t, 
     }
     cJSON_Delete(j);
     return rc ? rc : keel__buf_append(b, "]", 1);
+}
+
+void keel__post_activate(int activation, double *sc, size_t n)
+{
+    if (activation == KEEL__ACT_SOFTMAX && n) {
+        double mx = sc[0], sum = 0;
+        for (size_t i = 1; i < n; i++)
+            mx = sc[i] > mx ? sc[i] : mx;
+        for (size_t i = 0; i < n; i++)
+            sum += (sc[i] = exp(sc[i] - mx));
+        for (size_t i = 0; i < n; i++)
+            sc[i] /= sum;
+    } else if (activation == KEEL__ACT_SIGMOID) {
+        for (size_t i = 0; i < n; i++)
+            sc[i] = 1.0 / (1.0 + exp(-sc[i]));
+    }
 }
 
 int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n, char **ret,

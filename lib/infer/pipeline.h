@@ -58,6 +58,10 @@ KEEL_WUR int keel__pre_image(const keel__pre *p, const keel__tensor *decl, const
 /* Standardizes a float32 tensor in place: (x - mean[i % n]) / std[i % n]. */
 KEEL_WUR int keel__pre_tabular(const keel__pre *p, keel__tensor *t, keel_error *err);
 
+/* Applies KEEL__ACT_* to one row of n scores in place (softmax, sigmoid;
+ * none leaves them). Shared with the pipeline tiers' activation op. */
+void keel__post_activate(int activation, double *sc, size_t n);
+
 /* The result rows for outputs (malloc'd JSON array); *ret NULL when the
  * outputs hold nothing to label. */
 KEEL_WUR int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n,

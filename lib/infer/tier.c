@@ -220,6 +220,7 @@ int keel__model_tier_load(model *m, size_t ti, keel_error *err)
         .model_path = t->model_path,
         .model_hex = t->model_hex,
         .tier = t->spec,
+        .files = t->files,
         .inputs = m->in,
         .ninputs = m->nin,
         .outputs = m->out,

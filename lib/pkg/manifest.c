@@ -238,6 +238,36 @@ static int parse_tensors(const cJSON *arr, const char *what, keel_error *err)
     return KEEL_OK;
 }
 
+/* A pipeline tier's "steps" (docs/pipelines.md): the shape the package
+ * format fixes, and every step's model in "files". What the steps mean
+ * (ops, edges, cycles, shapes) is lib/infer/graph.c's to check. */
+static int check_steps(keel_manifest *m, const cJSON *tier, const char *where, keel_error *err)
+{
+    const cJSON *steps = NULL, *it;
+    size_t k = 0;
+    int rc = keel__json_member(tier, "steps", cJSON_Array, false, &steps, where, err);
+    if (rc || !steps)
+        return rc;
+    if (cJSON_GetArraySize(steps) > 32)
+        return keel__err(err, KEEL_ETOOBIG, "%s: more than 32 steps", where);
+    cJSON_ArrayForEach(it, steps)
+    {
+        char w[80];
+        const char *model = NULL;
+        snprintf(w, sizeof(w), "%s.steps[%zu]", where, k++);
+        if (!cJSON_IsObject(it))
+            return keel__err(err, KEEL_EINVALID, "%s: expected an object", w);
+        if ((rc = keel__json_str(it, "model", false, KEEL_PATH_MAX, &model, w, err)))
+            return rc;
+        if (model && !keel_manifest_find(m, model))
+            return keel__err(err, KEEL_EINVALID,
+                             "%s: model \"%s\" is not in \"files\" (add the file to the "
+                             "package directory and pack again)",
+                             w, model);
+    }
+    return KEEL_OK;
+}
+
 static int parse_tiers(keel_manifest *m, const cJSON *arr, keel_error *err)
 {
     const cJSON *it;
@@ -272,6 +302,8 @@ static int parse_tiers(keel_manifest *m, const cJSON *arr, keel_error *err)
                              "%s: model \"%s\" is not in \"files\" (add the file to the "
                              "package directory and pack again)",
                              where, model);
+        if ((rc = check_steps(m, it, where, err)))
+            return rc;
     }
     return KEEL_OK;
 }

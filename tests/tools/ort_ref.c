@@ -15,6 +15,11 @@
  *       samples and h/c carried. sr = 16000. Prints the index of every frame
  *       with p > 0.5, one a line ("INDEX PROB" for every frame with --probs),
  *       then "FLAGGED/FRAMES" (v6 on silero_test.wav: 1452/1875)
+ *   ort_ref kws MEL EMBEDDING CLASSIFIER WAV CHUNK
+ *       the openWakeWord chain (examples/kws) one model at a time, the glue
+ *       between them written out here: the WAV's raw s16 values as float32
+ *       in chunks of CHUNK samples; per chunk "chunk I score S" and the
+ *       embeddings "emb I W: ..." (see cmd_kws)
  *   ort_ref iris MODEL CSV
  *       scikit-learn iris.csv (header "150,4,names...", rows of four
  *       features and the class index) or a CSV whose header names a "label"
@@ -198,8 +203,9 @@ out:
 
 /* --- vad ------------------------------------------------------------------- */
 
-/* 16-bit PCM samples of a RIFF/WAVE file as floats in [-1, 1). */
-static float *wav_read(const char *path, size_t *nsamples)
+/* 16-bit PCM samples of a RIFF/WAVE file as floats: sample * scale
+ * (1/32768: [-1, 1); 1: the raw s16 values). */
+static float *wav_read(const char *path, size_t *nsamples, float scale)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -237,7 +243,7 @@ static float *wav_read(const char *path, size_t *nsamples)
                 goto done;
             }
             for (size_t i = 0; i < n; i++)
-                out[i] = (float)(int16_t)le16(raw + 2 * i) / 32768.0f;
+                out[i] = (float)(int16_t)le16(raw + 2 * i) * scale;
             free(raw);
             *nsamples = n;
             goto done;
@@ -256,7 +262,7 @@ done:
 static int cmd_vad(const char *model, const char *wav, int probs)
 {
     size_t n = 0;
-    float *pcm = wav_read(wav, &n);
+    float *pcm = wav_read(wav, &n, 1.0f / 32768.0f);
     if (!pcm) {
         fprintf(stderr, "ort_ref: cannot read WAV %s\n", wav);
         return 1;
@@ -472,11 +478,126 @@ out:
     return rc;
 }
 
+/* --- kws ------------------------------------------------------------------- */
+
+#define KWS_BANDS   32
+#define KWS_WINDOW  76
+#define KWS_STEP    8
+#define KWS_EMB     96
+#define KWS_CONTEXT 16
+
+/* Runs session s on one float32 input; the first output (malloc'd) in *out. */
+static int run1(keel__ort_session *s, const char *name, float *x, size_t ndim, const int64_t *shape,
+                keel__tensor *out)
+{
+    size_t n = 1, nout = keel__ort_noutputs(s);
+    keel__tensor o[8];
+    for (size_t d = 0; d < ndim; d++)
+        n *= (size_t)shape[d];
+    keel__tensor in = {.name = name,
+                       .dtype = KEEL_DT_FLOAT32,
+                       .ndim = ndim,
+                       .data = x,
+                       .nbytes = n * sizeof(float)};
+    memcpy(in.shape, shape, ndim * sizeof(int64_t));
+    keel_error e = {0};
+    if (nout > KEEL_ARRAY_LEN(o) || keel__ort_run(s, &in, 1, o, &e))
+        return fail("run", &e);
+    *out = o[0];
+    o[0].data = NULL;
+    outputs_done(o, nout);
+    return 0;
+}
+
+/* The openWakeWord chain, one model at a time, with the glue written out
+ * here (not keel's graph ops): each chunk of CHUNK samples (raw s16 values
+ * as float32) -> melspectrogram [1,1,F,32] -> x / 10 + 2 -> windows of 76
+ * frames, step 8 -> embedding [W,76,32,1] -> [W,1,1,96] -> the last 16
+ * -> classifier [1,16,96] -> score. Prints per chunk "chunk I score S",
+ * then "emb I W: v..." (W windows of 96 values, %.9g). */
+static int cmd_kws(const char *mel_path, const char *emb_path, const char *clf_path,
+                   const char *wav, size_t chunk)
+{
+    size_t n = 0;
+    float *pcm = wav_read(wav, &n, 1.0f);
+    keel__ort_session *mel = NULL, *emb = NULL, *clf = NULL;
+    int rc = 1;
+    if (!pcm) {
+        fprintf(stderr, "ort_ref: cannot read WAV %s\n", wav);
+        return 1;
+    }
+    if (!(mel = open_model(mel_path)) || !(emb = open_model(emb_path)) ||
+        !(clf = open_model(clf_path)))
+        goto out;
+    for (size_t c = 0; (c + 1) * chunk <= n; c++) {
+        keel__tensor m = {0}, e = {0}, k = {0};
+        int64_t ashape[2] = {1, (int64_t)chunk};
+        if (run1(mel, keel__ort_input(mel, 0)->name, pcm + c * chunk, 2, ashape, &m))
+            goto out;
+        size_t frames = m.nbytes / sizeof(float) / KWS_BANDS;
+        float *spec = m.data;
+        for (size_t i = 0; i < frames * KWS_BANDS; i++)
+            spec[i] = spec[i] / 10.0f + 2.0f;
+        if (frames < KWS_WINDOW) {
+            fprintf(stderr, "ort_ref: chunk %zu: %zu mel frames, fewer than %d\n", c, frames,
+                    KWS_WINDOW);
+            keel__tensor_done(&m);
+            goto out;
+        }
+        size_t w = (frames - KWS_WINDOW) / KWS_STEP + 1;
+        float *batch = malloc(w * KWS_WINDOW * KWS_BANDS * sizeof(float));
+        if (!batch) {
+            keel__tensor_done(&m);
+            goto out;
+        }
+        for (size_t i = 0; i < w; i++)
+            for (size_t f = 0; f < KWS_WINDOW; f++)
+                for (size_t b = 0; b < KWS_BANDS; b++)
+                    batch[(i * KWS_WINDOW + f) * KWS_BANDS + b] =
+                        spec[(i * KWS_STEP + f) * KWS_BANDS + b];
+        keel__tensor_done(&m);
+        int64_t eshape[4] = {(int64_t)w, KWS_WINDOW, KWS_BANDS, 1};
+        int r = run1(emb, keel__ort_input(emb, 0)->name, batch, 4, eshape, &e);
+        free(batch);
+        if (r)
+            goto out;
+        if (e.nbytes != w * KWS_EMB * sizeof(float) || w < KWS_CONTEXT) {
+            fprintf(stderr, "ort_ref: chunk %zu: %zu windows, %zu embedding bytes\n", c, w,
+                    e.nbytes);
+            keel__tensor_done(&e);
+            goto out;
+        }
+        float *ev = e.data;
+        int64_t cshape[3] = {1, KWS_CONTEXT, KWS_EMB};
+        r = run1(clf, keel__ort_input(clf, 0)->name, ev + (w - KWS_CONTEXT) * KWS_EMB, 3, cshape,
+                 &k);
+        if (!r) {
+            printf("chunk %zu score %.9g\n", c, (double)*(const float *)k.data);
+            printf("emb %zu %zu:", c, w);
+            for (size_t i = 0; i < w * KWS_EMB; i++)
+                printf(" %.9g", (double)ev[i]);
+            printf("\n");
+        }
+        keel__tensor_done(&k);
+        keel__tensor_done(&e);
+        if (r)
+            goto out;
+    }
+    rc = 0;
+out:
+    keel__ort_session_free(mel);
+    keel__ort_session_free(emb);
+    keel__ort_session_free(clf);
+    free(pcm);
+    return rc;
+}
+
 static int usage(void)
 {
     fprintf(stderr, "usage: ort_ref mnist MODEL IDX_IMAGES_GZ IDX_LABELS_GZ\n"
                     "       ort_ref vad MODEL WAV [--probs]\n"
-                    "       ort_ref iris MODEL CSV\n");
+                    "       ort_ref iris MODEL CSV\n"
+                    "       ort_ref kws MEL EMBEDDING CLASSIFIER WAV CHUNK\n");
     return 2;
 }
 
@@ -490,5 +611,7 @@ int main(int argc, char **argv)
         return cmd_vad(argv[2], argv[3], argc == 5);
     if (strcmp(argv[1], "iris") == 0 && argc == 4)
         return cmd_iris(argv[2], argv[3]);
+    if (strcmp(argv[1], "kws") == 0 && argc == 7 && atol(argv[6]) > 0)
+        return cmd_kws(argv[2], argv[3], argv[4], argv[5], (size_t)atol(argv[6]));
     return usage();
 }
