@@ -48,11 +48,14 @@ expect_has "$out" "signatures satisfy the trust root" "verify --trust"
 fails "sign with a missing key" "$work/nokey.key" "$KEEL" sign "$work/demo.keel" --key "$work/nokey.key"
 # one flipped byte inside model.onnx (the package is a tar archive)
 cp "$work/demo.keel" "$work/flipped.keel"
-off=$("$PY" -c 'import sys, tarfile
+"$PY" -c 'import sys, tarfile
 with tarfile.open(sys.argv[1]) as t:
-    print([m for m in t.getmembers() if m.name.endswith("model.onnx")][0].offset_data + 1000)' "$work/flipped.keel")
-byte=$(dd if="$work/flipped.keel" bs=1 skip="$off" count=1 status=none | od -An -tu1 | tr -d ' ')
-printf "\\$(printf '%03o' $(((byte + 1) % 256)))" | dd of="$work/flipped.keel" bs=1 seek="$off" conv=notrunc status=none
+    off = [m for m in t.getmembers() if m.name.endswith("model.onnx")][0].offset_data + 1000
+with open(sys.argv[1], "r+b") as f:
+    f.seek(off)
+    b = f.read(1)[0]
+    f.seek(off)
+    f.write(bytes([(b + 1) % 256]))' "$work/flipped.keel"
 fails "verify of a package with a flipped byte" "model.onnx" "$KEEL" verify "$work/flipped.keel"
 
 # --- trust sign + rotate: package signing moves from key a to key b ------------------------------
