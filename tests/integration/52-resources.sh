@@ -57,4 +57,4 @@ for i in 1 2 3; do
 done
 ((best < start_max_ms)) || die "start-up to /readyz with a 256 MiB package: best of 3 $best ms, over the bound of $start_max_ms ms"
 expect_eq "$(stamp)" "$before" "stamps' verified_at after 3 starts (a start re-hashed the blob)"
-echo "50-resources: ok (best start-up $best ms)"
+echo "52-resources: ok (best start-up $best ms)"
