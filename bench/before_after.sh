@@ -58,7 +58,7 @@ serve() { # label bindir
     port=$(free_port)
     "$2/keeld" --state-dir "$st" --port "$port" --listen 127.0.0.1 --log-level error &
     pid=$!
-    until curl -sf "127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
+    wait_for 60 "$1 keeld's /readyz on port $port" curl -sf "127.0.0.1:$port/readyz"
     for c in 1 2; do
         r=$("$bin/bench/loadgen" --url "127.0.0.1:$port/v2/models/mnist/infer" --body "$body" \
             --threads "$c" --duration "$duration" --warmup 300)

@@ -62,10 +62,61 @@ machine_load() {
     awk -v n="$(nproc)" '{ printf "load %s %s %s, %d cores", $1, $2, $3, n }' /proc/loadavg
 }
 
-free_port() { # a loopback port nobody listens on right now
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 30000))
-        ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
+# A loopback port nobody listens on, below the kernel's ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default): a port
+# inside it can be taken meanwhile by any outgoing connection's local end,
+# and a server that then cannot bind leaves its waiter waiting.
+free_port() {
+    local p lo
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    for _ in $(seq 200); do
+        p=$((10000 + RANDOM % (lo - 10000)))
+        ss -Hltn "sport = :$p" 2>/dev/null | grep -q . && continue
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+        echo "$p"
+        return
     done
+    echo "bench: no free loopback port below $lo after 200 tries" >&2
+    exit 1
+}
+
+# wait_for SECONDS WHAT CMD...: runs CMD every 50 ms until it succeeds; after
+# SECONDS gives up with a message naming WHAT (the bench then stops: a figure
+# measured without it would be wrong).
+wait_for() {
+    local secs=$1 what=$2 end
+    shift 2
+    end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= end)); then
+            echo "bench: timed out after ${secs} s waiting for $what" >&2
+            exit 1
+        fi
+        sleep 0.05
+    done
+}
+
+# wrk_json URL BODY_FILE THREADS SECONDS [HEADER]: POSTs BODY_FILE with wrk
+# (THREADS connections, one thread each) and prints one JSON line shaped like
+# bench/loadgen's: threads, p50/p90/p99/max_us, throughput_rps, errors.
+wrk_json() {
+    local url=$1 body=$2 t=$3 secs=$4 hdr=${5:-} lua
+    lua=$(mktemp "$out/wrk-XXXXXX.lua")
+    cat >"$lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local h = "$hdr"
+if h ~= "" then local i = h:find(":"); wrk.headers[h:sub(1, i - 1)] = h:sub(i + 1):gsub("^%s+", "") end
+local f = io.open("$body", "rb"); wrk.body = f:read("*a"); f:close()
+function done(s, lat, req)
+  local e = s.errors
+  io.write(string.format('{"tool":"wrk","threads":$t,"seconds":%.3f,"requests":%d,' ..
+    '"throughput_rps":%.1f,"p50_us":%.1f,"p90_us":%.1f,"p99_us":%.1f,"max_us":%.1f,"errors":%d}\n',
+    s.duration / 1e6, s.requests, s.requests / (s.duration / 1e6), lat:percentile(50),
+    lat:percentile(90), lat:percentile(99), lat.max,
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+LUA
+    wrk -t "$t" -c "$t" -d "${secs}s" -s "$lua" "http://${url#http://}" | tail -n1
+    rm -f "$lua"
 }

@@ -21,7 +21,7 @@ bport=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$bport" >"$out/drain-mosq.conf"
 mosquitto -c "$out/drain-mosq.conf" >/dev/null 2>&1 &
 mosq=$!
-sleep 0.3
+wait_for 10 "mosquitto on port $bport" bash -c "exec 3<>/dev/tcp/127.0.0.1/$bport"
 mosquitto_sub -h 127.0.0.1 -p "$bport" -q 1 -t 'keel/#' -F '%l' >"$out/drain-sub.txt" &
 sub=$!
 trap 'kill $mosq $sub 2>/dev/null || true' EXIT
@@ -32,14 +32,16 @@ printf 'state_dir = %s\ndevice_id = bench\nuplink = mqtt\nmqtt_host = 127.0.0.1\
 t0=$(date +%s.%N)
 "$keeld" --config "$out/drain.conf" --port "$port" --log-level error &
 pid=$!
-until curl -sf "127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.02; done
-while [[ $(curl -s "127.0.0.1:$port/api/queue" | jq -r .depth) != 0 ]]; do sleep 0.05; done
+trap 'kill $mosq $sub $pid 2>/dev/null || true' EXIT
+wait_for 30 "keeld's /healthz on port $port" curl -sf "127.0.0.1:$port/healthz"
+queue_empty() { [[ $(curl -s "127.0.0.1:$port/api/queue" | jq -r .depth) == 0 ]]; }
+wait_for "${DRAIN_TIMEOUT:-600}" "the queue to drain to mosquitto on port $bport (DRAIN_TIMEOUT)" queue_empty
 t1=$(date +%s.%N)
 kill "$pid"
 wait "$pid" || true
 sleep 0.3
 bytes=$(awk '{s += $1} END {print s}' "$out/drain-sub.txt")
 pubs=$(wc -l <"$out/drain-sub.txt")
-awk -v n="$n" -v a="$t0" -v b="$t1" -v by="$bytes" -v p="$pubs" 'BEGIN {
-    printf "drained %d messages in %.2f s: %.0f msg/s through keeld (queue.db -> envelope -> QoS 1 PUBACK -> ack)\n", n, b - a, n / (b - a);
+awk -v n="$n" -v a="$t0" -v b="$t1" -v by="$bytes" -v p="$pubs" -v l="$(machine_load)" 'BEGIN {
+    printf "drained %d messages in %.2f s: %.0f msg/s through keeld (queue.db -> envelope -> QoS 1 PUBACK -> ack; %s)\n", n, b - a, n / (b - a), l;
     printf "%d publishes, %.1f payload bytes on the wire per message (zstd envelopes, ~200 B JSON records)\n", p, by / n }'

@@ -27,10 +27,7 @@ run_keeld() { # label keeld-binary
     port=$(free_port)
     "$keeld" --state-dir "$st" --port "$port" --listen 127.0.0.1 --log-level error &
     pid=$!
-    for _ in $(seq 100); do
-        curl -fsS "127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-        sleep 0.05
-    done
+    wait_for 30 "$label keeld's /healthz on port $port" curl -fsS "127.0.0.1:$port/healthz"
     local tok
     tok=$(cat "$st/token")
     for c in 1 8; do

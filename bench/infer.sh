@@ -57,14 +57,14 @@ port=$(free_port)
 "$bin/keeld" --state-dir "$st" --port "$port" --log-level error &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && break; sleep 0.1; done
+wait_for 60 "keeld's /v2/health/ready on port $port" curl -sf "127.0.0.1:$port/v2/health/ready"
 
-echo "== 0. the loopback HTTP floor on this machine: GET /v2/health/live (no body, no model)"
+echo "== 0. the loopback HTTP floor on this machine: GET /v2/health/live (no body, no model); $(machine_load)"
 for t in 1 2; do
     echo "keeld GET /v2/health/live, $t client(s): $("$lg" --url "127.0.0.1:$port/v2/health/live" \
         --method GET --threads "$t" --duration "$duration" --warmup 500)"
 done
-echo "== 1. serving overhead (MNIST)"
+echo "== 1. serving overhead (MNIST); $(machine_load)"
 KEELD_URL=http://127.0.0.1:$port DURATION=$duration "$top/bench/serve_overhead.sh"
 # the same request with binary tensors
 /usr/bin/python3 - "$out" <<'PY'
@@ -84,7 +84,7 @@ for t in 1 2; do
         --threads "$t" --duration "$duration" --warmup 500)"
 done
 
-echo "== 2. 1x3x224x224 input: JSON vs binary (SqueezeNet)"
+echo "== 2. 1x3x224x224 input: JSON vs binary (SqueezeNet); $(machine_load)"
 /usr/bin/python3 - "$out" <<'PY'
 import json, random, struct, sys
 out = sys.argv[1]
@@ -107,7 +107,7 @@ printf 'binary (%s bytes): %s\n' "$(stat -c %s "$out/sq.bin")" "$("$lg" --url "1
 m=$(curl -s "127.0.0.1:$port/metrics" | grep -E 'keel_infer_latency_seconds_(sum|count)\{model="mnist"')
 echo "mnist tier run time inside keeld (all requests so far): $(awk '/_sum/ {s=$2} /_count/ {c=$2} END {printf "%.1f us mean over %d runs", s / c * 1e6, c}' <<<"$m")"
 
-echo "== 3. failover cost: failing primary + secondary vs secondary alone"
+echo "== 3. failover cost: failing primary + secondary vs secondary alone; $(machine_load)"
 x='{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[0.1,0.2,0.3,0.4]}]}'
 printf '%s' "$x" >"$out/fo.json"
 printf '%s' "${x%\}},\"parameters\":{\"tier\":\"secondary\"}}" >"$out/fo-pinned.json"

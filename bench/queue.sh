@@ -24,5 +24,5 @@ gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Wconversion -Wsign-conversion -Wsh
 
 dir=${QUEUE_BENCH_DIR:-$out/queue}
 mkdir -p "$dir"
-echo "== durable queue: $(df -h --output=source,fstype "$dir" 2>/dev/null | tail -1)"
+echo "== durable queue: $(df -h --output=source,fstype "$dir" 2>/dev/null | tail -1); $(machine_load)"
 "$bin/bench/queue_bench" "$dir" "${1:-8}" "${2:-3}" "${3:-256}"

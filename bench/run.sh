@@ -31,14 +31,13 @@ for p in verify_throughput startup; do
 done
 
 ensure_state
-echo "== verification throughput (1 GiB, page cache warm, best of 3)"
+echo "== verification throughput (1 GiB, page cache warm, best of 3); $(machine_load)"
 "$bin/bench/verify_throughput" "$big" "$out/big.keel" "$out/trust"
 "$top/bench/restart.sh"
 "$top/bench/idle_rss.sh"
-echo "== durable queue (library)"
 "$top/bench/queue.sh" 8 3 256
 "$top/bench/events_http.sh"
-echo "== drain through keeld"
+echo "== drain through keeld; $(machine_load)"
 "$top/bench/drain.sh" 100000
 if [[ -d $top/../shared/models ]] && command -v node >/dev/null; then
     "$top/bench/infer.sh"

@@ -10,8 +10,10 @@
 #          package active), if KEELD_URL is set
 # Each is driven closed-loop with 1 and 2 concurrent clients (bench/loadgen:
 # one keep-alive connection per thread, one request in flight each), after a
-# warm-up, for DURATION seconds. Everything runs on this host, so the load
-# generator shares the CPUs with the server: compare rows of one run.
+# warm-up, for DURATION seconds; node and keeld again with wrk (Debian's, when
+# installed) as a second, independent load generator. Everything runs on this
+# host, so the load generator shares the CPUs with the server: compare rows of
+# one run (the title gives the machine's load).
 #
 # Env: KEELD_URL (http://HOST:PORT, or the full .../infer URL), KEELD_MODEL
 # (default mnist), KEELD_HEADER (one extra 'Name: value' header for keeld),
@@ -85,11 +87,13 @@ port=$(free_port)
 PORT=$port MODEL=$model node "$top/bench/node/server.js" 2>"$out/node_peer.log" &
 pids+=($!)
 node_url=127.0.0.1:$port/v2/models/mnist/infer
-for _ in $(seq 100); do
-    "$bb/loadgen" --url "127.0.0.1:$port/v2/health/ready" --requests 1 >/dev/null 2>&1 && break
+node_ready() { "$bb/loadgen" --url "127.0.0.1:$port/v2/health/ready" --requests 1 >/dev/null 2>&1; }
+for _ in $(seq 300); do
+    node_ready && break
     kill -0 "${pids[0]}" 2>/dev/null || { cat "$out/node_peer.log" >&2; exit 1; }
     sleep 0.1
 done
+node_ready || { echo "serve_overhead: the Node.js peer did not answer on port $port within 30 s" >&2; exit 1; }
 
 keeld_url='' keeld_hdr=()
 if [[ -n ${KEELD_URL:-} ]]; then
@@ -131,10 +135,25 @@ if [[ -n $keeld_url ]]; then
             --threads "$t" --duration "$duration" --warmup "$warmup"
     done
 fi
+# the same servers under a second, independent load generator: Debian's wrk
+# (its own event loop and latency histogram; 1 s warm-up run discarded)
+if command -v wrk >/dev/null; then
+    for t in $threads; do
+        for name in node keeld; do
+            u=$node_url h=""
+            [[ $name == node ]] || u=$keeld_url h=${KEELD_HEADER:-}
+            [[ -n $u ]] || continue
+            wrk_json "$u" "$body" "$t" 1 "$h" >/dev/null
+            run "$name-wrk" wrk_json "$u" "$body" "$t" "$duration" "$h"
+        done
+    done
+else
+    echo "serve_overhead: no wrk (apt-get install wrk): loadgen rows only" >&2
+fi
 
-node - "$res" "$duration" "$(nproc)" "$label" <<'EOF'
+node - "$res" "$duration" "$(nproc)" "$label" "$(machine_load)" <<'EOF'
 const fs = require('fs');
-const [file, duration, ncpu, label0] = process.argv.slice(2);
+const [file, duration, ncpu, label0, load] = process.argv.slice(2);
 const runs = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 for (const r of runs)
   if (r.name === 'raw' && r.top_class !== +label0)
@@ -143,8 +162,8 @@ const cl = (t) => `${t} client${t > 1 ? 's' : ''}`;
 const get = (name, t) => runs.find((r) => r.name === name && r.threads === t);
 const f1 = (x) => x.toFixed(1), f0 = (x) => Math.round(x).toLocaleString('en-US');
 const label = { raw: 'raw ONNX Runtime loop (ort_loop)', node: 'Node.js + onnxruntime-node',
-  keeld: 'keeld' };
-console.log(`### Serving overhead: MNIST, KServe v2 REST, ${duration} s per run, ${ncpu} CPUs\n`);
+  keeld: 'keeld', 'node-wrk': 'Node.js + onnxruntime-node (wrk)', 'keeld-wrk': 'keeld (wrk)' };
+console.log(`### Serving overhead: MNIST, KServe v2 REST, ${duration} s per run, ${ncpu} CPUs (${load} at the end)\n`);
 console.log('| run | clients | p50 µs | p90 µs | p99 µs | max µs | req/s | errors |');
 console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
 for (const r of runs)
@@ -161,13 +180,14 @@ for (const srv of ['keeld', 'node']) {
   if (r1) rows.push([`${srv} added p99 latency over raw, ${cl(t1)}`, `${f1(s1.p99_us - r1.p99_us)} µs`]);
   if (sn && rn) rows.push([`${srv} / raw throughput, ${cl(tn)}`, `${(sn.throughput_rps / rn.throughput_rps).toFixed(3)}`]);
 }
-for (const t of ts) {
-  const k = get('keeld', t), n = get('node', t);
-  if (!k || !n) continue;
-  rows.push([`keeld / node throughput, ${cl(t)}`, `${(k.throughput_rps / n.throughput_rps).toFixed(2)}×`]);
-  rows.push([`keeld / node p50, ${cl(t)}`, `${(k.p50_us / n.p50_us).toFixed(2)}×`]);
-  rows.push([`keeld / node p99, ${cl(t)}`, `${(k.p99_us / n.p99_us).toFixed(2)}× (${f1(k.p99_us)} vs ${f1(n.p99_us)} µs)`]);
-}
+for (const [kn, nn, by] of [['keeld', 'node', 'loadgen'], ['keeld-wrk', 'node-wrk', 'wrk']])
+  for (const t of ts) {
+    const k = get(kn, t), n = get(nn, t);
+    if (!k || !n) continue;
+    rows.push([`keeld / node throughput, ${cl(t)}, ${by}`, `${(k.throughput_rps / n.throughput_rps).toFixed(2)}×`]);
+    rows.push([`keeld / node p50, ${cl(t)}, ${by}`, `${(k.p50_us / n.p50_us).toFixed(2)}×`]);
+    rows.push([`keeld / node p99, ${cl(t)}, ${by}`, `${(k.p99_us / n.p99_us).toFixed(2)}× (${f1(k.p99_us)} vs ${f1(n.p99_us)} µs)`]);
+  }
 if (!runs.some((r) => r.name === 'keeld'))
   rows.push(['keeld', 'not run (set KEELD_URL)']);
 console.log('\n| comparison | value |\n|---|---:|');

@@ -516,6 +516,18 @@ static int check_cap(model *m, int pin, unsigned cap, keel_error *err)
                      m->name, m->version, verb, have);
 }
 
+/* The most bytes of a tier's own error quoted in its clause of why:
+ * KEEL__CLAUSE_MAX, less when a package has so many tiers (or such long
+ * names) that the 503 naming every tier would not fit in keel_error's msg. */
+static int clause_max(const model *m)
+{
+    size_t fixed = strlen(m->name) + strlen(m->version) + sizeof("@: every tier failed: ");
+    for (size_t i = 0; i < m->ntiers; i++)
+        fixed += strlen(m->tiers[i].name) + sizeof("; : breaker open after load failure: ...");
+    size_t room = fixed < KEEL_ERROR_MSG_MAX ? (KEEL_ERROR_MSG_MAX - fixed) / (m->ntiers ? m->ntiers : 1) : 0;
+    return room < KEEL__CLAUSE_MAX ? (int)room : KEEL__CLAUSE_MAX;
+}
+
 /* Runs op on the tiers that declare cap, in order (or only the pinned one),
  * under their breakers, overload guards and deadlines, until one succeeds.
  * why collects one clause per tier that did not serve. *ret_ti: the tier
@@ -523,6 +535,7 @@ static int check_cap(model *m, int pin, unsigned cap, keel_error *err)
 static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_buf *why,
                  size_t *ret_ti, keel_error *err)
 {
+    int cmax = clause_max(m);
     for (size_t i = 0; i < m->ntiers; i++) {
         tier *t = &m->tiers[i];
         if ((pin >= 0 && (int)i != pin) || !(t->be->caps & cap))
@@ -543,9 +556,9 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
         } else if (!admit) {
             count(t->m_req[KEEL__OUT_SKIPPED]);
             if (keel__buf_appendf(why, "%s%s: breaker open%s%.*s%s", why->len ? "; " : "", t->name,
-                                  t->load_error[0] ? " after load failure: " : "", KEEL__CLAUSE_MAX,
+                                  t->load_error[0] ? " after load failure: " : "", cmax,
                                   t->load_error,
-                                  strlen(t->load_error) > KEEL__CLAUSE_MAX ? "..." : "")) {
+                                  strlen(t->load_error) > (size_t)cmax ? "..." : "")) {
             }
         }
         if (admit)
@@ -591,8 +604,8 @@ static int chain(model *m, int pin, unsigned cap, tier_op op, void *ctx, keel_bu
             *ret_ti = i;
             return KEEL_OK;
         }
-        if (keel__buf_appendf(why, "%s%s: %.*s%s", why->len ? "; " : "", t->name, KEEL__CLAUSE_MAX,
-                              e.msg, strlen(e.msg) > KEEL__CLAUSE_MAX ? "..." : "")) {
+        if (keel__buf_appendf(why, "%s%s: %.*s%s", why->len ? "; " : "", t->name, cmax, e.msg,
+                              strlen(e.msg) > (size_t)cmax ? "..." : "")) {
         }
     }
     pthread_mutex_lock(&m->mu);

@@ -4,17 +4,15 @@
 # tensors, a sample also as PNG bodies), iris (random forest 149/150 on the
 # primary tier, logistic regression on the secondary) and Silero VAD v6 (and
 # the v4 fallback) streamed through one session over silero_test.wav, frame
-# for frame (v6: 1452/1875 frames with p > 0.5). Skips without ../shared.
+# for frame (v6: 1452/1875 frames with p > 0.5). Skips (77) without ../shared
+# (or KEEL_SHARED); fails instead when CI is set.
 source "$(dirname "$0")/lib.sh"
 # ONNX Runtime's own leaks at exit are not keel's
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$keel_src/tests/lsan.supp}
 # a command that fails outside the checks (curl without an answer) says where
 trap 'die "line $LINENO: \"$BASH_COMMAND\" failed"' ERR
-shared=$keel_src/../shared/data
-if [[ ! -d $shared ]]; then
-    echo "accuracy: skipped ($shared is absent)"
-    exit 0
-fi
+need_shared
+shared=$keel_shared/data
 for f in mnist/t10k-images-idx3-ubyte.gz mnist/t10k-labels-idx1-ubyte.gz sklearn/iris.csv \
     audio/silero_test.wav; do
     [[ -f $shared/$f ]] || die "missing $shared/$f"

@@ -5,7 +5,8 @@
 # (nothing twice after dedup), on keel/DEVICE/PRIORITY/TOPIC; the queue is
 # empty afterwards and /api/queue records the sync.
 source "$(dirname "$0")/lib.sh"
-command -v mosquitto >/dev/null || { echo "42-uplink: SKIPPED (no mosquitto)"; exit 0; }
+command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null && command -v mosquitto_pub >/dev/null ||
+    skip "no mosquitto broker or clients (apt install mosquitto mosquitto-clients)"
 bport=$(free_port)
 cat >"$work/mosq.conf" <<C
 listener $bport 127.0.0.1

@@ -5,7 +5,8 @@
 # wins, the conflict is kept and reported), other keys apply; the reported
 # state reaches the broker on keel/DEVICE/high/shadow/reported.
 source "$(dirname "$0")/lib.sh"
-command -v mosquitto >/dev/null || { echo "44-shadow: SKIPPED (no mosquitto)"; exit 0; }
+command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null && command -v mosquitto_pub >/dev/null ||
+    skip "no mosquitto broker or clients (apt install mosquitto mosquitto-clients)"
 bport=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$bport" >"$work/mosq.conf"
 mosquitto -c "$work/mosq.conf" >"$work/mosq.log" 2>&1 &

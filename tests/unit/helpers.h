@@ -29,4 +29,22 @@ void th_trust(const char *dir, const keel_key *key);
 void th_expect_err_(int rc, const keel_error *err, int want, const char *sub, const char *file,
                     int line);
 
+/* Skips the running test, saying why. th_exit then turns a run whose tests
+ * passed or skipped into exit 77, which CTest shows as Skipped
+ * (SKIP_RETURN_CODE). When CI is set (every dependency is there) a skip
+ * fails the test instead. */
+#define th_skip(why)                                                                               \
+    do {                                                                                           \
+        th_skip_(why, __FILE__, __LINE__);                                                         \
+        skip();                                                                                    \
+    } while (0)
+void th_skip_(const char *why, const char *file, int line);
+/* main's exit status from cmocka_run_group_tests' rc: rc when a test
+ * failed, else 77 when one skipped, else 0. */
+int th_exit(int rc);
+/* path of rel in the reference models and data: $KEEL_SHARED, else the
+ * ../shared beside the source tree (KEEL_SHARED=/nonexistent: run as on a
+ * machine without it). Static rotating buffer. */
+const char *th_shared(const char *rel);
+
 #endif

@@ -124,5 +124,5 @@ int main(void)
         cmocka_unit_test(test_json_errors),  cmocka_unit_test(test_json_parse_except),
         cmocka_unit_test(test_atomic_write),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -144,5 +144,5 @@ int main(void)
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_sigset),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -312,5 +312,5 @@ int main(void)
         cmocka_unit_test(test_decode_errors),
         cmocka_unit_test(test_prio_names),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -108,13 +108,12 @@ static unsigned char *gunzip(const char *path, size_t *len)
 
 static void test_mnist_accuracy(void **state)
 {
-    const char *shared = KEEL_SHARED_DIR;
     char model[1024], imgs[1024], labs[1024];
-    snprintf(model, sizeof(model), "%s/models/onnx/mnist/mnist_ort_cxx_example.onnx", shared);
-    snprintf(imgs, sizeof(imgs), "%s/data/mnist/t10k-images-idx3-ubyte.gz", shared);
-    snprintf(labs, sizeof(labs), "%s/data/mnist/t10k-labels-idx1-ubyte.gz", shared);
+    snprintf(model, sizeof(model), "%s", th_shared("models/onnx/mnist/mnist_ort_cxx_example.onnx"));
+    snprintf(imgs, sizeof(imgs), "%s", th_shared("data/mnist/t10k-images-idx3-ubyte.gz"));
+    snprintf(labs, sizeof(labs), "%s", th_shared("data/mnist/t10k-labels-idx1-ubyte.gz"));
     if (!keel__fs_exists(model) || !keel__fs_exists(imgs)) {
-        skip();
+        th_skip("no MNIST model and data (../shared or KEEL_SHARED)");
         return;
     }
     keel_error e = {0};
@@ -161,10 +160,10 @@ static void test_mnist_accuracy(void **state)
 static void test_iris_zipmap(void **state)
 {
     char model[1024], csv[1024];
-    snprintf(model, sizeof(model), "%s/models/onnx/tabular/rf_iris.onnx", KEEL_SHARED_DIR);
-    snprintf(csv, sizeof(csv), "%s/data/sklearn/iris.csv", KEEL_SHARED_DIR);
+    snprintf(model, sizeof(model), "%s", th_shared("models/onnx/tabular/rf_iris.onnx"));
+    snprintf(csv, sizeof(csv), "%s", th_shared("data/sklearn/iris.csv"));
     if (!keel__fs_exists(model) || !keel__fs_exists(csv)) {
-        skip();
+        th_skip("no iris model and data (../shared or KEEL_SHARED)");
         return;
     }
     keel_error e = {0};
@@ -239,5 +238,5 @@ int main(void)
         cmocka_unit_test(test_mnist_accuracy),
         cmocka_unit_test(test_iris_zipmap),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -601,5 +601,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pack_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_packages, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

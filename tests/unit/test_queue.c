@@ -955,5 +955,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_inputs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

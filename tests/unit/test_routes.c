@@ -135,5 +135,5 @@ int main(void)
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_table),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -491,5 +491,5 @@ int main(void)
         cmocka_unit_test(test_jobs),
         cmocka_unit_test(test_runtime),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

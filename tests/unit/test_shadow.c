@@ -108,5 +108,5 @@ int main(void)
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_merge)};
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_cleanup();
-    return rc;
+    return th_exit(rc);
 }

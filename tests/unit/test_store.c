@@ -262,5 +262,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stamps_skip_rehash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_shared_between_processes, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -460,5 +460,5 @@ int main(void)
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_cleanup();
-    return rc;
+    return th_exit(rc);
 }

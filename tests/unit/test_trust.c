@@ -270,5 +270,5 @@ int main(void)
         cmocka_unit_test(test_revocation_and_rotation),
         cmocka_unit_test(test_rotation_keeps_revocations_valid),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return th_exit(cmocka_run_group_tests(tests, setup, teardown));
 }
