@@ -308,6 +308,13 @@ int keel__runtime_install(keel__runtime *rt, const char *path, unsigned flags,
     char tdir[PATH_MAX];
     trust_dir(rt, tdir, sizeof(tdir));
     int rc = keel_trust_load(tdir, &t, err);
+    if (rc) {
+        /* the device's own files, not the package: a server error */
+        keel__err_prefix(err, "cannot check any package: the trust dir is broken");
+        if (err)
+            err->code = KEEL_ENOTREADY;
+        rc = KEEL_ENOTREADY;
+    }
     if (!rc)
         rc = keel_store_install(rt->store, path, t, flags, ret, err);
     keel_trust_free(t);

@@ -680,10 +680,16 @@ static int install_one(keel_store *s, const char *pkg_path, const keel_trust *tr
             goto out;
         }
     }
+    /* Every byte is read and hashed as in a first install, even when this
+     * version is there already: a truncated or altered copy is refused, not
+     * answered "already installed". Blobs stored and stamped are not
+     * written again. */
+    keel_pkg_sink sink = {sink_begin, sink_write, sink_end, &c};
+    if ((rc = keel_pkg_extract(p, &sink, err)))
+        goto out;
+    if (c.nnew) /* a blob went missing since the check above: stamp it */
+        res.already = false;
     if (!res.already) {
-        keel_pkg_sink sink = {sink_begin, sink_write, sink_end, &c};
-        if ((rc = keel_pkg_extract(p, &sink, err)))
-            goto out;
         pthread_mutex_lock(&s->lock);
         if (found) {
             rc = txn_begin(s, "repair", err);
