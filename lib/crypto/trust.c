@@ -501,9 +501,8 @@ int keel_trust_load(const char *dir, keel_trust **ret, keel_error *err)
     }
     if ((rc = keel_trust_from_root(root, rlen, &t, err))) {
         keel__err_prefix(err, "%s", dir);
-        err_append(err,
-                   "; put back the root.json this device was given (it changes only through "
-                   "`keel trust rotate`)");
+        err_append(err, "; put back the root.json this device was given (it changes only through "
+                        "`keel trust rotate`)");
         goto out;
     }
     if ((rc = read_doc(dir, "revoked.json", false, &rev, &vlen, err)))
@@ -526,9 +525,8 @@ int keel_trust_load(const char *dir, keel_trust **ret, keel_error *err)
                                  "%s (refusing every package until the revocation list is "
                                  "valid)",
                                  dir);
-                err_append(err,
-                           "; put back the revoked.json and revoked.sig last installed "
-                           "with `keel trust revoke`, as a pair");
+                err_append(err, "; put back the revoked.json and revoked.sig last installed "
+                                "with `keel trust revoke`, as a pair");
                 goto out;
             }
         }

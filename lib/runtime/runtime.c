@@ -617,7 +617,8 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
         goto fail;
     keel__queue_opts_from(conf, &qo);
     keel__runtime_path(rt, KEEL_STATE_QUEUE_DB, path, sizeof(path));
-    if ((rc = keel__fs_private_db(path, err)) || (rc = keel_queue_open(path, &qo, &rt->queue, err)) ||
+    if ((rc = keel__fs_private_db(path, err)) ||
+        (rc = keel_queue_open(path, &qo, &rt->queue, err)) ||
         (rc = keel__metrics_collector_add(rt->metrics, collect, rt, err)))
         goto fail;
     keel_queue_stats qs;

@@ -186,8 +186,9 @@ static void seq_reserve(keel__uplink *u)
     int n = snprintf(line, sizeof(line), SEQ_MAGIC " %u %" PRIu64 "\n", SEQ_FORMAT, u->seq_end);
     keel_error e;
     if (keel__fs_write_atomic(u->o.seq_path, line, (size_t)n, 0600, &e))
-        KEEL_LOG_W(MOD, "recording the batch numbers reserved: %s; after a restart, numbers may "
-                        "repeat",
+        KEEL_LOG_W(MOD,
+                   "recording the batch numbers reserved: %s; after a restart, numbers may "
+                   "repeat",
                    e.msg);
 }
 
@@ -1112,10 +1113,9 @@ int keel__uplink_start(const keel__uplink_opts *o, const keel__sync_source *src,
     u->wake_rd = u->wake_wr = -1;
     pthread_mutex_init(&u->mu, NULL);
     keel__buf_init(&u->env, 0);
-    const char **fields[] = {&u->o.device_id, &u->o.host,      &u->o.url,
-                             &u->o.ca_file,   &u->o.cert_file, &u->o.key_file,
-                             &u->o.username,  &u->o.password,  &u->o.subscribe,
-                             &u->o.seq_path};
+    const char **fields[] = {&u->o.device_id, &u->o.host,     &u->o.url,      &u->o.ca_file,
+                             &u->o.cert_file, &u->o.key_file, &u->o.username, &u->o.password,
+                             &u->o.subscribe, &u->o.seq_path};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(fields); i++) {
         if (!*fields[i])
             continue;

@@ -1013,7 +1013,8 @@ static void test_seq_across_restarts(void **state)
         cur = NULL;
     }
     clock_gettime(CLOCK_REALTIME, &ts);
-    printf("3 uplink starts within %s wall-clock second\n", ts.tv_sec == first ? "one" : "more than one");
+    printf("3 uplink starts within %s wall-clock second\n",
+           ts.tv_sec == first ? "one" : "more than one");
     pthread_mutex_lock(&sub.mu);
     assert_int_equal(sub.nenv, 3);
     for (size_t i = 1; i < 3; i++)
