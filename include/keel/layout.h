@@ -12,6 +12,7 @@
  *   STATE_DIR/queue.db         the store-and-forward queue
  *   STATE_DIR/reprocess.db     escalations waiting for the upstream
  *   STATE_DIR/shadow.json      the device shadow
+ *   STATE_DIR/uplink.seq       the uplink's batch numbers reserved so far
  *   STATE_DIR/token            the API bearer token (0600)
  *   STATE_DIR/cache/onnx/      derived files: optimized ONNX graphs
  */
@@ -34,6 +35,7 @@ typedef enum keel_state_file {
     KEEL_STATE_SHADOW,
     KEEL_STATE_TOKEN,
     KEEL_STATE_CACHE_ONNX,
+    KEEL_STATE_UPLINK_SEQ,
     KEEL_STATE_COUNT
 } keel_state_file;
 

@@ -94,6 +94,11 @@ KEEL_WUR int keel__fs_write_all(int fd, const void *data, size_t len);
 /* Removes a directory tree (no symlink following). Missing is not an error. */
 KEEL_WUR int keel__fs_rm_rf(const char *path, keel_error *err);
 bool keel__fs_exists(const char *path);
+/* Keeps a SQLite database readable by its owner only: creates path 0600
+ * when it is missing (SQLite gives the -wal and -shm files it makes the
+ * database's mode) and takes the group and other bits off path, path-wal
+ * and path-shm where they are there already. */
+KEEL_WUR int keel__fs_private_db(const char *path, keel_error *err);
 /* fsync(2) and rename(2) through the hook table below. */
 int keel__fs_fsync(int fd);
 int keel__fs_rename(const char *from, const char *to);

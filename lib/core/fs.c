@@ -173,6 +173,43 @@ bool keel__fs_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
+int keel__fs_private_db(const char *path, keel_error *err)
+{
+    static const char *const suffix[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < sizeof(suffix) / sizeof(suffix[0]); i++) {
+        char p[PATH_MAX];
+        struct stat st;
+        if (keel__snprintf(p, sizeof(p), "%s%s", path, suffix[i]))
+            return keel__err(err, KEEL_ETOOBIG, "path too long: %s", path);
+        bool created = false;
+        int fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT && i == 0) {
+            fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_CREAT | O_EXCL, 0600);
+            created = fd >= 0;
+            if (fd < 0 && errno == EEXIST) /* another process made it meanwhile */
+                fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        }
+        if (fd < 0 && errno == ENOENT && i > 0)
+            continue; /* no -wal or -shm yet */
+        if (fd < 0)
+            return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s", p);
+        int rc = KEEL_OK;
+        if (created) { /* what SQLite writes into it later must not lose its name */
+            close(fd);
+            if ((rc = keel__fs_fsync_parent(p, err)))
+                return rc;
+            continue;
+        }
+        if (fstat(fd, &st) != 0 || ((st.st_mode & 077) && fchmod(fd, st.st_mode & 0700) != 0))
+            rc = keel__err_errno(err, keel__err_from_errno(errno), errno,
+                                 "cannot make %s readable by its owner only (chmod 600 it)", p);
+        close(fd);
+        if (rc)
+            return rc;
+    }
+    return KEEL_OK;
+}
+
 int keel__fs_rm_rf(const char *path, keel_error *err)
 {
     struct stat st;

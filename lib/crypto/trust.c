@@ -3,6 +3,7 @@
  * revocations, rotation. See docs/security.md for the model.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -471,6 +472,19 @@ static int load_prev_revocations(keel_trust *t, const char *dir, keel_error *err
     return rc;
 }
 
+/* Adds what to do to the message in err. */
+static void err_append(keel_error *err, const char *fmt, ...) KEEL_PRINTF(2, 3);
+static void err_append(keel_error *err, const char *fmt, ...)
+{
+    if (!err)
+        return;
+    size_t n = strlen(err->msg);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg + n, sizeof(err->msg) - n, fmt, ap);
+    va_end(ap);
+}
+
 int keel_trust_load(const char *dir, keel_trust **ret, keel_error *err)
 {
     char *root = NULL, *rev = NULL;
@@ -480,13 +494,15 @@ int keel_trust_load(const char *dir, keel_trust **ret, keel_error *err)
     if (rc) {
         if (rc == KEEL_ENOTFOUND)
             keel__err(err, rc,
-                      "no trust root in %s (create one with `keel trust init %s --key "
-                      "ROOT.pub`)",
+                      "no trust root: %s/root.json does not exist (create one with `keel trust "
+                      "init %s --key ROOT.pub`)",
                       dir, dir);
         goto out;
     }
     if ((rc = keel_trust_from_root(root, rlen, &t, err))) {
         keel__err_prefix(err, "%s", dir);
+        err_append(err, "; put back the root.json this device was given (it changes only through "
+                        "`keel trust rotate`)");
         goto out;
     }
     if ((rc = read_doc(dir, "revoked.json", false, &rev, &vlen, err)))
@@ -509,6 +525,8 @@ int keel_trust_load(const char *dir, keel_trust **ret, keel_error *err)
                                  "%s (refusing every package until the revocation list is "
                                  "valid)",
                                  dir);
+                err_append(err, "; put back the revoked.json and revoked.sig last installed "
+                                "with `keel trust revoke`, as a pair");
                 goto out;
             }
         }

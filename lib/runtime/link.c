@@ -362,6 +362,9 @@ int keel__rt_link_start(keel__runtime *rt, keel_error *err)
     o.on_link = on_link;
     o.link_ctx = rt;
     o.metrics = rt->metrics;
+    char seq_path[PATH_MAX];
+    keel__runtime_path(rt, KEEL_STATE_UPLINK_SEQ, seq_path, sizeof(seq_path));
+    o.seq_path = seq_path;
     int rc = keel__sync_window_parse(window, &o.window, err);
     if (!rc && pwfile[0] && !(rc = keel__fs_read(pwfile, 4096, &password, &plen, err))) {
         while (plen && (password[plen - 1] == '\n' || password[plen - 1] == '\r'))

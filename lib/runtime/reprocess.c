@@ -121,7 +121,8 @@ int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err)
         return rc;
     keel_queue_opts_default(&qo);
     (void)keel_state_path(rt->state_dir, KEEL_STATE_REPROCESS_DB, path, sizeof(path));
-    if ((rc = keel_queue_open(path, &qo, &rt->reprocess, err)))
+    if ((rc = keel__fs_private_db(path, err)) ||
+        (rc = keel_queue_open(path, &qo, &rt->reprocess, err)))
         return rc;
     rt->job_reprocess = keel__jobs_add(rt->jobs, "reprocess", 2, job_reprocess, rt);
     rt->sub_reprocess = keel__bus_subscribe(rt->bus, KEEL__BUS_ESCALATION, keep, rt);

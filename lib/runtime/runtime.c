@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/json.h"
@@ -307,6 +308,13 @@ int keel__runtime_install(keel__runtime *rt, const char *path, unsigned flags,
     char tdir[PATH_MAX];
     trust_dir(rt, tdir, sizeof(tdir));
     int rc = keel_trust_load(tdir, &t, err);
+    if (rc) {
+        /* the device's own files, not the package: a server error */
+        keel__err_prefix(err, "cannot check any package: the trust dir is broken");
+        if (err)
+            err->code = KEEL_ENOTREADY;
+        rc = KEEL_ENOTREADY;
+    }
     if (!rc)
         rc = keel_store_install(rt->store, path, t, flags, ret, err);
     keel_trust_free(t);
@@ -526,6 +534,12 @@ static int load_token(const char *path, char out[65], keel_error *err)
             memcpy(out, data, 64);
         out[64] = '\0';
         free(data);
+        struct stat st; /* an older keel, or a hand-written token: owner only */
+        if (ok && stat(path, &st) == 0 && (st.st_mode & 077) && chmod(path, 0600) != 0)
+            return keel__err_errno(err, keel__err_from_errno(errno), errno,
+                                   "the API token %s is readable by other users and cannot be "
+                                   "made private (chmod 600 it)",
+                                   path);
         if (ok)
             return KEEL_OK;
         KEEL_LOG_W(MOD, "%s is not 64 hex digits; writing a new token", path);
@@ -603,7 +617,8 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
         goto fail;
     keel__queue_opts_from(conf, &qo);
     keel__runtime_path(rt, KEEL_STATE_QUEUE_DB, path, sizeof(path));
-    if ((rc = keel_queue_open(path, &qo, &rt->queue, err)) ||
+    if ((rc = keel__fs_private_db(path, err)) ||
+        (rc = keel_queue_open(path, &qo, &rt->queue, err)) ||
         (rc = keel__metrics_collector_add(rt->metrics, collect, rt, err)))
         goto fail;
     keel_queue_stats qs;

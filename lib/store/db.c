@@ -92,6 +92,8 @@ int keel__db_open(const char *path, sqlite3 **ret, keel_error *err)
 {
     sqlite3 *db = NULL;
     int rc;
+    if ((rc = keel__fs_private_db(path, err)))
+        return rc;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
         rc = keel__err(err, KEEL_EIO, "cannot open the state database %s: %s", path,

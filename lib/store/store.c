@@ -63,6 +63,41 @@ static void clean_staging(const char *dir)
         KEEL_LOG_W(MOD, "cannot clean %s: %s", path, e.msg);
 }
 
+/* The state dir holds the API token, queued events and what is installed:
+ * only its owner may enter it. A directory made by hand (mkdir gives 0755)
+ * is closed to 0700; one that other users could write to (its contents
+ * cannot be trusted) or that belongs to another user is refused. */
+static int state_dir_private(const char *dir, keel_error *err)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return keel__err_errno(err, keel__err_from_errno(errno), errno,
+                               "cannot read the state dir %s", dir);
+    if (!S_ISDIR(st.st_mode))
+        return keel__err(err, KEEL_EINVALID, "state dir %s is not a directory", dir);
+    unsigned mode = (unsigned)st.st_mode & 07777, uid = (unsigned)geteuid();
+    if (!(mode & 077))
+        return KEEL_OK;
+    if (mode & S_IWOTH)
+        return keel__err(err, KEEL_EPERM,
+                         "state dir %s is writable by every user (mode %04o), so what is in it "
+                         "cannot be trusted; give keel a directory of its own (mode 0700)",
+                         dir, mode);
+    if (st.st_uid != geteuid())
+        return keel__err(err, KEEL_EPERM,
+                         "state dir %s is open to other users (mode %04o) and belongs to uid %u, "
+                         "not to this user (uid %u); it holds the API token and queued data: "
+                         "`chmod 700` it as its owner, or run keel as uid %u",
+                         dir, mode, (unsigned)st.st_uid, uid, (unsigned)st.st_uid);
+    if (chmod(dir, 0700) != 0)
+        return keel__err_errno(err, keel__err_from_errno(errno), errno,
+                               "state dir %s is open to other users (mode %04o) and cannot be "
+                               "closed to them (chmod 700 it)",
+                               dir, mode);
+    KEEL_LOG_W(MOD, "state dir %s was open to other users (mode %04o); made it 0700", dir, mode);
+    return KEEL_OK;
+}
+
 int keel_store_open(const char *state_dir, const keel_limits *lim, keel_store **ret,
                     keel_error *err)
 {
@@ -83,7 +118,8 @@ int keel_store_open(const char *state_dir, const keel_limits *lim, keel_store **
     else
         keel_limits_default(&s->lim);
     (void)keel_state_path(state_dir, KEEL_STATE_BLOBS, path, sizeof(path));
-    if ((rc = keel__fs_mkdir_p(state_dir, 0700, err)) || (rc = keel__fs_mkdir_p(path, 0755, err)))
+    if ((rc = keel__fs_mkdir_p(state_dir, 0700, err)) || (rc = state_dir_private(state_dir, err)) ||
+        (rc = keel__fs_mkdir_p(path, 0755, err)))
         goto fail;
     /* Several processes may open one store (keeld, `keel --offline`, `keel
      * verify`). Each holds a shared lock for its lifetime; only a process
@@ -644,10 +680,16 @@ static int install_one(keel_store *s, const char *pkg_path, const keel_trust *tr
             goto out;
         }
     }
+    /* Every byte is read and hashed as in a first install, even when this
+     * version is there already: a truncated or altered copy is refused, not
+     * answered "already installed". Blobs stored and stamped are not
+     * written again. */
+    keel_pkg_sink sink = {sink_begin, sink_write, sink_end, &c};
+    if ((rc = keel_pkg_extract(p, &sink, err)))
+        goto out;
+    if (c.nnew) /* a blob went missing since the check above: stamp it */
+        res.already = false;
     if (!res.already) {
-        keel_pkg_sink sink = {sink_begin, sink_write, sink_end, &c};
-        if ((rc = keel_pkg_extract(p, &sink, err)))
-            goto out;
         pthread_mutex_lock(&s->lock);
         if (found) {
             rc = txn_begin(s, "repair", err);

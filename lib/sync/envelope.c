@@ -58,7 +58,14 @@ static uint64_t get64(const unsigned char *p)
 
 /* --- encoding --------------------------------------------------------------------- */
 
-static int check_msg(const keel__sync_msg *m, size_t i, size_t *ret_bytes, keel_error *err)
+/* The bytes message m takes in the body. */
+static size_t msg_bytes(const keel__sync_msg *m)
+{
+    size_t tl = m->topic ? strlen(m->topic) : 0, cl = m->content_type ? strlen(m->content_type) : 0;
+    return KEEL__ENVELOPE_MSG_FIXED + tl + cl + m->len;
+}
+
+static int check_msg(const keel__sync_msg *m, size_t i, keel_error *err)
 {
     size_t tl = m->topic ? strlen(m->topic) : 0, cl = m->content_type ? strlen(m->content_type) : 0;
     if (m->priority < 0 || m->priority >= KEEL__NPRIO)
@@ -79,7 +86,6 @@ static int check_msg(const keel__sync_msg *m, size_t i, size_t *ret_bytes, keel_
                          "envelope: message %zu (id %" PRIu64 "): payload of %zu bytes is over the "
                          "envelope limit of %u",
                          i, m->id, m->len, KEEL__ENVELOPE_RAW_MAX);
-    *ret_bytes = KEEL__ENVELOPE_MSG_FIXED + tl + cl + m->len;
     return KEEL_OK;
 }
 
@@ -128,9 +134,9 @@ int keel__envelope_encode(const char *device, uint64_t seq, const keel__sync_msg
     if (n > UINT32_MAX)
         return keel__err(err, KEEL_ETOOBIG, "envelope: %zu messages in one batch", n);
     for (size_t i = 0; i < n; i++) {
-        size_t b;
-        if ((rc = check_msg(&msgs[i], i, &b, err)))
+        if ((rc = check_msg(&msgs[i], i, err)))
             return rc;
+        size_t b = msg_bytes(&msgs[i]); /* check_msg bounded its parts: no overflow */
         if (b > KEEL__ENVELOPE_RAW_MAX - raw_len)
             return keel__err(err, KEEL_ETOOBIG,
                              "envelope: %zu messages pass the %u-byte body limit at message %zu; "

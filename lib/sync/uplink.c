@@ -57,7 +57,7 @@ typedef struct stats {
 
 struct keel__uplink {
     keel__uplink_opts o; /* strings point into the copies below */
-    char *strs[9];
+    char *strs[10];
     char endpoint[512];
     const transport *tr;
     keel__sync_source src;
@@ -89,7 +89,7 @@ struct keel__uplink {
     uint64_t tokens_at;
     bool win_open;
     uint64_t win_opened, win_next;
-    uint64_t seq;
+    uint64_t seq, seq_end; /* the next batch number; the end of the reserved block */
     keel_buf env;
     uint64_t *ids;
     size_t ids_cap;
@@ -129,6 +129,67 @@ static void set_error(keel__uplink *u, const keel_error *e)
     pthread_mutex_lock(&u->mu);
     keel__strlcpy(u->st.last_error, e->msg, sizeof(u->st.last_error));
     pthread_mutex_unlock(&u->mu);
+}
+
+/* --- batch numbers ----------------------------------------------------------------------- */
+
+/* Batch numbers rise, across restarts too (docs/uplink.md). The thread
+ * reserves them a block at a time: a block starts above the end of the last
+ * one recorded in o.seq_path, and no lower than wall-clock seconds << 20;
+ * its end is written there (atomically, fsynced) before its first number
+ * goes out. That is one durable write when the uplink first sends and one
+ * per SEQ_BLOCK batches after, none per message. */
+#define SEQ_BLOCK  (1ull << 20)
+#define SEQ_MAGIC  "keel-uplink-seq"
+#define SEQ_FORMAT 1u
+
+/* The end of the last block recorded; 0 when there is none to read. */
+static uint64_t seq_recorded(const keel__uplink *u)
+{
+    char *text = NULL, magic[sizeof(SEQ_MAGIC) + 8];
+    size_t len;
+    unsigned format;
+    uint64_t end = 0;
+    int used = 0;
+    keel_error e;
+    if (!u->o.seq_path || !keel__fs_exists(u->o.seq_path))
+        return 0;
+    if (keel__fs_read(u->o.seq_path, 256, &text, &len, &e)) {
+        KEEL_LOG_W(MOD, "reading the batch numbers used: %s; numbering from the clock", e.msg);
+        return 0;
+    }
+    if (sscanf(text, "%23s %u %" SCNu64 "%n", magic, &format, &end, &used) != 3 ||
+        strcmp(magic, SEQ_MAGIC) != 0 || format != SEQ_FORMAT || text[used] != '\n' ||
+        end > UINT64_MAX - 2 * SEQ_BLOCK) {
+        KEEL_LOG_W(MOD,
+                   "%s is not a batch number record (\"" SEQ_MAGIC " %u NEXT\" expected); "
+                   "numbering from the clock",
+                   u->o.seq_path, SEQ_FORMAT);
+        end = 0;
+    }
+    free(text);
+    return end;
+}
+
+static void seq_reserve(keel__uplink *u)
+{
+    uint64_t start = (uint64_t)keel__now_wall_s() << 20, recorded = seq_recorded(u);
+    if (recorded > start)
+        start = recorded;
+    if (u->seq > start) /* the clock went back while running */
+        start = u->seq;
+    u->seq = start;
+    u->seq_end = start + SEQ_BLOCK;
+    if (!u->o.seq_path)
+        return;
+    char line[64];
+    int n = snprintf(line, sizeof(line), SEQ_MAGIC " %u %" PRIu64 "\n", SEQ_FORMAT, u->seq_end);
+    keel_error e;
+    if (keel__fs_write_atomic(u->o.seq_path, line, (size_t)n, 0600, &e))
+        KEEL_LOG_W(MOD,
+                   "recording the batch numbers reserved: %s; after a restart, numbers may "
+                   "repeat",
+                   e.msg);
 }
 
 static void set_connected(keel__uplink *u, bool up)
@@ -788,6 +849,8 @@ static void step(keel__uplink *u)
         drop_poison(u, &msgs[0], &e);
         return;
     }
+    if (u->seq >= u->seq_end)
+        seq_reserve(u);
     u->env.len = 0;
     int rc = keel__envelope_encode(u->o.device_id, u->seq, msgs, n, u->o.compress, &u->env, &e);
     if (rc) {
@@ -1050,9 +1113,9 @@ int keel__uplink_start(const keel__uplink_opts *o, const keel__sync_source *src,
     u->wake_rd = u->wake_wr = -1;
     pthread_mutex_init(&u->mu, NULL);
     keel__buf_init(&u->env, 0);
-    const char **fields[] = {&u->o.device_id, &u->o.host,      &u->o.url,
-                             &u->o.ca_file,   &u->o.cert_file, &u->o.key_file,
-                             &u->o.username,  &u->o.password,  &u->o.subscribe};
+    const char **fields[] = {&u->o.device_id, &u->o.host,     &u->o.url,      &u->o.ca_file,
+                             &u->o.cert_file, &u->o.key_file, &u->o.username, &u->o.password,
+                             &u->o.subscribe, &u->o.seq_path};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(fields); i++) {
         if (!*fields[i])
             continue;
@@ -1077,9 +1140,6 @@ int keel__uplink_start(const keel__uplink_opts *o, const keel__sync_source *src,
     u->tokens = bucket_cap(u);
     u->tokens_at = mono();
     u->win_next = mono(); /* the first interval window opens at start */
-    /* Batch numbers keep rising across restarts: seconds since 1970 in the
-     * high bits, a counter below. */
-    u->seq = (uint64_t)keel__now_wall_s() << 20;
     u->st.batch = u->batch;
     u->st.breaker = KEEL__UPLINK_CLOSED;
     atomic_init(&u->stopping, false);

@@ -119,6 +119,10 @@ typedef struct keel__uplink_opts {
      * system clock. */
     int64_t (*clock)(void *ctx);
     void *clock_ctx;
+    /* Where batch numbers are reserved so that they keep rising across
+     * restarts (keeld: STATE_DIR/uplink.seq, written 0600); NULL: in memory
+     * only, from the clock at each start. */
+    const char *seq_path;
     /* Where the uplink registers its keel_uplink_* families while it runs
      * (borrowed; must outlive the uplink); NULL: no metrics. */
     keel__metrics *metrics;

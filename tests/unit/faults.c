@@ -46,7 +46,7 @@ static bool hit(unsigned op, const char *what)
         else
             fail = next_rand() < tf.p;
         if (fail && tf.fired++ == 0)
-            snprintf(tf.first, sizeof(tf.first), "%s at call %u: %s", tf_kind_name(tf.kind),
+            snprintf(tf.first, sizeof(tf.first), "%s at call %u: %.200s", tf_kind_name(tf.kind),
                      tf.calls, what);
     }
     pthread_mutex_unlock(&tf.mu);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "store/check.h"
 
 typedef struct fx {
     const char *dir;
@@ -253,6 +254,97 @@ static void test_store_shared_between_processes(void **state)
     assert_false(keel__fs_exists(th_path(f->state, "staging/blobs/partial.XXXX")));
 }
 
+/* Writes the first len bytes of src to dst, flipping the byte at flip
+ * (when flip < len). */
+static void copy_part(const char *src, const char *dst, long len, long flip)
+{
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    for (long i = 0; i < len; i++) {
+        int c = fgetc(in);
+        assert_true(c != EOF);
+        fputc(i == flip ? c ^ 0x55 : c, out);
+    }
+    fclose(in);
+    fclose(out);
+}
+
+/* Installing a version that is there already reads and hashes every byte
+ * as a first install does: a truncated or altered copy of it is refused,
+ * not answered "already installed" (it once was, from the signed manifest
+ * alone), and what is installed stays as it was. */
+static void test_reinstall_reads_every_byte(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_install_result r;
+    struct stat st;
+    char cut[512], flipped[512];
+    const char *p = make_pkg(f, "1.0.0", 300000);
+    assert_int_equal(keel_store_install(f->s, p, f->t, KEEL_INSTALL_ACTIVATE, &r, &e), 0);
+    assert_false(r.already);
+    assert_int_equal(stat(p, &st), 0);
+
+    snprintf(cut, sizeof(cut), "%s/cut.keel", f->dir);
+    copy_part(p, cut, st.st_size / 2, -1);
+    int rc = keel_store_install(f->s, cut, f->t, 0, &r, &e);
+    if (rc == KEEL_OK)
+        fail_msg("a truncated copy of an installed version was accepted (already %d)", r.already);
+    assert_true(rc == KEEL_ECORRUPT || rc == KEEL_EIO);
+    printf("truncated copy: %s\n", e.msg);
+
+    snprintf(flipped, sizeof(flipped), "%s/flipped.keel", f->dir);
+    copy_part(p, flipped, st.st_size, st.st_size / 2);
+    rc = keel_store_install(f->s, flipped, f->t, 0, &r, &e);
+    if (rc == KEEL_OK)
+        fail_msg("an altered copy of an installed version was accepted (already %d)", r.already);
+    printf("altered copy: %s\n", e.msg);
+
+    /* nothing changed: the installed version serves and verifies */
+    slots(f, "1.0.0", NULL, NULL);
+    assert_int_equal(keel_store_verify(f->s, "demo", "1.0.0", KEEL_VERIFY_DEEP, &e), 0);
+    assert_int_equal(keel__store_check(f->s, &e), 0);
+    /* the intact package again: already installed, nothing written */
+    assert_int_equal(keel_store_install(f->s, p, f->t, 0, &r, &e), 0);
+    assert_true(r.already);
+    assert_int_equal(r.new_bytes, 0);
+}
+
+/* The state dir is private: a 0755 one is closed to 0700 at open, one every
+ * user may write to is refused and left as it is; databases are 0600. */
+static void test_state_dir_private(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    struct stat st;
+    keel_store_close(f->s);
+    f->s = NULL;
+    assert_int_equal(chmod(f->state, 0755), 0);
+    assert_int_equal(chmod(th_path(f->state, "keel.db"), 0644), 0);
+    assert_int_equal(keel_store_open(f->state, NULL, &f->s, &e), 0);
+    assert_int_equal(stat(f->state, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    assert_int_equal(stat(th_path(f->state, "keel.db"), &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    keel_store_close(f->s);
+    f->s = NULL;
+    assert_int_equal(chmod(f->state, 01777), 0);
+    th_expect_err(keel_store_open(f->state, NULL, &f->s, &e), &e, KEEL_EPERM,
+                  "is writable by every user (mode 1777)");
+    assert_int_equal(stat(f->state, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 01777);
+    assert_int_equal(chmod(f->state, 0700), 0);
+    /* a new store's database is 0600 from the start */
+    char fresh[512];
+    keel_store *s2 = NULL;
+    snprintf(fresh, sizeof(fresh), "%s/fresh", f->dir);
+    assert_int_equal(keel_store_open(fresh, NULL, &s2, &e), 0);
+    assert_int_equal(stat(th_path(fresh, "keel.db"), &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    keel_store_close(s2);
+}
+
 int main(void)
 {
     keel_log_set_stderr(false);
@@ -261,6 +353,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_corruption_fallback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stamps_skip_rehash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_shared_between_processes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reinstall_reads_every_byte, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_dir_private, setup, teardown),
     };
     return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -264,6 +264,7 @@ static struct {
     size_t norder, nenv;
     uint64_t env_bytes;
     uint64_t env_ns[4096], env_len[4096]; /* arrival time and size of each envelope */
+    uint64_t env_seq[4096];               /* and its batch number */
     char bad[512];                        /* the first inconsistency seen */
 } sub = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -281,6 +282,7 @@ static void receive(const char *topic, const void *data, size_t len)
     if (sub.nenv < KEEL_ARRAY_LEN(sub.env_ns)) {
         sub.env_ns[sub.nenv] = now_ns();
         sub.env_len[sub.nenv] = len;
+        sub.env_seq[sub.nenv] = env->seq;
     }
     sub.nenv++;
     sub.env_bytes += len;
@@ -981,6 +983,80 @@ static void test_http(void **state)
     http_stop();
 }
 
+/* Batch numbers rise across restarts, also when the uplink starts twice
+ * within one wall-clock second (they once restarted from the clock, so two
+ * envelopes shared a number): three starts, one batch each, over HTTP. */
+static void test_seq_across_restarts(void **state)
+{
+    keel__uplink_opts o;
+    keel_error e;
+    char url[128], seq_path[512], p[256];
+    struct timespec ts;
+    http_start();
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/ingest", hs.port);
+    snprintf(seq_path, sizeof(seq_path), "%s/uplink.seq", broker.dir);
+    keel__uplink_opts_default(&o);
+    o.metrics = mreg;
+    o.transport = KEEL__UPLINK_HTTP;
+    o.device_id = "dev-e";
+    o.url = url;
+    o.poll_ms = 50;
+    o.seq_path = seq_path;
+    sub_reset("dev-e");
+    /* start early in a second: the three starts then share it */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (ts.tv_nsec > 200000000)
+        sleep_ms((unsigned)((1000000000 - ts.tv_nsec) / 1000000) + 5);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    time_t first = ts.tv_sec;
+    for (unsigned i = 0; i < 3; i++) {
+        size_t len = record(p, sizeof(p), i);
+        src_add(KEEL__PRIO_NORMAL, "t", p, len);
+        assert_int_equal(keel__uplink_start(&o, &source, &cur, &e), 0);
+        assert_true(wait_for(all_acked, 5000));
+        keel__uplink_stop(cur);
+        cur = NULL;
+    }
+    clock_gettime(CLOCK_REALTIME, &ts);
+    printf("3 uplink starts within %s wall-clock second\n",
+           ts.tv_sec == first ? "one" : "more than one");
+    pthread_mutex_lock(&sub.mu);
+    assert_int_equal(sub.nenv, 3);
+    for (size_t i = 1; i < 3; i++)
+        if (sub.env_seq[i] <= sub.env_seq[i - 1])
+            fail_msg("envelope %zu has seq %" PRIu64 ", not above the %" PRIu64 " before it", i,
+                     sub.env_seq[i], sub.env_seq[i - 1]);
+    uint64_t last = sub.env_seq[2];
+    pthread_mutex_unlock(&sub.mu);
+    /* the record: one line, owner only, beyond every number used */
+    char *text = NULL;
+    size_t tlen;
+    uint64_t next = 0;
+    struct stat st;
+    assert_int_equal(keel__fs_read(seq_path, 256, &text, &tlen, &e), 0);
+    assert_int_equal(sscanf(text, "keel-uplink-seq 1 %" SCNu64, &next), 1);
+    assert_true(next > last);
+    free(text);
+    assert_int_equal(stat(seq_path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    /* an unreadable record is reported and numbering goes on from the clock */
+    FILE *f = fopen(seq_path, "w");
+    assert_non_null(f);
+    fputs("garbage\n", f);
+    fclose(f);
+    src_add(KEEL__PRIO_NORMAL, "t", p, record(p, sizeof(p), 3));
+    assert_int_equal(keel__uplink_start(&o, &source, &cur, &e), 0);
+    assert_true(wait_for(all_acked, 5000));
+    keel__uplink_stop(cur);
+    cur = NULL;
+    pthread_mutex_lock(&sub.mu);
+    assert_int_equal(sub.nenv, 4);
+    assert_true(sub.env_seq[3] >= (uint64_t)first << 20);
+    pthread_mutex_unlock(&sub.mu);
+    http_stop();
+}
+
 /* --- (f) TLS, a client certificate and a password ------------------------------------------ */
 
 static bool refused_auth(void)
@@ -1205,6 +1281,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bandwidth_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_window, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seq_across_restarts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mqtt_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_rate, setup, teardown),
     };
