@@ -114,3 +114,37 @@ char *keel__strndup(const char *s, size_t len)
     p[len] = '\0';
     return p;
 }
+
+const char *keel__escape(char *out, size_t n, const void *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = s;
+    size_t o = 0;
+    if (!n)
+        return out;
+    for (size_t i = 0; i < len; i++) {
+        char e[4];
+        size_t k = 0;
+        if (p[i] == '\\' || p[i] == '"') {
+            e[k++] = '\\';
+            e[k++] = (char)p[i];
+        } else if (p[i] >= 0x20 && p[i] < 0x7f) {
+            e[k++] = (char)p[i];
+        } else {
+            e[k++] = '\\';
+            e[k++] = 'x';
+            e[k++] = hex[p[i] >> 4];
+            e[k++] = hex[p[i] & 15];
+        }
+        if (o + k + 1 > n || (i + 1 < len && o + k + 4 > n)) { /* room for "..." */
+            size_t d = n - 1 - o < 3 ? n - 1 - o : 3;
+            memcpy(out + o, "...", d);
+            o += d;
+            break;
+        }
+        memcpy(out + o, e, k);
+        o += k;
+    }
+    out[o] = '\0';
+    return out;
+}

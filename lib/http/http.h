@@ -100,7 +100,10 @@ void keel__reply(keel__hreq *q, unsigned status, const char *ctype, char *body, 
 void keel__reply_json(keel__hreq *q, unsigned status, char *body);
 /* A copy of a constant JSON text. */
 void keel__reply_text(keel__hreq *q, unsigned status, const char *json);
-/* {"error":{"code":"KEEL_E...","message":msg}} with status. */
+/* An error with status, in the shape of the route's API family: on keel's
+ * own routes {"error":{"code":"NOTFOUND","message":msg}}; on /v2 (the Open
+ * Inference Protocol) {"error":msg,"code":"NOTFOUND"}. Both carry the code
+ * in a Keel-Error-Code header too. */
 void keel__reply_error(keel__hreq *q, unsigned status, int code, const char *msg);
 /* The same with the status of e's class (400, 404, 409, 413, 422, 503, 507...). */
 void keel__reply_keel_error(keel__hreq *q, const keel_error *e);

@@ -4,7 +4,7 @@
 
 static const keel__option opts[] = {
     {"listen", KEEL__OPT_STR, "127.0.0.1", 0, 0, false,
-     "an IPv4 or IPv6 address such as 127.0.0.1"},
+     "an address with an optional port: 127.0.0.1, 0.0.0.0:8480, [::1]:8480, localhost"},
     {"port", KEEL__OPT_UINT, "8480", 0, 65535, false, "a TCP port 0..65535 (0 disables TCP)"},
     {"unix_socket", KEEL__OPT_PATH, "", 0, 0, false, "a socket path, or empty for none"},
     {"threads", KEEL__OPT_UINT, "2", 1, 256, false, "a number of threads 1..256"},

@@ -51,6 +51,7 @@ struct keel__hreq {
     char upload[PATH_MAX];
     uint64_t got, limit;
     bool too_big, dispatched, queued;
+    bool oip; /* a /v2 path: errors in the Open Inference Protocol's shape */
     int write_errno; /* storing the upload failed (disk full, ...) */
     pthread_mutex_t mu;
     pthread_cond_t answered;   /* signalled when a later answer is set */
@@ -203,19 +204,38 @@ void keel__reply_text(keel__hreq *q, unsigned status, const char *json)
     keel__reply_json(q, status, strdup(json));
 }
 
+/* Errors take the shape of the API family that answers them. keel's own
+ * routes (/api, /healthz, ...): {"error":{"code":"NOTFOUND","message":"..."}}.
+ * The Open Inference Protocol (/v2): {"error":"...","code":"NOTFOUND"}, as
+ * KServe and Triton clients read it (they take "error" as the message and
+ * tolerate other members); the code also goes out as Keel-Error-Code. */
 static void reply_error_hdr(keel__hreq *q, unsigned status, int code, const char *msg,
                             const char *const *hdrs)
 {
+    const char *all[8] = {"Keel-Error-Code", keel_errname(code)};
+    size_t n = 2;
+    for (size_t i = 0; hdrs && hdrs[i] && n + 2 < KEEL_ARRAY_LEN(all); i += 2) {
+        all[n++] = hdrs[i];
+        all[n++] = hdrs[i + 1];
+    }
+    all[n] = NULL;
     keel_buf b;
     keel__buf_init(&b, 0);
-    if (keel__buf_appendf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", keel_errname(code)) ||
-        keel__json_quote(&b, msg) || keel__buf_append(&b, "}}\n", 3)) {
+    int rc = q->oip ? keel__buf_append(&b, "{\"error\":", 9)
+                    : keel__buf_appendf(&b, "{\"error\":{\"code\":\"%s\",\"message\":",
+                                        keel_errname(code));
+    if (!rc)
+        rc = keel__json_quote(&b, msg);
+    if (!rc)
+        rc = q->oip ? keel__buf_appendf(&b, ",\"code\":\"%s\"}\n", keel_errname(code))
+                    : keel__buf_append(&b, "}}\n", 3);
+    if (rc) {
         keel__buf_done(&b);
         keel__reply(q, 500, "application/json", NULL, 0, NULL);
         return;
     }
     size_t len = b.len;
-    keel__reply(q, status, "application/json", keel__buf_steal(&b), len, hdrs);
+    keel__reply(q, status, "application/json", keel__buf_steal(&b), len, all);
 }
 
 void keel__reply_error(keel__hreq *q, unsigned status, int code, const char *msg)
@@ -497,15 +517,32 @@ static enum MHD_Result flush(keel__hreq *q)
     return ret;
 }
 
+/* A query argument whose value holds a NUL (%00): every reader of the
+ * C string would see it cut there. Records the first one's name. */
+static enum MHD_Result find_nul_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    if ((value && strlen(value) != value_size) || (key && strlen(key) != key_size)) {
+        keel__escape(cls, 64, key ? key : "", key ? strlen(key) : 0);
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
 static enum MHD_Result begin(keel__http *h, keel__hreq *q, struct MHD_Connection *c,
                              const char *url, const char *method)
 {
+    char shown[160], arg[64] = "";
+    /* the path and method are the client's bytes: escaped in logs */
+    keel__escape(shown, sizeof(shown), url, strlen(url));
     if (!keel__route_match(method, url, &q->m)) {
         if (q->m.allow[0]) {
             char msg[160];
             const char *hdrs[] = {"Allow", q->m.allow, NULL};
-            snprintf(msg, sizeof(msg), "method %.16s is not allowed here; use %s", method,
-                     q->m.allow);
+            char m[40];
+            snprintf(msg, sizeof(msg), "method %s is not allowed here; use %s",
+                     keel__escape(m, sizeof(m), method, strlen(method)), q->m.allow);
             reply_error_hdr(q, 405, KEEL_EINVALID, msg, hdrs);
         } else {
             keel__reply_error(q, 404, KEEL_ENOTFOUND, "no such endpoint (see README: API)");
@@ -513,8 +550,17 @@ static enum MHD_Result begin(keel__http *h, keel__hreq *q, struct MHD_Connection
         return flush(q);
     }
     const keel__route *rt = q->m.route;
+    if (MHD_get_connection_values_n(c, MHD_GET_ARGUMENT_KIND, find_nul_arg, arg) >= 0 && arg[0]) {
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "query argument \"%s\" holds a NUL character (%%00); keel refuses NUL in "
+                 "names and values",
+                 arg);
+        keel__reply_error(q, 400, KEEL_EINVALID, msg);
+        return flush(q);
+    }
     if (!allowed(h, c, rt->auth)) {
-        KEEL_LOG_W(MOD, "%s %s refused: missing or wrong bearer token", method, url);
+        KEEL_LOG_W(MOD, "%s %s refused: missing or wrong bearer token", rt->method, shown);
         keel__reply_error(q, 401, KEEL_EPERM,
                           "missing or wrong bearer token (it is in STATE_DIR/token)");
         return flush(q);
@@ -529,7 +575,7 @@ static enum MHD_Result begin(keel__http *h, keel__hreq *q, struct MHD_Connection
         snprintf(msg, sizeof(msg),
                  "request body of %.24s bytes is over the limit of %llu bytes (%s)", cl,
                  (unsigned long long)q->limit, limit_name(rt->body));
-        KEEL_LOG_W(MOD, "%s %s refused: %s", method, url, msg);
+        KEEL_LOG_W(MOD, "%s %s refused: %s", rt->method, shown, msg);
         keel__reply_error(q, 413, KEEL_ETOOBIG, msg);
         return flush(q);
     }
@@ -557,6 +603,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         q->h = h;
         q->c = c;
         q->fd = -1;
+        q->oip = !strncmp(url, "/v2", 3) && (url[3] == '\0' || url[3] == '/');
         pthread_mutex_init(&q->mu, NULL);
         pthread_cond_init(&q->answered, NULL);
         atomic_fetch_add(&h->inflight, 1);
@@ -589,7 +636,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         char msg[160];
         snprintf(msg, sizeof(msg), "request body is over the limit of %llu bytes (%s)",
                  (unsigned long long)q->limit, limit_name(q->m.route->body));
-        KEEL_LOG_W(MOD, "%s %s refused: %s", method, url, msg);
+        KEEL_LOG_W(MOD, "%s %s refused: %s", q->m.route->method, q->m.route->pattern, msg);
         keel__reply_error(q, 413, KEEL_ETOOBIG, msg);
     } else if (q->write_errno) {
         keel_error e;
@@ -708,10 +755,8 @@ static struct MHD_Daemon *start_daemon(keel__http *h, const struct sockaddr *add
                              MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)128,
                              MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
     if (!d)
-        keel__err(err, KEEL_EIO,
-                  "cannot listen on %s%s%u (is another keeld running, or the port taken?)",
-                  listen_fd >= 0 ? h->unix_socket : h->listen, listen_fd >= 0 ? "" : ":",
-                  listen_fd >= 0 ? 0u : h->port);
+        keel__err(err, KEEL_EIO, "cannot listen on %s (is another keeld running, or the port taken?)",
+                  listen_fd >= 0 ? h->unix_socket : h->listen);
     return d;
 }
 
@@ -734,28 +779,21 @@ int keel__http_start(keel__runtime *rt, keel__http **ret, keel_error *err)
     h->threads = (unsigned)keel__conf_u64(conf, "threads");
     h->max_connections = (unsigned)keel__conf_u64(conf, "max_connections");
     h->request_timeout_s = (unsigned)keel__conf_u64(conf, "request_timeout");
+    struct sockaddr_storage ss;
+    rc = keel__http_listen_addr(h->listen, h->port, keel__conf_is_set(conf, "port"), &ss, err);
     keel__conf_free(conf);
+    if (rc)
+        goto fail;
+    h->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
     h->job_ping = keel__runtime_every(rt, "stream-ping", 15, ping_streams, h);
     if (h->port) {
-        struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof(ss));
-        struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-        if (inet_pton(AF_INET, h->listen, &a4->sin_addr) == 1) {
-            a4->sin_family = AF_INET;
-            a4->sin_port = htons((uint16_t)h->port);
-        } else if (inet_pton(AF_INET6, h->listen, &a6->sin6_addr) == 1) {
-            a6->sin6_family = AF_INET6;
-            a6->sin6_port = htons((uint16_t)h->port);
-        } else {
-            rc = keel__err(err, KEEL_EINVALID,
-                           "listen address \"%s\" is not an IPv4 or IPv6 literal", h->listen);
-            goto fail;
-        }
+        keel__http_addr_str(&ss, h->listen, sizeof(h->listen));
         if (!(h->tcp = start_daemon(h, (struct sockaddr *)&ss, -1, err))) {
             rc = KEEL_EIO;
             goto fail;
         }
+        KEEL_LOG_I(MOD, "listening on http://%s", h->listen);
     }
     if (h->unix_socket[0]) {
         if ((rc = listen_unix(h->unix_socket, &ufd, err)))
@@ -766,6 +804,7 @@ int keel__http_start(keel__runtime *rt, keel__http **ret, keel_error *err)
             goto fail;
         }
         ufd = -1;
+        KEEL_LOG_I(MOD, "listening on unix:%s", h->unix_socket);
     }
     if (!h->tcp && !h->unix_d) {
         rc = keel__err(err, KEEL_EINVALID, "nothing to listen on: set port or unix_socket");
