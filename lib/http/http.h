@@ -74,8 +74,9 @@ typedef struct keel__match {
 } keel__match;
 /* Finds the route for method + path. Returns true when one matched; else
  * m->allow says whether the path exists for other methods (405) or not
- * (404, allow empty). Parameters over their limit (name, version) do not
- * match. */
+ * (404, allow empty). Parameters over their limit (name, version), or with
+ * a byte that is not printable ASCII (a space, a control character, UTF-8),
+ * do not match. */
 bool keel__route_match(const char *method, const char *path, keel__match *m);
 
 /* --- the request ---------------------------------------------------------------------- */

@@ -806,7 +806,10 @@ static enum MHD_Result find_nul_arg(void *cls, enum MHD_ValueKind kind, const ch
 {
     (void)kind;
     if ((value && strlen(value) != value_size) || (key && strlen(key) != key_size)) {
-        keel__escape(cls, 64, key ? key : "", key ? strlen(key) : 0);
+        if (key && *key)
+            keel__escape(cls, 64, key, strlen(key));
+        else
+            strcpy(cls, "(no name)");
         return MHD_NO;
     }
     return MHD_YES;

@@ -116,9 +116,14 @@ r=$(h POST '/api/events?topic=caf%C3%A9' "${auth[@]}" -d 'raw')
 expect_eq "$(status_of "$r")" 202 "raw event with a UTF-8 topic: $(body_of "$r")"
 expect_eq "$(depth)" "$((d0 + 2))" "queue depth after two good events"
 
-# client bytes in the log are escaped: a path with a newline and 0xff
-curl -s -o /dev/null -X POST "$url/api/packages/x%0aFORGED%20line%ff/activate"
-expect_has "$(cat "$work/keeld.log")" 'x\x0aFORGED line\xff/activate refused' "escaped path in the log"
+# client bytes never reach the log as they are: a path parameter must be
+# printable ASCII (else no route matches), a method is escaped
+keel_error "$(h POST "/api/packages/x%0aFORGED%20line%ff/activate")" 404 NOTFOUND \
+    "no such endpoint" "a package name with a newline"
+oip_error "$(h GET "/v2/models/caf%C3%A9/ready")" 404 NOTFOUND "no such endpoint" \
+    "a model name that is not ASCII"
+r=$(curl -s -D "$work/hdr" -w '\n%{http_code}' -X $'BAD\x01' "$url/healthz")
+keel_error "$r" 405 INVALID 'method BAD\x01 is not allowed' "a method with a control character"
 if grep -q '^FORGED' "$work/keeld.log"; then die "a client's newline reached the log as a line"; fi
 if LC_ALL=C grep -q $'\xff' "$work/keeld.log"; then die "a client's raw 0xff byte reached the log"; fi
 stop_keeld

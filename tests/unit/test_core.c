@@ -91,6 +91,20 @@ static void test_json_nul(void **state)
     }
 }
 
+/* Outside bytes made printable for logs: cut with "..." when long. */
+static void test_escape(void **state)
+{
+    (void)state;
+    char out[16];
+    assert_string_equal(keel__escape(out, sizeof(out), "a\"\\b\n\xff", 6), "a\\\"\\\\b\\x0a\\xff");
+    assert_string_equal(keel__escape(out, sizeof(out), "a\0b", 3), "a\\x00b");
+    assert_string_equal(keel__escape(out, sizeof(out), "0123456789abcdefghij", 20),
+                        "0123456789ab...");
+    assert_string_equal(keel__escape(out, sizeof(out), "0123456789abcde", 15), "0123456789abcde");
+    assert_string_equal(keel__escape(out, 6, "\x01\x02", 2), "...");
+    assert_string_equal(keel__escape(out, sizeof(out), "", 0), "");
+}
+
 /* keel__json_parse_except: the skipped member is gone, everything else
  * reads as a whole parse would; malformed input fails as a whole parse. */
 static void test_json_parse_except(void **state)
@@ -155,7 +169,7 @@ int main(void)
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_buf_bounds),
-        cmocka_unit_test(test_json_errors), cmocka_unit_test(test_json_nul),  cmocka_unit_test(test_json_parse_except),
+        cmocka_unit_test(test_json_errors), cmocka_unit_test(test_json_nul), cmocka_unit_test(test_escape),  cmocka_unit_test(test_json_parse_except),
         cmocka_unit_test(test_atomic_write),
     };
     return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
