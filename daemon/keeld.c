@@ -30,7 +30,8 @@ static const char usage[] =
     "             [--print-config] [--version]\n"
     "Serves the packages installed in STATE_DIR (default /var/lib/keel) over HTTP on\n"
     "127.0.0.1:8480. --listen takes an address with an optional port: 0.0.0.0,\n"
-    "127.0.0.1:8080, [::1]:8080. Flags override the config file (default " DEFAULT_CONFIG " if present).\n"
+    "127.0.0.1:8080, [::1]:8080. Flags override the config file (default " DEFAULT_CONFIG
+    " if present).\n"
     "--print-config prints the settings in force, by module, as JSON, and exits.\n";
 
 static bool print_config;
@@ -53,9 +54,9 @@ static int listen_over_file(keel__conf *conf, bool flag_listen, bool flag_port)
     if (flag_listen && flag_port) {
         if (port == keel__conf_u64(conf, "port"))
             return 0;
-        fprintf(stderr, "keeld: --listen %s says port %u but --port says %llu: give the port once\n",
-                keel__conf_str(conf, "listen"), port,
-                (unsigned long long)keel__conf_u64(conf, "port"));
+        fprintf(
+            stderr, "keeld: --listen %s says port %u but --port says %llu: give the port once\n",
+            keel__conf_str(conf, "listen"), port, (unsigned long long)keel__conf_u64(conf, "port"));
         return 1;
     }
     snprintf(num, sizeof(num), "%u", port);
@@ -120,7 +121,8 @@ static int apply_flags(keel__conf *conf, int argc, char **argv, const char **ret
             flag_port |= c == 'p';
         }
     }
-    if (!only_config && (flag_listen || flag_port) && listen_over_file(conf, flag_listen, flag_port))
+    if (!only_config && (flag_listen || flag_port) &&
+        listen_over_file(conf, flag_listen, flag_port))
         return 2;
     if (optind < argc) {
         fprintf(stderr, "keeld: unexpected argument %s\n%s", argv[optind], usage);

@@ -82,8 +82,8 @@ int keel__event_parse(const char *body, size_t len, const char *content_type, co
     }
     /* What the uplink will require, now: a 202 promises the message goes out. */
     const char *ctype = r->m.content_type ? r->m.content_type : "application/octet-stream";
-    if ((rc = keel__topic_check_msg(r->m.topic, r->m.topic ? strlen(r->m.topic) : 0,
-                                    strlen(ctype), r->m.payload_len, err))) {
+    if ((rc = keel__topic_check_msg(r->m.topic, r->m.topic ? strlen(r->m.topic) : 0, strlen(ctype),
+                                    r->m.payload_len, err))) {
         keel__event_done(r);
         return rc;
     }

@@ -10,9 +10,10 @@ static const keel__option opts[] = {
     {"threads", KEEL__OPT_UINT, "2", 1, 256, false, "a number of threads 1..256"},
     {"max_connections", KEEL__OPT_UINT, "64", 1, 65536, false, "a count 1..65536"},
     {"max_connections_per_ip", KEEL__OPT_UINT, "16", 0, 65536, false,
-     "a count 0..65536 (connections one client address may hold; 0: no bound)"},
+     "a count 0..65536 (connections one client address other than 127.0.0.1 and ::1 may "
+     "hold; 0: no bound)"},
     {"connection_reserve", KEEL__OPT_UINT, "8", 0, 65536, false,
-     "a count 0..65536 (connections over max_connections kept for loopback clients)"},
+     "a count 0..65536 (connections over max_connections kept for 127.0.0.1 and ::1)"},
     {"request_timeout", KEEL__OPT_DUR, "30s", 1, 86400, false, "a duration like 30s or 2m"},
     {"header_timeout", KEEL__OPT_DUR, "10s", 1, 3600, false,
      "a duration 1s..1h (a request's headers must be in within it)"},

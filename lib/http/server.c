@@ -1,8 +1,9 @@
 /*
- * server.c - the HTTP server glue on libmicrohttpd: connections, request
- * bodies and their limits, auth classes, dispatch through the one route
- * table (routes.c), answers that come later (suspend/resume) and streamed
- * answers (chunked, server-sent events). What each route does is in its
+ * server.c - the HTTP server glue on libmicrohttpd: connections (who gets
+ * in, and deadlines for slow requests), request bodies and their limits,
+ * auth classes, dispatch through the one route table (routes.c), answers
+ * that come later (suspend/resume) and streamed answers (chunked,
+ * server-sent events). What each route does is in its
  * API family's file (api_*.c); what the device does is in lib/runtime.
  * No microhttpd type leaves this file.
  */
@@ -63,8 +64,8 @@ typedef enum conn_phase {
 typedef struct conn {
     struct conn *next, *prev;
     int fd;
-    bool tcp, local; /* local: loopback or the unix socket */
-    bool closing;    /* shut down by us; MHD closes it next */
+    bool tcp;     /* else the unix socket */
+    bool closing; /* shut down by us; MHD closes it next */
     struct sockaddr_storage addr;
     conn_phase phase; /* phase, since, got: under h->cmu */
     uint64_t since;   /* monotonic ns: when the phase began */
@@ -81,7 +82,7 @@ struct keel__hreq {
     char upload[PATH_MAX];
     uint64_t got, limit;
     bool too_big, dispatched, queued;
-    bool oip; /* a /v2 path: errors in the Open Inference Protocol's shape */
+    bool oip;        /* a /v2 path: errors in the Open Inference Protocol's shape */
     int write_errno; /* storing the upload failed (disk full, ...) */
     pthread_mutex_t mu;
     pthread_cond_t answered;   /* signalled when a later answer is set */
@@ -251,9 +252,10 @@ static void reply_error_hdr(keel__hreq *q, unsigned status, int code, const char
     all[n] = NULL;
     keel_buf b;
     keel__buf_init(&b, 0);
-    int rc = q->oip ? keel__buf_append(&b, "{\"error\":", 9)
-                    : keel__buf_appendf(&b, "{\"error\":{\"code\":\"%s\",\"message\":",
-                                        keel_errname(code));
+    int rc =
+        q->oip
+            ? keel__buf_append(&b, "{\"error\":", 9)
+            : keel__buf_appendf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", keel_errname(code));
     if (!rc)
         rc = keel__json_quote(&b, msg);
     if (!rc)
@@ -528,11 +530,6 @@ static const char *limit_name(keel__body b)
  */
 #define EVICT_AGE_NS 1000000000ull
 
-static uint64_t now_ns(void)
-{
-    return keel__now_mono_ns();
-}
-
 static bool addr_local(const struct sockaddr *a)
 {
     if (!a || a->sa_family == AF_UNIX)
@@ -541,7 +538,8 @@ static bool addr_local(const struct sockaddr *a)
         return ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) == INADDR_LOOPBACK;
     if (a->sa_family == AF_INET6) {
         const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
-        static const unsigned char v4lo[] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1};
+        static const unsigned char v4lo[] = {0, 0, 0,    0,    0,   0, 0, 0,
+                                             0, 0, 0xff, 0xff, 127, 0, 0, 1};
         return IN6_IS_ADDR_LOOPBACK(x) || !memcmp(x->s6_addr, v4lo, 16);
     }
     return false;
@@ -576,8 +574,7 @@ static conn *conn_victim(keel__http *h, const struct sockaddr *from, uint64_t no
     for (conn *c = h->conns; c; c = c->next)
         if (c->tcp && !c->closing && (c->phase == C_HEADERS || c->phase == C_IDLE) &&
             c->since <= now && now - c->since >= EVICT_AGE_NS &&
-            (!from || addr_same(&c->addr, from)) &&
-            (!v || c->since < v->since))
+            (!from || addr_same(&c->addr, from)) && (!v || c->since < v->since))
             v = c;
     return v;
 }
@@ -587,7 +584,7 @@ static enum MHD_Result admit(void *cls, const struct sockaddr *addr, socklen_t l
 {
     keel__http *h = cls;
     bool local = addr_local(addr), over_ip = false, over_all;
-    uint64_t now = now_ns();
+    uint64_t now = keel__now_mono_ns();
     conn *v = NULL;
     (void)len;
     pthread_mutex_lock(&h->cmu);
@@ -624,7 +621,7 @@ static void conn_phase_set(keel__http *h, conn *c, conn_phase p)
     pthread_mutex_lock(&h->cmu);
     if (c->phase != p) {
         c->phase = p;
-        c->since = now_ns();
+        c->since = keel__now_mono_ns();
         c->got = 0;
     }
     pthread_mutex_unlock(&h->cmu);
@@ -654,13 +651,12 @@ static void notify_conn(void *cls, struct MHD_Connection *mc, void **ctx,
             return; /* untracked: MHD's idle timeout still applies */
         c->fd = fd->connect_fd;
         c->tcp = a && (a->sa_family == AF_INET || a->sa_family == AF_INET6);
-        c->local = addr_local(a);
         if (c->tcp)
             memcpy(&c->addr, a,
                    a->sa_family == AF_INET ? sizeof(struct sockaddr_in)
                                            : sizeof(struct sockaddr_in6));
         c->phase = C_HEADERS;
-        c->since = now_ns();
+        c->since = keel__now_mono_ns();
         pthread_mutex_lock(&h->cmu);
         c->next = h->conns;
         if (h->conns)
@@ -716,7 +712,7 @@ static void *reaper(void *arg)
         pthread_cond_timedwait(&h->cwake, &h->cmu, &until);
         if (h->stopping)
             break;
-        uint64_t now = now_ns();
+        uint64_t now = keel__now_mono_ns();
         for (conn *c = h->conns; c; c = c->next) {
             if (c->closing || !conn_late(h, c, now))
                 continue;
@@ -735,8 +731,8 @@ static void *reaper(void *arg)
                        "room (header_timeout %us, min_body_rate %llu B/s), and %llu refused over "
                        "max_connections_per_ip %u or max_connections %u, since start",
                        (unsigned long long)closed, h->header_timeout_s,
-                       (unsigned long long)h->min_body_rate, (unsigned long long)refused,
-                       h->per_ip, h->max_connections);
+                       (unsigned long long)h->min_body_rate, (unsigned long long)refused, h->per_ip,
+                       h->max_connections);
             logged_closed = closed;
             logged_refused = refused;
             last_log = now;
@@ -1053,7 +1049,8 @@ static struct MHD_Daemon *start_daemon(keel__http *h, const struct sockaddr *add
                              MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
     }
     if (!d)
-        keel__err(err, KEEL_EIO, "cannot listen on %s (is another keeld running, or the port taken?)",
+        keel__err(err, KEEL_EIO,
+                  "cannot listen on %s (is another keeld running, or the port taken?)",
                   listen_fd >= 0 ? h->unix_socket : h->listen);
     return d;
 }

@@ -15,7 +15,8 @@
 typedef struct keel__http keel__http;
 
 /* The server's settings (options.c): listen, port, unix_socket, threads,
- * limits on bodies, read_auth. */
+ * limits on connections (per address, a loopback reserve) and bodies,
+ * deadlines for a request's headers and body, read_auth. */
 extern const keel__option_set keel__http_options;
 
 /* The TCP address from the listen and port settings (listen.c). listen is

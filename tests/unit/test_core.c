@@ -65,14 +65,14 @@ static void test_json_nul(void **state)
     (void)state;
     static const struct {
         const char *doc;
-        size_t len; /* 0: strlen */
+        size_t len;      /* 0: strlen */
         const char *err; /* NULL: parses */
     } cases[] = {
         {"{\"topic\":\"a\\u0000b\"}", 0, "NUL character (\\u0000 at byte 11)"},
         {"[\"x\", {\"k\": [\"\\u0000\"]}]", 0, "\\u0000"},
         {"{\"a\\u0000\": 1}", 0, "NUL"},
         {"{\"a\":\"b\0c\"}", 11, "(a zero byte at byte 7)"},
-        {"{\"a\":\"\\\\u0000\"}", 0, NULL},   /* "\\u0000": a backslash, then u0000 */
+        {"{\"a\":\"\\\\u0000\"}", 0, NULL},      /* "\\u0000": a backslash, then u0000 */
         {"{\"a\":\"\\u0001\\u00e9\"}", 0, NULL}, /* other escapes are fine */
         {"{\"a\":1}\0\0", 9, NULL},              /* NUL padding after the value */
     };
@@ -169,7 +169,8 @@ int main(void)
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_buf_bounds),
-        cmocka_unit_test(test_json_errors), cmocka_unit_test(test_json_nul), cmocka_unit_test(test_escape),  cmocka_unit_test(test_json_parse_except),
+        cmocka_unit_test(test_json_errors),  cmocka_unit_test(test_json_nul),
+        cmocka_unit_test(test_escape),       cmocka_unit_test(test_json_parse_except),
         cmocka_unit_test(test_atomic_write),
     };
     return th_exit(cmocka_run_group_tests(tests, NULL, NULL));

@@ -1103,14 +1103,14 @@ static void test_topic_check(void **state)
         {"caf\xc3\xa9/\xe2\x82\xac/\xf0\x9f\x9a\xaa", 0, 10, NULL},
         {"", 0, 0, "empty"},
         {"door/\xff", 0, 0, "byte 5 (\"\\xff\") is not valid UTF-8"},
-        {"door/\xc0\xaf", 0, 0, "not valid UTF-8"},             /* overlong '/' */
-        {"door/\xed\xa0\x80", 0, 0, "not valid UTF-8"},         /* a surrogate */
-        {"door/\xe2\x82", 0, 0, "not valid UTF-8"},              /* cut short */
-        {"door/\xf4\x90\x80\x80", 0, 0, "not valid UTF-8"},     /* over U+10FFFF */
-        {"door/\xc2\x85", 0, 0, "control character"},           /* U+0085 */
+        {"door/\xc0\xaf", 0, 0, "not valid UTF-8"},         /* overlong '/' */
+        {"door/\xed\xa0\x80", 0, 0, "not valid UTF-8"},     /* a surrogate */
+        {"door/\xe2\x82", 0, 0, "not valid UTF-8"},         /* cut short */
+        {"door/\xf4\x90\x80\x80", 0, 0, "not valid UTF-8"}, /* over U+10FFFF */
+        {"door/\xc2\x85", 0, 0, "control character"},       /* U+0085 */
         {"door\n", 0, 0, "\"door\\x0a\": byte 4 (\"\\x0a\") is a control character"},
-        {"door/\xef\xbf\xbe", 0, 0, "non-character"},           /* U+FFFE */
-        {"door/\xef\xb7\x90", 0, 0, "non-character"},           /* U+FDD0 */
+        {"door/\xef\xbf\xbe", 0, 0, "non-character"}, /* U+FFFE */
+        {"door/\xef\xb7\x90", 0, 0, "non-character"}, /* U+FDD0 */
         {"a/+/b", 0, 0, "wildcard"},
         {"a/#", 0, 0, "wildcard"},
         {"a\0b", 3, 0, "control character"},
