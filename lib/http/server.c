@@ -826,7 +826,9 @@ static enum MHD_Result begin(keel__http *h, keel__hreq *q, struct MHD_Connection
                      keel__escape(m, sizeof(m), method, strlen(method)), q->m.allow);
             reply_error_hdr(q, 405, KEEL_EINVALID, msg, hdrs);
         } else {
-            keel__reply_error(q, 404, KEEL_ENOTFOUND, "no such endpoint (see README: API)");
+            keel__reply_error(q, 404, KEEL_ENOTFOUND,
+                              q->oip ? "no such endpoint (docs/inference.md lists the /v2 API)"
+                                     : "no such endpoint (README.md and docs/ list keel's API)");
         }
         return flush(q);
     }
