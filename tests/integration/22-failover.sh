@@ -309,7 +309,7 @@ done
 # every clause is shortened so that the 503 still names every tier, in order
 infer "$name8" 1
 expect_eq "$code" 503 "allfail8: status: $body"
-msg=$(jget "$body" 'd["error"]["message"]')
+msg=$(jget "$body" 'd["error"]')
 expect_has "$msg" "$name8@1.0.0: every tier failed: $(t8 1): breaker open after load failure: " "allfail8: message names the first tier"
 for i in 2 3 4 5 6 7; do
     expect_has "$msg" "; $(t8 "$i"): " "allfail8: the 503 message (${#msg} bytes) names tier $i"
