@@ -137,8 +137,10 @@ static int check(long status, const keel_buf *body)
     const cJSON *err = NULL;
     if (body->data && keel__json_parse(body->data, body->len, "response", &j, NULL) == 0 &&
         (err = cJSON_GetObjectItemCaseSensitive(j, "error"))) {
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(err, "code");
+        /* keel's routes: {"error":{"code","message"}}; /v2: {"error":"...","code"} */
+        bool oip = cJSON_IsString(err);
+        const cJSON *m = oip ? err : cJSON_GetObjectItemCaseSensitive(err, "message");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(oip ? j : err, "code");
         fprintf(stderr, "keel: %s (%s, HTTP %ld)\n", cJSON_IsString(m) ? m->valuestring : "?",
                 cJSON_IsString(c) ? c->valuestring : "?", status);
     } else {

@@ -25,14 +25,48 @@
 #define DEFAULT_CONFIG "/etc/keel/keeld.conf"
 
 static const char usage[] =
-    "usage: keeld [--config FILE] [--state-dir DIR] [--listen ADDR] [--port N]\n"
+    "usage: keeld [--config FILE] [--state-dir DIR] [--listen ADDR[:PORT]] [--port N]\n"
     "             [--unix-socket PATH] [--log-level error|warn|info|debug]\n"
     "             [--print-config] [--version]\n"
     "Serves the packages installed in STATE_DIR (default /var/lib/keel) over HTTP on\n"
-    "127.0.0.1:8480. Flags override the config file (default " DEFAULT_CONFIG " if present).\n"
+    "127.0.0.1:8480. --listen takes an address with an optional port: 0.0.0.0,\n"
+    "127.0.0.1:8080, [::1]:8080. Flags override the config file (default " DEFAULT_CONFIG
+    " if present).\n"
     "--print-config prints the settings in force, by module, as JSON, and exits.\n";
 
 static bool print_config;
+
+/* A flag overrides the file also when the port comes in another setting:
+ * --listen 127.0.0.1:8080 beats the file's port, --port 8080 the port in
+ * the file's listen. Both flags with two ports is the user's conflict,
+ * reported when the server starts. */
+static int listen_over_file(keel__conf *conf, bool flag_listen, bool flag_port)
+{
+    char host[KEEL__CONF_STR_MAX], num[8];
+    unsigned port;
+    keel_error e;
+    if (keel__http_listen_split(keel__conf_str(conf, "listen"), host, sizeof(host), &port, &e)) {
+        fprintf(stderr, "keeld: %s%s\n", flag_listen ? "--" : "", e.msg);
+        return 1;
+    }
+    if (!port)
+        return 0;
+    if (flag_listen && flag_port) {
+        if (port == keel__conf_u64(conf, "port"))
+            return 0;
+        fprintf(
+            stderr, "keeld: --listen %s says port %u but --port says %llu: give the port once\n",
+            keel__conf_str(conf, "listen"), port, (unsigned long long)keel__conf_u64(conf, "port"));
+        return 1;
+    }
+    snprintf(num, sizeof(num), "%u", port);
+    if (flag_listen ? keel__conf_set(conf, "port", num, &e)
+                    : keel__conf_set(conf, "listen", host, &e)) {
+        fprintf(stderr, "keeld: %s\n", e.msg);
+        return 1;
+    }
+    return 0;
+}
 
 static int apply_flags(keel__conf *conf, int argc, char **argv, const char **ret_config,
                        bool only_config)
@@ -54,6 +88,7 @@ static int apply_flags(keel__conf *conf, int argc, char **argv, const char **ret
                                           ['u'] = "unix_socket",
                                           ['L'] = "log_level"};
     int c;
+    bool flag_listen = false, flag_port = false;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:", lo, NULL)) != -1) {
         keel_error e;
@@ -82,8 +117,13 @@ static int apply_flags(keel__conf *conf, int argc, char **argv, const char **ret
                 fprintf(stderr, "keeld: --%s: %s\n", keys[c], e.msg);
                 return 2;
             }
+            flag_listen |= c == 'l';
+            flag_port |= c == 'p';
         }
     }
+    if (!only_config && (flag_listen || flag_port) &&
+        listen_over_file(conf, flag_listen, flag_port))
+        return 2;
     if (optind < argc) {
         fprintf(stderr, "keeld: unexpected argument %s\n%s", argv[optind], usage);
         return 2;
@@ -164,16 +204,7 @@ int main(int argc, char **argv)
         KEEL_LOG_E(MOD, "%s", e.msg);
         goto out;
     }
-    const char *listen = keel__conf_str(conf, "listen"),
-               *sock = keel__conf_str(conf, "unix_socket");
-    if (keel__conf_u64(conf, "port")) {
-        bool v6 = strchr(listen, ':') != NULL; /* URLs bracket IPv6 literals */
-        KEEL_LOG_I(MOD, "listening on http://%s%s%s:%llu (state %s)", v6 ? "[" : "", listen,
-                   v6 ? "]" : "", (unsigned long long)keel__conf_u64(conf, "port"),
-                   keel__runtime_state_dir(rt));
-    }
-    if (sock[0])
-        KEEL_LOG_I(MOD, "listening on unix:%s", sock);
+    KEEL_LOG_I(MOD, "serving state %s", keel__runtime_state_dir(rt));
 
     for (;;) {
         int sig = 0;

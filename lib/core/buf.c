@@ -114,3 +114,50 @@ char *keel__strndup(const char *s, size_t len)
     p[len] = '\0';
     return p;
 }
+
+/* One byte as keel__escape shows it, into e (4 bytes); returns its length. */
+static size_t escape_byte(unsigned char b, char *e)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (b == '\\' || b == '"') {
+        e[0] = '\\';
+        e[1] = (char)b;
+        return 2;
+    }
+    if (b >= 0x20 && b < 0x7f) {
+        e[0] = (char)b;
+        return 1;
+    }
+    e[0] = '\\';
+    e[1] = 'x';
+    e[2] = hex[b >> 4];
+    e[3] = hex[b & 15];
+    return 4;
+}
+
+const char *keel__escape(char *out, size_t n, const void *s, size_t len)
+{
+    const unsigned char *p = s;
+    size_t o = 0, total = 0;
+    char e[4];
+    if (!n)
+        return out;
+    for (size_t i = 0; i < len; i++)
+        total += escape_byte(p[i], e);
+    /* all of it when it fits; else as much as leaves room for "..." */
+    size_t room = total < n ? n - 1 : (n > 4 ? n - 4 : 0);
+    for (size_t i = 0; i < len; i++) {
+        size_t k = escape_byte(p[i], e);
+        if (o + k > room)
+            break;
+        memcpy(out + o, e, k);
+        o += k;
+    }
+    if (total >= n) {
+        size_t d = n - 1 - o < 3 ? n - 1 - o : 3;
+        memcpy(out + o, "...", d);
+        o += d;
+    }
+    out[o] = '\0';
+    return out;
+}

@@ -15,6 +15,7 @@ typedef struct value {
     char *s; /* PATH, STR: malloc'd */
     uint64_t u;
     bool b;
+    bool set; /* by the file or a flag, not only the default */
 } value;
 
 struct keel__conf {
@@ -219,7 +220,10 @@ int keel__conf_set(keel__conf *c, const char *key, const char *text, keel_error 
                          "for every setting)",
                          key);
     }
-    return set_value(v, text, err);
+    int rc = set_value(v, text, err);
+    if (!rc)
+        v->set = true;
+    return rc;
 }
 
 static void trim(const char **s, const char **e)
@@ -314,6 +318,12 @@ const char *keel__conf_str(const keel__conf *c, const char *name)
 {
     const value *v = typed(c, name, true, false);
     return v && v->s ? v->s : "";
+}
+
+bool keel__conf_is_set(const keel__conf *c, const char *name)
+{
+    const value *v = find(c, name);
+    return v && v->set;
 }
 
 uint64_t keel__conf_u64(const keel__conf *c, const char *name)

@@ -78,6 +78,8 @@ KEEL_WUR int keel__conf_load(keel__conf *c, const char *path, keel_error *err);
 const char *keel__conf_str(const keel__conf *c, const char *name);
 uint64_t keel__conf_u64(const keel__conf *c, const char *name);
 bool keel__conf_bool(const keel__conf *c, const char *name);
+/* Whether the file or a flag set name (false: it holds its default). */
+bool keel__conf_is_set(const keel__conf *c, const char *name);
 /* The declaration of name, or NULL. */
 const keel__option *keel__conf_option(const keel__conf *c, const char *name);
 

@@ -76,6 +76,11 @@ size_t keel__strlcpy(char *dst, const char *src, size_t n);
 KEEL_WUR int keel__snprintf(char *dst, size_t n, const char *fmt, ...) KEEL_PRINTF(3, 4);
 /* Copies at most len bytes of s into a new NUL-terminated string. */
 char *keel__strndup(const char *s, size_t len);
+/* Outside bytes made safe to print in a log line or a message: printable
+ * ASCII as is, backslash and double quote escaped, every other byte as \xNN
+ * (so bad UTF-8, control characters and newlines show as what they are).
+ * At most len bytes of s; out (n bytes) ends in "..." when cut. Returns out. */
+const char *keel__escape(char *out, size_t n, const void *s, size_t len);
 
 /* --- files --------------------------------------------------------------------- */
 

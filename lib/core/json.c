@@ -46,6 +46,25 @@ static const char *find_duplicate(const cJSON *v)
     return NULL;
 }
 
+/* Finds a NUL inside the JSON text before `end`: a raw byte, or the escape
+ * \u0000. cJSON would keep it in the string and every C reader would see the
+ * string cut there ("a\u0000b" read as "a"); so it is refused. A backslash
+ * only means something inside a string, and outside one the text is
+ * malformed anyway, so a flat scan suffices. Returns the offset, or -1. */
+static long long find_nul(const char *s, size_t end)
+{
+    for (size_t i = 0; i < end; i++) {
+        if (s[i] == '\0')
+            return (long long)i;
+        if (s[i] == '\\' && i + 1 < end) {
+            if (s[i + 1] == 'u' && i + 5 < end && !memcmp(s + i + 2, "0000", 4))
+                return (long long)i;
+            i++; /* the escaped character, whatever it is */
+        }
+    }
+    return -1;
+}
+
 int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret, keel_error *err)
 {
     const char *end = NULL;
@@ -79,6 +98,16 @@ int keel__json_parse(const void *data, size_t len, const char *what, cJSON **ret
                                  (size_t)(p - s));
             }
         }
+    }
+    const char *s = data;
+    long long nul = find_nul(s, end && end >= s && end <= s + len ? (size_t)(end - s) : len);
+    if (nul >= 0) {
+        cJSON_Delete(root);
+        return keel__err(err, KEEL_EINVALID,
+                         "%s: a string holds a NUL character (%s at byte %lld); keel refuses "
+                         "NUL in JSON strings (send binary data base64-encoded or as binary "
+                         "tensor data)",
+                         what, s[nul] ? "\\u0000" : "a zero byte", nul);
     }
     const char *dup = find_duplicate(root);
     if (dup) {

@@ -4,6 +4,7 @@
 
 #include "core/json.h"
 #include "http/events.h"
+#include "sync/topic.h"
 
 int keel__event_parse(const char *body, size_t len, const char *content_type, const char *q_topic,
                       const char *q_prio, const char *q_key, const char *q_ttl, keel__event_req *r,
@@ -76,6 +77,13 @@ int keel__event_parse(const char *body, size_t len, const char *content_type, co
     }
     if (prio && (rc = keel_prio_parse(prio, strlen(prio), &r->m.prio, err))) {
         keel__err_prefix(err, "priority");
+        keel__event_done(r);
+        return rc;
+    }
+    /* What the uplink will require, now: a 202 promises the message goes out. */
+    const char *ctype = r->m.content_type ? r->m.content_type : "application/octet-stream";
+    if ((rc = keel__topic_check_msg(r->m.topic, r->m.topic ? strlen(r->m.topic) : 0, strlen(ctype),
+                                    r->m.payload_len, err))) {
         keel__event_done(r);
         return rc;
     }

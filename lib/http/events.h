@@ -21,7 +21,10 @@ typedef struct keel__event_req {
 } keel__event_req;
 
 /* q_*: the query string's values (NULL when absent). With q_topic set the
- * body is the payload; else the body is the JSON envelope. */
+ * body is the payload; else the body is the JSON envelope. A message the
+ * uplink could never send (a topic that is not a valid MQTT topic name
+ * once prefixed, a payload over an envelope) is refused here, before it is
+ * acknowledged (sync/topic.h). */
 KEEL_WUR int keel__event_parse(const char *body, size_t len, const char *content_type,
                                const char *q_topic, const char *q_prio, const char *q_key,
                                const char *q_ttl, keel__event_req *r, keel_error *err);

@@ -74,8 +74,9 @@ typedef struct keel__match {
 } keel__match;
 /* Finds the route for method + path. Returns true when one matched; else
  * m->allow says whether the path exists for other methods (405) or not
- * (404, allow empty). Parameters over their limit (name, version) do not
- * match. */
+ * (404, allow empty). Parameters over their limit (name, version), or with
+ * a byte that is not printable ASCII (a space, a control character, UTF-8),
+ * do not match. */
 bool keel__route_match(const char *method, const char *path, keel__match *m);
 
 /* --- the request ---------------------------------------------------------------------- */
@@ -100,7 +101,10 @@ void keel__reply(keel__hreq *q, unsigned status, const char *ctype, char *body, 
 void keel__reply_json(keel__hreq *q, unsigned status, char *body);
 /* A copy of a constant JSON text. */
 void keel__reply_text(keel__hreq *q, unsigned status, const char *json);
-/* {"error":{"code":"KEEL_E...","message":msg}} with status. */
+/* An error with status, in the shape of the route's API family: on keel's
+ * own routes {"error":{"code":"NOTFOUND","message":msg}}; on /v2 (the Open
+ * Inference Protocol) {"error":msg,"code":"NOTFOUND"}. Both carry the code
+ * in a Keel-Error-Code header too. */
 void keel__reply_error(keel__hreq *q, unsigned status, int code, const char *msg);
 /* The same with the status of e's class (400, 404, 409, 413, 422, 503, 507...). */
 void keel__reply_keel_error(keel__hreq *q, const keel_error *e);

@@ -79,6 +79,9 @@ static bool path_match(const char *pattern, const char *path, keel__match *m)
             if (!n || n > param_max(p + 1, nl) || m->nparams == KEEL__MAX_PARAMS ||
                 nl >= sizeof(m->names[0]))
                 return false;
+            for (size_t i = 0; i < n; i++) /* names and versions are printable ASCII: */
+                if ((unsigned char)u[i] <= 0x20 || (unsigned char)u[i] >= 0x7f)
+                    return false; /* anything else would reach messages and logs as is */
             memcpy(m->params[m->nparams], u, n);
             m->params[m->nparams][n] = '\0';
             memcpy(m->names[m->nparams], p + 1, nl);

@@ -1,8 +1,9 @@
 /*
- * server.c - the HTTP server glue on libmicrohttpd: connections, request
- * bodies and their limits, auth classes, dispatch through the one route
- * table (routes.c), answers that come later (suspend/resume) and streamed
- * answers (chunked, server-sent events). What each route does is in its
+ * server.c - the HTTP server glue on libmicrohttpd: connections (who gets
+ * in, and deadlines for slow requests), request bodies and their limits,
+ * auth classes, dispatch through the one route table (routes.c), answers
+ * that come later (suspend/resume) and streamed answers (chunked,
+ * server-sent events). What each route does is in its
  * API family's file (api_*.c); what the device does is in lib/runtime.
  * No microhttpd type leaves this file.
  */
@@ -37,13 +38,43 @@ struct keel__http {
     unsigned port, threads, max_connections, request_timeout_s;
     pthread_mutex_t smu;
     keel__stream *streams; /* open streams (keep-alive pings, stop) */
+    /* connections and the limits on them (see "connections" below) */
+    pthread_mutex_t cmu;
+    pthread_cond_t cwake;
+    pthread_t reaper;
+    bool reaper_on, stopping; /* stopping: under cmu */
+    struct conn *conns;       /* every open connection, TCP and unix */
+    unsigned ntcp;            /* TCP connections not being closed */
+    unsigned per_ip, reserve, header_timeout_s;
+    uint64_t min_body_rate;
+    atomic_ullong slow_closed, refused;
     int job_ping;
     atomic_int deferred; /* requests suspended until a later answer */
     atomic_int inflight; /* requests begun and not completed */
 };
 
+/* One connection, from accept to close (MHD's socket context). */
+typedef enum conn_phase {
+    C_HEADERS, /* connected, or its request begun: the request's headers are due */
+    C_BODY,    /* headers in, the body arriving */
+    C_ANSWER,  /* the request is in, being answered (or streamed): no deadline here */
+    C_IDLE,    /* kept alive between requests */
+} conn_phase;
+
+typedef struct conn {
+    struct conn *next, *prev;
+    int fd;
+    bool tcp;     /* else the unix socket */
+    bool closing; /* shut down by us; MHD closes it next */
+    struct sockaddr_storage addr;
+    conn_phase phase; /* phase, since, got: under h->cmu */
+    uint64_t since;   /* monotonic ns: when the phase began */
+    uint64_t got;     /* body bytes in C_BODY */
+} conn;
+
 struct keel__hreq {
     keel__http *h;
+    conn *conn; /* NULL when MHD gave none */
     struct MHD_Connection *c;
     keel__match m;
     keel_buf body;
@@ -51,6 +82,7 @@ struct keel__hreq {
     char upload[PATH_MAX];
     uint64_t got, limit;
     bool too_big, dispatched, queued;
+    bool oip;        /* a /v2 path: errors in the Open Inference Protocol's shape */
     int write_errno; /* storing the upload failed (disk full, ...) */
     pthread_mutex_t mu;
     pthread_cond_t answered;   /* signalled when a later answer is set */
@@ -203,19 +235,39 @@ void keel__reply_text(keel__hreq *q, unsigned status, const char *json)
     keel__reply_json(q, status, strdup(json));
 }
 
+/* Errors take the shape of the API family that answers them. keel's own
+ * routes (/api, /healthz, ...): {"error":{"code":"NOTFOUND","message":"..."}}.
+ * The Open Inference Protocol (/v2): {"error":"...","code":"NOTFOUND"}, as
+ * KServe and Triton clients read it (they take "error" as the message and
+ * tolerate other members); the code also goes out as Keel-Error-Code. */
 static void reply_error_hdr(keel__hreq *q, unsigned status, int code, const char *msg,
                             const char *const *hdrs)
 {
+    const char *all[8] = {"Keel-Error-Code", keel_errname(code)};
+    size_t n = 2;
+    for (size_t i = 0; hdrs && hdrs[i] && n + 2 < KEEL_ARRAY_LEN(all); i += 2) {
+        all[n++] = hdrs[i];
+        all[n++] = hdrs[i + 1];
+    }
+    all[n] = NULL;
     keel_buf b;
     keel__buf_init(&b, 0);
-    if (keel__buf_appendf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", keel_errname(code)) ||
-        keel__json_quote(&b, msg) || keel__buf_append(&b, "}}\n", 3)) {
+    int rc =
+        q->oip
+            ? keel__buf_append(&b, "{\"error\":", 9)
+            : keel__buf_appendf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", keel_errname(code));
+    if (!rc)
+        rc = keel__json_quote(&b, msg);
+    if (!rc)
+        rc = q->oip ? keel__buf_appendf(&b, ",\"code\":\"%s\"}\n", keel_errname(code))
+                    : keel__buf_append(&b, "}}\n", 3);
+    if (rc) {
         keel__buf_done(&b);
         keel__reply(q, 500, "application/json", NULL, 0, NULL);
         return;
     }
     size_t len = b.len;
-    keel__reply(q, status, "application/json", keel__buf_steal(&b), len, hdrs);
+    keel__reply(q, status, "application/json", keel__buf_steal(&b), len, all);
 }
 
 void keel__reply_error(keel__hreq *q, unsigned status, int code, const char *msg)
@@ -444,6 +496,252 @@ static const char *limit_name(keel__body b)
                                    : "max_body in keeld.conf";
 }
 
+/* --- connections ---------------------------------------------------------------------------
+ *
+ * libmicrohttpd's connection timeout counts idle time: a client that sends
+ * a header line every few seconds keeps its connection for ever, and a
+ * hundred such clients (slowloris) fill max_connections so that nobody
+ * else, health checks included, gets in. keel bounds each phase of a
+ * request itself, and admits connections by a policy of its own.
+ *
+ * Deadlines, checked twice a second by a reaper thread that shuts late
+ * sockets down (MHD then closes them):
+ *  - headers: a request's headers must be in within header_timeout of the
+ *    connection being accepted;
+ *  - body: once header_timeout has passed since the headers, the body must
+ *    have come at min_body_rate bytes a second on average (0: no bound);
+ *  - kept alive between requests: request_timeout + header_timeout;
+ *  - being answered (a later answer, a stream): no bound here.
+ * MHD's CLOSED notice comes before it closes the socket and removes the
+ * connection from the list under cmu, which is held while a socket is shut
+ * down: the fd shut down is never one reused by another connection.
+ *
+ * Who gets in over TCP (admit, before MHD takes the connection):
+ *  - a client address other than 127.0.0.1 and ::1 holds at most
+ *    max_connections_per_ip connections (0: no bound);
+ *  - all clients together max_connections, and 127.0.0.1 / ::1 (health
+ *    checks, local operators and producers) connection_reserve more;
+ *  - over a bound, the connection that has waited longest for its headers
+ *    or idled longest (at least EVICT_AGE_NS; from the same address when
+ *    the address is over its bound) is closed to make room, so slow
+ *    clients cannot keep a new request out; only when there is none is the
+ *    new connection refused.
+ * The unix socket is a daemon of its own, outside these counts.
+ */
+#define EVICT_AGE_NS 1000000000ull
+
+static bool addr_local(const struct sockaddr *a)
+{
+    if (!a || a->sa_family == AF_UNIX)
+        return true;
+    if (a->sa_family == AF_INET)
+        return ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) == INADDR_LOOPBACK;
+    if (a->sa_family == AF_INET6) {
+        const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
+        static const unsigned char v4lo[] = {0, 0, 0,    0,    0,   0, 0, 0,
+                                             0, 0, 0xff, 0xff, 127, 0, 0, 1};
+        return IN6_IS_ADDR_LOOPBACK(x) || !memcmp(x->s6_addr, v4lo, 16);
+    }
+    return false;
+}
+
+static bool addr_same(const struct sockaddr_storage *a, const struct sockaddr *b)
+{
+    if (a->ss_family != b->sa_family)
+        return false;
+    if (b->sa_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    if (b->sa_family == AF_INET6)
+        return !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                       &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr));
+    return false;
+}
+
+/* Shuts c down (under cmu); MHD closes it on its next look. */
+static void conn_close(keel__http *h, conn *c)
+{
+    shutdown(c->fd, SHUT_RDWR);
+    c->closing = true;
+    h->ntcp -= c->tcp;
+}
+
+/* The TCP connection waiting longest for its headers, or idle longest, for
+ * at least EVICT_AGE_NS; from address `from` only when given (under cmu). */
+static conn *conn_victim(keel__http *h, const struct sockaddr *from, uint64_t now)
+{
+    conn *v = NULL;
+    for (conn *c = h->conns; c; c = c->next)
+        if (c->tcp && !c->closing && (c->phase == C_HEADERS || c->phase == C_IDLE) &&
+            c->since <= now && now - c->since >= EVICT_AGE_NS &&
+            (!from || addr_same(&c->addr, from)) && (!v || c->since < v->since))
+            v = c;
+    return v;
+}
+
+/* The accept policy (TCP): MHD_NO refuses the connection before it is one. */
+static enum MHD_Result admit(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    keel__http *h = cls;
+    bool local = addr_local(addr), over_ip = false, over_all;
+    uint64_t now = keel__now_mono_ns();
+    conn *v = NULL;
+    (void)len;
+    pthread_mutex_lock(&h->cmu);
+    if (!local && h->per_ip) {
+        unsigned same = 0;
+        for (conn *c = h->conns; c; c = c->next)
+            same += c->tcp && !c->closing && addr_same(&c->addr, addr);
+        over_ip = same >= h->per_ip;
+    }
+    over_all = h->ntcp >= h->max_connections + (local ? h->reserve : 0);
+    if (over_ip || over_all)
+        v = conn_victim(h, over_ip ? addr : NULL, now);
+    if (v)
+        conn_close(h, v);
+    pthread_mutex_unlock(&h->cmu);
+    if (v)
+        atomic_fetch_add(&h->slow_closed, 1);
+    else if (over_ip || over_all)
+        atomic_fetch_add(&h->refused, 1);
+    return over_ip || over_all ? (v ? MHD_YES : MHD_NO) : MHD_YES;
+}
+
+static conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void conn_phase_set(keel__http *h, conn *c, conn_phase p)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&h->cmu);
+    if (c->phase != p) {
+        c->phase = p;
+        c->since = keel__now_mono_ns();
+        c->got = 0;
+    }
+    pthread_mutex_unlock(&h->cmu);
+}
+
+static void conn_got(keel__http *h, conn *c, size_t n)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&h->cmu);
+    c->got += n;
+    pthread_mutex_unlock(&h->cmu);
+}
+
+static void notify_conn(void *cls, struct MHD_Connection *mc, void **ctx,
+                        enum MHD_ConnectionNotificationCode toe)
+{
+    keel__http *h = cls;
+    conn *c = *ctx;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *fd =
+            MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *ad =
+            MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        const struct sockaddr *a = ad ? ad->client_addr : NULL;
+        if (!fd || !(c = calloc(1, sizeof(*c))))
+            return; /* untracked: MHD's idle timeout still applies */
+        c->fd = fd->connect_fd;
+        c->tcp = a && (a->sa_family == AF_INET || a->sa_family == AF_INET6);
+        if (c->tcp)
+            memcpy(&c->addr, a,
+                   a->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                           : sizeof(struct sockaddr_in6));
+        c->phase = C_HEADERS;
+        c->since = keel__now_mono_ns();
+        pthread_mutex_lock(&h->cmu);
+        c->next = h->conns;
+        if (h->conns)
+            h->conns->prev = c;
+        h->conns = c;
+        h->ntcp += c->tcp;
+        pthread_mutex_unlock(&h->cmu);
+        *ctx = c;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && c) {
+        pthread_mutex_lock(&h->cmu);
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            h->conns = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        h->ntcp -= c->tcp && !c->closing;
+        pthread_mutex_unlock(&h->cmu);
+        free(c);
+        *ctx = NULL;
+    }
+}
+
+/* Whether c is past its phase's deadline at now (under cmu). */
+static bool conn_late(const keel__http *h, const conn *c, uint64_t now)
+{
+    const uint64_t s = 1000000000ull;
+    uint64_t age = now > c->since ? now - c->since : 0, grace = h->header_timeout_s * s;
+    switch (c->phase) {
+    case C_HEADERS:
+        return age > grace;
+    case C_BODY: /* after the grace, min_body_rate on average since the headers */
+        return h->min_body_rate && age > grace &&
+               (double)c->got < (double)h->min_body_rate * (double)(age - grace) / 1e9;
+    case C_IDLE:
+        return age > (uint64_t)(h->request_timeout_s + h->header_timeout_s) * s;
+    default:
+        return false;
+    }
+}
+
+static void *reaper(void *arg)
+{
+    keel__http *h = arg;
+    uint64_t last_log = 0, logged_closed = 0, logged_refused = 0;
+    pthread_mutex_lock(&h->cmu);
+    while (!h->stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += 500000000;
+        until.tv_sec += until.tv_nsec / 1000000000;
+        until.tv_nsec %= 1000000000;
+        pthread_cond_timedwait(&h->cwake, &h->cmu, &until);
+        if (h->stopping)
+            break;
+        uint64_t now = keel__now_mono_ns();
+        for (conn *c = h->conns; c; c = c->next) {
+            if (c->closing || !conn_late(h, c, now))
+                continue;
+            KEEL_LOG_D(MOD, "closing a connection that is too slow sending its request (%s)",
+                       c->phase == C_HEADERS ? "headers"
+                       : c->phase == C_BODY  ? "body"
+                                             : "idle");
+            conn_close(h, c);
+            atomic_fetch_add(&h->slow_closed, 1);
+        }
+        uint64_t closed = atomic_load(&h->slow_closed), refused = atomic_load(&h->refused);
+        if ((closed != logged_closed || refused != logged_refused) &&
+            now - last_log >= 10000000000ull) {
+            KEEL_LOG_W(MOD,
+                       "%llu connections closed as too slow sending their request, or to make "
+                       "room (header_timeout %us, min_body_rate %llu B/s), and %llu refused over "
+                       "max_connections_per_ip %u or max_connections %u, since start",
+                       (unsigned long long)closed, h->header_timeout_s,
+                       (unsigned long long)h->min_body_rate, (unsigned long long)refused, h->per_ip,
+                       h->max_connections);
+            logged_closed = closed;
+            logged_refused = refused;
+            last_log = now;
+        }
+    }
+    pthread_mutex_unlock(&h->cmu);
+    return NULL;
+}
+
 /* --- dispatch
  * ----------------------------------------------------------------------------------------- */
 
@@ -497,24 +795,55 @@ static enum MHD_Result flush(keel__hreq *q)
     return ret;
 }
 
+/* A query argument whose value holds a NUL (%00): every reader of the
+ * C string would see it cut there. Records the first one's name. */
+static enum MHD_Result find_nul_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    if ((value && strlen(value) != value_size) || (key && strlen(key) != key_size)) {
+        if (key && *key)
+            keel__escape(cls, 64, key, strlen(key));
+        else
+            strcpy(cls, "(no name)");
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
 static enum MHD_Result begin(keel__http *h, keel__hreq *q, struct MHD_Connection *c,
                              const char *url, const char *method)
 {
+    char shown[160], arg[64] = "";
+    /* the path and method are the client's bytes: escaped in logs */
+    keel__escape(shown, sizeof(shown), url, strlen(url));
     if (!keel__route_match(method, url, &q->m)) {
         if (q->m.allow[0]) {
             char msg[160];
             const char *hdrs[] = {"Allow", q->m.allow, NULL};
-            snprintf(msg, sizeof(msg), "method %.16s is not allowed here; use %s", method,
-                     q->m.allow);
+            char m[40];
+            snprintf(msg, sizeof(msg), "method %s is not allowed here; use %s",
+                     keel__escape(m, sizeof(m), method, strlen(method)), q->m.allow);
             reply_error_hdr(q, 405, KEEL_EINVALID, msg, hdrs);
         } else {
-            keel__reply_error(q, 404, KEEL_ENOTFOUND, "no such endpoint (see README: API)");
+            keel__reply_error(q, 404, KEEL_ENOTFOUND,
+                              q->oip ? "no such endpoint (docs/inference.md lists the /v2 API)"
+                                     : "no such endpoint (README.md and docs/ list keel's API)");
         }
         return flush(q);
     }
     const keel__route *rt = q->m.route;
+    if (MHD_get_connection_values_n(c, MHD_GET_ARGUMENT_KIND, find_nul_arg, arg) >= 0 && arg[0]) {
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "query argument \"%s\" holds a NUL character (%%00); keel refuses NUL in "
+                 "names and values",
+                 arg);
+        keel__reply_error(q, 400, KEEL_EINVALID, msg);
+        return flush(q);
+    }
     if (!allowed(h, c, rt->auth)) {
-        KEEL_LOG_W(MOD, "%s %s refused: missing or wrong bearer token", method, url);
+        KEEL_LOG_W(MOD, "%s %s refused: missing or wrong bearer token", rt->method, shown);
         keel__reply_error(q, 401, KEEL_EPERM,
                           "missing or wrong bearer token (it is in STATE_DIR/token)");
         return flush(q);
@@ -529,7 +858,7 @@ static enum MHD_Result begin(keel__http *h, keel__hreq *q, struct MHD_Connection
         snprintf(msg, sizeof(msg),
                  "request body of %.24s bytes is over the limit of %llu bytes (%s)", cl,
                  (unsigned long long)q->limit, limit_name(rt->body));
-        KEEL_LOG_W(MOD, "%s %s refused: %s", method, url, msg);
+        KEEL_LOG_W(MOD, "%s %s refused: %s", rt->method, shown, msg);
         keel__reply_error(q, 413, KEEL_ETOOBIG, msg);
         return flush(q);
     }
@@ -557,6 +886,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         q->h = h;
         q->c = c;
         q->fd = -1;
+        q->oip = !strncmp(url, "/v2", 3) && (url[3] == '\0' || url[3] == '/');
+        q->conn = conn_of(c);
+        conn_phase_set(h, q->conn, C_BODY);
         pthread_mutex_init(&q->mu, NULL);
         pthread_cond_init(&q->answered, NULL);
         atomic_fetch_add(&h->inflight, 1);
@@ -568,6 +900,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (*data_size) {
         size_t n = *data_size;
         *data_size = 0;
+        conn_got(h, q->conn, n);
         if (q->too_big || q->write_errno)
             return MHD_YES;
         q->got += n;
@@ -585,11 +918,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (q->dispatched)
         return flush(q); /* resumed: the later answer is there */
     q->dispatched = true;
+    conn_phase_set(h, q->conn, C_ANSWER); /* the request is in (an early answer's body is
+                                             still read under the body's bound) */
     if (q->too_big) {
         char msg[160];
         snprintf(msg, sizeof(msg), "request body is over the limit of %llu bytes (%s)",
                  (unsigned long long)q->limit, limit_name(q->m.route->body));
-        KEEL_LOG_W(MOD, "%s %s refused: %s", method, url, msg);
+        KEEL_LOG_W(MOD, "%s %s refused: %s", q->m.route->method, q->m.route->pattern, msg);
         keel__reply_error(q, 413, KEEL_ETOOBIG, msg);
     } else if (q->write_errno) {
         keel_error e;
@@ -612,6 +947,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
     keel__hreq *q = *con_cls;
+    (void)toe;
+    conn_phase_set(cls, conn_of(c), C_IDLE);
     if (!q)
         return;
     if (q->stream)
@@ -695,23 +1032,28 @@ static struct MHD_Daemon *start_daemon(keel__http *h, const struct sockaddr *add
     if (addr && addr->sa_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     struct MHD_Daemon *d;
-    if (listen_fd >= 0)
+    if (listen_fd >= 0) {
         d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_LISTEN_SOCKET, listen_fd,
                              MHD_OPTION_THREAD_POOL_SIZE, (unsigned)1,
                              MHD_OPTION_CONNECTION_TIMEOUT, h->request_timeout_s,
                              MHD_OPTION_CONNECTION_LIMIT, h->max_connections,
+                             MHD_OPTION_NOTIFY_CONNECTION, notify_conn, h,
                              MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
-    else
-        d = MHD_start_daemon(flags, 0, NULL, NULL, handler, h, MHD_OPTION_SOCK_ADDR, addr,
+    } else {
+        /* admit() enforces the limits; MHD's own, per worker thread, is
+         * only a backstop that must not get in its way */
+        unsigned backstop = (2 * (h->max_connections + h->reserve) + 16) * h->threads;
+        d = MHD_start_daemon(flags, 0, admit, h, handler, h, MHD_OPTION_SOCK_ADDR, addr,
                              MHD_OPTION_THREAD_POOL_SIZE, h->threads, MHD_OPTION_CONNECTION_TIMEOUT,
-                             h->request_timeout_s, MHD_OPTION_CONNECTION_LIMIT, h->max_connections,
+                             h->request_timeout_s, MHD_OPTION_CONNECTION_LIMIT, backstop,
                              MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)128,
+                             MHD_OPTION_NOTIFY_CONNECTION, notify_conn, h,
                              MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_END);
+    }
     if (!d)
         keel__err(err, KEEL_EIO,
-                  "cannot listen on %s%s%u (is another keeld running, or the port taken?)",
-                  listen_fd >= 0 ? h->unix_socket : h->listen, listen_fd >= 0 ? "" : ":",
-                  listen_fd >= 0 ? 0u : h->port);
+                  "cannot listen on %s (is another keeld running, or the port taken?)",
+                  listen_fd >= 0 ? h->unix_socket : h->listen);
     return d;
 }
 
@@ -722,6 +1064,12 @@ int keel__http_start(keel__runtime *rt, keel__http **ret, keel_error *err)
     if (!h)
         return keel__err(err, KEEL_ENOMEM, "out of memory");
     pthread_mutex_init(&h->smu, NULL);
+    pthread_mutex_init(&h->cmu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->cwake, &ca);
+    pthread_condattr_destroy(&ca);
     h->rt = rt;
     keel__conf *conf = keel__runtime_conf(rt);
     if (!conf) {
@@ -734,28 +1082,30 @@ int keel__http_start(keel__runtime *rt, keel__http **ret, keel_error *err)
     h->threads = (unsigned)keel__conf_u64(conf, "threads");
     h->max_connections = (unsigned)keel__conf_u64(conf, "max_connections");
     h->request_timeout_s = (unsigned)keel__conf_u64(conf, "request_timeout");
-    keel__conf_free(conf);
+    h->per_ip = (unsigned)keel__conf_u64(conf, "max_connections_per_ip");
+    h->reserve = (unsigned)keel__conf_u64(conf, "connection_reserve");
+    h->header_timeout_s = (unsigned)keel__conf_u64(conf, "header_timeout");
+    h->min_body_rate = keel__conf_u64(conf, "min_body_rate");
     h->job_ping = keel__runtime_every(rt, "stream-ping", 15, ping_streams, h);
+    struct sockaddr_storage ss;
+    rc = keel__http_listen_addr(h->listen, h->port, keel__conf_is_set(conf, "port"), &ss, err);
+    keel__conf_free(conf);
+    if (rc)
+        goto fail;
+    h->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
+    if (pthread_create(&h->reaper, NULL, reaper, h) != 0) {
+        rc = keel__err(err, KEEL_ENOMEM, "cannot start the HTTP connection reaper thread");
+        goto fail;
+    }
+    h->reaper_on = true;
     if (h->port) {
-        struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof(ss));
-        struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-        if (inet_pton(AF_INET, h->listen, &a4->sin_addr) == 1) {
-            a4->sin_family = AF_INET;
-            a4->sin_port = htons((uint16_t)h->port);
-        } else if (inet_pton(AF_INET6, h->listen, &a6->sin6_addr) == 1) {
-            a6->sin6_family = AF_INET6;
-            a6->sin6_port = htons((uint16_t)h->port);
-        } else {
-            rc = keel__err(err, KEEL_EINVALID,
-                           "listen address \"%s\" is not an IPv4 or IPv6 literal", h->listen);
-            goto fail;
-        }
+        keel__http_addr_str(&ss, h->listen, sizeof(h->listen));
         if (!(h->tcp = start_daemon(h, (struct sockaddr *)&ss, -1, err))) {
             rc = KEEL_EIO;
             goto fail;
         }
+        KEEL_LOG_I(MOD, "listening on http://%s", h->listen);
     }
     if (h->unix_socket[0]) {
         if ((rc = listen_unix(h->unix_socket, &ufd, err)))
@@ -766,6 +1116,7 @@ int keel__http_start(keel__runtime *rt, keel__http **ret, keel_error *err)
             goto fail;
         }
         ufd = -1;
+        KEEL_LOG_I(MOD, "listening on unix:%s", h->unix_socket);
     }
     if (!h->tcp && !h->unix_d) {
         rc = keel__err(err, KEEL_EINVALID, "nothing to listen on: set port or unix_socket");
@@ -798,6 +1149,13 @@ void keel__http_stop(keel__http *h)
     if (atomic_load(&h->deferred) > 0)
         KEEL_LOG_W(MOD, "stopping with %d requests still waiting for an answer",
                    atomic_load(&h->deferred));
+    if (h->reaper_on) { /* before MHD closes the sockets it may shut down */
+        pthread_mutex_lock(&h->cmu);
+        h->stopping = true;
+        pthread_cond_signal(&h->cwake);
+        pthread_mutex_unlock(&h->cmu);
+        pthread_join(h->reaper, NULL);
+    }
     if (h->tcp)
         MHD_stop_daemon(h->tcp);
     if (h->unix_d) {
@@ -805,5 +1163,7 @@ void keel__http_stop(keel__http *h)
         unlink(h->unix_socket);
     }
     pthread_mutex_destroy(&h->smu);
+    pthread_cond_destroy(&h->cwake);
+    pthread_mutex_destroy(&h->cmu);
     free(h);
 }

@@ -8,13 +8,29 @@
 #ifndef KEEL_HTTP_SERVER_H
 #define KEEL_HTTP_SERVER_H
 
+#include <sys/socket.h>
+
 #include "runtime/runtime.h"
 
 typedef struct keel__http keel__http;
 
 /* The server's settings (options.c): listen, port, unix_socket, threads,
- * limits on bodies, read_auth. */
+ * limits on connections (per address, a loopback reserve) and bodies,
+ * deadlines for a request's headers and body, read_auth. */
 extern const keel__option_set keel__http_options;
+
+/* The TCP address from the listen and port settings (listen.c). listen is
+ * an address ("127.0.0.1", "::1", "[::1]", a host name such as "localhost")
+ * with an optional port ("127.0.0.1:8080", "[::1]:8080"); without one the
+ * port setting's applies. port_set: the port setting was given (file or
+ * flag), so a different port in listen is an error rather than a choice. */
+KEEL_WUR int keel__http_listen_addr(const char *listen, unsigned port, bool port_set,
+                                    struct sockaddr_storage *ret, keel_error *err);
+/* Splits listen into its address (host, n bytes) and port (0: none). */
+KEEL_WUR int keel__http_listen_split(const char *listen, char *host, size_t n, unsigned *ret_port,
+                                     keel_error *err);
+/* "127.0.0.1:8480", "[::1]:8480". */
+void keel__http_addr_str(const struct sockaddr_storage *a, char *buf, size_t n);
 
 /* Listens where the runtime's config says (listen:port, unix_socket) and
  * serves it. rt is borrowed and must outlive the server. */

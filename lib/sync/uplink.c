@@ -30,6 +30,7 @@
 #include "core/json.h"
 #include "sync/envelope.h"
 #include "sync/mosq_dl.h"
+#include "sync/topic.h"
 #include "sync/uplink.h"
 
 #define MOD       "uplink"
@@ -700,62 +701,19 @@ static void bandwidth_wait(keel__uplink *u)
 /* --- the thread --------------------------------------------------------------------------------
  */
 
-/* An MQTT topic name one may publish to, whatever the transport (the
- * rules of mosquitto_pub_topic_check and mosquitto_validate_utf8, kept here
- * so that an HTTP uplink needs no libmosquitto): no wildcards, at most 200
- * levels, well-formed UTF-8 without surrogates, overlong forms,
- * non-characters or control characters. */
-static bool topic_ok(const char *topic, size_t len)
-{
-    const unsigned char *s = (const unsigned char *)topic;
-    unsigned levels = 0;
-    if (len > 65535)
-        return false;
-    for (size_t i = 0; i < len;) {
-        unsigned c = s[i], n;
-        uint32_t cp;
-        if (c == '+' || c == '#')
-            return false;
-        levels += c == '/';
-        if (c < 0x80) {
-            n = 1, cp = c;
-        } else if ((c & 0xe0) == 0xc0 && c >= 0xc2) {
-            n = 2, cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 3, cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0 && c <= 0xf4) {
-            n = 4, cp = c & 0x07;
-        } else {
-            return false; /* a stray continuation byte, or 0xc0, 0xc1, 0xf5.. */
-        }
-        if (len - i < n)
-            return false;
-        for (unsigned k = 1; k < n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + k] & 0x3fu);
-        }
-        if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-            (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0xfdd0 && cp <= 0xfdef) ||
-            (cp & 0xfffe) == 0xfffe || cp <= 0x1f || (cp >= 0x7f && cp <= 0x9f))
-            return false;
-        i += n;
-    }
-    return levels <= 200;
-}
-
 static int build_topic(keel__uplink *u, const keel__sync_msg *m, char *out, size_t n,
                        keel_error *err)
 {
-    if (keel__snprintf(out, n, "keel/%s/%s/%s", u->o.device_id, keel__prio_name(m->priority),
-                       m->topic ? m->topic : ""))
-        return keel__err(err, KEEL_EINVALID, "message %" PRIu64 ": topic '%.64s...' too long",
-                         m->id, m->topic);
-    if (!topic_ok(out, strlen(out)))
+    char shown[160]; /* the topic escaped: it holds a producer's bytes */
+    const char *t = m->topic ? m->topic : "";
+    if (keel__snprintf(out, n, "keel/%s/%s/%s", u->o.device_id, keel__prio_name(m->priority), t))
+        return keel__err(err, KEEL_EINVALID, "message %" PRIu64 ": topic \"%s\" too long", m->id,
+                         keel__escape(shown, sizeof(shown), t, strlen(t)));
+    if (!keel__topic_ok(out, strlen(out)))
         return keel__err(err, KEEL_EINVALID,
-                         "message %" PRIu64 ": '%s' is not a valid MQTT topic (wildcards or bad "
-                         "UTF-8)",
-                         m->id, out);
+                         "message %" PRIu64 ": \"%s\" is not a valid MQTT topic (wildcards, bad "
+                         "UTF-8 or too many levels)",
+                         m->id, keel__escape(shown, sizeof(shown), out, strlen(out)));
     return KEEL_OK;
 }
 

@@ -277,8 +277,8 @@ expect_eq "$(status nan 'tier("primary")["breaker"]')" closed "nan: breaker afte
 for i in 1 2 3; do
     infer allfail 1
     expect_eq "$code" 503 "allfail: status of request $i: $body"
-    msg=$(jget "$body" 'd["error"]["message"]')
-    expect_eq "$(jget "$body" 'd["error"]["code"]')" NOTREADY "allfail: error code"
+    msg=$(jget "$body" 'd["error"]')
+    expect_eq "$(jget "$body" 'd["code"]')" NOTREADY "allfail: error code"
     expect_has "$msg" "allfail@1.0.0: every tier failed: primary: run: " "allfail: message names primary"
     expect_has "$msg" "out of data bounds" "allfail: primary's failure"
     expect_has "$msg" '; secondary: output "y" holds NaN or Inf; ' "allfail: message names secondary"
@@ -286,7 +286,7 @@ for i in 1 2 3; do
 done
 infer allfail 1 # every breaker is open now
 expect_eq "$code" 503 "allfail: with every breaker open"
-expect_eq "$(jget "$body" 'd["error"]["message"]')" \
+expect_eq "$(jget "$body" 'd["error"]')" \
     "allfail@1.0.0: every tier failed: primary: breaker open; secondary: breaker open; fallback: breaker open" \
     "allfail: message with every breaker open"
 expect_eq "$(status allfail 'd["all_tiers_failed"]')" 4 "allfail: all_tiers_failed"
@@ -299,7 +299,7 @@ done
 # four tiers, one that failed to load (its error repeats the blob path)
 infer allfail4 1
 expect_eq "$code" 503 "allfail4: status: $body"
-msg=$(jget "$body" 'd["error"]["message"]')
+msg=$(jget "$body" 'd["error"]')
 expect_has "$msg" "allfail4@1.0.0: every tier failed: primary: breaker open after load failure: " "allfail4: message names primary"
 expect_has "$msg" "; secondary: run: " "allfail4: message names secondary"
 for t in 'tertiary: output "y" holds NaN or Inf' "fallback: rules: no rule matched row 0"; do
@@ -309,7 +309,7 @@ done
 # every clause is shortened so that the 503 still names every tier, in order
 infer "$name8" 1
 expect_eq "$code" 503 "allfail8: status: $body"
-msg=$(jget "$body" 'd["error"]["message"]')
+msg=$(jget "$body" 'd["error"]')
 expect_has "$msg" "$name8@1.0.0: every tier failed: $(t8 1): breaker open after load failure: " "allfail8: message names the first tier"
 for i in 2 3 4 5 6 7; do
     expect_has "$msg" "; $(t8 "$i"): " "allfail8: the 503 message (${#msg} bytes) names tier $i"
@@ -407,7 +407,7 @@ served pinned 1 secondary true # still skipped without the pin
 expect_eq "$reason" "primary: breaker open" "pinned: unpinned request after the pinned one"
 infer pinned -1 '{"tier":"primary"}' # pinned and failing: no other tier is tried
 expect_eq "$code" 503 "pinned: failing pinned request: $body"
-msg=$(jget "$body" 'd["error"]["message"]')
+msg=$(jget "$body" 'd["error"]')
 expect_has "$msg" "primary: run: " "pinned: message"
 [[ $msg != *secondary* ]] || die "pinned: a pinned request went on to the secondary: $msg"
 served pinned 1 fallback true '{"tier":"fallback"}'

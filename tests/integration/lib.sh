@@ -138,12 +138,18 @@ header_of() { # NAME: a header of the last infer() response
     grep -i "^$1:" "$work/hdr" | head -n1 | cut -d: -f2- | tr -d ' \r'
 }
 
-expect_error() { # RESPONSE STATUS CODE MESSAGE-PART WHAT: an error answer, keeld still up
+# An error answer, keeld still up. Either family's shape: /v2 answers
+# {"error":"MESSAGE","code":"CODE"} (the Open Inference Protocol's), keel's
+# own routes {"error":{"code":"CODE","message":"MESSAGE"}} (45-api.sh pins
+# which family answers which).
+expect_error() { # RESPONSE STATUS CODE MESSAGE-PART WHAT
     local b
     b=$(body_of "$1")
     expect_eq "$(status_of "$1")" "$2" "$5: status ($b)"
-    expect_eq "$(jfield "$b" .error.code)" "$3" "$5: error.code"
-    expect_has "$(jfield "$b" .error.message)" "$4" "$5: error.message"
+    expect_eq "$(jfield "$b" 'if (.error|type) == "string" then .code else .error.code end')" \
+        "$3" "$5: error code"
+    expect_has "$(jfield "$b" 'if (.error|type) == "string" then .error else .error.message end')" \
+        "$4" "$5: error message"
     kill -0 "$keeld_pid" 2>/dev/null || die "$5: keeld died"
     expect_eq "$(curl -s -o /dev/null -w '%{http_code}' "$url/healthz")" 200 "$5: healthz after it"
 }

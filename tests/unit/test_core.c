@@ -57,6 +57,54 @@ static void test_json_errors(void **state)
     cJSON_Delete(j);
 }
 
+/* A NUL inside a string, escaped or raw, would cut the string for every C
+ * reader ("a\u0000b" read as "a"): refused wherever it is. An escaped
+ * backslash before u0000 is not a NUL. */
+static void test_json_nul(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *doc;
+        size_t len;      /* 0: strlen */
+        const char *err; /* NULL: parses */
+    } cases[] = {
+        {"{\"topic\":\"a\\u0000b\"}", 0, "NUL character (\\u0000 at byte 11)"},
+        {"[\"x\", {\"k\": [\"\\u0000\"]}]", 0, "\\u0000"},
+        {"{\"a\\u0000\": 1}", 0, "NUL"},
+        {"{\"a\":\"b\0c\"}", 11, "(a zero byte at byte 7)"},
+        {"{\"a\":\"\\\\u0000\"}", 0, NULL},      /* "\\u0000": a backslash, then u0000 */
+        {"{\"a\":\"\\u0001\\u00e9\"}", 0, NULL}, /* other escapes are fine */
+        {"{\"a\":1}\0\0", 9, NULL},              /* NUL padding after the value */
+    };
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(cases); i++) {
+        cJSON *j = NULL;
+        keel_error e = {0};
+        size_t len = cases[i].len ? cases[i].len : strlen(cases[i].doc);
+        int rc = keel__json_parse(cases[i].doc, len, "doc", &j, &e);
+        if (!cases[i].err) {
+            if (rc)
+                fail_msg("case %zu: %s", i, e.msg);
+            cJSON_Delete(j);
+        } else {
+            th_expect_err(rc, &e, KEEL_EINVALID, cases[i].err);
+        }
+    }
+}
+
+/* Outside bytes made printable for logs: cut with "..." when long. */
+static void test_escape(void **state)
+{
+    (void)state;
+    char out[16];
+    assert_string_equal(keel__escape(out, sizeof(out), "a\"\\b\n\xff", 6), "a\\\"\\\\b\\x0a\\xff");
+    assert_string_equal(keel__escape(out, sizeof(out), "a\0b", 3), "a\\x00b");
+    assert_string_equal(keel__escape(out, sizeof(out), "0123456789abcdefghij", 20),
+                        "0123456789ab...");
+    assert_string_equal(keel__escape(out, sizeof(out), "0123456789abcde", 15), "0123456789abcde");
+    assert_string_equal(keel__escape(out, 6, "\x01\x02", 2), "...");
+    assert_string_equal(keel__escape(out, sizeof(out), "", 0), "");
+}
+
 /* keel__json_parse_except: the skipped member is gone, everything else
  * reads as a whole parse would; malformed input fails as a whole parse. */
 static void test_json_parse_except(void **state)
@@ -121,7 +169,8 @@ int main(void)
     keel_log_set_stderr(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_buf_bounds),
-        cmocka_unit_test(test_json_errors),  cmocka_unit_test(test_json_parse_except),
+        cmocka_unit_test(test_json_errors),  cmocka_unit_test(test_json_nul),
+        cmocka_unit_test(test_escape),       cmocka_unit_test(test_json_parse_except),
         cmocka_unit_test(test_atomic_write),
     };
     return th_exit(cmocka_run_group_tests(tests, NULL, NULL));

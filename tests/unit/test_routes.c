@@ -36,6 +36,10 @@ static void test_match(void **state)
         {"POST", "/v2/models/mnist", NULL, .allow = "GET, HEAD"},
         {"POST", "/v2/models/mnist/infer/", NULL, .allow = ""},
         {"GET", "/v2/models/", NULL, .allow = ""},
+        {"GET", "/v2/models/a\nb", NULL, .allow = ""}, /* not printable ASCII */
+        {"POST", "/api/packages/x\xff/rollback", NULL, .allow = ""},
+        {"GET", "/v2/models/a b/ready", NULL, .allow = ""},
+        {"GET", "/v2/models/a~b!/ready", "v2.model_ready", "name", "a~b!"},
         {"POST", "/api/events", "events.post"},
         {"GET", "/api/events", NULL, .allow = "POST"},
         {"GET", "/api/bus", "bus.stream"},

@@ -27,6 +27,7 @@
 
 #include "helpers.h"
 #include "sync/envelope.h"
+#include "sync/topic.h"
 #include "sync/uplink.h"
 
 #define MAXMSG 25000
@@ -1162,6 +1163,55 @@ static void test_drain_rate(void **state)
 /* --- options and windows -----------------------------------------------------------------------
  */
 
+/* What a producer may hand the queue: a topic the uplink can publish
+ * (checked before the 202 of POST /api/events), a payload that fits an
+ * envelope. Messages escape the client's bytes. */
+static void test_topic_check(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *topic;
+        size_t len; /* 0: strlen */
+        size_t payload;
+        const char *err; /* NULL: accepted */
+    } cases[] = {
+        {"alerts/door", 0, 10, NULL},
+        {"caf\xc3\xa9/\xe2\x82\xac/\xf0\x9f\x9a\xaa", 0, 10, NULL},
+        {"", 0, 0, "empty"},
+        {"door/\xff", 0, 0, "byte 5 (\"\\xff\") is not valid UTF-8"},
+        {"door/\xc0\xaf", 0, 0, "not valid UTF-8"},         /* overlong '/' */
+        {"door/\xed\xa0\x80", 0, 0, "not valid UTF-8"},     /* a surrogate */
+        {"door/\xe2\x82", 0, 0, "not valid UTF-8"},         /* cut short */
+        {"door/\xf4\x90\x80\x80", 0, 0, "not valid UTF-8"}, /* over U+10FFFF */
+        {"door/\xc2\x85", 0, 0, "control character"},       /* U+0085 */
+        {"door\n", 0, 0, "\"door\\x0a\": byte 4 (\"\\x0a\") is a control character"},
+        {"door/\xef\xbf\xbe", 0, 0, "non-character"}, /* U+FFFE */
+        {"door/\xef\xb7\x90", 0, 0, "non-character"}, /* U+FDD0 */
+        {"a/+/b", 0, 0, "wildcard"},
+        {"a/#", 0, 0, "wildcard"},
+        {"a\0b", 3, 0, "control character"},
+        {"t", 0, KEEL__ENVELOPE_RAW_MAX, "payload of"},
+        {"t", 0, KEEL__ENVELOPE_RAW_MAX - KEEL__ENVELOPE_MSG_FIXED - 1 - 24, NULL},
+    };
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(cases); i++) {
+        keel_error e = {0};
+        size_t len = cases[i].len ? cases[i].len : strlen(cases[i].topic);
+        int rc = keel__topic_check_msg(cases[i].topic, len, 24, cases[i].payload, &e);
+        if (!cases[i].err && rc)
+            fail_msg("case %zu: %s", i, e.msg);
+        if (cases[i].err)
+            th_expect_err(rc, &e, rc == KEEL_ETOOBIG ? KEEL_ETOOBIG : KEEL_EINVALID, cases[i].err);
+    }
+    char slashes[400];
+    memset(slashes, '/', sizeof(slashes));
+    assert_int_equal(keel__topic_check_msg(slashes, 197, 0, 0, NULL), KEEL_OK);
+    keel_error e = {0};
+    th_expect_err(keel__topic_check_msg(slashes, 198, 0, 0, &e), &e, KEEL_EINVALID,
+                  "198 '/' separators; at most 197");
+    assert_true(keel__topic_ok("keel/dev/normal/a", 17));
+    assert_false(keel__topic_ok("keel/dev/normal/\xff", 17));
+}
+
 static void test_window_parse(void **state)
 {
     static const struct {
@@ -1274,6 +1324,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     mosquitto_lib_init();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_topic_check),
         cmocka_unit_test(test_window_parse),
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test_setup_teardown(test_offline_then_drain_in_priority_order, setup, teardown),
