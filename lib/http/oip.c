@@ -799,6 +799,7 @@ int keel__oip_parse(const char *body, size_t len, size_t json_len, const char *i
             goto out;
         }
         keel__strlcpy(r->outputs[r->noutputs], name, sizeof(r->outputs[0]));
+        r->req.outputs[r->noutputs] = r->outputs[r->noutputs]; /* lib/infer checks the names */
         r->out_binary[r->noutputs] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(it, "parameters"), "binary_data"));
         r->noutputs++;
@@ -825,6 +826,7 @@ out:
     }
     r->req.inputs = r->tensors;
     r->req.ninputs = r->ntensors;
+    r->req.noutputs = r->noutputs;
     r->req.tier = r->tier[0] ? r->tier : NULL;
     r->req.session = r->session[0] ? r->session : NULL;
     return KEEL_OK;

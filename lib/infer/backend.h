@@ -48,6 +48,7 @@ typedef struct keel__tier_ctx {
     const keel__tensor *inputs, *outputs; /* the package contract */
     size_t ninputs, noutputs;
     const char *cache_dir; /* for derived files (optimized graphs); may be NULL */
+    const char *label;     /* "name@version tier NAME": whose model it is, for log lines */
 } keel__tier_ctx;
 
 /* A cancel flag the caller owns and may set from any thread. A backend

@@ -244,6 +244,25 @@ bool keel__model_ready(keel__model *m)
     return false;
 }
 
+void keel__model_load_errors(keel__model *m, char *buf, size_t n)
+{
+    size_t o = 0;
+    if (!n)
+        return;
+    buf[0] = 0;
+    if (pthread_mutex_trylock(&m->load_mu)) {
+        snprintf(buf, n, "a tier is loading");
+        return;
+    }
+    for (size_t i = 0; i < m->ntiers && o < n; i++) {
+        const tier *t = &m->tiers[i];
+        if (!atomic_load(&t->inst) && t->load_error[0])
+            o += (size_t)snprintf(buf + o, n - o, "%s%s: %s", o ? "; " : "", t->name,
+                                  t->load_error);
+    }
+    pthread_mutex_unlock(&m->load_mu);
+}
+
 const char *keel__model_image_input(const keel__model *m)
 {
     return m->pre.kind == KEEL__PRE_IMAGE ? m->pre.input : NULL;
@@ -263,16 +282,20 @@ bool keel__infer_ready(keel__infer *e, char *why, size_t n)
     pthread_mutex_lock(&e->mu);
     for (size_t i = 0; i < e->n; i++) {
         const entry *en = &e->entries[i];
+        char tiers[512];
         const char *problem = NULL;
-        if (!en->m)
+        if (!en->m) {
             problem = en->error;
-        else if (!keel__model_ready(en->m))
-            problem = "no tier could load";
+        } else if (!keel__model_ready(en->m)) {
+            keel__model_load_errors(en->m, tiers, sizeof(tiers));
+            problem = tiers;
+        }
         if (!problem)
             continue;
         ok = false;
         if (o < n)
-            o += (size_t)snprintf(why + o, n - o, "%s%s: %s", o ? "; " : "", en->name, problem);
+            o += (size_t)snprintf(why + o, n - o, "%s%s: %s%s", o ? "; " : "", en->name,
+                                  problem == tiers ? "no tier could load: " : "", problem);
     }
     pthread_mutex_unlock(&e->mu);
     return ok;

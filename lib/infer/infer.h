@@ -105,6 +105,11 @@ typedef struct keel__infer_req {
     const void *raw;
     size_t raw_len, raw_json_len;
     bool complex; /* parameters.complex: escalate whatever the confidence */
+    /* the outputs the caller asks for, by name (borrowed); none: all. Each
+     * must be one the package gives (else KEEL_EINVALID naming them); the
+     * codec picks them from the response. */
+    const char *outputs[KEEL__MAX_IO];
+    size_t noutputs;
 } keel__infer_req;
 
 struct keel__infer_resp;

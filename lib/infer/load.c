@@ -368,16 +368,17 @@ void keel__model_free(keel__model *m)
     free(m);
 }
 
-/* Derives the contract from the first loaded tier that describes itself,
- * leaving out what keel fills in: constants here, and what the backend
- * fills itself (recurrent state) it does not list. */
-static int derive_inputs(model *m, keel_error *err)
+/* Fills the parts of the contract the manifest leaves out (inputs,
+ * outputs) from tier t, just loaded, when its backend describes its model:
+ * the first such tier in chain order defines them, and every later tier is
+ * checked against them as it loads. Left out: what keel fills in itself
+ * (the tier's constants here; recurrent state the backend does not list). */
+static int derive_contract(model *m, const tier *t, keel_error *err)
 {
-    for (size_t i = 0; i < m->ntiers && !m->nin; i++) {
-        tier *t = &m->tiers[i];
-        void *inst = atomic_load(&t->inst);
-        if (!inst || !t->be->ninputs)
-            continue;
+    void *inst = atomic_load(&t->inst);
+    if (!inst)
+        return KEEL_OK;
+    if (!m->nin && t->be->ninputs) {
         for (size_t k = 0; k < t->be->ninputs(inst) && m->nin < KEEL__MAX_IO; k++) {
             const keel__tensor *d = t->be->input(inst, k);
             bool internal = false;
@@ -389,6 +390,14 @@ static int derive_inputs(model *m, keel_error *err)
             if (!(m->in[m->nin].name = strdup(d->name)))
                 return keel__err(err, KEEL_ENOMEM, "out of memory");
             m->nin++;
+        }
+    }
+    if (!m->nout && t->be->noutputs) {
+        for (size_t k = 0; k < t->be->noutputs(inst) && m->nout < KEEL__MAX_IO; k++) {
+            m->out[m->nout] = *t->be->output(inst, k);
+            if (!(m->out[m->nout].name = strdup(m->out[m->nout].name)))
+                return keel__err(err, KEEL_ENOMEM, "out of memory");
+            m->nout++;
         }
     }
     return KEEL_OK;
@@ -480,10 +489,10 @@ int keel__model_build(const char *manifest, size_t len, keel__path_fn path_of, v
             m->tiers[i].br.state = BR_OPEN;
             m->tiers[i].br.open_until = keel__now_mono_ns() + m->pol.cooldown_ns;
             m->tiers[i].br.trips++;
+        } else if ((rc = derive_contract(m, &m->tiers[i], err))) {
+            goto out;
         }
     }
-    if (!m->nin && (rc = derive_inputs(m, err)))
-        goto out;
     if (m->pre.kind) {
         bool found = false;
         for (size_t i = 0; i < m->nin; i++)

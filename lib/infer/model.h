@@ -132,5 +132,9 @@ KEEL_WUR int keel__model_check(const char *manifest, size_t len, keel__path_fn p
 /* Frees a client session and its backend sessions (tier.c). */
 void keel__session_free(keel__model *m, session *s);
 KEEL_WUR int keel__model_tier_load(keel__model *m, size_t ti, keel_error *err);
+/* Why the tiers that are not loaded failed to ("primary: why; rules: why")
+ * into buf; "" when none failed. Takes load_mu unless a load holds it
+ * (then says so). */
+void keel__model_load_errors(keel__model *m, char *buf, size_t n);
 
 #endif

@@ -8,6 +8,8 @@
  *                         none of them is available
  *   optimized_cache       bool, default true: keep the optimized graph in
  *                         STATE_DIR/cache/onnx so the next start skips it
+ *                         (only when it keeps the model's inputs and
+ *                         outputs; see "the optimized-graph cache" below)
  *
  * Sessions (KEEL__CAP_SESSIONS) carry what a stream needs from one frame to
  * the next, as the tier's manifest object declares it:
@@ -20,8 +22,9 @@
  * keeps nothing. State outputs never leave the backend.
  */
 #include <errno.h>
-#include <pthread.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +54,8 @@ typedef struct onnx {
     size_t ctx_samples;
     keel__tensor pub[KEEL__MAX_IO]; /* the inputs a caller gives (names borrowed from s) */
     size_t npub;
+    keel__tensor pub_out[KEEL__MAX_IO]; /* the outputs a caller gets (names borrowed from s) */
+    size_t npub_out;
 } onnx;
 
 /* A stream's state: one buffer per state pair, and the context samples. */
@@ -141,6 +146,177 @@ static void public_inputs(onnx *m)
     }
 }
 
+/* The outputs a caller gets: the model's, without state outputs; a
+ * sequence or map output is rendered as JSON. */
+static void public_outputs(onnx *m)
+{
+    size_t n = keel__ort_noutputs(m->s);
+    for (size_t i = 0; i < n && m->npub_out < KEEL__MAX_IO; i++) {
+        const keel__tensor *d = keel__ort_output(m->s, i);
+        bool internal = false;
+        for (size_t k = 0; k < m->nstate; k++)
+            internal |= !strcmp(m->state[k].out, d->name);
+        if (internal)
+            continue;
+        m->pub_out[m->npub_out] = *d;
+        if (!d->dtype) /* ort.c describes non-tensors with dtype 0 */
+            m->pub_out[m->npub_out].dtype = KEEL_DT_JSON;
+        m->npub_out++;
+    }
+}
+
+/* --- the optimized-graph cache ------------------------------------------------------
+ *
+ * Optimizing a graph can take longer than running it many times, so the
+ * graph ONNX Runtime saves after optimizing is kept, per model hash,
+ * optimization level and runtime version (KEY), in the cache directory:
+ *   KEY.onnx     the optimized graph
+ *   KEY.sig      the original graph's inputs and outputs (names, dtypes,
+ *                shapes), written when KEY.onnx was found to match them
+ *   KEY.nocache  why the optimized graph cannot stand in for the original
+ * A saved graph must expose exactly the original's inputs and outputs. Some
+ * do not: for graphs whose weights are also graph inputs (the model zoo's
+ * older graphs), ONNX Runtime folds shape computations into new required
+ * inputs ("...__SHAPE"), and serving from such a file would refuse every
+ * request. So a newly saved graph is loaded and compared before it is
+ * kept, and KEY.sig is compared again on every use (a file from before
+ * this check, or a damaged one, is rebuilt). A graph that does not match
+ * leaves KEY.nocache behind, logged once: that model is optimized in
+ * memory at each load, without saving. */
+
+#define SIG_MAGIC "keel onnx cache signature 1\n"
+
+static size_t io_count(const keel__ort_session *s, bool out)
+{
+    return out ? keel__ort_noutputs(s) : keel__ort_ninputs(s);
+}
+
+static const keel__tensor *io_at(const keel__ort_session *s, bool out, size_t i)
+{
+    return out ? keel__ort_output(s, i) : keel__ort_input(s, i);
+}
+
+/* The session's inputs and outputs as text, in order: one line each with
+ * the dtype, the shape (-1 dynamic) and the name (length-prefixed). */
+static int signature(const keel__ort_session *s, keel_buf *b)
+{
+    int rc = keel__buf_append(b, SIG_MAGIC, strlen(SIG_MAGIC));
+    for (int out = 0; out < 2; out++)
+        for (size_t i = 0; !rc && i < io_count(s, out); i++) {
+            const keel__tensor *t = io_at(s, out, i);
+            rc = keel__buf_appendf(b, "%s %d [", out ? "out" : "in", t->dtype);
+            for (size_t d = 0; !rc && d < t->ndim; d++)
+                rc = keel__buf_appendf(b, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+            if (!rc)
+                rc = keel__buf_appendf(b, "] %zu:%s\n", strlen(t->name), t->name);
+        }
+    return rc;
+}
+
+static bool same_tensor(const keel__tensor *a, const keel__tensor *b)
+{
+    if (strcmp(a->name, b->name) || a->dtype != b->dtype || a->ndim != b->ndim)
+        return false;
+    for (size_t d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return false;
+    return true;
+}
+
+/* Whether b has exactly a's inputs and outputs; why says how it differs. */
+static bool same_io(const keel__ort_session *a, const keel__ort_session *b, char *why, size_t n)
+{
+    for (int out = 0; out < 2; out++) {
+        const char *what = out ? "output" : "input";
+        for (size_t i = 0; i < io_count(b, out); i++) {
+            const keel__tensor *x = io_at(b, out, i), *y = NULL;
+            for (size_t k = 0; k < io_count(a, out) && !y; k++)
+                if (!strcmp(io_at(a, out, k)->name, x->name))
+                    y = io_at(a, out, k);
+            if (!y || !same_tensor(x, y)) {
+                snprintf(why, n, "%s %s \"%s\"", y ? "changes" : "adds the", what, x->name);
+                return false;
+            }
+        }
+        for (size_t i = 0; i < io_count(a, out); i++) {
+            const keel__tensor *x = io_at(a, out, i);
+            if (i >= io_count(b, out)) {
+                snprintf(why, n, "drops the %s \"%s\"", what, x->name);
+                return false;
+            }
+            if (!same_tensor(x, io_at(b, out, i))) {
+                snprintf(why, n, "lists its %ss in another order", what);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+typedef struct cache_files {
+    char graph[PATH_MAX], sig[PATH_MAX], off[PATH_MAX];
+    char tmp[PATH_MAX]; /* where ORT saves a new graph ("" when none is saved) */
+} cache_files;
+
+/* Whether the cached graph's session s has the signature recorded in
+ * KEY.sig. */
+static bool cache_matches(const cache_files *c, const keel__ort_session *s)
+{
+    char *want = NULL;
+    size_t len = 0;
+    keel_buf have;
+    keel__buf_init(&have, 1u << 20);
+    bool ok = !keel__fs_read(c->sig, 1u << 20, &want, &len, NULL) && !signature(s, &have) &&
+              have.len == len && !memcmp(have.data, want, len);
+    free(want);
+    keel__buf_done(&have);
+    return ok;
+}
+
+/* Keeps the graph ORT just saved to c->tmp when it has exactly the inputs
+ * and outputs of orig (the session of the original graph), else records
+ * why not in KEY.nocache and says so once. Best effort: a graph not kept
+ * only makes the next start slower. */
+static void cache_keep(const cache_files *c, const keel__ort_session *orig, const char *model)
+{
+    keel__ort_opts o = {.intra_threads = 1, .opt_level = 0};
+    keel__ort_session *saved = NULL;
+    keel_buf sig;
+    char why[256] = "", msg[512];
+    keel__buf_init(&sig, 1u << 20);
+    keel_error e = {0};
+    if (keel__ort_session_new(c->tmp, &o, &saved, &e)) {
+        KEEL_LOG_D(MOD, "optimized graph of %s not cached: %s", model, e.msg);
+    } else if (!same_io(orig, saved, why, sizeof(why))) {
+        snprintf(msg, sizeof(msg),
+                 "the graph ONNX Runtime %s saves after optimizing %s %s; it is not cached, and "
+                 "this model is optimized in memory at each load\n",
+                 keel__ort_version(), model, why);
+        if (keel__fs_write_atomic(c->off, msg, strlen(msg), 0600, NULL)) { /* best effort */
+        }
+        KEEL_LOG_W(MOD, "%.*s", (int)strlen(msg) - 1, msg);
+    } else if (signature(orig, &sig) ||
+               keel__fs_write_atomic(c->sig, sig.data, sig.len, 0600, &e) ||
+               keel__fs_rename(c->tmp, c->graph)) {
+        KEEL_LOG_D(MOD, "optimized graph of %s not cached: %s", model,
+                   e.msg[0] ? e.msg : strerror(errno));
+    } else {
+        KEEL_LOG_D(MOD, "cached optimized graph %s", c->graph);
+    }
+    keel__ort_session_free(saved);
+    keel__buf_done(&sig);
+    if (unlink(c->tmp)) { /* gone when kept, or never written */
+    }
+}
+
+/* Drops a cached graph that does not match its record. */
+static void cache_drop(const cache_files *c, const char *why)
+{
+    KEEL_LOG_W(MOD, "optimized graph %s not used (%s); optimizing again", c->graph, why);
+    if (unlink(c->graph) || unlink(c->sig)) { /* best effort */
+    }
+}
+
 static int opt_level(const cJSON *opts, int *ret, keel_error *err)
 {
     static const struct {
@@ -215,23 +391,34 @@ static int onnx_load(const keel__tier_ctx *ctx, void **ret, keel_error *err)
 
     /* The optimized graph is cached by model hash, level and runtime
      * version: a different model or runtime never picks up a stale file. */
-    char cache[PATH_MAX] = "", tmp[PATH_MAX + 16] = "";
     const cJSON *use_cache = cJSON_GetObjectItemCaseSensitive(opts, "optimized_cache");
+    static atomic_uint tmp_seq;
+    cache_files *c = NULL;
     bool cached = false;
     if ((rc = keel__ort_load(NULL, err)))
         return rc;
-    if (ctx->cache_dir && ctx->model_hex && !cJSON_IsFalse(use_cache) && !o.nproviders &&
-        !keel__snprintf(cache, sizeof(cache), "%s/%s-o%d-ort%s.onnx", ctx->cache_dir,
-                        ctx->model_hex, o.opt_level, keel__ort_version())) {
-        cached = access(cache, R_OK) == 0;
-        if (!cached && !keel__fs_mkdir_p(ctx->cache_dir, 0700, NULL)) {
-            snprintf(tmp, sizeof(tmp), "%s.%d.tmp", cache, (int)getpid());
-            o.optimized_model_path = tmp;
+    if (ctx->cache_dir && ctx->model_hex && !cJSON_IsFalse(use_cache) && !o.nproviders) {
+        const char *dir = ctx->cache_dir, *hex = ctx->model_hex, *v = keel__ort_version();
+        if (!(c = calloc(1, sizeof(*c))))
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+        if (keel__snprintf(c->graph, sizeof(c->graph), "%s/%s-o%d-ort%s.onnx", dir, hex,
+                           o.opt_level, v) ||
+            keel__snprintf(c->sig, sizeof(c->sig), "%s/%s-o%d-ort%s.sig", dir, hex, o.opt_level,
+                           v) ||
+            keel__snprintf(c->off, sizeof(c->off), "%s/%s-o%d-ort%s.nocache", dir, hex,
+                           o.opt_level, v) ||
+            keel__fs_exists(c->off)) { /* known not to keep the model's inputs and outputs */
+            free(c);
+            c = NULL;
         }
     }
+    if (c)
+        cached = access(c->graph, R_OK) == 0;
     onnx *m = malloc(sizeof(*m));
-    if (!m)
+    if (!m) {
+        free(c);
         return keel__err(err, KEEL_ENOMEM, "out of memory");
+    }
     *m = spec;
     pthread_once(&warm_once, warm_up);
     pthread_mutex_lock(&measure_mu);
@@ -239,30 +426,39 @@ static int onnx_load(const keel__tier_ctx *ctx, void **ret, keel_error *err)
     if (cached) {
         keel__ort_opts co = o;
         co.opt_level = 0; /* already optimized */
-        rc = keel__ort_session_new(cache, &co, &m->s, err);
-        if (rc) { /* a damaged cache file is only a slower start */
-            KEEL_LOG_W(MOD, "optimized cache %s unusable (%s); rebuilding", cache, err->msg);
-            if (unlink(cache)) { /* best effort */
-            }
-            cached = false;
+        rc = keel__ort_session_new(c->graph, &co, &m->s, err);
+        if (rc) /* a damaged cache file is only a slower start */
+            cache_drop(c, err->msg);
+        else if (!cache_matches(c, m->s)) {
+            keel__ort_session_free(m->s);
+            m->s = NULL;
+            cache_drop(c, "does not match the inputs and outputs recorded for it");
         }
+        cached = m->s != NULL;
+    }
+    if (!cached && c && !keel__fs_mkdir_p(ctx->cache_dir, 0700, NULL)) {
+        snprintf(c->tmp, sizeof(c->tmp), "%s.%d.%u.tmp", c->graph, (int)getpid(),
+                 atomic_fetch_add(&tmp_seq, 1));
+        o.optimized_model_path = c->tmp;
     }
     if (!cached)
         rc = keel__ort_session_new(ctx->model_path, &o, &m->s, err);
-    if (tmp[0]) {
-        if (!rc && rename(tmp, cache) == 0)
-            KEEL_LOG_D(MOD, "cached optimized graph %s", cache);
-        else if (unlink(tmp)) { /* ORT may not have written it */
+    uint64_t after = keel__rss_bytes();
+    if (c && c->tmp[0]) { /* not measured: the check's session is gone when it returns */
+        if (!rc)
+            cache_keep(c, m->s, ctx->label ? ctx->label : "a model");
+        else if (unlink(c->tmp)) { /* ORT may not have written it */
         }
     }
-    uint64_t after = keel__rss_bytes();
     pthread_mutex_unlock(&measure_mu);
+    free(c);
     if (rc) {
         free(m);
         return rc;
     }
     m->memory = after > before ? after - before : 0;
     public_inputs(m);
+    public_outputs(m);
     *ret = m;
     return KEEL_OK;
 }
@@ -513,6 +709,17 @@ static const keel__tensor *onnx_input(void *inst, size_t i)
     return i < m->npub ? &m->pub[i] : NULL;
 }
 
+static size_t onnx_noutputs(void *inst)
+{
+    return ((onnx *)inst)->npub_out;
+}
+
+static const keel__tensor *onnx_output(void *inst, size_t i)
+{
+    onnx *m = inst;
+    return i < m->npub_out ? &m->pub_out[i] : NULL;
+}
+
 static uint64_t onnx_memory(void *inst)
 {
     return ((onnx *)inst)->memory;
@@ -534,6 +741,8 @@ const keel__backend keel__backend_onnx = {
     .session_reset = onnx_session_reset,
     .ninputs = onnx_ninputs,
     .input = onnx_input,
+    .noutputs = onnx_noutputs,
+    .output = onnx_output,
     .memory = onnx_memory,
     .device = onnx_device,
 };

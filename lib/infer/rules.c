@@ -13,9 +13,16 @@
  *               "confidence": 0.9, "outputs": {"output_label": [0]}},
  *              {"label": "virginica", "confidence": 0.6, "outputs": {"output_label": [2]}}]}
  *
+ * A rule's values for an output are one row of it: the output's declared
+ * shape with its first size set to the rows. The sizes after the first must
+ * hold exactly the values (all fixed, or all but one, which the values then
+ * fill); a rules file that does not fit the shapes fails to load, saying
+ * which rule and output.
+ *
  * Everything is compiled at load into flat arrays; a run allocates only the
  * response. Deterministic: same input, same answer, on every device.
  */
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,7 +99,60 @@ typedef struct rules {
     keel__tensor outputs[KEEL__MAX_IO]; /* the contract's outputs (names borrowed from names) */
     char names[KEEL__MAX_IO][64];
     size_t noutputs;
+    /* per output, from its declared shape: the product of the fixed sizes
+     * after the first, and the one size after the first left free (0: none,
+     * -1: more than one, so rules cannot fill it) */
+    size_t per_row[KEEL__MAX_IO];
+    int free_dim[KEEL__MAX_IO];
 } rules;
+
+static void shape_str(const keel__tensor *t, char *buf, size_t size)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (size_t d = 0; d < t->ndim && o < size; d++)
+        o += (size_t)snprintf(buf + o, size - o, "%s%" PRId64, d ? "," : "", t->shape[d]);
+}
+
+/* per_row and free_dim of output o from its declared shape. */
+static void row_shape(rules *r, size_t o)
+{
+    const keel__tensor *d = &r->outputs[o];
+    r->per_row[o] = 1;
+    r->free_dim[o] = 0;
+    for (size_t k = 1; k < d->ndim; k++) {
+        if (d->shape[k] >= 0)
+            r->per_row[o] *= (size_t)d->shape[k];
+        else
+            r->free_dim[o] = r->free_dim[o] ? -1 : (int)k;
+    }
+}
+
+/* Whether n values are one row of output o; why says what fits otherwise. */
+static int check_width(const rules *r, int o, size_t n, const char *where, keel_error *err)
+{
+    const keel__tensor *d = &r->outputs[o];
+    char shape[128];
+    size_t per = r->per_row[o];
+    bool ok = r->free_dim[o] == 0 ? n == per : r->free_dim[o] > 0 && (per ? n && n % per == 0 : !n);
+    if (ok)
+        return KEEL_OK;
+    shape_str(d, shape, sizeof(shape));
+    if (r->free_dim[o] < 0)
+        return keel__err(err, KEEL_EINVALID,
+                         "%s.outputs.%s: the package declares its shape [%s], with more than one "
+                         "free size after the first; a rules tier needs them fixed, or all but one",
+                         where, d->name, shape);
+    if (r->free_dim[o] > 0)
+        return keel__err(err, KEEL_EINVALID,
+                         "%s.outputs.%s: %zu values, but the package declares shape [%s]: a row "
+                         "needs a non-zero multiple of %zu",
+                         where, d->name, n, shape, per);
+    return keel__err(err, KEEL_EINVALID,
+                     "%s.outputs.%s: %zu values, but the package declares shape [%s]: a row needs "
+                     "%zu",
+                     where, d->name, n, shape, per);
+}
 
 static int find_feature(const rules *r, const char *name)
 {
@@ -250,6 +310,8 @@ static int parse_rule(rules *r, const cJSON *j, size_t k, keel_error *err)
                                  where, o->string, MAX_OUTVALS);
             ov->v[ov->n++] = e->valuedouble;
         }
+        if ((rc = check_width(r, oi, ov->n, where, err)))
+            return rc;
     }
     r->nrules++;
     return KEEL_OK;
@@ -268,6 +330,7 @@ static int rules_load(const keel__tier_ctx *ctx, void **ret, keel_error *err)
         r->outputs[i] = ctx->outputs[i];
         keel__strlcpy(r->names[i], ctx->outputs[i].name, sizeof(r->names[i]));
         r->outputs[i].name = r->names[i];
+        row_shape(r, i);
         r->noutputs++;
     }
     if ((rc = keel__fs_read(ctx->model_path, 1u << 20, &text, &len, err)) ||
@@ -288,6 +351,14 @@ static int rules_load(const keel__tier_ctx *ctx, void **ret, keel_error *err)
         goto out;
     }
     keel__strlcpy(r->input, input, sizeof(r->input));
+    bool declared = !ctx->ninputs;
+    for (size_t i = 0; i < ctx->ninputs; i++)
+        declared |= !strcmp(ctx->inputs[i].name, input);
+    if (!declared) {
+        rc = keel__err(err, KEEL_EINVALID,
+                       "rules.input: \"%s\" is not an input the package declares", input);
+        goto out;
+    }
     cJSON_ArrayForEach(it, feats) if ((rc = parse_feature(r, it, err))) goto out;
     size_t k = 0;
     cJSON_ArrayForEach(it, rs)
@@ -440,11 +511,26 @@ static int rules_run(void *inst, void *sess, const keel__tensor *in, size_t nin,
             for (size_t k = 0; k < chosen[row]->nouts; k++)
                 if (chosen[row]->outs[k].output == (int)o)
                     ov = &chosen[row]->outs[k];
-            if (!ov || (width && ov->n != width))
+            if (!ov) {
                 all = false;
-            else
+            } else if (row && ov->n != width) {
+                rc = keel__err(err, KEEL_EINVALID,
+                               "rules: rows 0 and %zu give output \"%s\" %zu and %zu values; "
+                               "its rows must be the same size",
+                               row, decl->name, width, ov->n);
+                break;
+            } else {
                 width = ov->n;
+            }
         }
+        if (!rc && all && (decl->ndim ? decl->shape[0] >= 0 && decl->shape[0] != (int64_t)rows
+                                      : rows != 1))
+            rc = keel__err(err, KEEL_EINVALID,
+                           "rules: the package declares output \"%s\" with %" PRId64
+                           " rows, but the input \"%s\" has %zu",
+                           decl->name, decl->ndim ? decl->shape[0] : 1, r->input, rows);
+        if (rc)
+            break;
         if (!all)
             continue;
         keel__tensor *ot = &out[n];
@@ -457,23 +543,14 @@ static int rules_run(void *inst, void *sess, const keel__tensor *in, size_t nin,
             rc = keel__err(err, KEEL_ENOMEM, "out of memory");
             break;
         }
-        /* shape: the declared one with the batch axis set, when its other
-         * sizes are fixed and hold width values; else [rows, width] */
-        size_t prod = 1;
-        bool fixed = true;
-        for (size_t d = 1; d < decl->ndim; d++) {
-            fixed = fixed && decl->shape[d] > 0;
-            prod *= decl->shape[d] > 0 ? (size_t)decl->shape[d] : 0;
-        }
-        if (decl->ndim >= 1 && fixed && prod == width) {
-            ot->ndim = decl->ndim;
-            memcpy(ot->shape, decl->shape, sizeof(ot->shape));
+        /* shape: the declared one, its first size the rows and its free
+         * size what the values fill (load checked that they fit) */
+        ot->ndim = decl->ndim;
+        memcpy(ot->shape, decl->shape, sizeof(ot->shape));
+        if (decl->ndim)
             ot->shape[0] = (int64_t)rows;
-        } else {
-            ot->ndim = 2;
-            ot->shape[0] = (int64_t)rows;
-            ot->shape[1] = (int64_t)width;
-        }
+        if (r->free_dim[o] > 0)
+            ot->shape[r->free_dim[o]] = (int64_t)(width / r->per_row[o]);
         for (size_t row = 0; row < rows; row++)
             for (size_t k = 0; k < chosen[row]->nouts; k++)
                 if (chosen[row]->outs[k].output == (int)o)

@@ -358,8 +358,10 @@ int keel__infer_validator(void *ctx, keel_store *s, const char *name, const char
     if ((rc = keel__model_load(e, name, version, &m, err)))
         return rc;
     if (!keel__model_ready(m)) {
+        char why[768];
+        keel__model_load_errors(m, why, sizeof(why));
         keel__model_unref(m);
-        return keel__err(err, KEEL_ECORRUPT, "no tier of %s %s can load", name, version);
+        return keel__err(err, KEEL_ECORRUPT, "no tier of %s %s can load: %s", name, version, why);
     }
     if (!has_validation) {
         KEEL_LOG_W(MOD, "%s %s has no validation set; activating without a self-test", name,

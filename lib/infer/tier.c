@@ -211,11 +211,122 @@ static void session_put(model *m, session *s)
 
 /* --- tiers ---------------------------------------------------------------------------------- */
 
-/* Loads a tier's backend instance. Called with load_mu held (or before the
- * model is shared). */
+/* "\"a\", \"b\"" into buf: the names of n tensors, for messages. */
+static const char *names_of(const keel__tensor *t, size_t n, char *buf, size_t size)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < n && o < size; i++)
+        o += (size_t)snprintf(buf + o, size - o, "%s\"%s\"", i ? ", " : "", t[i].name);
+    if (!n)
+        snprintf(buf, size, "none");
+    return buf;
+}
+
+static void shape_str(const keel__tensor *t, char *buf, size_t size)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (size_t d = 0; d < t->ndim && o < size; d++)
+        o += (size_t)snprintf(buf + o, size - o, "%s%" PRId64, d ? "," : "", t->shape[d]);
+}
+
+/* Whether the shape a package declares fits the one the model takes:
+ * the same rank, and equal sizes where both are fixed. */
+static bool shape_fits(const keel__tensor *decl, const keel__tensor *x)
+{
+    if (decl->ndim != x->ndim)
+        return false;
+    for (size_t d = 0; d < decl->ndim; d++)
+        if (decl->shape[d] >= 0 && x->shape[d] >= 0 && decl->shape[d] != x->shape[d])
+            return false;
+    return true;
+}
+
+static const keel__tensor *find_tensor(const keel__tensor *t, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(t[i].name, name))
+            return &t[i];
+    return NULL;
+}
+
+/* Whether a loaded tier's model can serve the package's contract: every
+ * input it needs is declared (or one of the tier's constants); every
+ * declared input is one it takes, with the declared dtype and a fitting
+ * shape; every declared output is one it gives, with the declared dtype (a
+ * sequence or map output fits any). A part of the contract still empty
+ * (the package leaves it to the model) and a backend that does not
+ * describe its model are not checked. */
+static int check_contract(const model *m, const tier *t, void *inst, keel_error *err)
+{
+    const keel__backend *be = t->be;
+    keel__tensor mio[KEEL__MAX_IO];
+    char names[512], want[128], got[128];
+    size_t n = 0;
+    if (be->ninputs && m->nin) {
+        for (size_t i = 0; i < be->ninputs(inst) && n < KEEL__MAX_IO; i++) {
+            const keel__tensor *d = be->input(inst, i);
+            if (!find_tensor(t->consts, t->nconsts, d->name))
+                mio[n++] = *d;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (!find_tensor(m->in, m->nin, mio[i].name))
+                return keel__err(err, KEEL_EINVALID,
+                                 "the model needs input \"%s\", which the package does not "
+                                 "declare (it declares %s); declare it in keel.json's \"inputs\" "
+                                 "or give it in the tier's \"constants\"",
+                                 mio[i].name, names_of(m->in, m->nin, names, sizeof(names)));
+        for (size_t i = 0; i < m->nin; i++) {
+            const keel__tensor *decl = &m->in[i], *x = find_tensor(mio, n, decl->name);
+            if (!x)
+                return keel__err(err, KEEL_EINVALID,
+                                 "the package declares input \"%s\", which the model does not "
+                                 "take (it takes %s)",
+                                 decl->name, names_of(mio, n, names, sizeof(names)));
+            if (x->dtype != decl->dtype)
+                return keel__err(err, KEEL_EINVALID,
+                                 "input \"%s\": the package declares %s, the model takes %s",
+                                 decl->name, keel__dtype_name(decl->dtype),
+                                 keel__dtype_name(x->dtype));
+            if (!shape_fits(decl, x)) {
+                shape_str(decl, want, sizeof(want));
+                shape_str(x, got, sizeof(got));
+                return keel__err(err, KEEL_EINVALID,
+                                 "input \"%s\": the package declares shape [%s], the model takes "
+                                 "[%s] (-1: any size)",
+                                 decl->name, want, got);
+            }
+        }
+    }
+    if (be->noutputs && m->nout) {
+        n = 0;
+        for (size_t i = 0; i < be->noutputs(inst) && n < KEEL__MAX_IO; i++)
+            mio[n++] = *be->output(inst, i);
+        for (size_t i = 0; i < m->nout; i++) {
+            const keel__tensor *decl = &m->out[i], *x = find_tensor(mio, n, decl->name);
+            if (!x)
+                return keel__err(err, KEEL_EINVALID,
+                                 "the package declares output \"%s\", which the model does not "
+                                 "give (it gives %s)",
+                                 decl->name, names_of(mio, n, names, sizeof(names)));
+            if (x->dtype != decl->dtype && x->dtype != KEEL_DT_JSON)
+                return keel__err(err, KEEL_EINVALID,
+                                 "output \"%s\": the package declares %s, the model gives %s",
+                                 decl->name, keel__dtype_name(decl->dtype),
+                                 keel__dtype_name(x->dtype));
+        }
+    }
+    return KEEL_OK;
+}
+
+/* Loads a tier's backend instance and checks it against the contract.
+ * Called with load_mu held (or before the model is shared). */
 int keel__model_tier_load(model *m, size_t ti, keel_error *err)
 {
     tier *t = &m->tiers[ti];
+    char label[KEEL_NAME_MAX + KEEL_VERSION_MAX + 48];
+    snprintf(label, sizeof(label), "%s@%s tier %s", m->name, m->version, t->name);
     keel__tier_ctx ctx = {
         .model_path = t->model_path,
         .model_hex = t->model_hex,
@@ -226,9 +337,14 @@ int keel__model_tier_load(model *m, size_t ti, keel_error *err)
         .outputs = m->out,
         .noutputs = m->nout,
         .cache_dir = m->eng_opts.cache_dir,
+        .label = label,
     };
     void *inst = NULL;
     int rc = t->be->load(&ctx, &inst, err);
+    if (!rc && (rc = check_contract(m, t, inst, err))) {
+        t->be->unload(inst);
+        inst = NULL;
+    }
     if (!rc && t->memory_budget && t->be->memory) {
         uint64_t used = t->be->memory(inst);
         if (used > t->memory_budget) {
@@ -333,6 +449,20 @@ static int check_input(const keel__tensor *decl, const keel__tensor *x, keel_err
     return KEEL_OK;
 }
 
+/* The outputs a request asks for must be ones the package gives. */
+static int check_outputs(const model *m, const keel__infer_req *req, keel_error *err)
+{
+    char names[512];
+    if (req->noutputs > KEEL__MAX_IO)
+        return keel__err(err, KEEL_ETOOBIG, "outputs: more than %d", KEEL__MAX_IO);
+    for (size_t i = 0; i < req->noutputs; i++)
+        if (!req->outputs[i] || !find_tensor(m->out, m->nout, req->outputs[i]))
+            return keel__err(err, KEEL_EINVALID, "unknown output \"%s\"; %s gives %s",
+                             req->outputs[i] ? req->outputs[i] : "", m->name,
+                             names_of(m->out, m->nout, names, sizeof(names)));
+    return KEEL_OK;
+}
+
 /* Resolves the request's inputs against the contract into ins (contract
  * order). Image and tabular preprocessing produce owned buffers (owned[]). */
 static int prepare(model *m, const keel__infer_req *req, keel__tensor *ins, void **owned,
@@ -344,13 +474,10 @@ static int prepare(model *m, const keel__infer_req *req, keel__tensor *ins, void
             if (!strcmp(req->inputs[i].name, m->in[j].name))
                 k = j;
         if (k == m->nin) {
-            char names[512] = "";
-            size_t o = 0;
-            for (size_t j = 0; j < m->nin && o < sizeof(names); j++)
-                o += (size_t)snprintf(names + o, sizeof(names) - o, "%s\"%s\"", j ? ", " : "",
-                                      m->in[j].name);
+            char names[512];
             return keel__err(err, KEEL_EINVALID, "unknown input \"%s\"; %s takes %s",
-                             req->inputs[i].name, m->name, names);
+                             req->inputs[i].name, m->name,
+                             names_of(m->in, m->nin, names, sizeof(names)));
         }
         for (size_t j = 0; j < i; j++)
             if (!strcmp(req->inputs[j].name, req->inputs[i].name))
@@ -675,7 +802,7 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
     keel__strlcpy(resp->version, m->version, sizeof(resp->version));
     keel__strlcpy(resp->digest, m->digest, sizeof(resp->digest));
     if ((rc = find_pin(m, req->tier, &pin, err)) || (rc = check_cap(m, pin, KEEL__CAP_RUN, err)) ||
-        (rc = prepare(m, req, ins, owned, &nowned, err)))
+        (rc = check_outputs(m, req, err)) || (rc = prepare(m, req, ins, owned, &nowned, err)))
         goto out;
     if (req->session && req->session[0] && (rc = session_get(m, req->session, &s, err)))
         goto out;
@@ -854,6 +981,8 @@ int keel__model_infer(keel__model *m, const keel__infer_req *req, keel__infer_re
     char why[200] = "";
     int rc;
     memset(resp, 0, sizeof(*resp));
+    if ((rc = check_outputs(m, req, err))) /* before the upstream sees it */
+        return rc;
     if (route == KEEL__ROUTE_UPSTREAM_FIRST && forward(m, req, resp, why, sizeof(why)))
         goto out;
     if ((rc = keel__model_run(m, req, resp, err)))
