@@ -286,8 +286,10 @@ static int label_of(keel_buf *b, const keel__post *p, size_t idx)
     return keel__buf_appendf(b, "\"%zu\"", idx);
 }
 
-/* One row: scores[0..n) (after activation) -> {"label","index","confidence"[,"top_k"]}. */
-static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
+/* One row: scores[0..n) (after activation) -> {"label","index","confidence"[,"top_k"]}.
+ * probs: the scores are probabilities (after softmax or sigmoid, or a
+ * ZipMap's). */
+static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n, bool probs)
 {
     size_t best = 0;
     int rc;
@@ -308,6 +310,10 @@ static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
     if ((rc = keel__buf_append(b, "{\"label\":", 9)) || (rc = label_of(b, p, best)) ||
         (rc = keel__buf_appendf(b, ",\"index\":%zu,\"confidence\":%.6g", best, sc[best])))
         return rc;
+    /* top_k: the best k of the row's n classes, never more than n. Classes
+     * whose probability is 0 are left out: it underflowed (logits thousands
+     * apart) or the model gave them none, so they have no rank among
+     * themselves, and listing them in index order would invent one. */
     if (p->top_k) {
         size_t k = p->top_k < n ? p->top_k : n;
         bool *used = calloc(n, 1);
@@ -319,6 +325,8 @@ static int row_json(keel_buf *b, const keel__post *p, double *sc, size_t n)
             for (size_t i = 0; i < n; i++)
                 if (!used[i] && (m == n || sc[i] > sc[m]))
                     m = i;
+            if (probs && j && !(sc[m] > 0))
+                break;
             used[m] = true;
             rc = keel__buf_appendf(b, "%s{\"label\":", j ? "," : "");
             if (!rc)
@@ -362,7 +370,7 @@ static int zipmap_rows(keel_buf *b, const keel__post *p, const keel__tensor *t, 
         if (!rc && numeric_keys) {
             keel__post q = *p;
             q.activation = KEEL__ACT_NONE;
-            rc = row_json(b, &q, sc, n);
+            rc = row_json(b, &q, sc, n, true);
         } else if (!rc) { /* string classes: the key is the label */
             size_t best = 0, i = 0;
             const cJSON *bk = NULL;
@@ -453,7 +461,7 @@ int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n, c
                 if (!rc)
                     rc = keel__buf_appendf(&b, ",\"index\":%zu}", idx);
             } else {
-                rc = row_json(&b, p, sc, per);
+                rc = row_json(&b, p, sc, per, p->activation != KEEL__ACT_NONE);
             }
         }
         free(sc);

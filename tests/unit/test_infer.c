@@ -11,6 +11,7 @@
 #include "helpers.h"
 #include "core/json.h"
 #include "infer/model.h"
+#include "infer/ort.h"
 
 #ifndef KEEL_TEST_DATA
 #define KEEL_TEST_DATA "tests/data"
@@ -21,7 +22,8 @@ static const char *dir;
 /* Package files: "matmul.onnx" is the fixture, anything else lives in dir. */
 static int path_of(void *ctx, const char *rel, char *buf, size_t n, keel_error *err)
 {
-    if (!strcmp(rel, "matmul.onnx") || !strcmp(rel, "accumulate.onnx"))
+    if (!strcmp(rel, "matmul.onnx") || !strcmp(rel, "accumulate.onnx") ||
+        !strcmp(rel, "shape_fold.onnx"))
         snprintf(buf, n, KEEL_TEST_DATA "/%s", rel);
     else
         snprintf(buf, n, "%s/%s", dir, rel);
@@ -131,6 +133,11 @@ static void test_rules_backend(void **state)
          "not an output the package declares"},
         {"{\"format\":1,\"input\":\"a\",\"rules\":[{\"label\":\"x\",\"confidence\":3}]}",
          "within 0..1"},
+        /* the declared output shape [-1,3] holds 3 values a row */
+        {"{\"format\":1,\"input\":\"a\",\"rules\":[{\"label\":\"x\",\"outputs\":{\"c\":[1,2]}}]}",
+         "rules[0].outputs.c: 2 values, but the package declares shape [-1,3]: a row needs 3"},
+        {"{\"format\":1,\"input\":\"zz\",\"rules\":[{\"label\":\"x\"}]}",
+         "\"zz\" is not an input the package declares"},
     };
     for (size_t i = 0; i < KEEL_ARRAY_LEN(bad_rules); i++) {
         th_write_str(dir, "rules.json", bad_rules[i].text);
@@ -286,6 +293,23 @@ static void test_postprocess(void **state)
             ->valuestring,
         "bird");
     assert_string_equal(cJSON_GetObjectItem(r1, "label")->valuestring, "bird");
+    cJSON_Delete(r);
+    free(res);
+
+    /* top_k never goes past the classes there are, nor lists classes whose
+     * probability underflowed to 0 (logits thousands apart, as mnist's) */
+    p.top_k = 5;
+    float far[6] = {0, 4000, 2000, 1, 3, 2};
+    t.data = far;
+    if (keel__post_result(&p, &t, 1, &res, &e))
+        fail_msg("%s", e.msg);
+    r = cJSON_Parse(res);
+    const cJSON *k0 = cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "top_k"),
+                *k1 = cJSON_GetObjectItem(cJSON_GetArrayItem(r, 1), "top_k");
+    assert_int_equal(cJSON_GetArraySize(k0), 1);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(k0, 0), "label")->valuestring, "dog");
+    assert_int_equal(cJSON_GetArraySize(k1), 3);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(k1, 2), "label")->valuestring, "cat");
     cJSON_Delete(r);
     free(res);
     keel__post_done(&p);
@@ -503,6 +527,225 @@ static void test_events(void **state)
                   KEEL_EINVALID, "records.mode");
 }
 
+/* A rules tier gives its outputs in their declared shapes: a free size
+ * takes what the values fill; a fixed first size must match the rows. */
+static void test_rules_shapes(void **state)
+{
+    dir = th_tmpdir();
+    setup_data();
+    th_write_str(dir, "rules.json",
+                 "{\"format\":1,\"input\":\"a\",\"rules\":[{\"label\":\"x\","
+                 "\"outputs\":{\"c\":[1,2,3,4]}}]}");
+    static const struct {
+        const char *shape, *want; /* want: the output's shape, or the error */
+    } cases[] = {
+        {"[-1,2,-1]", "3,2,2"},
+        {"[-1,4,1]", "3,4,1"},
+        {"[3,4]", "3,4"},
+        {"[1,4]", "declares output \"c\" with 1 rows, but the input \"a\" has 3"},
+    };
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(cases); i++) {
+        char man[1024];
+        snprintf(man, sizeof(man),
+                 "{\"format\":1,\"name\":\"r\",\"version\":\"1.0.0\","
+                 "\"inputs\":[{\"name\":\"a\",\"dtype\":\"float32\",\"shape\":[-1,4]}],"
+                 "\"outputs\":[{\"name\":\"c\",\"dtype\":\"float32\",\"shape\":%s}],"
+                 "\"tiers\":[{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}",
+                 cases[i].shape);
+        keel__model *m = build(man);
+        keel__tensor in = {.name = "a", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {3, 4},
+                           .data = av, .nbytes = sizeof(av)};
+        keel__infer_req r = {.inputs = &in, .ninputs = 1};
+        keel__infer_resp resp;
+        keel_error e = {0};
+        if (strchr(cases[i].want, '"')) {
+            th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_ENOTREADY, cases[i].want);
+        } else {
+            if (keel__model_run(m, &r, &resp, &e))
+                fail_msg("%s: %s", cases[i].shape, e.msg);
+            char got[64] = "";
+            size_t o = 0;
+            for (size_t d = 0; d < resp.outputs[0].ndim; d++)
+                o += (size_t)snprintf(got + o, sizeof(got) - o, "%s%lld", d ? "," : "",
+                                      (long long)resp.outputs[0].shape[d]);
+            assert_string_equal(got, cases[i].want);
+            keel__infer_resp_done(&resp);
+        }
+        keel__model_unref(m);
+    }
+    /* more than one free size after the first: the rules cannot fill it */
+    const char *man = "{\"format\":1,\"name\":\"r\",\"version\":\"1.0.0\","
+                      "\"outputs\":[{\"name\":\"c\",\"dtype\":\"float32\",\"shape\":[-1,-1,-1]}],"
+                      "\"tiers\":[{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}";
+    keel__model *m = build(man);
+    assert_false(keel__model_ready(m));
+    assert_non_null(strstr(m->tiers[0].load_error, "more than one free size"));
+    keel__model_unref(m);
+}
+
+/* A tier whose model cannot serve the package's contract does not load
+ * (the package is not ready, and says why); what the manifest leaves out
+ * comes from the model; requested outputs must be ones the package gives. */
+static void test_contract(void **state)
+{
+    dir = th_tmpdir();
+    setup_data();
+    static const struct {
+        const char *contract, *want;
+    } bad[] = {
+        {"\"inputs\":[{\"name\":\"a\",\"dtype\":\"float32\",\"shape\":[3,4]}]",
+         "the model needs input \"b\", which the package does not declare (it declares \"a\")"},
+        {"\"inputs\":[{\"name\":\"a\",\"dtype\":\"float32\",\"shape\":[3,4]},"
+         "{\"name\":\"b\",\"dtype\":\"float32\",\"shape\":[4,3]},"
+         "{\"name\":\"x\",\"dtype\":\"float32\",\"shape\":[1]}]",
+         "declares input \"x\", which the model does not take (it takes \"a\", \"b\")"},
+        {"\"inputs\":[{\"name\":\"a\",\"dtype\":\"int64\",\"shape\":[3,4]},"
+         "{\"name\":\"b\",\"dtype\":\"float32\",\"shape\":[4,3]}]",
+         "input \"a\": the package declares int64, the model takes float32"},
+        {"\"inputs\":[{\"name\":\"a\",\"dtype\":\"float32\",\"shape\":[3,5]},"
+         "{\"name\":\"b\",\"dtype\":\"float32\",\"shape\":[4,3]}]",
+         "input \"a\": the package declares shape [3,5], the model takes [3,4]"},
+        {"\"outputs\":[{\"name\":\"d\",\"dtype\":\"float32\",\"shape\":[3,3]}]",
+         "declares output \"d\", which the model does not give (it gives \"c\")"},
+        {"\"outputs\":[{\"name\":\"c\",\"dtype\":\"int64\",\"shape\":[3,3]}]",
+         "output \"c\": the package declares int64, the model gives float32"},
+    };
+    keel_error e = {0};
+    keel__infer_resp resp;
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(bad); i++) {
+        char man[1024];
+        snprintf(man, sizeof(man),
+                 "{\"format\":1,\"name\":\"mm\",\"version\":\"1.0.0\",%s,\"tiers\":[{\"name\":"
+                 "\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"}]}",
+                 bad[i].contract);
+        keel__model *m = build(man);
+        assert_false(keel__model_ready(m));
+        char why[1024];
+        keel__model_load_errors(m, why, sizeof(why));
+        if (!strstr(why, bad[i].want))
+            fail_msg("case %zu: \"%s\" does not say \"%s\"", i, why, bad[i].want);
+        assert_non_null(strstr(why, "primary: "));
+        keel__model_unref(m);
+    }
+
+    /* nothing declared: inputs and outputs come from the model */
+    keel__model *m = build("{\"format\":1,\"name\":\"mm\",\"version\":\"1.0.0\",\"tiers\":["
+                           "{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"}]}");
+    assert_int_equal(m->nin, 2);
+    assert_int_equal(m->nout, 1);
+    assert_string_equal(m->out[0].name, "c");
+    assert_int_equal(m->out[0].dtype, KEEL_DT_FLOAT32);
+    keel__infer_req r = req2(true);
+    if (keel__model_run(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(resp.noutputs, 1);
+    assert_string_equal(resp.outputs[0].name, "c");
+    keel__infer_resp_done(&resp);
+    /* asking for outputs: known ones pass, an unknown one names the valid ones */
+    r.outputs[0] = "c";
+    r.noutputs = 1;
+    if (keel__model_infer(m, &r, &resp, &e))
+        fail_msg("%s", e.msg);
+    keel__infer_resp_done(&resp);
+    r.outputs[1] = "logits";
+    r.noutputs = 2;
+    th_expect_err(keel__model_infer(m, &r, &resp, &e), &e, KEEL_EINVALID,
+                  "unknown output \"logits\"; mm gives \"c\"");
+    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID, "unknown output");
+    keel__model_unref(m);
+}
+
+/* The optimized-graph cache keeps a graph only when it has exactly the
+ * original's inputs and outputs, and checks its record on every use. */
+static void test_graph_cache(void **state)
+{
+    static const char hex[] = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+    char cache[512], man[512], graph[1024], sigp[1024], off[1024];
+    char *data = NULL, *sig = NULL, *sig2 = NULL;
+    size_t len = 0, slen = 0;
+    keel_error e = {0};
+    keel__infer_resp resp;
+    dir = th_tmpdir();
+    snprintf(cache, sizeof(cache), "%s/cache", dir);
+    keel__infer_opts o = {.cache_dir = cache};
+    if (keel__ort_load(NULL, &e))
+        fail_msg("%s", e.msg);
+    snprintf(graph, sizeof(graph), "%s/%s-o99-ort%s.onnx", cache, hex, keel__ort_version());
+    snprintf(sigp, sizeof(sigp), "%s/%s-o99-ort%s.sig", cache, hex, keel__ort_version());
+    snprintf(off, sizeof(off), "%s/%s-o99-ort%s.nocache", cache, hex, keel__ort_version());
+    snprintf(man, sizeof(man),
+             "{\"format\":1,\"name\":\"fold\",\"version\":\"1.0.0\",\"tiers\":[{\"name\":"
+             "\"primary\",\"backend\":\"onnx\",\"model\":\"%s\"}]}",
+             hex);
+
+    /* a graph whose saved optimized form needs an extra input (w0__SHAPE):
+     * served with its own inputs on every load, never from the cache */
+    if (keel__fs_read(KEEL_TEST_DATA "/shape_fold.onnx", 1 << 20, &data, &len, &e))
+        fail_msg("%s", e.msg);
+    th_write(dir, hex, data, len);
+    free(data);
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    keel__tensor in = {.name = "x", .dtype = KEEL_DT_FLOAT32, .ndim = 4, .shape = {1, 2, 2, 2},
+                       .data = x, .nbytes = sizeof(x)};
+    keel__infer_req r = {.inputs = &in, .ninputs = 1};
+    for (int round = 0; round < 3; round++) {
+        if (round == 2) { /* a file without its record (older keel, foreign): not used */
+            assert_int_equal(unlink(off), 0);
+            if (keel__fs_read(KEEL_TEST_DATA "/matmul.onnx", 1 << 20, &data, &len, &e) ||
+                keel__fs_write_atomic(graph, data, len, 0600, &e))
+                fail_msg("%s", e.msg);
+            free(data);
+        }
+        keel__model *m = NULL;
+        if (keel__model_build(man, strlen(man), path_of, NULL, &o, &m, &e))
+            fail_msg("build: %s", e.msg);
+        assert_true(keel__model_ready(m));
+        assert_int_equal(m->nin, 1); /* x only, in every round */
+        assert_string_equal(m->in[0].name, "x");
+        if (keel__model_run(m, &r, &resp, &e))
+            fail_msg("round %d: %s", round, e.msg);
+        assert_int_equal(resp.noutputs, 1);
+        assert_float_equal(((const float *)resp.outputs[0].data)[0], 0.25f * (1 + 5), 1e-6);
+        keel__infer_resp_done(&resp);
+        keel__model_unref(m);
+        assert_true(keel__fs_exists(off));
+        assert_false(keel__fs_exists(graph));
+    }
+
+    /* a graph that keeps its signature is cached with its record; a record
+     * that does not match the file makes it rebuilt */
+    if (keel__fs_read(KEEL_TEST_DATA "/matmul.onnx", 1 << 20, &data, &len, &e))
+        fail_msg("%s", e.msg);
+    th_write(dir, hex, data, len);
+    free(data);
+    assert_int_equal(unlink(off), 0);
+    setup_data();
+    for (int round = 0; round < 3; round++) {
+        if (round == 2)
+            th_write_str(cache, strrchr(sigp, '/') + 1,
+                         "keel onnx cache signature 1\nin 1 [3,4] 1:z\n");
+        keel__model *m = NULL;
+        if (keel__model_build(man, strlen(man), path_of, NULL, &o, &m, &e))
+            fail_msg("build: %s", e.msg);
+        keel__infer_req r2 = req2(true);
+        if (keel__model_run(m, &r2, &resp, &e))
+            fail_msg("round %d: %s", round, e.msg);
+        keel__infer_resp_done(&resp);
+        keel__model_unref(m);
+        assert_true(keel__fs_exists(graph));
+        assert_false(keel__fs_exists(off));
+        if (keel__fs_read(sigp, 1 << 20, round ? &sig2 : &sig, round ? &slen : &len, &e))
+            fail_msg("%s", e.msg);
+        if (round) {
+            assert_int_equal(slen, len);
+            assert_memory_equal(sig, sig2, len);
+            free(sig2);
+        }
+    }
+    assert_non_null(strstr(sig, "in 1 [3,4] 1:a\nin 1 [4,3] 1:b\nout 1 [3,3] 1:c\n"));
+    free(sig);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -515,6 +758,9 @@ int main(void)
         cmocka_unit_test(test_postprocess),
         cmocka_unit_test(test_tabular),
         cmocka_unit_test(test_manifest_errors),
+        cmocka_unit_test(test_rules_shapes),
+        cmocka_unit_test(test_contract),
+        cmocka_unit_test(test_graph_cache),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_cleanup();
