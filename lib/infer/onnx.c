@@ -313,7 +313,9 @@ static void cache_keep(const cache_files *c, const keel__ort_session *orig, cons
 static void cache_drop(const cache_files *c, const char *why)
 {
     KEEL_LOG_W(MOD, "optimized graph %s not used (%s); optimizing again", c->graph, why);
-    if (unlink(c->graph) || unlink(c->sig)) { /* best effort */
+    if (unlink(c->graph)) { /* best effort: a new graph replaces both */
+    }
+    if (unlink(c->sig)) {
     }
 }
 
