@@ -257,8 +257,8 @@ void keel__model_load_errors(keel__model *m, char *buf, size_t n)
     for (size_t i = 0; i < m->ntiers && o < n; i++) {
         const tier *t = &m->tiers[i];
         if (!atomic_load(&t->inst) && t->load_error[0])
-            o += (size_t)snprintf(buf + o, n - o, "%s%s: %s", o ? "; " : "", t->name,
-                                  t->load_error);
+            o +=
+                (size_t)snprintf(buf + o, n - o, "%s%s: %s", o ? "; " : "", t->name, t->load_error);
     }
     pthread_mutex_unlock(&m->load_mu);
 }

@@ -407,8 +407,8 @@ static int onnx_load(const keel__tier_ctx *ctx, void **ret, keel_error *err)
                            o.opt_level, v) ||
             keel__snprintf(c->sig, sizeof(c->sig), "%s/%s-o%d-ort%s.sig", dir, hex, o.opt_level,
                            v) ||
-            keel__snprintf(c->off, sizeof(c->off), "%s/%s-o%d-ort%s.nocache", dir, hex,
-                           o.opt_level, v) ||
+            keel__snprintf(c->off, sizeof(c->off), "%s/%s-o%d-ort%s.nocache", dir, hex, o.opt_level,
+                           v) ||
             keel__fs_exists(c->off)) { /* known not to keep the model's inputs and outputs */
             free(c);
             c = NULL;

@@ -523,8 +523,8 @@ static int rules_run(void *inst, void *sess, const keel__tensor *in, size_t nin,
                 width = ov->n;
             }
         }
-        if (!rc && all && (decl->ndim ? decl->shape[0] >= 0 && decl->shape[0] != (int64_t)rows
-                                      : rows != 1))
+        if (!rc && all &&
+            (decl->ndim ? decl->shape[0] >= 0 && decl->shape[0] != (int64_t)rows : rows != 1))
             rc = keel__err(err, KEEL_EINVALID,
                            "rules: the package declares output \"%s\" with %" PRId64
                            " rows, but the input \"%s\" has %zu",

@@ -285,10 +285,9 @@ static int check_contract(const model *m, const tier *t, void *inst, keel_error 
                                  "take (it takes %s)",
                                  decl->name, names_of(mio, n, names, sizeof(names)));
             if (x->dtype != decl->dtype)
-                return keel__err(err, KEEL_EINVALID,
-                                 "input \"%s\": the package declares %s, the model takes %s",
-                                 decl->name, keel__dtype_name(decl->dtype),
-                                 keel__dtype_name(x->dtype));
+                return keel__err(
+                    err, KEEL_EINVALID, "input \"%s\": the package declares %s, the model takes %s",
+                    decl->name, keel__dtype_name(decl->dtype), keel__dtype_name(x->dtype));
             if (!shape_fits(decl, x)) {
                 shape_str(decl, want, sizeof(want));
                 shape_str(x, got, sizeof(got));
