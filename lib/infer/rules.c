@@ -550,7 +550,7 @@ static int rules_run(void *inst, void *sess, const keel__tensor *in, size_t nin,
         if (decl->ndim)
             ot->shape[0] = (int64_t)rows;
         if (r->free_dim[o] > 0)
-            ot->shape[r->free_dim[o]] = (int64_t)(width / r->per_row[o]);
+            ot->shape[r->free_dim[o]] = r->per_row[o] ? (int64_t)(width / r->per_row[o]) : 0;
         for (size_t row = 0; row < rows; row++)
             for (size_t k = 0; k < chosen[row]->nouts; k++)
                 if (chosen[row]->outs[k].output == (int)o)
