@@ -172,85 +172,109 @@ static void public_outputs(onnx *m)
  * optimization level and runtime version (KEY), in the cache directory:
  *   KEY.onnx     the optimized graph
  *   KEY.sig      the original graph's inputs and outputs (names, dtypes,
- *                shapes), written when KEY.onnx was found to match them
+ *                shapes), written beside it from the original's session
  *   KEY.nocache  why the optimized graph cannot stand in for the original
  * A saved graph must expose exactly the original's inputs and outputs. Some
  * do not: for graphs whose weights are also graph inputs (the model zoo's
  * older graphs), ONNX Runtime folds shape computations into new required
  * inputs ("...__SHAPE"), and serving from such a file would refuse every
- * request. So a newly saved graph is loaded and compared before it is
- * kept, and KEY.sig is compared again on every use (a file from before
- * this check, or a damaged one, is rebuilt). A graph that does not match
- * leaves KEY.nocache behind, logged once: that model is optimized in
- * memory at each load, without saving. */
+ * request. So every load from the cache compares the graph's inputs and
+ * outputs with KEY.sig. A graph that differs is deleted and leaves
+ * KEY.nocache behind, logged once: that model is then optimized in memory
+ * at each load, without saving. A graph without its record (from an older
+ * keel) or that does not load is deleted and saved again.
+ *
+ * The check costs nothing on the way in: a graph is checked when it is
+ * next used, not loaded twice when saved (a second session, freed after
+ * the load is measured, would also make the next load's memory look
+ * smaller than it is). */
 
 #define SIG_MAGIC "keel onnx cache signature 1\n"
-
-static size_t io_count(const keel__ort_session *s, bool out)
-{
-    return out ? keel__ort_noutputs(s) : keel__ort_ninputs(s);
-}
-
-static const keel__tensor *io_at(const keel__ort_session *s, bool out, size_t i)
-{
-    return out ? keel__ort_output(s, i) : keel__ort_input(s, i);
-}
 
 /* The session's inputs and outputs as text, in order: one line each with
  * the dtype, the shape (-1 dynamic) and the name (length-prefixed). */
 static int signature(const keel__ort_session *s, keel_buf *b)
 {
     int rc = keel__buf_append(b, SIG_MAGIC, strlen(SIG_MAGIC));
-    for (int out = 0; out < 2; out++)
-        for (size_t i = 0; !rc && i < io_count(s, out); i++) {
-            const keel__tensor *t = io_at(s, out, i);
+    for (int out = 0; out < 2; out++) {
+        size_t n = out ? keel__ort_noutputs(s) : keel__ort_ninputs(s);
+        for (size_t i = 0; !rc && i < n; i++) {
+            const keel__tensor *t = out ? keel__ort_output(s, i) : keel__ort_input(s, i);
             rc = keel__buf_appendf(b, "%s %d [", out ? "out" : "in", t->dtype);
             for (size_t d = 0; !rc && d < t->ndim; d++)
                 rc = keel__buf_appendf(b, "%s%lld", d ? "," : "", (long long)t->shape[d]);
             if (!rc)
                 rc = keel__buf_appendf(b, "] %zu:%s\n", strlen(t->name), t->name);
         }
+    }
     return rc;
 }
 
-static bool same_tensor(const keel__tensor *a, const keel__tensor *b)
+/* Whether text (len bytes) holds the line p[0..n) (without its newline). */
+static bool has_line(const char *text, size_t len, const char *p, size_t n)
 {
-    if (strcmp(a->name, b->name) || a->dtype != b->dtype || a->ndim != b->ndim)
-        return false;
-    for (size_t d = 0; d < a->ndim; d++)
-        if (a->shape[d] != b->shape[d])
-            return false;
-    return true;
+    for (const char *l = text, *end = text + len; l < end;) {
+        const char *nl = memchr(l, '\n', (size_t)(end - l));
+        size_t ln = nl ? (size_t)(nl - l) : (size_t)(end - l);
+        if (ln == n && !memcmp(l, p, n))
+            return true;
+        l += ln + 1;
+    }
+    return false;
 }
 
-/* Whether b has exactly a's inputs and outputs; why says how it differs. */
-static bool same_io(const keel__ort_session *a, const keel__ort_session *b, char *why, size_t n)
+/* "the input \"x\"" from a signature line ("in 1 [1,4] 1:x"). */
+static void line_what(const char *p, size_t n, char *buf, size_t size)
 {
-    for (int out = 0; out < 2; out++) {
-        const char *what = out ? "output" : "input";
-        for (size_t i = 0; i < io_count(b, out); i++) {
-            const keel__tensor *x = io_at(b, out, i), *y = NULL;
-            for (size_t k = 0; k < io_count(a, out) && !y; k++)
-                if (!strcmp(io_at(a, out, k)->name, x->name))
-                    y = io_at(a, out, k);
-            if (!y || !same_tensor(x, y)) {
-                snprintf(why, n, "%s %s \"%s\"", y ? "changes" : "adds the", what, x->name);
-                return false;
+    const char *name = memchr(p, ':', n);
+    name = name ? name + 1 : p + n;
+    snprintf(buf, size, "the %s \"%.*s\"", p[0] == 'o' ? "output" : "input", (int)(p + n - name),
+             name);
+}
+
+/* Whether text holds a line for the same input or output as p[0..n)
+ * (the same kind and name, whatever its dtype and shape). */
+static bool has_name(const char *text, size_t len, const char *p, size_t n)
+{
+    const char *pn = memchr(p, ']', n);
+    if (!pn)
+        return false;
+    for (const char *l = text, *end = text + len; l < end;) {
+        const char *nl = memchr(l, '\n', (size_t)(end - l));
+        size_t ln = nl ? (size_t)(nl - l) : (size_t)(end - l);
+        const char *q = memchr(l, ']', ln);
+        if (q && l[0] == p[0] && (size_t)(l + ln - q) == (size_t)(p + n - pn) &&
+            !memcmp(q, pn, (size_t)(p + n - pn)))
+            return true;
+        l += ln + 1;
+    }
+    return false;
+}
+
+/* How the signature have differs from want (both SIG_MAGIC texts). */
+static void sig_diff(const char *want, size_t wlen, const char *have, size_t hlen, char *why,
+                     size_t size)
+{
+    char what[160];
+    for (int pass = 0; pass < 2; pass++) {
+        const char *a = pass ? want : have, *b = pass ? have : want;
+        size_t alen = pass ? wlen : hlen, blen = pass ? hlen : wlen;
+        for (const char *l = a, *end = a + alen; l < end;) {
+            const char *nl = memchr(l, '\n', (size_t)(end - l));
+            size_t n = nl ? (size_t)(nl - l) : (size_t)(end - l);
+            if (n && !has_line(b, blen, l, n)) {
+                line_what(l, n, what, sizeof(what));
+                snprintf(why, size, "%s %s",
+                         pass                      ? "drops"
+                         : has_name(b, blen, l, n) ? "changes"
+                                                   : "adds",
+                         what);
+                return;
             }
-        }
-        for (size_t i = 0; i < io_count(a, out); i++) {
-            const keel__tensor *x = io_at(a, out, i);
-            if (i >= io_count(b, out)) {
-                snprintf(why, n, "drops the %s \"%s\"", what, x->name);
-                return false;
-            }
-            if (!same_tensor(x, io_at(b, out, i))) {
-                snprintf(why, n, "lists its %ss in another order", what);
-                return false;
-            }
+            l += n + 1;
         }
     }
-    return true;
+    snprintf(why, size, "lists its inputs or outputs in another order");
 }
 
 typedef struct cache_files {
@@ -258,65 +282,68 @@ typedef struct cache_files {
     char tmp[PATH_MAX]; /* where ORT saves a new graph ("" when none is saved) */
 } cache_files;
 
-/* Whether the cached graph's session s has the signature recorded in
- * KEY.sig. */
-static bool cache_matches(const cache_files *c, const keel__ort_session *s)
+enum { CACHE_MATCH, CACHE_STALE, CACHE_DIFFERS };
+
+/* Compares the cached graph's session s with KEY.sig: CACHE_STALE when
+ * there is no readable record, CACHE_DIFFERS (why says how) when the
+ * graph's inputs or outputs are not the recorded ones. */
+static int cache_check(const cache_files *c, const keel__ort_session *s, char *why, size_t n)
 {
     char *want = NULL;
     size_t len = 0;
     keel_buf have;
     keel__buf_init(&have, 1u << 20);
-    bool ok = !keel__fs_read(c->sig, 1u << 20, &want, &len, NULL) && !signature(s, &have) &&
-              have.len == len && !memcmp(have.data, want, len);
+    int r = CACHE_STALE;
+    if (!keel__fs_read(c->sig, 1u << 20, &want, &len, NULL) && len >= strlen(SIG_MAGIC) &&
+        !memcmp(want, SIG_MAGIC, strlen(SIG_MAGIC)) && !signature(s, &have)) {
+        r = have.len == len && !memcmp(have.data, want, len) ? CACHE_MATCH : CACHE_DIFFERS;
+        if (r == CACHE_DIFFERS)
+            sig_diff(want, len, have.data, have.len, why, n);
+    }
     free(want);
     keel__buf_done(&have);
-    return ok;
+    return r;
 }
 
-/* Keeps the graph ORT just saved to c->tmp when it has exactly the inputs
- * and outputs of orig (the session of the original graph), else records
- * why not in KEY.nocache and says so once. Best effort: a graph not kept
- * only makes the next start slower. */
-static void cache_keep(const cache_files *c, const keel__ort_session *orig, const char *model)
+/* Keeps the graph ORT just saved to c->tmp, with orig's (the original
+ * graph's session) inputs and outputs as its record. Best effort: a graph
+ * not kept only makes the next start slower. */
+static void cache_keep(const cache_files *c, const keel__ort_session *orig)
 {
-    keel__ort_opts o = {.intra_threads = 1, .opt_level = 0};
-    keel__ort_session *saved = NULL;
     keel_buf sig;
-    char why[256] = "", msg[512];
-    keel__buf_init(&sig, 1u << 20);
     keel_error e = {0};
-    if (keel__ort_session_new(c->tmp, &o, &saved, &e)) {
-        KEEL_LOG_D(MOD, "optimized graph of %s not cached: %s", model, e.msg);
-    } else if (!same_io(orig, saved, why, sizeof(why))) {
-        snprintf(msg, sizeof(msg),
-                 "the graph ONNX Runtime %s saves after optimizing %s %s; it is not cached, and "
-                 "this model is optimized in memory at each load\n",
-                 keel__ort_version(), model, why);
-        if (keel__fs_write_atomic(c->off, msg, strlen(msg), 0600, NULL)) { /* best effort */
-        }
-        KEEL_LOG_W(MOD, "%.*s", (int)strlen(msg) - 1, msg);
-    } else if (signature(orig, &sig) ||
-               keel__fs_write_atomic(c->sig, sig.data, sig.len, 0600, &e) ||
-               keel__fs_rename(c->tmp, c->graph)) {
-        KEEL_LOG_D(MOD, "optimized graph of %s not cached: %s", model,
+    keel__buf_init(&sig, 1u << 20);
+    if (signature(orig, &sig) || keel__fs_write_atomic(c->sig, sig.data, sig.len, 0600, &e) ||
+        keel__fs_rename(c->tmp, c->graph))
+        KEEL_LOG_D(MOD, "optimized graph %s not cached: %s", c->graph,
                    e.msg[0] ? e.msg : strerror(errno));
-    } else {
+    else
         KEEL_LOG_D(MOD, "cached optimized graph %s", c->graph);
-    }
-    keel__ort_session_free(saved);
     keel__buf_done(&sig);
-    if (unlink(c->tmp)) { /* gone when kept, or never written */
+    if (unlink(c->tmp)) { /* gone when kept */
     }
 }
 
-/* Drops a cached graph that does not match its record. */
-static void cache_drop(const cache_files *c, const char *why)
+/* Deletes a cached graph and its record; with off, records why the graph
+ * cannot be cached (KEY.nocache) and says so, once. */
+static void cache_drop(const cache_files *c, const char *why, const char *off, const char *model)
 {
-    KEEL_LOG_W(MOD, "optimized graph %s not used (%s); optimizing again", c->graph, why);
-    if (unlink(c->graph)) { /* best effort: a new graph replaces both */
+    char msg[512];
+    if (unlink(c->graph)) { /* best effort */
     }
     if (unlink(c->sig)) {
     }
+    if (!off) {
+        KEEL_LOG_W(MOD, "optimized graph %s not used (%s); optimizing again", c->graph, why);
+        return;
+    }
+    snprintf(msg, sizeof(msg),
+             "the graph ONNX Runtime %s saves after optimizing %s %s; it is not cached, and "
+             "this model is optimized in memory at each load\n",
+             keel__ort_version(), model, why);
+    if (keel__fs_write_atomic(off, msg, strlen(msg), 0600, NULL)) { /* best effort */
+    }
+    KEEL_LOG_W(MOD, "%.*s", (int)strlen(msg) - 1, msg);
 }
 
 static int opt_level(const cJSON *opts, int *ret, keel_error *err)
@@ -427,18 +454,23 @@ static int onnx_load(const keel__tier_ctx *ctx, void **ret, keel_error *err)
     uint64_t before = keel__rss_bytes();
     if (cached) {
         keel__ort_opts co = o;
+        char why[256] = "";
         co.opt_level = 0; /* already optimized */
         rc = keel__ort_session_new(c->graph, &co, &m->s, err);
-        if (rc) /* a damaged cache file is only a slower start */
-            cache_drop(c, err->msg);
-        else if (!cache_matches(c, m->s)) {
+        int r = rc ? CACHE_STALE : cache_check(c, m->s, why, sizeof(why));
+        if (rc) { /* a damaged cache file is only a slower start */
+            cache_drop(c, err->msg, NULL, NULL);
+        } else if (r != CACHE_MATCH) {
             keel__ort_session_free(m->s);
             m->s = NULL;
-            cache_drop(c, "does not match the inputs and outputs recorded for it");
+            if (r == CACHE_STALE)
+                cache_drop(c, "no record of the model's inputs and outputs", NULL, NULL);
+            else
+                cache_drop(c, why, c->off, ctx->label ? ctx->label : "a model");
         }
         cached = m->s != NULL;
     }
-    if (!cached && c && !keel__fs_mkdir_p(ctx->cache_dir, 0700, NULL)) {
+    if (!cached && c && !keel__fs_exists(c->off) && !keel__fs_mkdir_p(ctx->cache_dir, 0700, NULL)) {
         snprintf(c->tmp, sizeof(c->tmp), "%s.%d.%u.tmp", c->graph, (int)getpid(),
                  atomic_fetch_add(&tmp_seq, 1));
         o.optimized_model_path = c->tmp;
@@ -446,9 +478,9 @@ static int onnx_load(const keel__tier_ctx *ctx, void **ret, keel_error *err)
     if (!cached)
         rc = keel__ort_session_new(ctx->model_path, &o, &m->s, err);
     uint64_t after = keel__rss_bytes();
-    if (c && c->tmp[0]) { /* not measured: the check's session is gone when it returns */
+    if (c && c->tmp[0]) {
         if (!rc)
-            cache_keep(c, m->s, ctx->label ? ctx->label : "a model");
+            cache_keep(c, m->s);
         else if (unlink(c->tmp)) { /* ORT may not have written it */
         }
     }
