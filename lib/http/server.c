@@ -27,7 +27,9 @@
 #include "http/http.h"
 #include "http/server.h"
 
-#define MOD "http"
+#define MOD         "http"
+#define PEND_MAX    64            /* admitted connections not yet started */
+#define PEND_TTL_NS 1000000000ull /* one MHD never started is forgotten */
 
 struct keel__http {
     struct MHD_Daemon *tcp, *unix_d;
@@ -45,6 +47,14 @@ struct keel__http {
     bool reaper_on, stopping; /* stopping: under cmu */
     struct conn *conns;       /* every open connection, TCP and unix */
     unsigned ntcp;            /* TCP connections not being closed */
+    /* admitted by admit() but not yet started (MHD adds a connection after
+     * its accept policy returns, and pool threads accept concurrently: two
+     * admits could both see room for one); under cmu */
+    struct pending {
+        struct sockaddr_storage addr;
+        uint64_t at;
+    } pend[PEND_MAX];
+    unsigned npend;
     unsigned per_ip, reserve, header_timeout_s;
     uint64_t min_body_rate;
     atomic_ullong slow_closed, refused;
@@ -579,6 +589,36 @@ static conn *conn_victim(keel__http *h, const struct sockaddr *from, uint64_t no
     return v;
 }
 
+/* Pending admissions (under cmu): added by admit, taken by the connection's
+ * start, forgotten after PEND_TTL_NS (MHD refused it after admit said yes). */
+static void pend_expire(keel__http *h, uint64_t now)
+{
+    unsigned k = 0;
+    for (unsigned i = 0; i < h->npend; i++)
+        if (now - h->pend[i].at < PEND_TTL_NS)
+            h->pend[k++] = h->pend[i];
+    h->npend = k;
+}
+
+static void pend_add(keel__http *h, const struct sockaddr *a, uint64_t now)
+{
+    size_t n = a->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (h->npend == PEND_MAX) /* drop the oldest: the bound is then off by one, not stuck */
+        memmove(h->pend, h->pend + 1, --h->npend * sizeof(h->pend[0]));
+    memset(&h->pend[h->npend].addr, 0, sizeof(h->pend[0].addr));
+    memcpy(&h->pend[h->npend].addr, a, n);
+    h->pend[h->npend++].at = now;
+}
+
+static void pend_take(keel__http *h, const struct sockaddr *a)
+{
+    for (unsigned i = 0; i < h->npend; i++)
+        if (addr_same(&h->pend[i].addr, a)) {
+            memmove(h->pend + i, h->pend + i + 1, (--h->npend - i) * sizeof(h->pend[0]));
+            return;
+        }
+}
+
 /* The accept policy (TCP): MHD_NO refuses the connection before it is one. */
 static enum MHD_Result admit(void *cls, const struct sockaddr *addr, socklen_t len)
 {
@@ -588,17 +628,22 @@ static enum MHD_Result admit(void *cls, const struct sockaddr *addr, socklen_t l
     conn *v = NULL;
     (void)len;
     pthread_mutex_lock(&h->cmu);
+    pend_expire(h, now);
     if (!local && h->per_ip) {
         unsigned same = 0;
         for (conn *c = h->conns; c; c = c->next)
             same += c->tcp && !c->closing && addr_same(&c->addr, addr);
+        for (unsigned i = 0; i < h->npend; i++)
+            same += addr_same(&h->pend[i].addr, addr);
         over_ip = same >= h->per_ip;
     }
-    over_all = h->ntcp >= h->max_connections + (local ? h->reserve : 0);
+    over_all = h->ntcp + h->npend >= h->max_connections + (local ? h->reserve : 0);
     if (over_ip || over_all)
         v = conn_victim(h, over_ip ? addr : NULL, now);
     if (v)
         conn_close(h, v);
+    if (!(over_ip || over_all) || v)
+        pend_add(h, addr, now);
     pthread_mutex_unlock(&h->cmu);
     if (v)
         atomic_fetch_add(&h->slow_closed, 1);
@@ -663,6 +708,8 @@ static void notify_conn(void *cls, struct MHD_Connection *mc, void **ctx,
             h->conns->prev = c;
         h->conns = c;
         h->ntcp += c->tcp;
+        if (c->tcp)
+            pend_take(h, a);
         pthread_mutex_unlock(&h->cmu);
         *ctx = c;
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && c) {
