@@ -284,11 +284,21 @@ def frames_of(src):
 
 def cmd_vad_stream(c, src, tier, session, probs=None):
     frames = frames_of(src)
-    flagged, lines = 0, []
+    flagged, lines, late = 0, [], 0
     for i, f in enumerate(frames):
-        st, hd, j, tail = c.infer("vad", tensor_req("input", (1, 512), f, tier or None,
-                                                    session or None, binary=True),
-                                  binary=f.astype("<f4").tobytes())
+        # A frame stopped at the package's 30 ms deadline leaves the session's
+        # state as it was (the comparison with raw ORT below proves it), so it
+        # is sent again: on a shared 2-core VM under ASan a rare run stalls for
+        # 20-30 ms. More than 5 in a stream is a failure.
+        while True:
+            st, hd, j, tail = c.infer("vad", tensor_req("input", (1, 512), f, tier or None,
+                                                        session or None, binary=True),
+                                      binary=f.astype("<f4").tobytes())
+            if st != 503 or "deadline" not in json.dumps(j) or late == 5:
+                break
+            late += 1
+            print("frame %d stopped at its deadline; sent again (%d so far)" % (i, late),
+                  file=sys.stderr)
         j = ok(st, hd, j, "frame %d" % i)
         if tier and j["parameters"]["tier"] != tier:
             die("frame %d: served by %s, pinned %s" % (i, j["parameters"]["tier"], tier))
@@ -301,6 +311,9 @@ def cmd_vad_stream(c, src, tier, session, probs=None):
         elif p > 0.5:
             lines.append(str(i))
         flagged += p > 0.5
+    if late and os.environ.get("KEEL_LATE_FILE"):  # the caller allows that many tier failures
+        with open(os.environ["KEEL_LATE_FILE"], "a") as lf:
+            lf.write("%d\n" % late)
     print("\n".join(lines + ["%d/%d" % (flagged, len(frames))]))
 
 
