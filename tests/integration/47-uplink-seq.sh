@@ -7,7 +7,7 @@
 # wall-clock second shared numbers; under ASan a keeld run takes over a
 # second, so unit/test_uplink's test_seq_across_restarts pins that case.)
 source "$(dirname "$0")/lib.sh"
-command -v mosquitto >/dev/null || { echo "47-uplink-seq: SKIPPED (no mosquitto)"; exit 77; }
+command -v mosquitto >/dev/null || skip "no mosquitto"
 bport=$(free_port)
 cat >"$work/mosq.conf" <<C
 listener $bport 127.0.0.1
@@ -47,21 +47,28 @@ for run in 1 2 3; do
 done
 echo "3 keeld runs in $(($(date +%s) - t0 + 1)) wall-clock second(s) or less"
 
+# Delivery is at least once: a run stopped before its PUBACK came back sends
+# that message again from the next run, in a new envelope (a new seq); a
+# copy the broker re-delivers is the same bytes and is skipped here.
 seqs=()
 n=0
+declare -A seen
 while read -r hex; do
+    [[ -n ${seen[$hex]:-} ]] && continue
+    seen[$hex]=1
     n=$((n + 1))
     xxd -r -p <<<"$hex" >"$work/env.$n"
     seqs+=("$("$KEEL" envelope decode "$work/env.$n" | jq -r .seq | head -n1)")
 done <"$work/sub.txt"
-expect_eq "${#seqs[@]}" 3 "envelopes received"
-for i in 1 2; do
+((${#seqs[@]} >= 3)) || die "envelopes received: ${#seqs[@]}, expected 3 or more (at least once)"
+last=$((${#seqs[@]} - 1))
+for i in $(seq 1 "$last"); do
     [[ ${seqs[i]} =~ ^[0-9]+$ ]] || die "envelope $i: seq is '${seqs[i]}'"
     [[ ${seqs[i]} -gt ${seqs[i - 1]} ]] ||
         die "envelope $i has seq ${seqs[i]}, not above ${seqs[i - 1]} before it (all: ${seqs[*]})"
 done
 read -r magic format next <"$state/uplink.seq" || die "no $state/uplink.seq"
 expect_eq "$magic $format" "keel-uplink-seq 1" "uplink.seq format"
-[[ $next -gt ${seqs[2]} ]] || die "uplink.seq says $next, not beyond the last seq ${seqs[2]}"
+[[ $next -gt ${seqs[last]} ]] || die "uplink.seq says $next, not beyond the last seq ${seqs[last]}"
 expect_eq "$(stat -c %a "$state/uplink.seq")" 600 "mode of uplink.seq"
 echo "47-uplink-seq: seq ${seqs[*]}"
