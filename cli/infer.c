@@ -257,8 +257,7 @@ static int infer_local(const iopts *o, const char *body, size_t len, bool image)
     if (!rc) {
         fflush(stdout);
         note_degraded(out, jlen);
-    }
-    else
+    } else
         fprintf(stderr, "keel: %s (%s)\n", err.msg, keel_errname(err.code));
     free(out);
     keel__oip_done(&r);

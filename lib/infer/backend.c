@@ -3,9 +3,9 @@
  * backends this keel has. A tier's "backend" names one of them.
  *
  * The built-in table is fixed at compile time (onnx, rules, graph for
- * pipeline tiers; llama comes here when it lands). keel__backend_register adds one more at run time,
- * for tests and for embedders that bring their own; registered backends
- * are looked up after the built-in ones and live until the process ends.
+ * pipeline tiers; llama comes here when it lands). keel__backend_register adds one more at run
+ * time, for tests and for embedders that bring their own; registered backends are looked up after
+ * the built-in ones and live until the process ends.
  */
 #include <pthread.h>
 #include <string.h>

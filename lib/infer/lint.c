@@ -94,11 +94,13 @@ static int walk(walk_ctx *w, const char *root, const char *rel, int depth, keel_
             else
                 rc = walk(w, root, sub, depth + 1, err);
         } else if (!S_ISREG(st.st_mode)) {
-            rc = add(w->l, "%s: a symbolic link or special file; keel pack takes regular files only",
-                     sub);
+            rc =
+                add(w->l, "%s: a symbolic link or special file; keel pack takes regular files only",
+                    sub);
         } else if (++w->count <= w->max) {
             cJSON *f = cJSON_CreateObject();
-            if (!f || !cJSON_AddItemToArray(w->files, f) || !cJSON_AddStringToObject(f, "path", sub) ||
+            if (!f || !cJSON_AddItemToArray(w->files, f) ||
+                !cJSON_AddStringToObject(f, "path", sub) ||
                 !cJSON_AddNumberToObject(f, "size", (double)st.st_size) ||
                 !cJSON_AddStringToObject(f, "sha256", ZERO_SHA256))
                 rc = keel__err(err, KEEL_ENOMEM, "out of memory");
@@ -120,7 +122,7 @@ typedef struct idx_map {
 
 typedef struct lint_ctx {
     keel__lint *l;
-    cJSON *doc; /* the copy being reduced */
+    cJSON *doc;      /* the copy being reduced */
     const char *dir; /* where the files are; NULL: nowhere (a packed manifest) */
     idx_map maps[3];
 } lint_ctx;
@@ -354,8 +356,8 @@ int keel__lint_package(const char *path, keel__lint *ret, keel_error *err)
         }
         if (c.dir && (rc = walk(&w, c.dir, "", 0, err)))
             goto out;
-        if (w.count > w.max && (rc = add(ret, "%s holds %zu files, over the limit of %zu", c.dir,
-                                         w.count, w.max)))
+        if (w.count > w.max &&
+            (rc = add(ret, "%s holds %zu files, over the limit of %zu", c.dir, w.count, w.max)))
             goto out;
     }
     if (!cJSON_GetObjectItemCaseSensitive(c.doc, "format"))

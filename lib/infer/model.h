@@ -60,7 +60,7 @@ struct tier {
     const keel__backend *be;
     char model_path[PATH_MAX];
     char model_hex[65];
-    cJSON *spec; /* owned copy of the manifest's tier object */
+    cJSON *spec;  /* owned copy of the manifest's tier object */
     cJSON *files; /* owned: the backend's files op's files, resolved (graph tiers); or NULL */
     _Atomic(void *) inst;
     char load_error[512];

@@ -64,7 +64,7 @@ void keel__post_activate(int activation, double *sc, size_t n);
 
 /* The result rows for outputs (malloc'd JSON array); *ret NULL when the
  * outputs hold nothing to label. */
-KEEL_WUR int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n,
-                               char **ret, keel_error *err);
+KEEL_WUR int keel__post_result(const keel__post *p, const keel__tensor *outs, size_t n, char **ret,
+                               keel_error *err);
 
 #endif

@@ -650,7 +650,8 @@ static int clause_max(const model *m)
     size_t fixed = strlen(m->name) + strlen(m->version) + sizeof("@: every tier failed: ");
     for (size_t i = 0; i < m->ntiers; i++)
         fixed += strlen(m->tiers[i].name) + sizeof("; : breaker open after load failure: ...");
-    size_t room = fixed < KEEL_ERROR_MSG_MAX ? (KEEL_ERROR_MSG_MAX - fixed) / (m->ntiers ? m->ntiers : 1) : 0;
+    size_t room =
+        fixed < KEEL_ERROR_MSG_MAX ? (KEEL_ERROR_MSG_MAX - fixed) / (m->ntiers ? m->ntiers : 1) : 0;
     return room < KEEL__CLAUSE_MAX ? (int)room : KEEL__CLAUSE_MAX;
 }
 

@@ -112,8 +112,9 @@ void th_skip_(const char *why, const char *file, int line)
 {
     const char *ci = getenv("CI");
     if (ci && ci[0]) {
-        print_error("%s:%d: would skip, but CI is set (CI=%s: every dependency must be there): %s\n",
-                    file, line, ci, why);
+        print_error(
+            "%s:%d: would skip, but CI is set (CI=%s: every dependency must be there): %s\n", file,
+            line, ci, why);
         _fail(file, line);
     }
     printf("SKIPPED: %s\n", why);

@@ -53,10 +53,10 @@ static keel__model *build(const char *manifest)
     return m;
 }
 
-#define CONTRACT                                                                                  \
-    "\"format\":1,\"name\":\"mm\",\"version\":\"1.0.0\","                                        \
-    "\"inputs\":[{\"name\":\"a\",\"dtype\":\"float32\",\"shape\":[-1,-1]},"                       \
-    "{\"name\":\"b\",\"dtype\":\"float32\",\"shape\":[-1,-1]}],"                                  \
+#define CONTRACT                                                                                   \
+    "\"format\":1,\"name\":\"mm\",\"version\":\"1.0.0\","                                          \
+    "\"inputs\":[{\"name\":\"a\",\"dtype\":\"float32\",\"shape\":[-1,-1]},"                        \
+    "{\"name\":\"b\",\"dtype\":\"float32\",\"shape\":[-1,-1]}],"                                   \
     "\"outputs\":[{\"name\":\"c\",\"dtype\":\"float32\",\"shape\":[-1,3]}]"
 
 static float av[12], bv[12], bad[12];
@@ -64,10 +64,17 @@ static float av[12], bv[12], bad[12];
 static keel__infer_req req2(bool good)
 {
     static keel__tensor in[2];
-    in[0] = (keel__tensor){.name = "a", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {3, 4},
-                           .data = av, .nbytes = sizeof(av)};
-    in[1] = (keel__tensor){.name = "b", .dtype = KEEL_DT_FLOAT32, .ndim = 2,
-                           .shape = {good ? 4 : 3, good ? 3 : 4}, .data = good ? bv : bad,
+    in[0] = (keel__tensor){.name = "a",
+                           .dtype = KEEL_DT_FLOAT32,
+                           .ndim = 2,
+                           .shape = {3, 4},
+                           .data = av,
+                           .nbytes = sizeof(av)};
+    in[1] = (keel__tensor){.name = "b",
+                           .dtype = KEEL_DT_FLOAT32,
+                           .ndim = 2,
+                           .shape = {good ? 4 : 3, good ? 3 : 4},
+                           .data = good ? bv : bad,
                            .nbytes = sizeof(bv)};
     return (keel__infer_req){.inputs = in, .ninputs = 2};
 }
@@ -89,10 +96,18 @@ static void test_rules_backend(void **state)
                            "\"model\":\"rules.json\"}]}");
     /* rows: negative first value / two values > 1 with |mean|/2 > 1 / plain */
     float a[12] = {-1, 0, 0, 0, 3, 3, 2, 1, 0.5f, 0.5f, 0.5f, 0.5f};
-    keel__tensor in[1] = {{.name = "a", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {3, 4},
-                           .data = a, .nbytes = sizeof(a)}};
-    keel__tensor bt = {.name = "b", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {4, 3},
-                       .data = bv, .nbytes = sizeof(bv)};
+    keel__tensor in[1] = {{.name = "a",
+                           .dtype = KEEL_DT_FLOAT32,
+                           .ndim = 2,
+                           .shape = {3, 4},
+                           .data = a,
+                           .nbytes = sizeof(a)}};
+    keel__tensor bt = {.name = "b",
+                       .dtype = KEEL_DT_FLOAT32,
+                       .ndim = 2,
+                       .shape = {4, 3},
+                       .data = bv,
+                       .nbytes = sizeof(bv)};
     keel__tensor both[2] = {in[0], bt};
     keel__infer_req r = {.inputs = both, .ninputs = 2};
     keel__infer_resp resp;
@@ -162,12 +177,11 @@ static void test_fallback_and_breaker(void **state)
     setup_data();
     th_write_str(dir, "rules.json", rules_json);
     th_write_str(dir, "garbage.onnx", "this is not an ONNX graph");
-    keel__model *m = build(
-        "{" CONTRACT ",\"tiers\":["
-        "{\"name\":\"broken\",\"backend\":\"onnx\",\"model\":\"garbage.onnx\"},"
-        "{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"},"
-        "{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}],"
-        "\"policy\":{\"breaker\":{\"failures\":3,\"cooldown_ms\":100}}}");
+    keel__model *m = build("{" CONTRACT ",\"tiers\":["
+                           "{\"name\":\"broken\",\"backend\":\"onnx\",\"model\":\"garbage.onnx\"},"
+                           "{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"},"
+                           "{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}],"
+                           "\"policy\":{\"breaker\":{\"failures\":3,\"cooldown_ms\":100}}}");
     assert_true(keel__model_ready(m));
 
     /* a tier that cannot load: the next one serves, marked degraded, with why */
@@ -215,15 +229,13 @@ static void test_fallback_and_breaker(void **state)
     assert_int_equal(m->tiers[1].br.state, BR_CLOSED);
     assert_true(m->transitions >= 2);
 
-
     /* request errors name the problem */
     r = req2(true);
     r.tier = "nope";
     th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID, "no tier \"nope\"");
     r = req2(true);
     r.ninputs = 1;
-    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID,
-                  "input \"b\" is missing");
+    th_expect_err(keel__model_run(m, &r, &resp, &e), &e, KEEL_EINVALID, "input \"b\" is missing");
     keel__tensor wrong[2];
     r = req2(true);
     memcpy(wrong, r.inputs, sizeof(wrong));
@@ -277,8 +289,12 @@ static void test_postprocess(void **state)
         fail_msg("%s", e.msg);
     assert_int_equal(p.nlabels, 3);
     float logits[6] = {1, 3, 2, 0, 0, 5};
-    keel__tensor t = {.name = "y", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {2, 3},
-                      .data = logits, .nbytes = sizeof(logits)};
+    keel__tensor t = {.name = "y",
+                      .dtype = KEEL_DT_FLOAT32,
+                      .ndim = 2,
+                      .shape = {2, 3},
+                      .data = logits,
+                      .nbytes = sizeof(logits)};
     char *res = NULL;
     if (keel__post_result(&p, &t, 1, &res, &e))
         fail_msg("%s", e.msg);
@@ -307,9 +323,11 @@ static void test_postprocess(void **state)
     const cJSON *k0 = cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "top_k"),
                 *k1 = cJSON_GetObjectItem(cJSON_GetArrayItem(r, 1), "top_k");
     assert_int_equal(cJSON_GetArraySize(k0), 1);
-    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(k0, 0), "label")->valuestring, "dog");
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(k0, 0), "label")->valuestring,
+                        "dog");
     assert_int_equal(cJSON_GetArraySize(k1), 3);
-    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(k1, 2), "label")->valuestring, "cat");
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(k1, 2), "label")->valuestring,
+                        "cat");
     cJSON_Delete(r);
     free(res);
     keel__post_done(&p);
@@ -320,8 +338,12 @@ static void test_postprocess(void **state)
         fail_msg("%s", e.msg);
     cJSON_Delete(j);
     float score[2] = {0.7f, 0.2f};
-    keel__tensor s = {.name = "p", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {2, 1},
-                      .data = score, .nbytes = sizeof(score)};
+    keel__tensor s = {.name = "p",
+                      .dtype = KEEL_DT_FLOAT32,
+                      .ndim = 2,
+                      .shape = {2, 1},
+                      .data = score,
+                      .nbytes = sizeof(score)};
     if (keel__post_result(&p, &s, 1, &res, &e))
         fail_msg("%s", e.msg);
     assert_non_null(strstr(res, "\"index\":1,\"score\":0.7"));
@@ -346,8 +368,12 @@ static void test_tabular(void **state)
         fail_msg("%s", e.msg);
     cJSON_Delete(j);
     float v[4] = {3, 6, 1, 2};
-    keel__tensor t = {.name = "x", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {2, 2},
-                      .data = v, .nbytes = sizeof(v)};
+    keel__tensor t = {.name = "x",
+                      .dtype = KEEL_DT_FLOAT32,
+                      .ndim = 2,
+                      .shape = {2, 2},
+                      .data = v,
+                      .nbytes = sizeof(v)};
     if (keel__pre_tabular(&p, &t, &e))
         fail_msg("%s", e.msg);
     assert_float_equal(v[0], 1, 1e-6);
@@ -404,8 +430,12 @@ static void test_manifest_errors(void **state)
 static float accumulate(keel__model *m, const char *session, float v)
 {
     float x[4] = {v, v, v, v};
-    keel__tensor in = {.name = "x", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {1, 4},
-                       .data = x, .nbytes = sizeof(x)};
+    keel__tensor in = {.name = "x",
+                       .dtype = KEEL_DT_FLOAT32,
+                       .ndim = 2,
+                       .shape = {1, 4},
+                       .data = x,
+                       .nbytes = sizeof(x)};
     keel__infer_req r = {.inputs = &in, .ninputs = 1, .session = session};
     keel__infer_resp resp;
     keel_error e = {0};
@@ -498,9 +528,10 @@ static void test_events(void **state)
     dir = th_tmpdir();
     setup_data();
     th_write_str(dir, "rules.json", rules_json);
-    const char *man = "{" CONTRACT ",\"records\":{\"mode\":\"sampled\",\"sample_rate\":0.5},"
-                      "\"tiers\":[{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"},"
-                      "{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}";
+    const char *man =
+        "{" CONTRACT ",\"records\":{\"mode\":\"sampled\",\"sample_rate\":0.5},"
+        "\"tiers\":[{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"},"
+        "{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}";
     keel__infer_opts o = {.event = on_event};
     keel__model *m = NULL;
     keel_error e = {0};
@@ -523,8 +554,8 @@ static void test_events(void **state)
     keel__model_unref(m);
     /* a bad policy names its field */
     const char *bad = "{" CONTRACT ",\"records\":{\"mode\":\"most\"},\"tiers\":[]}";
-    th_expect_err(keel__model_build(bad, strlen(bad), path_of, NULL, &o, &m, &e), &e,
-                  KEEL_EINVALID, "records.mode");
+    th_expect_err(keel__model_build(bad, strlen(bad), path_of, NULL, &o, &m, &e), &e, KEEL_EINVALID,
+                  "records.mode");
 }
 
 /* A rules tier gives its outputs in their declared shapes: a free size
@@ -553,8 +584,12 @@ static void test_rules_shapes(void **state)
                  "\"tiers\":[{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}",
                  cases[i].shape);
         keel__model *m = build(man);
-        keel__tensor in = {.name = "a", .dtype = KEEL_DT_FLOAT32, .ndim = 2, .shape = {3, 4},
-                           .data = av, .nbytes = sizeof(av)};
+        keel__tensor in = {.name = "a",
+                           .dtype = KEEL_DT_FLOAT32,
+                           .ndim = 2,
+                           .shape = {3, 4},
+                           .data = av,
+                           .nbytes = sizeof(av)};
         keel__infer_req r = {.inputs = &in, .ninputs = 1};
         keel__infer_resp resp;
         keel_error e = {0};
@@ -574,9 +609,10 @@ static void test_rules_shapes(void **state)
         keel__model_unref(m);
     }
     /* more than one free size after the first: the rules cannot fill it */
-    const char *man = "{\"format\":1,\"name\":\"r\",\"version\":\"1.0.0\","
-                      "\"outputs\":[{\"name\":\"c\",\"dtype\":\"float32\",\"shape\":[-1,-1,-1]}],"
-                      "\"tiers\":[{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}";
+    const char *man =
+        "{\"format\":1,\"name\":\"r\",\"version\":\"1.0.0\","
+        "\"outputs\":[{\"name\":\"c\",\"dtype\":\"float32\",\"shape\":[-1,-1,-1]}],"
+        "\"tiers\":[{\"name\":\"rules\",\"backend\":\"rules\",\"model\":\"rules.json\"}]}";
     keel__model *m = build(man);
     assert_false(keel__model_ready(m));
     assert_non_null(strstr(m->tiers[0].load_error, "more than one free size"));
@@ -629,8 +665,9 @@ static void test_contract(void **state)
     }
 
     /* nothing declared: inputs and outputs come from the model */
-    keel__model *m = build("{\"format\":1,\"name\":\"mm\",\"version\":\"1.0.0\",\"tiers\":["
-                           "{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"}]}");
+    keel__model *m =
+        build("{\"format\":1,\"name\":\"mm\",\"version\":\"1.0.0\",\"tiers\":["
+              "{\"name\":\"primary\",\"backend\":\"onnx\",\"model\":\"matmul.onnx\"}]}");
     assert_int_equal(m->nin, 2);
     assert_int_equal(m->nout, 1);
     assert_string_equal(m->out[0].name, "c");
@@ -686,8 +723,12 @@ static void test_graph_cache(void **state)
     th_write(dir, hex, data, len);
     free(data);
     float x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    keel__tensor in = {.name = "x", .dtype = KEEL_DT_FLOAT32, .ndim = 4, .shape = {1, 2, 2, 2},
-                       .data = x, .nbytes = sizeof(x)};
+    keel__tensor in = {.name = "x",
+                       .dtype = KEEL_DT_FLOAT32,
+                       .ndim = 4,
+                       .shape = {1, 2, 2, 2},
+                       .data = x,
+                       .nbytes = sizeof(x)};
     keel__infer_req r = {.inputs = &in, .ninputs = 1};
     /* after each round: whether KEY.onnx and KEY.nocache exist */
     static const bool want_graph[] = {true, false, false, true, false};
@@ -768,18 +809,12 @@ static void test_graph_cache(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rules_backend),
-        cmocka_unit_test(test_fallback_and_breaker),
-        cmocka_unit_test(test_all_tiers_fail),
-        cmocka_unit_test(test_sessions),
-        cmocka_unit_test(test_provider_fallback),
-        cmocka_unit_test(test_events),
-        cmocka_unit_test(test_postprocess),
-        cmocka_unit_test(test_tabular),
-        cmocka_unit_test(test_manifest_errors),
-        cmocka_unit_test(test_rules_shapes),
-        cmocka_unit_test(test_contract),
-        cmocka_unit_test(test_graph_cache),
+        cmocka_unit_test(test_rules_backend),     cmocka_unit_test(test_fallback_and_breaker),
+        cmocka_unit_test(test_all_tiers_fail),    cmocka_unit_test(test_sessions),
+        cmocka_unit_test(test_provider_fallback), cmocka_unit_test(test_events),
+        cmocka_unit_test(test_postprocess),       cmocka_unit_test(test_tabular),
+        cmocka_unit_test(test_manifest_errors),   cmocka_unit_test(test_rules_shapes),
+        cmocka_unit_test(test_contract),          cmocka_unit_test(test_graph_cache),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_cleanup();

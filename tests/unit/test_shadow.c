@@ -42,8 +42,9 @@ static void test_merge(void **state)
         fail_msg("%s", e.msg);
 
     /* the cloud sets two keys; the device had seen nothing of it: applied */
-    desired(s, "{\"version\":1,\"device_seen\":0,\"set\":{\"log_level\":\"info\","
-               "\"sync_window\":\"every 15m\"}}",
+    desired(s,
+            "{\"version\":1,\"device_seen\":0,\"set\":{\"log_level\":\"info\","
+            "\"sync_window\":\"every 15m\"}}",
             2, 0);
     shadow_is(s, "log_level", "\"info\"");
 
@@ -59,8 +60,9 @@ static void test_merge(void **state)
     /* meanwhile the cloud, having seen device version 0, changes log_level
      * and sync_window: sync_window is applied; log_level is a conflict and
      * the device's value stays */
-    desired(s, "{\"version\":2,\"device_seen\":0,\"set\":{\"log_level\":\"warn\","
-               "\"sync_window\":\"02:00-04:00\"}}",
+    desired(s,
+            "{\"version\":2,\"device_seen\":0,\"set\":{\"log_level\":\"warn\","
+            "\"sync_window\":\"02:00-04:00\"}}",
             1, 1);
     shadow_is(s, "log_level", "\"debug\"");
     shadow_is(s, "sync_window", "\"02:00-04:00\"");
@@ -95,11 +97,12 @@ static void test_merge(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         unsigned a, c;
-        th_expect_err(keel__shadow_apply_desired(s, bad[i].doc, strlen(bad[i].doc), &a, &c, &e),
-                      &e, KEEL_EINVALID, bad[i].want);
+        th_expect_err(keel__shadow_apply_desired(s, bad[i].doc, strlen(bad[i].doc), &a, &c, &e), &e,
+                      KEEL_EINVALID, bad[i].want);
     }
     shadow_is(s, "log_level", "\"error\"");
-    th_expect_err(keel__shadow_set_local(s, "x", "{not json", &e), &e, KEEL_EINVALID, "shadow value");
+    th_expect_err(keel__shadow_set_local(s, "x", "{not json", &e), &e, KEEL_EINVALID,
+                  "shadow value");
     keel__shadow_close(s);
 }
 
