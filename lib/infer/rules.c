@@ -106,14 +106,6 @@ typedef struct rules {
     int free_dim[KEEL__MAX_IO];
 } rules;
 
-static void shape_str(const keel__tensor *t, char *buf, size_t size)
-{
-    size_t o = 0;
-    buf[0] = 0;
-    for (size_t d = 0; d < t->ndim && o < size; d++)
-        o += (size_t)snprintf(buf + o, size - o, "%s%" PRId64, d ? "," : "", t->shape[d]);
-}
-
 /* per_row and free_dim of output o from its declared shape. */
 static void row_shape(rules *r, size_t o)
 {
@@ -137,7 +129,7 @@ static int check_width(const rules *r, int o, size_t n, const char *where, keel_
     bool ok = r->free_dim[o] == 0 ? n == per : r->free_dim[o] > 0 && (per ? n && n % per == 0 : !n);
     if (ok)
         return KEEL_OK;
-    shape_str(d, shape, sizeof(shape));
+    keel__shape_str(d, shape, sizeof(shape));
     if (r->free_dim[o] < 0)
         return keel__err(err, KEEL_EINVALID,
                          "%s.outputs.%s: the package declares its shape [%s], with more than one "

@@ -3,7 +3,9 @@
  * writer (saturating) that rules, constants, validation rows and
  * postprocessing share.
  */
+#include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -168,4 +170,13 @@ bool keel__tensor_nonfinite(const keel__tensor *t)
     default:
         return false;
     }
+}
+
+void keel__shape_str(const keel__tensor *t, char *buf, size_t size)
+{
+    size_t o = 0;
+    if (size)
+        buf[0] = 0;
+    for (size_t d = 0; d < t->ndim && o < size; d++)
+        o += (size_t)snprintf(buf + o, size - o, "%s%" PRId64, d ? "," : "", t->shape[d]);
 }

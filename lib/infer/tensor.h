@@ -71,5 +71,8 @@ bool keel__tensor_set(keel__tensor *t, size_t i, double v);
 /* Whether a float32, float64 or float16 tensor holds NaN or Inf (false
  * for every other dtype). */
 bool keel__tensor_nonfinite(const keel__tensor *t);
+/* t's shape as "1,-1,3" into buf (size bytes; cut when it does not fit),
+ * for messages. */
+void keel__shape_str(const keel__tensor *t, char *buf, size_t size);
 
 #endif

@@ -223,14 +223,6 @@ static const char *names_of(const keel__tensor *t, size_t n, char *buf, size_t s
     return buf;
 }
 
-static void shape_str(const keel__tensor *t, char *buf, size_t size)
-{
-    size_t o = 0;
-    buf[0] = 0;
-    for (size_t d = 0; d < t->ndim && o < size; d++)
-        o += (size_t)snprintf(buf + o, size - o, "%s%" PRId64, d ? "," : "", t->shape[d]);
-}
-
 /* Whether the shape a package declares fits the one the model takes:
  * the same rank, and equal sizes where both are fixed. */
 static bool shape_fits(const keel__tensor *decl, const keel__tensor *x)
@@ -289,8 +281,8 @@ static int check_contract(const model *m, const tier *t, void *inst, keel_error 
                     err, KEEL_EINVALID, "input \"%s\": the package declares %s, the model takes %s",
                     decl->name, keel__dtype_name(decl->dtype), keel__dtype_name(x->dtype));
             if (!shape_fits(decl, x)) {
-                shape_str(decl, want, sizeof(want));
-                shape_str(x, got, sizeof(got));
+                keel__shape_str(decl, want, sizeof(want));
+                keel__shape_str(x, got, sizeof(got));
                 return keel__err(err, KEEL_EINVALID,
                                  "input \"%s\": the package declares shape [%s], the model takes "
                                  "[%s] (-1: any size)",
@@ -433,14 +425,9 @@ static int check_input(const keel__tensor *decl, const keel__tensor *x, keel_err
     for (size_t d = 0; ok && d < x->ndim; d++)
         ok = decl->shape[d] < 0 || decl->shape[d] == x->shape[d];
     if (!ok) {
-        char want[128] = "", got[128] = "";
-        size_t a = 0, b = 0;
-        for (size_t d = 0; d < decl->ndim; d++)
-            a += (size_t)snprintf(want + a, sizeof(want) - a, "%s%" PRId64, d ? "," : "",
-                                  decl->shape[d]);
-        for (size_t d = 0; d < x->ndim && b < sizeof(got); d++)
-            b +=
-                (size_t)snprintf(got + b, sizeof(got) - b, "%s%" PRId64, d ? "," : "", x->shape[d]);
+        char want[128], got[128];
+        keel__shape_str(decl, want, sizeof(want));
+        keel__shape_str(x, got, sizeof(got));
         return keel__err(err, KEEL_EINVALID,
                          "input \"%s\": shape [%s] does not fit [%s] (-1: any size)", x->name, got,
                          want);
