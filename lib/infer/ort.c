@@ -216,9 +216,10 @@ static void *find_runtime(const char *want, char *ret_error, size_t n)
             try_around(&s, exe_dir);
     }
     try_path(&s, KEEL_ORT_INSTALL_LIBDIR "/" ORT_SONAME, false);
-    try_path(&s, ORT_SONAME " (the system's library path)", false);
-    if (!s.h) /* the note above is for people; ld.so gets the bare name */
+    if (!s.h) { /* ld.so's own search path */
+        note(s.looked, sizeof(s.looked), ORT_SONAME " (the system's library path)");
         s.h = dlopen(ORT_SONAME, RTLD_NOW | RTLD_LOCAL);
+    }
     if (!s.h)
         snprintf(ret_error, n,
                  "ONNX Runtime not found; looked at %s%s%s. Install libonnxruntime.so.1 beside "
