@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # check-layers.sh - fails when a lower module includes a higher one.
 #
-#   core <- obs <- crypto <- pkg <- store <- {infer, queue} <- sync <- runtime <- http <- daemon
+#   core <- obs <- crypto <- pkg <- store <- {infer, queue} <- {sync, update} <- runtime <- http <- daemon
 #
 # A module may include its own headers, lower modules' headers, and the
 # public headers (include/keel/*.h) of lower or equal-or-lower modules.
@@ -17,7 +17,7 @@ cd "$root"
 level() { # module -> level, or empty
     case $1 in
     core) echo 0 ;; obs) echo 1 ;; crypto) echo 2 ;; pkg) echo 3 ;; store) echo 4 ;;
-    infer | queue) echo 5 ;; sync) echo 6 ;; runtime) echo 7 ;; http) echo 8 ;;
+    infer | queue) echo 5 ;; sync | update) echo 6 ;; runtime) echo 7 ;; http) echo 8 ;;
     daemon | cli) echo 9 ;; *) echo "" ;;
     esac
 }

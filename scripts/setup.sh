@@ -20,6 +20,7 @@ pkgs=(
     libmosquitto-dev mosquitto mosquitto-clients libcjson-dev libarchive-dev libcmocka-dev
     libpng-dev libjpeg62-turbo-dev prometheus libonnx-testdata python3-onnx python3-numpy
     curl openssl sqlite3 procps xxd jq wrk
+    nginx-light xdelta3 bsdiff casync
 )
 
 missing=()

@@ -30,8 +30,9 @@ struct keel__bus {
 };
 
 static const char *const type_names[] = {
-    "infer", "tier",  "all_failed", "escalation", "install", "activate", "rollback", "mark_good",
-    "gc",    "trust", "link_up",    "link_down",  "shadow",  "ready",    "api",      "config"};
+    "infer",     "tier",   "all_failed", "escalation", "install",   "activate", "rollback",
+    "mark_good", "gc",     "trust",      "link_up",    "link_down", "shadow",   "ready",
+    "api",       "config", "update",     "revoked",    "outcome"};
 
 const char *keel__bus_type_name(unsigned type)
 {

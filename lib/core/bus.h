@@ -44,7 +44,11 @@ typedef enum keel__bus_type {
     KEEL__BUS_READY = 1u << 13,     /* readiness changed (ready flag or reason) */
     KEEL__BUS_API = 1u << 14,       /* an audited API request completed */
     KEEL__BUS_CONFIG = 1u << 15,    /* the configuration was reloaded */
-    KEEL__BUS_ALL = (1u << 16) - 1,
+    KEEL__BUS_UPDATE = 1u << 16,    /* an update step: found, downloaded, refused, activated,
+                                       rolled back, promoted (detail: the step) */
+    KEEL__BUS_REVOKED = 1u << 17,   /* an installed version is revoked by the trust in force */
+    KEEL__BUS_OUTCOME = 1u << 18,   /* every answered or failed request: probation's input */
+    KEEL__BUS_ALL = (1u << 19) - 1,
 } keel__bus_type;
 
 /* The name of one type bit ("infer", "tier", ...); "unknown" otherwise. */

@@ -5,6 +5,7 @@
 #include "runtime/runtime.h"
 #include "store/options.h"
 #include "sync/uplink.h"
+#include "update/options.h"
 
 static const keel__option opts[] = {
     {"state_dir", KEEL__OPT_PATH, "/var/lib/keel", 0, 0, false, "a directory path"},
@@ -21,7 +22,7 @@ const keel__option_set *const *keel__runtime_option_sets(size_t *ret_n)
 {
     static const keel__option_set *const sets[] = {
         &keel__runtime_options, &keel__store_options, &keel__queue_options,
-        &keel__infer_options,   &keel__sync_options,
+        &keel__infer_options,   &keel__sync_options, &keel__update_options,
     };
     *ret_n = KEEL_ARRAY_LEN(sets);
     return sets;

@@ -1,0 +1,13 @@
+/* options.c - the update module's settings (conf.h). */
+#include "update/options.h"
+
+static const keel__option opts[] = {
+    {"update_repos", KEEL__OPT_PATH, "", 0, 0, false,
+     "repository base URLs (http:// or https://), separated by commas, or empty for none"},
+    {"update_channel", KEEL__OPT_STR, "stable", 0, 0, false, "a channel name"},
+    {"update_interval", KEEL__OPT_DUR, "1h", 0, 365ull * 86400, true,
+     "a duration like 1h between automatic checks, or 0 to check only when asked"},
+    {"update_apply", KEEL__OPT_BOOL, "true", 0, 0, true,
+     "true to download, validate and activate what a check finds; false to report it only"},
+};
+const keel__option_set keel__update_options = {"update", opts, KEEL_ARRAY_LEN(opts)};
