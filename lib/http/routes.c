@@ -35,6 +35,10 @@ const keel__route keel__routes[] = {
     R("POST", "/api/packages/{name}/mark-good", keel__api_packages_mark_good, OPERATOR, NONE, AUDIT,
       "packages.mark_good"),
     R("POST", "/api/gc", keel__api_gc, ADMIN, NONE, AUDIT, "packages.gc"),
+    /* updates from repositories (api_updates.c) */
+    R("GET", "/api/updates", keel__api_updates_get, READ, NONE, 0, "updates.get"),
+    R("POST", "/api/updates/check", keel__api_updates_check, OPERATOR, NONE, AUDIT,
+      "updates.check"),
     /* store-and-forward (api_events.c, api_shadow.c) */
     R("POST", "/api/events", keel__api_events_post, OPERATOR, JSON, 0, "events.post"),
     R("GET", "/api/queue", keel__api_queue, READ, NONE, 0, "queue"),
