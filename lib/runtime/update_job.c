@@ -381,6 +381,29 @@ static int list_installed(keel_store *s, installed **ret, size_t *ret_n, keel_er
     return KEEL_OK;
 }
 
+/* update_packages: names to follow that are not installed yet. */
+static int add_followed(keel__runtime *rt, installed **v, size_t *n, keel_error *err)
+{
+    char list[KEEL__CONF_PATH_MAX];
+    pthread_mutex_lock(&rt->lock);
+    keel__strlcpy(list, keel__conf_str(rt->conf, "update_packages"), sizeof(list));
+    pthread_mutex_unlock(&rt->lock);
+    for (char *s = list, *tok; (tok = strtok_r(s, ", ", &s));) {
+        size_t k = 0;
+        while (k < *n && strcmp((*v)[k].name, tok))
+            k++;
+        if (k < *n || strlen(tok) >= KEEL_NAME_MAX)
+            continue;
+        installed *nv = realloc(*v, (*n + 1) * sizeof(**v));
+        if (!nv)
+            return keel__err(err, KEEL_ENOMEM, "out of memory");
+        *v = nv;
+        memset(&nv[*n], 0, sizeof(nv[0]));
+        keel__strlcpy(nv[(*n)++].name, tok, KEEL_NAME_MAX);
+    }
+    return KEEL_OK;
+}
+
 static bool is_installed(keel_store *s, const char *name, const char *version, const char *digest)
 {
     char *m = NULL;
@@ -534,7 +557,19 @@ static void check_package(check *c, const installed *in)
         return;
     }
     cJSON_AddStringToObject(o, "offered", of.version);
-    if (in->active[0] && keel_semver_cmp(of.version, in->active) <= 0) {
+    int cmp = in->active[0] ? keel_semver_cmp(of.version, in->active) : 1;
+    if (cmp < 0) {
+        char why[256];
+        snprintf(why, sizeof(why),
+                 "the channel offers %s, below the active %s: refusing a downgrade (the "
+                 "publisher pulls a version with `keel rollout --pull`)",
+                 of.version, in->active);
+        cJSON_AddStringToObject(o, "step", "refused");
+        cJSON_AddStringToObject(o, "reason", why);
+        step(c->u, "refused", of.name, of.version, why);
+        return;
+    }
+    if (cmp == 0) {
         cJSON_AddStringToObject(o, "step", "up_to_date");
         return;
     }
@@ -596,7 +631,7 @@ static char *run_check(keel__rt_update *u, uint64_t seq, bool apply)
         c.pkgs = cJSON_AddArrayToObject(c.out, "packages");
         installed *in = NULL;
         size_t n = 0;
-        if (list_installed(rt->store, &in, &n, &e)) {
+        if (list_installed(rt->store, &in, &n, &e) || add_followed(rt, &in, &n, &e)) {
             cJSON_AddStringToObject(c.out, "error", e.msg);
             result = "error";
         }
