@@ -226,10 +226,15 @@ int keel_cli_publish(int argc, char **argv)
         goto out;
     printf("published %s %s (%s) to %s%s\n", res.name, res.version, res.digest, o.repo,
            res.already ? " (already there: metadata re-signed)" : "");
-    printf("  files: %zu new, %zu already there; patches: %zu (%llu bytes in place of %llu "
-           "bytes of chunks)\n",
-           res.files_new, res.files_reused, res.patches, (unsigned long long)res.patch_bytes,
-           (unsigned long long)res.chunk_bytes);
+    if (keel__publish_can_patch())
+        printf("  files: %zu new, %zu already there; patches: %zu (%llu bytes in place of %llu "
+               "bytes of chunks)\n",
+               res.files_new, res.files_reused, res.patches, (unsigned long long)res.patch_bytes,
+               (unsigned long long)res.chunk_bytes);
+    else
+        printf("  files: %zu new, %zu already there; no patch codec in this build: devices "
+               "fetch changed chunks only\n",
+               res.files_new, res.files_reused);
     printf("  channel %s: %s at %g %%%s%s; index version %llu, timestamp version %llu\n",
            a.channel, res.version, a.rollout, res.base[0] ? ", others stay on " : "", res.base,
            (unsigned long long)res.index_version, (unsigned long long)res.timestamp_version);

@@ -27,6 +27,19 @@
  * linked into every binary that publishes. */
 #pragma weak keel__patch_make
 
+/* True when the patch codec is linked in (see the pragma above). */
+static bool patch_codec(void)
+{
+    int (*volatile make)(const char *, const char *, const char *, keel_error *) =
+        keel__patch_make;
+    return make != NULL;
+}
+
+bool keel__publish_can_patch(void)
+{
+    return patch_codec();
+}
+
 /* --- small helpers ------------------------------------------------------------- */
 
 static int64_t now_of(const keel__publish_opts *o)
@@ -551,7 +564,7 @@ static int make_patches(const char *repo, const keel_manifest *m, const cJSON *v
     size_t nv = 0, k = 0;
     const cJSON *it;
     int rc = KEEL_OK;
-    if (n == 0 || !keel__patch_make)
+    if (n == 0 || !patch_codec())
         return KEEL_OK;
     cJSON_ArrayForEach(it, versions) nv++;
     vref *refs = calloc(nv ? nv : 1, sizeof(*refs));

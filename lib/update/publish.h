@@ -89,6 +89,10 @@ KEEL_WUR int keel__publish_timestamp(const keel__publish_opts *o, uint64_t *ret_
 KEEL_WUR int keel__publish_verify(const char *repo, const keel_trust *t, keel__repo_state *st,
                                   int64_t now, keel_buf *report, keel_error *err);
 
+/* Whether this build has the patch codec (lib/update/patch.c): without it
+ * publishing offers no patches, only chunks. */
+bool keel__publish_can_patch(void);
+
 /* "30d", "12h", "15m", "90s" or plain seconds; 0 and above 10 years are refused. */
 KEEL_WUR int keel__publish_duration(const char *s, int64_t *ret);
 

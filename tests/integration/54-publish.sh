@@ -24,6 +24,11 @@ out=$(pub "$v1") || die "publish v1: $out"
 expect_has "$out" "published vad 1.0.0"
 out=$(pub "$v2" --rollout 25) || die "publish v2: $out"
 expect_has "$out" "others stay on 1.0.0"
+# A source tree with the patch codec must build a keel that uses it (the
+# publisher's reference to it is weak until then: lib/update/publish.c).
+if [[ -f $keel_src/lib/update/patch.c ]]; then
+    [[ $out != *"no patch codec"* ]] || die "lib/update/patch.c is there but keel publish has no codec: $out"
+fi
 expect_eq "$(jq -r '.packages.vad.channels.stable | "\(.version) \(.rollout) \(.base) \(.halted)"' "$repo/index.json")" \
     "2.0.0 25 1.0.0 false" "channel after v2"
 expect_eq "$(jq -r .version "$repo/index.json")" 2 "index version"
