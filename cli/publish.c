@@ -218,7 +218,7 @@ int keel_cli_publish(int argc, char **argv)
         goto out;
     fill_opts(&o, &l, &po);
     keel__publish_args a = {.channel = o.channel ? o.channel : "stable",
-                            .rollout = o.rollout,
+                            .rollout = o.has_rollout ? o.rollout : -1,
                             .patch_from = o.patch_from,
                             .force = o.force,
                             .reason = o.reason};
@@ -235,8 +235,10 @@ int keel_cli_publish(int argc, char **argv)
         printf("  files: %zu new, %zu already there; no patch codec in this build: devices "
                "fetch changed chunks only\n",
                res.files_new, res.files_reused);
-    printf("  channel %s: %s at %g %%%s%s; index version %llu, timestamp version %llu\n",
-           a.channel, res.version, a.rollout, res.base[0] ? ", others stay on " : "", res.base,
+    char share[64];
+    snprintf(share, sizeof(share), " at %g %%%s", res.rollout, res.kept ? " (unchanged)" : "");
+    printf("  channel %s: %s%s%s%s; index version %llu, timestamp version %llu\n", a.channel,
+           res.version, share, res.base[0] ? ", others stay on " : "", res.base,
            (unsigned long long)res.index_version, (unsigned long long)res.timestamp_version);
 out:
     free_loaded(&l);

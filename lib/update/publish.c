@@ -603,8 +603,9 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
     sink_ctx sink = {.repo = o->repo, .fd = -1};
     int lock = -1, rc;
     memset(&res, 0, sizeof(res));
-    if (a->channel && (!(a->rollout >= 0 && a->rollout <= 100) ||
-                       fabs(a->rollout * 100 - (double)llround(a->rollout * 100)) > 1e-6))
+    if (a->channel && a->rollout >= 0 &&
+        (!(a->rollout <= 100) ||
+         fabs(a->rollout * 100 - (double)llround(a->rollout * 100)) > 1e-6))
         return keel__err(err, KEEL_EINVALID,
                          "rollout %g is not a percent 0..100 with at most two decimals",
                          a->rollout);
@@ -712,15 +713,25 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
     }
     if ((rc = make_patches(o->repo, m, versions, a->patch_from, patches, &res, err)))
         goto out;
-    if (a->channel) {
+    bool keep = cur && !strcmp(cur, version) && a->rollout < 0;
+    if (keep) {
+        const char *b = str_of(ch, "base");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(ch, "rollout");
+        keel__strlcpy(res.base, b ? b : "", sizeof(res.base));
+        res.rollout = cJSON_IsNumber(r) ? r->valuedouble : 0;
+        res.kept = true;
+    }
+    if (a->channel && !keep) {
+        double rollout = a->rollout < 0 ? 100 : a->rollout;
+        res.rollout = rollout;
         cJSON *nc = cJSON_CreateObject();
         bool moved = cur && strcmp(cur, version) != 0;
         const char *oldbase = ch ? str_of(ch, "base") : NULL;
-        const char *base = a->rollout < 100 ? (moved ? cur : oldbase) : NULL;
+        const char *base = rollout < 100 ? (moved ? cur : oldbase) : NULL;
         if (base)
             keel__strlcpy(res.base, base, sizeof(res.base));
         if (!nc || !cJSON_AddStringToObject(nc, "version", version) ||
-            !cJSON_AddNumberToObject(nc, "rollout", a->rollout) ||
+            !cJSON_AddNumberToObject(nc, "rollout", rollout) ||
             !cJSON_AddFalseToObject(nc, "halted") ||
             (base && !cJSON_AddStringToObject(nc, "base", res.base))) {
             cJSON_Delete(nc);

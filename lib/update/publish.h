@@ -39,7 +39,8 @@ typedef struct keel__publish_opts {
 
 typedef struct keel__publish_args {
     const char *channel;  /* NULL: the version is added, no channel moves */
-    double rollout;       /* percent 0..100 (two decimals) for the channel */
+    double rollout;       /* percent 0..100 (two decimals) for the channel; < 0: 100
+                           * for a new version, unchanged when the channel has it */
     unsigned patch_from;  /* how many previous versions to patch from */
     bool force;           /* allow a version below the channel's */
     const char *reason;   /* required with force; logged */
@@ -47,7 +48,9 @@ typedef struct keel__publish_args {
 
 typedef struct keel__publish_result {
     char name[128], version[64], digest[72];
-    char base[64]; /* the channel's base after the change ("" when none) */
+    char base[64];  /* the channel's base after the change ("" when none) */
+    double rollout; /* the channel's rollout after the change */
+    bool kept;      /* the channel had this version: left as it was */
     size_t files_new, files_reused, patches;
     uint64_t patch_bytes, chunk_bytes; /* offered patches vs the chunks they replace */
     uint64_t index_version, timestamp_version;

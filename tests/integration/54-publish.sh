@@ -32,7 +32,11 @@ fi
 expect_eq "$(jq -r '.packages.vad.channels.stable | "\(.version) \(.rollout) \(.base) \(.halted)"' "$repo/index.json")" \
     "2.0.0 25 1.0.0 false" "channel after v2"
 expect_eq "$(jq -r .version "$repo/index.json")" 2 "index version"
-expect_eq "$(jq -r '.version, .index.version' "$repo/timestamp.json" | tr '\n' ' ')" "2 2 " "timestamp versions"
+out=$(pub "$v2") || die "publish v2 again: $out"
+expect_has "$out" "already there"
+expect_has "$out" "at 25 % (unchanged)"
+expect_eq "$(jq -r .version "$repo/index.json")" 3 "index version after a re-publish"
+expect_eq "$(jq -r '.version, .index.version' "$repo/timestamp.json" | tr '\n' ' ')" "3 3 " "timestamp versions"
 # the layout: exact package copies and every file by its hash
 for v in 1.0.0 2.0.0; do
     for f in keel.json keel.sig vad-$v.keel; do
@@ -63,7 +67,7 @@ printf '{"format":1,"name":"vad","version":"3.0.0","task":"test"}' >src-u/keel.j
 "$KEEL" pack src-u -o unsigned.keel >/dev/null
 out=$(pub unsigned.keel 2>&1) && die "an unsigned package was published"
 expect_has "$out" "not signed"
-expect_eq "$(jq -r .version "$repo/index.json")" 2 "index version after refusals"
+expect_eq "$(jq -r .version "$repo/index.json")" 3 "index version after refusals"
 
 # rollout: raise, halt, resume, pull
 ro() { "$KEEL" rollout vad --repo "$repo" --key idx.key --timestamp-key ts.key "$@"; }

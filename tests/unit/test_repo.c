@@ -528,6 +528,12 @@ static void test_publisher_refusals(void **state)
     a.rollout = 10;
     assert_int_equal(keel__publish_package(&o, p2, &a, &r, &e), 0);
     assert_string_equal(r.base, "1.0.0");
+    a.rollout = -1; /* the same build again without a rollout: the channel stays */
+    assert_int_equal(keel__publish_package(&o, p2, &a, &r, &e), 0);
+    assert_true(r.kept);
+    assert_true(r.rollout == 10);
+    assert_string_equal(r.base, "1.0.0");
+    a.rollout = 10;
     th_expect_err(keel__publish_package(&o, p0, &a, &r, &e), &e, KEEL_EDOWNGRADE, "--force");
     a.force = true;
     th_expect_err(keel__publish_package(&o, p0, &a, &r, &e), &e, KEEL_EINVALID, "reason");
@@ -541,11 +547,11 @@ static void test_publisher_refusals(void **state)
     memset(&st, 0, sizeof(st));
     assert_int_equal(keel_trust_load(tdir, &t, &e), 0);
     assert_int_equal(keel__publish_verify(repo, t, &st, keel__now_wall_s(), NULL, &e), 0);
-    assert_int_equal(st.index_version, 4);
+    assert_int_equal(st.index_version, 5);
     assert_int_equal(keel__publish_rollout(&o, "vad", "stable", KEEL__ROLLOUT_HALT, 0, NULL, &e),
                      0);
     assert_int_equal(keel__publish_verify(repo, t, &st, keel__now_wall_s(), NULL, &e), 0);
-    assert_int_equal(st.index_version, 5);
+    assert_int_equal(st.index_version, 6);
     st.timestamp_version++;
     th_expect_err(keel__publish_verify(repo, t, &st, 0, NULL, &e), &e, KEEL_EDOWNGRADE,
                   "replayed");
