@@ -260,8 +260,8 @@ int keel_cli_rollout(int argc, char **argv)
                       "[--timestamp-key TS.key] (--set PCT | --halt | --resume | --pull VERSION "
                       "| --promote)",
                       NULL);
-    keel__rollout_action act = o.has_set ? KEEL__ROLLOUT_SET
-                               : o.halt  ? KEEL__ROLLOUT_HALT
+    keel__rollout_action act = o.has_set  ? KEEL__ROLLOUT_SET
+                               : o.halt   ? KEEL__ROLLOUT_HALT
                                : o.resume ? KEEL__ROLLOUT_RESUME
                                : o.pull   ? KEEL__ROLLOUT_PULL
                                           : KEEL__ROLLOUT_PROMOTE;
@@ -276,8 +276,8 @@ int keel_cli_rollout(int argc, char **argv)
                o.pos[0], o.pull);
     else
         printf("channel %s of %s: %s\n", o.channel, o.pos[0],
-               o.has_set ? "rollout changed"
-               : o.halt  ? "halted (no new devices take it; those on it keep it)"
+               o.has_set  ? "rollout changed"
+               : o.halt   ? "halted (no new devices take it; those on it keep it)"
                : o.resume ? "resumed"
                           : "promoted to every device");
 out:
@@ -297,8 +297,8 @@ static int read_state(const char *path, keel__repo_state *st, keel_error *e)
     int rc = keel__fs_read(path, 4096, &data, &len, e);
     if (!rc)
         rc = keel__json_parse(data, len, path, &doc, e);
-    if (!rc && !(rc = keel__json_u64(doc, "timestamp_version", true, &st->timestamp_version, path,
-                                     e)) &&
+    if (!rc &&
+        !(rc = keel__json_u64(doc, "timestamp_version", true, &st->timestamp_version, path, e)) &&
         !(rc = keel__json_u64(doc, "index_version", true, &st->index_version, path, e)) &&
         !(rc = keel__json_str(doc, "index_sha256", true, 64, &sha, path, e)))
         keel__strlcpy(st->index_sha256, sha, sizeof(st->index_sha256));

@@ -12,8 +12,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char root[] =
         "{\"format\":1,\"type\":\"keel-root\",\"version\":1,\"keys\":{"
         "\"ee44797566423c884af801276645149f37c6f7291c903362703ac4634c5d9995\":{\"alg\":"
-        "\"ed25519\",\"public\":\"e1d137b08f9d7978b36520210994120b461b12aefc762e9c01afc065b014069a\"}"
-        "},\"root\":{\"keys\":[\"ee44797566423c884af801276645149f37c6f7291c903362703ac4634c5d9995\"]"
+        "\"ed25519\",\"public\":"
+        "\"e1d137b08f9d7978b36520210994120b461b12aefc762e9c01afc065b014069a\"}"
+        "},\"root\":{\"keys\":["
+        "\"ee44797566423c884af801276645149f37c6f7291c903362703ac4634c5d9995\"]"
         ",\"threshold\":1},\"packages\":[]}";
     static keel_trust *t;
     static bool tried;

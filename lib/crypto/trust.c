@@ -401,7 +401,9 @@ int keel_trust_check_doc(const keel_trust *t, keel_trust_role role, const char *
     keel__buf_done(&notes);
     if (rc)
         err_append(err, " (the %s rule of root.json%s decides; sign with the %s key)",
-                   r == &t->root ? "root" : r == &t->index ? "index" : "timestamp",
+                   r == &t->root    ? "root"
+                   : r == &t->index ? "index"
+                                    : "timestamp",
                    r == &t->root || (role == KEEL_ROLE_TIMESTAMP && r == &t->index)
                        ? ", standing in for an absent role"
                        : "",
@@ -741,8 +743,7 @@ int keel_trust_init(const char *dir, const keel_key *const *keys, size_t nkeys, 
 
 int keel_trust_init_roles(const char *dir, const keel_key *const *keys, size_t nkeys,
                           unsigned threshold, const keel_key *const *index_keys, size_t nindex,
-                          const keel_key *const *timestamp_keys, size_t ntimestamp,
-                          keel_error *err)
+                          const keel_key *const *timestamp_keys, size_t ntimestamp, keel_error *err)
 {
     char path[PATH_MAX];
     keel_buf b, ids;

@@ -30,8 +30,7 @@
 /* True when the patch codec is linked in (see the pragma above). */
 static bool patch_codec(void)
 {
-    int (*volatile make)(const char *, const char *, const char *, keel_error *) =
-        keel__patch_make;
+    int (*volatile make)(const char *, const char *, const char *, keel_error *) = keel__patch_make;
     return make != NULL;
 }
 
@@ -166,8 +165,8 @@ static int lock_repo(const char *repo, keel_error *err)
     }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         keel__err(err, KEEL_EBUSY,
-                  "another publisher is writing %s (it holds %s); wait for it and try again",
-                  repo, path);
+                  "another publisher is writing %s (it holds %s); wait for it and try again", repo,
+                  path);
         close(fd);
         return -1;
     }
@@ -295,15 +294,15 @@ static int write_timestamp(const keel__publish_opts *o, const char *index_doc, s
     keel_sha256_buf(index_doc, index_len, sum);
     keel_hex_encode(sum, sizeof(sum), hex);
     keel__repo_time_format(now_of(o) + (o->timestamp_expires > 0 ? o->timestamp_expires
-                                                                : KEEL__PUBLISH_TIMESTAMP_EXPIRES),
+                                                                 : KEEL__PUBLISH_TIMESTAMP_EXPIRES),
                            exp);
     keel__buf_init(&b, 0);
-    if (keel__buf_appendf(&b,
-                          "{\n  \"format\": 1,\n  \"type\": \"keel-timestamp\",\n"
-                          "  \"version\": %llu,\n  \"expires\": \"%s\",\n"
-                          "  \"index\": {\"version\": %llu, \"size\": %zu, \"sha256\": \"%s\"}\n}\n",
-                          (unsigned long long)prev + 1, exp, (unsigned long long)index_version,
-                          index_len, hex)) {
+    if (keel__buf_appendf(
+            &b,
+            "{\n  \"format\": 1,\n  \"type\": \"keel-timestamp\",\n"
+            "  \"version\": %llu,\n  \"expires\": \"%s\",\n"
+            "  \"index\": {\"version\": %llu, \"size\": %zu, \"sha256\": \"%s\"}\n}\n",
+            (unsigned long long)prev + 1, exp, (unsigned long long)index_version, index_len, hex)) {
         keel__buf_done(&b);
         return keel__err(err, KEEL_ENOMEM, "out of memory");
     }
@@ -330,9 +329,8 @@ static int commit_index(const keel__publish_opts *o, cJSON *doc, uint64_t *ret_i
     int rc;
     if ((rc = keel__json_u64(doc, "version", true, &v, "index.json", err)))
         return rc;
-    keel__repo_time_format(now_of(o) + (o->index_expires > 0 ? o->index_expires
-                                                             : KEEL__PUBLISH_INDEX_EXPIRES),
-                           exp);
+    keel__repo_time_format(
+        now_of(o) + (o->index_expires > 0 ? o->index_expires : KEEL__PUBLISH_INDEX_EXPIRES), exp);
     if ((rc = set_item(doc, "version", cJSON_CreateNumber((double)(v + 1)), err)) ||
         (rc = set_item(doc, "expires", cJSON_CreateString(exp), err)))
         return rc;
@@ -347,8 +345,7 @@ static int commit_index(const keel__publish_opts *o, cJSON *doc, uint64_t *ret_i
     if ((rc = repo_path(path, o->repo, "index.json", err)) ||
         (rc = repo_path(spath, o->repo, "index.sig", err)) ||
         (rc = sign_doc(o->index_keys, o->nindex_keys, KEEL_SIGCTX_INDEX, text, len, &sj, err)) ||
-        (rc = write_file(spath, sj, strlen(sj), err)) ||
-        (rc = write_file(path, text, len, err)) ||
+        (rc = write_file(spath, sj, strlen(sj), err)) || (rc = write_file(path, text, len, err)) ||
         (rc = write_timestamp(o, text, len, v + 1, ret_ts, err)))
         goto out;
     if (ret_index)
@@ -520,8 +517,7 @@ static int patch_against(const char *repo, const keel_manifest *m, const keel_ma
         }
         keel_hex_encode(psum, sizeof(psum), phex);
         char final[PATH_MAX];
-        if ((rc = hash_path(final, repo, "patches", phex, err)) ||
-            (rc = mkdir_parent(final, err)))
+        if ((rc = hash_path(final, repo, "patches", phex, err)) || (rc = mkdir_parent(final, err)))
             break;
         if (keel__fs_rename(out, final) != 0) {
             rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "renaming %s", out);
@@ -557,8 +553,8 @@ static int cmp_vref_desc(const void *a, const void *b)
 }
 
 /* Patches from the newest `n` published, unpulled versions below version. */
-static int make_patches(const char *repo, const keel_manifest *m, const cJSON *versions,
-                        unsigned n, cJSON *patches, keel__publish_result *res, keel_error *err)
+static int make_patches(const char *repo, const keel_manifest *m, const cJSON *versions, unsigned n,
+                        cJSON *patches, keel__publish_result *res, keel_error *err)
 {
     const char *version = keel_manifest_version(m);
     size_t nv = 0, k = 0;
@@ -593,8 +589,7 @@ static int make_patches(const char *repo, const keel_manifest *m, const cJSON *v
 /* --- publish -------------------------------------------------------------------------- */
 
 int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
-                          const keel__publish_args *a, keel__publish_result *ret,
-                          keel_error *err)
+                          const keel__publish_args *a, keel__publish_result *ret, keel_error *err)
 {
     keel_pkg *p = NULL;
     cJSON *doc = NULL;
@@ -604,8 +599,7 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
     int lock = -1, rc;
     memset(&res, 0, sizeof(res));
     if (a->channel && a->rollout >= 0 &&
-        (!(a->rollout <= 100) ||
-         fabs(a->rollout * 100 - (double)llround(a->rollout * 100)) > 1e-6))
+        (!(a->rollout <= 100) || fabs(a->rollout * 100 - (double)llround(a->rollout * 100)) > 1e-6))
         return keel__err(err, KEEL_EINVALID,
                          "rollout %g is not a percent 0..100 with at most two decimals",
                          a->rollout);
@@ -677,8 +671,7 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
     }
     char rel[PATH_MAX];
     if (keel__snprintf(rel, sizeof(rel), "packages/%s/%s/keel.json", name, version) ||
-        (rc = repo_path(path, o->repo, rel, err)) ||
-        (rc = write_file(path, mbytes, mlen, err)) ||
+        (rc = repo_path(path, o->repo, rel, err)) || (rc = write_file(path, mbytes, mlen, err)) ||
         (rc = keel_sigset_format(keel_pkg_sigs(p), &sj, err)) ||
         keel__snprintf(rel, sizeof(rel), "packages/%s/%s/keel.sig", name, version) ||
         (rc = repo_path(path, o->repo, rel, err)) || (rc = write_file(path, sj, strlen(sj), err)) ||
@@ -694,8 +687,7 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
         entry = cJSON_CreateObject();
         if (!entry || !cJSON_AddStringToObject(entry, "digest", res.digest) ||
             !cJSON_AddNumberToObject(entry, "manifest_size", (double)mlen) ||
-            !cJSON_AddFalseToObject(entry, "pulled") ||
-            !cJSON_AddArrayToObject(entry, "patches") ||
+            !cJSON_AddFalseToObject(entry, "pulled") || !cJSON_AddArrayToObject(entry, "patches") ||
             !cJSON_AddItemToObject(versions, version, entry)) {
             cJSON_Delete(entry);
             rc = keel__err(err, KEEL_ENOMEM, "out of memory");
@@ -770,11 +762,11 @@ int keel__publish_rollout(const keel__publish_opts *o, const char *name, const c
         return err ? err->code : KEEL_EBUSY;
     if ((rc = load_index(o->repo, false, &doc, err)))
         goto out;
-    cJSON *pk = cJSON_GetObjectItemCaseSensitive(
-        cJSON_GetObjectItemCaseSensitive(doc, "packages"), name);
+    cJSON *pk =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "packages"), name);
     if (!cJSON_IsObject(pk)) {
-        rc = keel__err(err, KEEL_ENOTFOUND, "%s has no package \"%s\" (publish it first)",
-                       o->repo, name);
+        rc = keel__err(err, KEEL_ENOTFOUND, "%s has no package \"%s\" (publish it first)", o->repo,
+                       name);
         goto out;
     }
     if (act == KEEL__ROLLOUT_PULL) {
@@ -800,8 +792,7 @@ int keel__publish_rollout(const keel__publish_opts *o, const char *name, const c
             (!(percent >= 0 && percent <= 100) ||
              fabs(percent * 100 - (double)llround(percent * 100)) > 1e-6)) {
             rc = keel__err(err, KEEL_EINVALID,
-                           "rollout %g is not a percent 0..100 with at most two decimals",
-                           percent);
+                           "rollout %g is not a percent 0..100 with at most two decimals", percent);
             goto out;
         }
         if (act == KEEL__ROLLOUT_SET)
@@ -888,8 +879,9 @@ static bool check_blob(const char *repo, const char *kind, const char *hex, uint
     }
     keel_hex_encode(sum, sizeof(sum), got);
     if (n != size || strcmp(got, hex) != 0) {
-        note(r, bad, "%s: %s/sha256/%.2s/%s holds %llu bytes with sha256 %.16s..., expected %llu "
-                     "bytes with its name as hash",
+        note(r, bad,
+             "%s: %s/sha256/%.2s/%s holds %llu bytes with sha256 %.16s..., expected %llu "
+             "bytes with its name as hash",
              what, kind, hex, hex, (unsigned long long)n, got, (unsigned long long)size);
         return false;
     }
@@ -908,8 +900,7 @@ static void verify_entry(const char *repo, const keel_trust *t, const keel__repo
     uint8_t sum[KEEL_SHA256_LEN];
     char hex[KEEL_SHA256_HEX];
     unsigned before = *bad;
-    if (keel__snprintf(p, sizeof(p), "%s/packages/%s/%s/keel.json", repo, en->name,
-                       en->version) ||
+    if (keel__snprintf(p, sizeof(p), "%s/packages/%s/%s/keel.json", repo, en->name, en->version) ||
         keel__fs_read(p, (size_t)en->manifest_size, &data, &len, &e)) {
         note(r, bad, "%s %s: keel.json: %s", en->name, en->version,
              keel__fs_exists(p) ? e.msg : "missing");
@@ -964,8 +955,7 @@ static void verify_entry(const char *repo, const keel_trust *t, const keel__repo
                        en->name, en->version) ||
         keel_pkg_open(p, NULL, &pkg, &e) || keel_pkg_check_trust(pkg, t, &e) ||
         keel_pkg_extract(pkg, NULL, &e)) {
-        note(r, bad, "%s %s: %s-%s.keel: %s", en->name, en->version, en->name, en->version,
-             e.msg);
+        note(r, bad, "%s %s: %s-%s.keel: %s", en->name, en->version, en->name, en->version, e.msg);
         goto out;
     }
     keel_manifest_digest_str(keel_pkg_manifest(pkg), digest);
@@ -991,11 +981,11 @@ int keel__publish_verify(const char *repo, const keel_trust *t, keel__repo_state
     keel__repo_index *ix = NULL;
     unsigned bad = 0;
     int rc;
-    if ((rc = read_pair(repo, "timestamp.json", "timestamp.sig", KEEL__REPO_TIMESTAMP_MAX, &td,
-                        &tl, &ts_sig, &tsl, err)) ||
+    if ((rc = read_pair(repo, "timestamp.json", "timestamp.sig", KEEL__REPO_TIMESTAMP_MAX, &td, &tl,
+                        &ts_sig, &tsl, err)) ||
         (rc = keel__repo_check_timestamp(t, td, tl, ts_sig, tsl, st, now, &ts, err)) ||
-        (rc = read_pair(repo, "index.json", "index.sig", KEEL__REPO_INDEX_MAX, &id, &il, &is,
-                        &isl, err)) ||
+        (rc = read_pair(repo, "index.json", "index.sig", KEEL__REPO_INDEX_MAX, &id, &il, &is, &isl,
+                        err)) ||
         (rc = keel__repo_index_parse(t, id, il, is, isl, &ts, st, now, &ix, err)))
         goto out;
     note(report, NULL, "timestamp.json version %llu, index.json version %llu",

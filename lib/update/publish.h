@@ -27,23 +27,23 @@
 #define KEEL__PUBLISH_PATCH_FROM        2            /* previous versions patched from */
 
 typedef struct keel__publish_opts {
-    const char *repo;                     /* the repository folder */
-    const keel_key *const *index_keys;    /* sign index.json (borrowed) */
-    size_t nindex_keys;                   /* may be 0 for keel__publish_timestamp only */
+    const char *repo;                      /* the repository folder */
+    const keel_key *const *index_keys;     /* sign index.json (borrowed) */
+    size_t nindex_keys;                    /* may be 0 for keel__publish_timestamp only */
     const keel_key *const *timestamp_keys; /* sign timestamp.json; 0 keys: the index keys */
     size_t ntimestamp_keys;
-    int64_t now;             /* Unix seconds; 0: the wall clock */
-    int64_t index_expires;   /* seconds; 0: KEEL__PUBLISH_INDEX_EXPIRES */
+    int64_t now;               /* Unix seconds; 0: the wall clock */
+    int64_t index_expires;     /* seconds; 0: KEEL__PUBLISH_INDEX_EXPIRES */
     int64_t timestamp_expires; /* seconds; 0: KEEL__PUBLISH_TIMESTAMP_EXPIRES */
 } keel__publish_opts;
 
 typedef struct keel__publish_args {
-    const char *channel;  /* NULL: the version is added, no channel moves */
-    double rollout;       /* percent 0..100 (two decimals) for the channel; < 0: 100
-                           * for a new version, unchanged when the channel has it */
-    unsigned patch_from;  /* how many previous versions to patch from */
-    bool force;           /* allow a version below the channel's */
-    const char *reason;   /* required with force; logged */
+    const char *channel; /* NULL: the version is added, no channel moves */
+    double rollout;      /* percent 0..100 (two decimals) for the channel; < 0: 100
+                          * for a new version, unchanged when the channel has it */
+    unsigned patch_from; /* how many previous versions to patch from */
+    bool force;          /* allow a version below the channel's */
+    const char *reason;  /* required with force; logged */
 } keel__publish_args;
 
 typedef struct keel__publish_result {

@@ -66,8 +66,7 @@ static bool channel_name_valid(const char *s)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-              c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
             return false;
     }
     return true;
@@ -159,8 +158,7 @@ static int get_sha_ref(const cJSON *obj, const char *key, char *hex, const char 
     return KEEL_OK;
 }
 
-static int get_hex(const cJSON *obj, const char *key, char *hex, const char *where,
-                   keel_error *err)
+static int get_hex(const cJSON *obj, const char *key, char *hex, const char *where, keel_error *err)
 {
     const char *s = NULL;
     int rc = keel__json_str(obj, key, true, 64, &s, where, err);
@@ -237,12 +235,12 @@ out:
 }
 
 static int check_sigs(const keel_trust *t, keel_trust_role role, const char *ctx, const char *what,
-                      const void *doc, size_t len, const void *sig, size_t sig_len,
-                      keel_error *err)
+                      const void *doc, size_t len, const void *sig, size_t sig_len, keel_error *err)
 {
     keel_sigset sigs;
     char sigfile[64];
-    snprintf(sigfile, sizeof(sigfile), "%s", role == KEEL_ROLE_INDEX ? "index.sig" : "timestamp.sig");
+    snprintf(sigfile, sizeof(sigfile), "%s",
+             role == KEEL_ROLE_INDEX ? "index.sig" : "timestamp.sig");
     if (sig_len > KEEL__REPO_SIG_MAX)
         return keel__err(err, KEEL_ETOOBIG, "%s is larger than %u bytes", sigfile,
                          KEEL__REPO_SIG_MAX);
@@ -280,8 +278,7 @@ int keel__repo_check_timestamp(const keel_trust *t, const void *doc, size_t len,
         return keel__err(err, KEEL_EDOWNGRADE,
                          "timestamp.json version %llu is below %llu, accepted before: replayed or "
                          "rolled-back repository metadata (a mirror serves an old copy)",
-                         (unsigned long long)ts.version,
-                         (unsigned long long)st->timestamp_version);
+                         (unsigned long long)ts.version, (unsigned long long)st->timestamp_version);
     if (st && ts.index_version < st->index_version)
         return keel__err(err, KEEL_EDOWNGRADE,
                          "timestamp.json names index version %llu, below %llu accepted before: "
@@ -496,8 +493,7 @@ static int parse_package(const cJSON *o, rpkg *p, keel_error *err)
     return KEEL_OK;
 }
 
-int keel__repo_index_parse_doc(const void *doc, size_t len, keel__repo_index **ret,
-                               keel_error *err)
+int keel__repo_index_parse_doc(const void *doc, size_t len, keel__repo_index **ret, keel_error *err)
 {
     const char *what = "index.json";
     cJSON *root = NULL;
@@ -725,10 +721,11 @@ int keel__repo_offer_for(const keel__repo_index *ix, const char *name, const cha
     }
     const rver *base = c->base[0] ? find_version(p, c->base) : NULL;
     if (!base)
-        return keel__err(err, KEEL_ENOTFOUND,
-                         "channel \"%s\" of \"%s\" does not offer %s to this device: %s, and the channel "
-                         "has no base version",
-                         channel, name, c->version, why);
+        return keel__err(
+            err, KEEL_ENOTFOUND,
+            "channel \"%s\" of \"%s\" does not offer %s to this device: %s, and the channel "
+            "has no base version",
+            channel, name, c->version, why);
     if (base->pulled)
         return keel__err(err, KEEL_ENOTFOUND,
                          "channel \"%s\" of \"%s\" offers nothing to this device: %s, and its "

@@ -31,14 +31,14 @@ typedef struct keel__repo_timestamp {
 } keel__repo_timestamp;
 
 /* Limits (docs/update.md, "Repository"). */
-#define KEEL__REPO_TIMESTAMP_MAX (16u * 1024u)        /* timestamp.json bytes */
+#define KEEL__REPO_TIMESTAMP_MAX (16u * 1024u)         /* timestamp.json bytes */
 #define KEEL__REPO_INDEX_MAX     (16u * 1024u * 1024u) /* index.json bytes */
-#define KEEL__REPO_SIG_MAX       (64u * 1024u)        /* *.sig bytes */
-#define KEEL__REPO_PACKAGES_MAX  4096                 /* packages in an index */
-#define KEEL__REPO_VERSIONS_MAX  1024                 /* versions of one package */
-#define KEEL__REPO_CHANNELS_MAX  64                   /* channels of one package */
-#define KEEL__REPO_PATCHES_MAX   10000                /* patches of one version */
-#define KEEL__REPO_CHANNEL_LEN   64                   /* channel name, NUL included */
+#define KEEL__REPO_SIG_MAX       (64u * 1024u)         /* *.sig bytes */
+#define KEEL__REPO_PACKAGES_MAX  4096                  /* packages in an index */
+#define KEEL__REPO_VERSIONS_MAX  1024                  /* versions of one package */
+#define KEEL__REPO_CHANNELS_MAX  64                    /* channels of one package */
+#define KEEL__REPO_PATCHES_MAX   10000                 /* patches of one version */
+#define KEEL__REPO_CHANNEL_LEN   64                    /* channel name, NUL included */
 
 /* Checks timestamp.json (doc) and timestamp.sig (sig) against the trust's
  * timestamp role, then freshness: a version below st's is DOWNGRADE

@@ -69,8 +69,7 @@ static keel_trust *trust_with(unsigned roles)
                                            idh(keys[K_INDEX])),
                          0);
     if (roles & 2)
-        assert_int_equal(keel__buf_appendf(&b,
-                                           ",\"timestamp\":{\"keys\":[\"%s\"],\"threshold\":1}",
+        assert_int_equal(keel__buf_appendf(&b, ",\"timestamp\":{\"keys\":[\"%s\"],\"threshold\":1}",
                                            idh(keys[K_TS])),
                          0);
     assert_int_equal(keel__buf_appendf(&b, "}"), 0);
@@ -103,8 +102,7 @@ static const char *const INDEX_DOC =
     "\"size\":10,\"codec\":\"keel-tpatch-1\"}]}},"
     "\"channels\":{\"stable\":{\"version\":\"2.0.0\",\"rollout\":%s,\"halted\":%s%s}}}}}";
 
-static char *index_doc(unsigned version, const char *rollout, bool halted, bool pulled,
-                       bool base)
+static char *index_doc(unsigned version, const char *rollout, bool halted, bool pulled, bool base)
 {
     char *d = malloc(4096);
     assert_non_null(d);
@@ -317,7 +315,8 @@ static void expect_bad_index(const char *doc, int code, const char *sub)
     assert_null(ix);
 }
 
-#define HDR "{\"format\":1,\"type\":\"keel-index\",\"version\":1,\"expires\":\"2030-01-01T00:00:00Z\","
+#define HDR                                                                                        \
+    "{\"format\":1,\"type\":\"keel-index\",\"version\":1,\"expires\":\"2030-01-01T00:00:00Z\","
 #define D64 "sha256:0000000000000000000000000000000000000000000000000000000000000001"
 
 static void test_parse_bounds(void **state)
@@ -523,8 +522,7 @@ static void test_publisher_refusals(void **state)
     assert_int_equal(keel__publish_package(&o, p1, &a, &r, &e), 0); /* again: fine */
     assert_true(r.already);
     assert_int_equal(r.index_version, 2);
-    th_expect_err(keel__publish_package(&o, p1b, &a, &r, &e), &e, KEEL_ECONFLICT,
-                  "another digest");
+    th_expect_err(keel__publish_package(&o, p1b, &a, &r, &e), &e, KEEL_ECONFLICT, "another digest");
     a.rollout = 10;
     assert_int_equal(keel__publish_package(&o, p2, &a, &r, &e), 0);
     assert_string_equal(r.base, "1.0.0");
@@ -553,8 +551,7 @@ static void test_publisher_refusals(void **state)
     assert_int_equal(keel__publish_verify(repo, t, &st, keel__now_wall_s(), NULL, &e), 0);
     assert_int_equal(st.index_version, 6);
     st.timestamp_version++;
-    th_expect_err(keel__publish_verify(repo, t, &st, 0, NULL, &e), &e, KEEL_EDOWNGRADE,
-                  "replayed");
+    th_expect_err(keel__publish_verify(repo, t, &st, 0, NULL, &e), &e, KEEL_EDOWNGRADE, "replayed");
     th_expect_err(keel__publish_rollout(&o, "vad", "beta", KEEL__ROLLOUT_SET, 5, NULL, &e), &e,
                   KEEL_ENOTFOUND, "no channel");
     /* a timestamp signed with the index key is refused by a device whose
