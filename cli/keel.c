@@ -67,6 +67,8 @@ static const char usage[] =
     "          (--set PCT | --halt | --resume | --pull VERSION | --promote)\n"
     "  repo timestamp --repo DIR --key TS.key [--expires 1d]   re-sign a fresh timestamp\n"
     "  repo verify --repo DIR --trust DIR [--state FILE]     check it as a device would\n"
+    "  repo offer NAME --repo DIR --trust DIR --device ID [--channel C] [--current V]\n"
+    "                                   the version the repository offers that device\n"
     "\n"
     "Device (talks to keeld; --offline --state-dir D works on the store directly):\n"
     "  status | packages | install FILE [--activate] | activate NAME [--version V]\n"

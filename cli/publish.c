@@ -15,7 +15,9 @@
 #define PUB_KEYS_MAX 16
 
 typedef struct popts {
-    const char *repo, *trust, *channel, *state, *reason, *pull;
+    const char *repo, *trust, *channel, *state, *reason, *pull, *current;
+    const char *devices[1024];
+    size_t ndevices;
     const char *keys[PUB_KEYS_MAX], *ts_keys[PUB_KEYS_MAX];
     size_t nkeys, nts_keys;
     double rollout, set;
@@ -69,6 +71,8 @@ static int pparse(int argc, char **argv, popts *o)
                                        {"state", required_argument, 0, 'S'},
                                        {"offline", no_argument, 0, 'O'},
                                        {"at", required_argument, 0, 'A'},
+                                       {"device", required_argument, 0, 'D'},
+                                       {"current", required_argument, 0, 'C'},
                                        {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof(*o));
@@ -143,6 +147,14 @@ static int pparse(int argc, char **argv, popts *o)
             break;
         case 'O':
             o->offline = true;
+            break;
+        case 'D':
+            if (o->ndevices == KEEL_ARRAY_LEN(o->devices))
+                return pusage("at most 1024 --device options", NULL);
+            o->devices[o->ndevices++] = optarg;
+            break;
+        case 'C':
+            o->current = optarg;
             break;
         case 'A':
             if (keel__repo_time_parse(optarg, &o->at))
@@ -318,6 +330,31 @@ static int write_state(const char *path, const keel__repo_state *st, keel_error 
     return keel__fs_write_atomic(path, buf, (size_t)n, 0644, e);
 }
 
+/* The repository's index, checked as a device would check it. */
+static int load_checked(const char *repo, const keel_trust *t, int64_t now, keel__repo_index **ret,
+                        keel_error *e)
+{
+    char p[4096], *td = NULL, *tsig = NULL, *id = NULL, *isig = NULL;
+    size_t tl = 0, tsl = 0, il = 0, isl = 0;
+    keel__repo_timestamp ts;
+    int rc = KEEL_OK;
+    static const char *const files[4] = {"timestamp.json", "timestamp.sig", "index.json",
+                                         "index.sig"};
+    char **bufs[4] = {&td, &tsig, &id, &isig};
+    size_t *lens[4] = {&tl, &tsl, &il, &isl};
+    for (int i = 0; i < 4 && !rc; i++) {
+        snprintf(p, sizeof(p), "%s/%s", repo, files[i]);
+        rc = keel__fs_read(p, KEEL__REPO_INDEX_MAX, bufs[i], lens[i], e);
+    }
+    if (!rc && !(rc = keel__repo_check_timestamp(t, td, tl, tsig, tsl, NULL, now, &ts, e)))
+        rc = keel__repo_index_parse(t, id, il, isig, isl, &ts, NULL, now, ret, e);
+    free(td);
+    free(tsig);
+    free(id);
+    free(isig);
+    return rc;
+}
+
 int keel_cli_repo(int argc, char **argv)
 {
     popts o;
@@ -366,5 +403,30 @@ int keel_cli_repo(int argc, char **argv)
         keel_trust_free(t);
         return rc ? perr(&e) : 0;
     }
-    return pusage("unknown repo command (timestamp, verify): ", sub);
+    if (!strcmp(sub, "offer")) {
+        keel_trust *t = NULL;
+        keel__repo_index *ix = NULL;
+        if (o.npos != 2 || !o.repo || !o.trust || !o.ndevices)
+            return pusage("usage: keel repo offer NAME --repo DIR --trust TRUST_DIR --device ID "
+                          "[--device ID]... [--channel C] [--current VERSION] [--offline | --at "
+                          "TIME]",
+                          NULL);
+        int64_t now = o.offline ? 0 : o.at ? o.at : keel__now_wall_s();
+        if (!(rc = keel_trust_load(o.trust, &t, &e)))
+            rc = load_checked(o.repo, t, now, &ix, &e);
+        for (size_t i = 0; !rc && i < o.ndevices; i++) {
+            keel__repo_offer off;
+            keel_error oe;
+            if (keel__repo_offer_for(ix, o.pos[1], o.channel ? o.channel : "stable", o.devices[i],
+                                     o.current, &off, &oe))
+                printf("nothing: %s\n", oe.msg);
+            else
+                printf("%s %s%s\n", off.name, off.version,
+                       off.current_pulled ? " (current pulled)" : "");
+        }
+        keel__repo_index_free(ix);
+        keel_trust_free(t);
+        return rc ? perr(&e) : 0;
+    }
+    return pusage("unknown repo command (timestamp, verify, offer): ", sub);
 }

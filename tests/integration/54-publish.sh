@@ -50,6 +50,31 @@ for h in $(jq -r '.files[].sha256' "$repo/packages/vad/2.0.0/keel.json"); do
     expect_eq "$(sha256sum <"$repo/files/sha256/${h:0:2}/$h" | cut -d' ' -f1)" "$h" "files/sha256/$h"
 done
 
+# The canary: of 100 device ids at 25 %, exactly those the documented rule
+# picks take 2.0.0 (docs/update.md: bucket = first 8 bytes of
+# SHA-256(id 0 name 0 version), big-endian, mod 10000; computed here with
+# sha256sum, the 64-bit value split in two halves as 2^32 mod 10000 = 7296).
+bucket() {
+    local h
+    h=$(printf '%s\0%s\0%s' "$1" "$2" "$3" | sha256sum | cut -c1-16)
+    echo $(((16#${h:0:8} % 10000 * 7296 + 16#${h:8:8}) % 10000))
+}
+offer() { "$KEEL" repo offer vad --repo "$repo" --trust trust --channel stable "$@"; }
+takers=() devs=() want=""
+for i in $(seq -w 0 99); do
+    devs+=(--device "device-$i")
+    if (($(bucket "device-$i" vad 2.0.0) < 2500)); then
+        want+="vad 2.0.0"$'\n'
+        takers+=(--device "device-$i")
+    else
+        want+="vad 1.0.0"$'\n'
+    fi
+done
+expect_eq "$(offer "${devs[@]}" --current 1.0.0)" "${want%$'\n'}" "offers to 100 devices at 25 %"
+n=$((${#takers[@]} / 2))
+((n > 10 && n < 40)) || die "$n of 100 took 2.0.0 at 25 %"
+echo "canary: $n of 100 devices take 2.0.0 at 25 %"
+
 out=$(verify --state state.json) || die "verify: $out"
 expect_has "$out" "verifies"
 cp "$repo/timestamp.json" old-ts.json
@@ -76,10 +101,16 @@ expect_eq "$(jq -r .packages.vad.channels.stable.rollout "$repo/index.json")" 50
 ro --channel stable --halt >/dev/null || die "rollout --halt"
 expect_eq "$(jq -r .packages.vad.channels.stable.halted "$repo/index.json")" true "halted"
 out=$(verify --state state.json) || die "verify after halt: $out"
+# halted: no new takers (at 50 % now), devices already on it keep it
+out=$(offer "${devs[@]}" --current 1.0.0 | sort -u)
+expect_eq "$out" "vad 1.0.0" "halted: offers to devices on 1.0.0"
+out=$(offer "${takers[@]}" --current 2.0.0 | sort -u)
+expect_eq "$out" "vad 2.0.0" "halted: offers to devices on 2.0.0"
 ro --channel stable --resume >/dev/null || die "rollout --resume"
 expect_eq "$(jq -r .packages.vad.channels.stable.halted "$repo/index.json")" false "resumed"
 ro --pull 2.0.0 >/dev/null || die "rollout --pull"
 expect_eq "$(jq -r '.packages.vad.versions["2.0.0"].pulled' "$repo/index.json")" true "pulled"
+expect_eq "$(offer "${takers[@]:0:2}" --current 2.0.0)" "vad 1.0.0 (current pulled)" "offer after pull"
 out=$(ro --channel stable 2>&1) && die "rollout without an action"
 ro --channel stable --promote >/dev/null || die "rollout --promote"
 expect_eq "$(jq -r '.packages.vad.channels.stable | "\(.rollout) \(.base)"' "$repo/index.json")" "100 null" "promoted"
