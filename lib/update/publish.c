@@ -153,10 +153,15 @@ static int sign_doc(const keel_key *const *keys, size_t n, const char *ctx, cons
 }
 
 /* One writer at a time. Returns the fd to close, or -1 with err set. */
-static int lock_repo(const char *repo, keel_error *err)
+static int lock_repo(const char *repo, bool create, keel_error *err)
 {
     char path[PATH_MAX];
-    if (keel__fs_mkdir_p(repo, 0755, err) || repo_path(path, repo, ".lock", err))
+    if (!create && !keel__fs_exists(repo)) {
+        keel__err(err, KEEL_ENOTFOUND,
+                  "repository %s does not exist: publish a package first (`keel publish`)", repo);
+        return -1;
+    }
+    if ((create && keel__fs_mkdir_p(repo, 0755, err)) || repo_path(path, repo, ".lock", err))
         return -1;
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -621,7 +626,7 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
                        pkg_path, pkg_path);
         goto out;
     }
-    if ((lock = lock_repo(o->repo, err)) < 0) {
+    if ((lock = lock_repo(o->repo, true, err)) < 0) {
         rc = err ? err->code : KEEL_EBUSY;
         goto out;
     }
@@ -757,7 +762,7 @@ int keel__publish_rollout(const keel__publish_opts *o, const char *name, const c
                           keel_error *err)
 {
     cJSON *doc = NULL;
-    int lock = lock_repo(o->repo, err), rc;
+    int lock = lock_repo(o->repo, false, err), rc;
     if (lock < 0)
         return err ? err->code : KEEL_EBUSY;
     if ((rc = load_index(o->repo, false, &doc, err)))
@@ -819,7 +824,7 @@ int keel__publish_timestamp(const keel__publish_opts *o, uint64_t *ret_version, 
     char path[PATH_MAX], *data = NULL;
     size_t len = 0;
     keel__repo_index *ix = NULL;
-    int lock = lock_repo(o->repo, err), rc;
+    int lock = lock_repo(o->repo, false, err), rc;
     if (lock < 0)
         return err ? err->code : KEEL_EBUSY;
     if (!(rc = repo_path(path, o->repo, "index.json", err)) &&

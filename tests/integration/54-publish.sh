@@ -43,6 +43,7 @@ for v in 1.0.0 2.0.0; do
         [[ -s $repo/packages/vad/$v/$f ]] || die "missing packages/vad/$v/$f"
     done
 done
+tar -xOf "$v2" keel.json | cmp -s - "$repo/packages/vad/2.0.0/keel.json" || die "keel.json is not the package's bytes"
 digest=$(jq -r '.packages.vad.versions["2.0.0"].digest' "$repo/index.json")
 expect_eq "sha256:$(sha256sum <"$repo/packages/vad/2.0.0/keel.json" | cut -d' ' -f1)" "$digest" "keel.json digest"
 for h in $(jq -r '.files[].sha256' "$repo/packages/vad/2.0.0/keel.json"); do
@@ -93,6 +94,16 @@ printf '{"format":1,"name":"vad","version":"3.0.0","task":"test"}' >src-u/keel.j
 out=$(pub unsigned.keel 2>&1) && die "an unsigned package was published"
 expect_has "$out" "not signed"
 expect_eq "$(jq -r .version "$repo/index.json")" 3 "index version after refusals"
+
+# one publisher at a time
+exec 9>"$repo/.lock"
+flock -n 9 || die "cannot take the repository lock"
+out=$(pub "$v1" 2>&1) && die "published while another publisher held the lock"
+expect_has "$out" "BUSY"
+exec 9>&-
+out=$("$KEEL" rollout vad --repo "$work/none" --key idx.key --channel stable --halt 2>&1) && die "rollout on no repository"
+expect_has "$out" "does not exist"
+[[ ! -e $work/none ]] || die "rollout created a repository folder"
 
 # rollout: raise, halt, resume, pull
 ro() { "$KEEL" rollout vad --repo "$repo" --key idx.key --timestamp-key ts.key "$@"; }
