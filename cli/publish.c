@@ -218,18 +218,23 @@ int keel_cli_publish(int argc, char **argv)
     keel_error e;
     keel__publish_opts po;
     keel__publish_result res;
+    keel_trust *t = NULL;
     int rc = pparse(argc, argv, &o);
     if (rc)
         return rc;
     if (o.npos != 1 || !o.repo || !o.nkeys)
         return pusage("usage: keel publish PKG.keel --repo DIR --key INDEX.key "
                       "[--timestamp-key TS.key] [--channel C] [--rollout PCT] [--expires 30d] "
-                      "[--timestamp-expires 1d] [--patch-from N] [--force --reason TEXT]",
+                      "[--timestamp-expires 1d] [--patch-from N] [--force --reason TEXT] "
+                      "[--trust DIR]",
                       NULL);
     if ((rc = load_priv(&o, &l, &e)))
         goto out;
+    if (o.trust && (rc = keel_trust_load(o.trust, &t, &e)))
+        goto out;
     fill_opts(&o, &l, &po);
-    keel__publish_args a = {.channel = o.channel ? o.channel : "stable",
+    keel__publish_args a = {.trust = t,
+                            .channel = o.channel ? o.channel : "stable",
                             .rollout = o.has_rollout ? o.rollout : -1,
                             .patch_from = o.patch_from,
                             .force = o.force,
@@ -253,6 +258,7 @@ int keel_cli_publish(int argc, char **argv)
            res.version, share, res.base[0] ? ", others stay on " : "", res.base,
            (unsigned long long)res.index_version, (unsigned long long)res.timestamp_version);
 out:
+    keel_trust_free(t);
     free_loaded(&l);
     return rc ? perr(&e) : 0;
 }

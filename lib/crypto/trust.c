@@ -304,7 +304,9 @@ static unsigned count_sigs(const keel_trust *t, const rule *r, const char *ctx, 
         else if (is_revoked_key(t, s->keyid))
             why = "revoked key";
         else if (!rule_allows(r, s->keyid))
-            why = "key not allowed for this name";
+            why = strcmp(ctx, KEEL_SIGCTX_INDEX) && strcmp(ctx, KEEL_SIGCTX_TIMESTAMP)
+                      ? "key not allowed for this name"
+                      : "key not allowed for this role";
         else if (!keel_key_verify(k->key, ctx, msg, len, s->sig))
             why = "invalid signature (the signed bytes were changed, or the wrong key)";
         if (!why) {

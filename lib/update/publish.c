@@ -591,6 +591,32 @@ static int make_patches(const char *repo, const keel_manifest *m, const cJSON *v
     return rc;
 }
 
+/* Refuses keys the trust would not accept for the index or the timestamp,
+ * before anything is written: a dummy document signed by them must pass. */
+static int check_signers(const keel__publish_opts *o, const keel_trust *t, keel_error *err)
+{
+    static const char probe[] = "{}";
+    for (int k = 0; k < 2; k++) {
+        const keel_key *const *keys = k && o->ntimestamp_keys ? o->timestamp_keys : o->index_keys;
+        size_t n = k && o->ntimestamp_keys ? o->ntimestamp_keys : o->nindex_keys;
+        const char *ctx = k ? KEEL_SIGCTX_TIMESTAMP : KEEL_SIGCTX_INDEX;
+        char *sj = NULL;
+        keel_sigset sigs;
+        int rc = sign_doc(keys, n, ctx, probe, 2, &sj, err);
+        if (!rc)
+            rc = keel_sigset_parse(sj, strlen(sj), &sigs, err);
+        if (!rc)
+            rc = keel_trust_check_doc(t, k ? KEEL_ROLE_TIMESTAMP : KEEL_ROLE_INDEX, ctx,
+                                      k ? "a timestamp signed with these keys"
+                                        : "an index signed with these keys",
+                                      probe, 2, &sigs, err);
+        free(sj);
+        if (rc)
+            return rc;
+    }
+    return KEEL_OK;
+}
+
 /* --- publish -------------------------------------------------------------------------- */
 
 int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
@@ -626,6 +652,12 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
                        pkg_path, pkg_path);
         goto out;
     }
+    if (a->trust && (rc = keel_pkg_check_trust(p, a->trust, err))) {
+        keel__err_prefix(err, "%s: devices trusting that root would refuse it", pkg_path);
+        goto out;
+    }
+    if (a->trust && (rc = check_signers(o, a->trust, err)))
+        goto out;
     if ((lock = lock_repo(o->repo, true, err)) < 0) {
         rc = err ? err->code : KEEL_EBUSY;
         goto out;

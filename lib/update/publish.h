@@ -38,12 +38,14 @@ typedef struct keel__publish_opts {
 } keel__publish_opts;
 
 typedef struct keel__publish_args {
-    const char *channel; /* NULL: the version is added, no channel moves */
-    double rollout;      /* percent 0..100 (two decimals) for the channel; < 0: 100
-                          * for a new version, unchanged when the channel has it */
-    unsigned patch_from; /* how many previous versions to patch from */
-    bool force;          /* allow a version below the channel's */
-    const char *reason;  /* required with force; logged */
+    const char *channel;     /* NULL: the version is added, no channel moves */
+    double rollout;          /* percent 0..100 (two decimals) for the channel; < 0: 100
+                              * for a new version, unchanged when the channel has it */
+    unsigned patch_from;     /* how many previous versions to patch from */
+    bool force;              /* allow a version below the channel's */
+    const char *reason;      /* required with force; logged */
+    const keel_trust *trust; /* optional: refuse what devices trusting it would refuse
+                              * (the package's signatures, the index/timestamp keys) */
 } keel__publish_args;
 
 typedef struct keel__publish_result {

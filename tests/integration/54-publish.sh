@@ -128,6 +128,14 @@ expect_eq "$(jq -r '.packages.vad.channels.stable | "\(.rollout) \(.base)"' "$re
 out=$(verify --state state.json) || die "verify after pull: $out"
 expect_has "$out" "vad 2.0.0 (pulled)"
 
+# with --trust, publishing with keys the devices would not accept is refused
+# before anything is written
+"$KEEL" keygen -o rogue >/dev/null
+before=$(jq -r .version "$repo/index.json")
+out=$("$KEEL" publish "$v2" --repo "$repo" --key rogue.key --timestamp-key ts.key --trust trust 2>&1) && die "published with a key no device trusts"
+expect_has "$out" "an index signed with these keys"
+expect_eq "$(jq -r .version "$repo/index.json")" "$before" "index version after a refused publish"
+
 # the timestamp cron job
 before=$(jq -r .version "$repo/timestamp.json")
 "$KEEL" repo timestamp --repo "$repo" --key ts.key --expires 2h >/dev/null || die "repo timestamp"
@@ -139,7 +147,7 @@ cp "$repo/timestamp.json" good-ts.json
 cp "$repo/timestamp.sig" good-ts.sig
 "$KEEL" repo timestamp --repo "$repo" --key idx.key >/dev/null || die "repo timestamp (idx)"
 out=$(verify) && die "a timestamp signed by the index key verified"
-expect_has "$out" "key not allowed"
+expect_has "$out" "key not allowed for this role"
 cp good-ts.json "$repo/timestamp.json"
 cp good-ts.sig "$repo/timestamp.sig"
 

@@ -165,9 +165,9 @@ static void test_roles(void **state)
     assert_int_equal(check_ix(t, ix, ix_by_index, &ts, NULL, 0, &e), 0);
     /* signatures by the wrong role */
     th_expect_err(check_ts(t, td, ts_by_index, NULL, 0, &ts, &e), &e, KEEL_EUNTRUSTED,
-                  "key not allowed");
+                  "key not allowed for this role");
     th_expect_err(check_ix(t, ix, ix_by_ts, NULL, NULL, 0, &e), &e, KEEL_EUNTRUSTED,
-                  "key not allowed");
+                  "key not allowed for this role");
     th_expect_err(check_ix(t, ix, ix_by_root, NULL, NULL, 0, &e), &e, KEEL_EUNTRUSTED,
                   "index rule");
     /* a signature with another context is no signature of this document */
