@@ -225,7 +225,7 @@ int keel_cli_publish(int argc, char **argv)
     if (o.npos != 1 || !o.repo || !o.nkeys)
         return pusage("usage: keel publish PKG.keel --repo DIR --key INDEX.key "
                       "[--timestamp-key TS.key] [--channel C] [--rollout PCT] [--expires 30d] "
-                      "[--timestamp-expires 1d] [--patch-from N] [--force --reason TEXT] "
+                      "[--timestamp-expires 1d] [--patch-from N] [--force [--reason TEXT]] "
                       "[--trust DIR]",
                       NULL);
     if ((rc = load_priv(&o, &l, &e)))

@@ -634,8 +634,6 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
         return keel__err(err, KEEL_EINVALID,
                          "rollout %g is not a percent 0..100 with at most two decimals",
                          a->rollout);
-    if (a->force && (!a->reason || !a->reason[0]))
-        return keel__err(err, KEEL_EINVALID, "--force needs a reason (--reason TEXT)");
     if ((rc = keel_pkg_open(pkg_path, NULL, &p, err)))
         return keel__err_prefix(err, "%s", pkg_path);
     const keel_manifest *m = keel_pkg_manifest(p);
@@ -692,12 +690,13 @@ int keel__publish_package(const keel__publish_opts *o, const char *pkg_path,
             rc = keel__err(err, KEEL_EDOWNGRADE,
                            "%s %s is below %s, the version channel \"%s\" offers now: devices "
                            "never go back this way; to move the channel back anyway, pass "
-                           "--force --reason TEXT (devices that took %s keep it)",
+                           "--force [--reason TEXT] (devices that took %s keep it)",
                            name, version, cur, a->channel, cur);
             goto out;
         }
-        KEEL_LOG_W("publish", "moving channel %s of %s back from %s to %s: %s", a->channel, name,
-                   cur, version, a->reason);
+        KEEL_LOG_W("publish", "moving channel %s of %s back from %s to %s (--force): %s",
+                   a->channel, name, cur, version,
+                   a->reason && a->reason[0] ? a->reason : "no reason given");
     }
     /* Files first (checked byte by byte against the manifest), then the
      * package's own copies, then patches, then the metadata. */

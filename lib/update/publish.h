@@ -43,7 +43,7 @@ typedef struct keel__publish_args {
                               * for a new version, unchanged when the channel has it */
     unsigned patch_from;     /* how many previous versions to patch from */
     bool force;              /* allow a version below the channel's */
-    const char *reason;      /* required with force; logged */
+    const char *reason;      /* why, with force; logged (optional) */
     const keel_trust *trust; /* optional: refuse what devices trusting it would refuse
                               * (the package's signatures, the index/timestamp keys) */
 } keel__publish_args;
