@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "publish.h"
 #include "infer/infer.h"
 #include "infer/lint.h"
 #include "sync/envelope.h"
@@ -54,9 +55,20 @@ static const char usage[] =
     "  inspect FILE [--json]            show a package's manifest\n"
     "  hash FILE...                     SHA-256 of files, as sha256sum prints it\n"
     "  trust init DIR --key PUB [--key PUB ...] [--threshold N]\n"
+    "             [--index-key PUB ...] [--timestamp-key PUB ...]   repository roles\n"
     "  trust sign DOC --key K --kind root|revocations   add a signature to DOC.sig\n"
     "  trust rotate DIR NEW_ROOT.json   accept a new root (signed in NEW_ROOT.json.sig)\n"
     "  trust revoke DIR REVOKED.json    install a signed revocation list\n"
+    "\n"
+    "Repository (publisher; docs/update.md):\n"
+    "  publish PKG.keel --repo DIR --key INDEX.key [--timestamp-key TS.key] [--channel C]\n"
+    "          [--rollout PCT] [--expires 30d] [--timestamp-expires 1d] [--patch-from N]\n"
+    "  rollout NAME --repo DIR --channel C --key INDEX.key\n"
+    "          (--set PCT | --halt | --resume | --pull VERSION | --promote)\n"
+    "  repo timestamp --repo DIR --key TS.key [--expires 1d]   re-sign a fresh timestamp\n"
+    "  repo verify --repo DIR --trust DIR [--state FILE]     check it as a device would\n"
+    "  repo offer NAME --repo DIR --trust DIR --device ID [--channel C] [--current V]\n"
+    "                                   the version the repository offers that device\n"
     "\n"
     "Device (talks to keeld; --offline --state-dir D works on the store directly):\n"
     "  status | packages | install FILE [--activate] | activate NAME [--version V]\n"
@@ -72,8 +84,8 @@ static const char usage[] =
 
 typedef struct opts {
     const char *out, *trust, *state_dir, *kind, *version;
-    const char *keys[MAX_KEYS];
-    size_t nkeys;
+    const char *keys[MAX_KEYS], *index_keys[MAX_KEYS], *ts_keys[MAX_KEYS];
+    size_t nkeys, nindex_keys, nts_keys;
     unsigned threshold;
     bool json, deep, installed, activate, offline;
     const char *pos[64];
@@ -94,6 +106,8 @@ static int parse(int argc, char **argv, opts *o)
                                        {"installed", no_argument, 0, 'i'},
                                        {"activate", no_argument, 0, 'a'},
                                        {"offline", no_argument, 0, 'O'},
+                                       {"index-key", required_argument, 0, 'X'},
+                                       {"timestamp-key", required_argument, 0, 'Y'},
                                        {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof(*o));
@@ -143,6 +157,15 @@ static int parse(int argc, char **argv, opts *o)
             break;
         case 'O':
             o->offline = true;
+            break;
+        case 'X':
+        case 'Y':
+            if ((c == 'X' ? o->nindex_keys : o->nts_keys) == MAX_KEYS)
+                return usage_error("at most %s keys", "16");
+            if (c == 'X')
+                o->index_keys[o->nindex_keys++] = optarg;
+            else
+                o->ts_keys[o->nts_keys++] = optarg;
             break;
         default:
             return 2;
@@ -432,12 +455,21 @@ static int cmd_trust(int argc, char **argv)
     if (!strcmp(sub, "init")) {
         if (o.npos != 2 || !o.nkeys)
             return usage_error("usage: keel trust init DIR --key PUB [--key PUB]... "
-                               "[--threshold N]%s",
+                               "[--threshold N] [--index-key PUB]... [--timestamp-key PUB]...%s",
                                "");
+        keel_key *ik[MAX_KEYS] = {0}, *tk[MAX_KEYS] = {0};
         int rc = load_keys(&o, keys, false, &e);
+        for (size_t i = 0; !rc && i < o.nindex_keys; i++)
+            rc = keel_key_load_public(o.index_keys[i], &ik[i], &e);
+        for (size_t i = 0; !rc && i < o.nts_keys; i++)
+            rc = keel_key_load_public(o.ts_keys[i], &tk[i], &e);
         if (!rc)
-            rc = keel_trust_init(o.pos[1], (const keel_key *const *)keys, o.nkeys, o.threshold, &e);
+            rc = keel_trust_init_roles(o.pos[1], (const keel_key *const *)keys, o.nkeys,
+                                       o.threshold, (const keel_key *const *)ik, o.nindex_keys,
+                                       (const keel_key *const *)tk, o.nts_keys, &e);
         free_keys(keys, o.nkeys);
+        free_keys(ik, o.nindex_keys);
+        free_keys(tk, o.nts_keys);
         if (rc)
             return fail(&e);
         printf("trust root written to %s/root.json\n", o.pos[1]);
@@ -624,6 +656,12 @@ int main(int argc, char **argv)
     }
     if (!strcmp(verb, "trust"))
         return cmd_trust(argc - 1, argv + 1);
+    if (!strcmp(verb, "publish"))
+        return keel_cli_publish(argc - 1, argv + 1);
+    if (!strcmp(verb, "rollout"))
+        return keel_cli_rollout(argc - 1, argv + 1);
+    if (!strcmp(verb, "repo"))
+        return keel_cli_repo(argc - 1, argv + 1);
     if (!strcmp(verb, "envelope"))
         return cmd_envelope(argc - 1, argv + 1);
     if (!strcmp(verb, "infer"))

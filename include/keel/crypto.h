@@ -27,6 +27,8 @@
 #define KEEL_SIGCTX_PACKAGE     "keel-package-v1"
 #define KEEL_SIGCTX_ROOT        "keel-root-v1"
 #define KEEL_SIGCTX_REVOCATIONS "keel-revocations-v1"
+#define KEEL_SIGCTX_INDEX       "keel-index-v1"     /* repository index.json */
+#define KEEL_SIGCTX_TIMESTAMP   "keel-timestamp-v1" /* repository timestamp.json */
 
 /* --- SHA-256 ------------------------------------------------------------ */
 

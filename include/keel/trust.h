@@ -44,6 +44,27 @@ KEEL_API KEEL_WUR int keel_trust_check_package(const keel_trust *t, const char *
                                                const void *manifest, size_t len,
                                                const keel_sigset *sigs, keel_error *err);
 
+/* Roles that sign repository metadata (docs/update.md). root.json may name
+ * a rule for each ("index", "timestamp"); absent, the index is signed by
+ * the root rule, and the timestamp by the index rule (or the root rule). */
+typedef enum keel_trust_role {
+    KEEL_ROLE_INDEX = 1,     /* index.json, context keel-index-v1 */
+    KEEL_ROLE_TIMESTAMP = 2, /* timestamp.json, context keel-timestamp-v1 */
+} keel_trust_role;
+
+/*
+ * Decides whether `sigs` over doc (signed as CONTEXT || 0x00 || doc) satisfy
+ * the rule of `role`: enough distinct, valid signatures by keys the rule
+ * lists; revoked keys count for nothing. `what` names the document in the
+ * message ("index.json"). Returns KEEL_EBADSIG or KEEL_EUNTRUSTED on
+ * refusal, the message naming each uncounted key and why.
+ */
+KEEL_API KEEL_WUR int keel_trust_check_doc(const keel_trust *t, keel_trust_role role,
+                                           const char *context, const char *what, const void *doc,
+                                           size_t len, const keel_sigset *sigs, keel_error *err);
+/* True when root.json names its own rule for role (not a fallback). */
+KEEL_API bool keel_trust_has_role(const keel_trust *t, keel_trust_role role);
+
 /*
  * Root rotation: accepts NEW_ROOT (bytes) with its signature set when its
  * version is higher and it is signed by the threshold of the current root
@@ -63,5 +84,13 @@ KEEL_API KEEL_WUR int keel_trust_revoke_install(const char *dir, const void *rev
  * keys and threshold. Refuses to overwrite an existing root.json. */
 KEEL_API KEEL_WUR int keel_trust_init(const char *dir, const keel_key *const *keys, size_t nkeys,
                                       unsigned threshold, keel_error *err);
+/* Same, and when nindex (ntimestamp) > 0 an "index" ("timestamp") rule
+ * listing those keys (borrowed) with threshold 1; their public keys join
+ * "keys". */
+KEEL_API KEEL_WUR int keel_trust_init_roles(const char *dir, const keel_key *const *keys,
+                                            size_t nkeys, unsigned threshold,
+                                            const keel_key *const *index_keys, size_t nindex,
+                                            const keel_key *const *timestamp_keys,
+                                            size_t ntimestamp, keel_error *err);
 
 #endif

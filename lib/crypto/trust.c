@@ -37,6 +37,7 @@ struct keel_trust {
     size_t nkeys;
     tkey *keys;
     rule root;
+    rule index, timestamp; /* repository roles; nids == 0: absent (fallback) */
     size_t nrules;
     rule *rules;
     uint64_t rev_serial;
@@ -53,6 +54,8 @@ void keel_trust_free(keel_trust *t)
         keel_key_free(t->keys[i].key);
     free(t->keys);
     free(t->root.ids);
+    free(t->index.ids);
+    free(t->timestamp.ids);
     for (size_t i = 0; i < t->nrules; i++)
         free(t->rules[i].ids);
     free(t->rules);
@@ -239,6 +242,16 @@ int keel_trust_from_root(const void *root_json, size_t len, keel_trust **ret, ke
     }
     if ((rc = parse_rule(t, rootrule, &t->root, "root.json: root", err)))
         goto out;
+    for (int k = 0; k < 2; k++) {
+        const char *role = k ? "timestamp" : "index";
+        const cJSON *rr = NULL;
+        char where[64];
+        snprintf(where, sizeof(where), "root.json: %s", role);
+        if ((rc = keel__json_member(doc, role, cJSON_Object, false, &rr, what, err)))
+            goto out;
+        if (rr && (rc = parse_rule(t, rr, k ? &t->timestamp : &t->index, where, err)))
+            goto out;
+    }
     size_t nr = (size_t)cJSON_GetArraySize(pkgs);
     if (nr > TRUST_RULES_MAX) {
         rc = keel__err(err, KEEL_ETOOBIG, "%s: more than %d package rules", what, TRUST_RULES_MAX);
@@ -291,7 +304,9 @@ static unsigned count_sigs(const keel_trust *t, const rule *r, const char *ctx, 
         else if (is_revoked_key(t, s->keyid))
             why = "revoked key";
         else if (!rule_allows(r, s->keyid))
-            why = "key not allowed for this name";
+            why = strcmp(ctx, KEEL_SIGCTX_INDEX) && strcmp(ctx, KEEL_SIGCTX_TIMESTAMP)
+                      ? "key not allowed for this name"
+                      : "key not allowed for this role";
         else if (!keel_key_verify(k->key, ctx, msg, len, s->sig))
             why = "invalid signature (the signed bytes were changed, or the wrong key)";
         if (!why) {
@@ -354,6 +369,47 @@ int keel_trust_check_package(const keel_trust *t, const char *name, const void *
     snprintf(what, sizeof(what), "package \"%s\"", name);
     rc = threshold_result(good, r->threshold, sigs, &notes, what, err);
     keel__buf_done(&notes);
+    return rc;
+}
+
+static void err_append(keel_error *err, const char *fmt, ...) KEEL_PRINTF(2, 3);
+
+static const rule *role_rule(const keel_trust *t, keel_trust_role role)
+{
+    if (role == KEEL_ROLE_TIMESTAMP && t->timestamp.nids)
+        return &t->timestamp;
+    return t->index.nids ? &t->index : &t->root;
+}
+
+bool keel_trust_has_role(const keel_trust *t, keel_trust_role role)
+{
+    return role == KEEL_ROLE_TIMESTAMP ? t->timestamp.nids > 0
+           : role == KEEL_ROLE_INDEX   ? t->index.nids > 0
+                                       : false;
+}
+
+int keel_trust_check_doc(const keel_trust *t, keel_trust_role role, const char *context,
+                         const char *what, const void *doc, size_t len, const keel_sigset *sigs,
+                         keel_error *err)
+{
+    keel_buf notes;
+    int rc;
+    if (role != KEEL_ROLE_INDEX && role != KEEL_ROLE_TIMESTAMP)
+        return keel__err(err, KEEL_EINVALID, "unknown trust role %d", (int)role);
+    const rule *r = role_rule(t, role);
+    keel__buf_init(&notes, 4096);
+    unsigned good = count_sigs(t, r, context, doc, len, sigs, &notes);
+    rc = threshold_result(good, r->threshold, sigs, &notes, what, err);
+    keel__buf_done(&notes);
+    if (rc)
+        err_append(err, " (the %s rule of root.json%s decides; sign with the %s key)",
+                   r == &t->root    ? "root"
+                   : r == &t->index ? "index"
+                                    : "timestamp",
+                   r == &t->root || (role == KEEL_ROLE_TIMESTAMP && r == &t->index)
+                       ? ", standing in for an absent role"
+                       : "",
+                   role == KEEL_ROLE_TIMESTAMP ? "timestamp" : "index");
     return rc;
 }
 
@@ -473,7 +529,6 @@ static int load_prev_revocations(keel_trust *t, const char *dir, keel_error *err
 }
 
 /* Adds what to do to the message in err. */
-static void err_append(keel_error *err, const char *fmt, ...) KEEL_PRINTF(2, 3);
 static void err_append(keel_error *err, const char *fmt, ...)
 {
     if (!err)
@@ -659,16 +714,57 @@ out:
     return rc;
 }
 
+static int key_listed(const keel_key *const *keys, size_t n, const keel_key *k)
+{
+    uint8_t a[KEEL_KEYID_LEN], b[KEEL_KEYID_LEN];
+    keel_key_id(k, a);
+    for (size_t i = 0; i < n; i++) {
+        keel_key_id(keys[i], b);
+        if (!memcmp(a, b, sizeof(a)))
+            return 1;
+    }
+    return 0;
+}
+
+static int append_ids(keel_buf *b, const keel_key *const *keys, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; !rc && i < n; i++) {
+        char id[KEEL_SHA256_HEX];
+        keel_key_id_hex(keys[i], id);
+        rc = keel__buf_appendf(b, "%s\"%s\"", i ? ", " : "", id);
+    }
+    return rc;
+}
+
 int keel_trust_init(const char *dir, const keel_key *const *keys, size_t nkeys, unsigned threshold,
                     keel_error *err)
+{
+    return keel_trust_init_roles(dir, keys, nkeys, threshold, NULL, 0, NULL, 0, err);
+}
+
+int keel_trust_init_roles(const char *dir, const keel_key *const *keys, size_t nkeys,
+                          unsigned threshold, const keel_key *const *index_keys, size_t nindex,
+                          const keel_key *const *timestamp_keys, size_t ntimestamp, keel_error *err)
 {
     char path[PATH_MAX];
     keel_buf b, ids;
     int rc;
+    const keel_key *all[3 * 256];
+    size_t nall = 0;
     if (nkeys == 0 || threshold < 1 || threshold > nkeys)
         return keel__err(err, KEEL_EINVALID,
                          "threshold %u must be between 1 and the number of keys (%zu)", threshold,
                          nkeys);
+    if (nkeys > 256 || nindex > 256 || ntimestamp > 256)
+        return keel__err(err, KEEL_ETOOBIG, "at most 256 keys per role");
+    for (size_t i = 0; i < nkeys + nindex + ntimestamp; i++) {
+        const keel_key *k = i < nkeys            ? keys[i]
+                            : i < nkeys + nindex ? index_keys[i - nkeys]
+                                                 : timestamp_keys[i - nkeys - nindex];
+        if (!key_listed(all, nall, k))
+            all[nall++] = k;
+    }
     if ((rc = keel__fs_mkdir_p(dir, 0755, err)))
         return rc;
     if (keel__snprintf(path, sizeof(path), "%s/root.json", dir))
@@ -680,23 +776,37 @@ int keel_trust_init(const char *dir, const keel_key *const *keys, size_t nkeys, 
     keel__buf_init(&ids, 0);
     rc = keel__buf_appendf(&b, "{\n  \"format\": 1,\n  \"type\": \"keel-root\",\n"
                                "  \"version\": 1,\n  \"keys\": {");
-    for (size_t i = 0; !rc && i < nkeys; i++) {
+    for (size_t i = 0; !rc && i < nall; i++) {
         char id[KEEL_SHA256_HEX], pub[KEEL_SHA256_HEX];
         uint8_t raw[KEEL_ED25519_PUB_LEN];
-        keel_key_id_hex(keys[i], id);
-        keel_key_raw_public(keys[i], raw);
+        keel_key_id_hex(all[i], id);
+        keel_key_raw_public(all[i], raw);
         keel_hex_encode(raw, sizeof(raw), pub);
         rc = keel__buf_appendf(&b, "%s\n    \"%s\": {\"alg\": \"ed25519\", \"public\": \"%s\"}",
                                i ? "," : "", id, pub);
-        if (!rc)
-            rc = keel__buf_appendf(&ids, "%s\"%s\"", i ? ", " : "", id);
     }
+    if (!rc)
+        rc = append_ids(&ids, keys, nkeys);
     if (!rc)
         rc = keel__buf_appendf(&b,
                                "\n  },\n  \"root\": {\"keys\": [%s], \"threshold\": %u},\n"
                                "  \"packages\": [\n    {\"prefix\": \"\", \"keys\": [%s], "
-                               "\"threshold\": %u}\n  ]\n}\n",
+                               "\"threshold\": %u}\n  ]",
                                ids.data, threshold, ids.data, threshold);
+    for (int k = 0; !rc && k < 2; k++) {
+        const keel_key *const *rk = k ? timestamp_keys : index_keys;
+        size_t n = k ? ntimestamp : nindex;
+        if (!n)
+            continue;
+        ids.len = 0;
+        ids.data[0] = '\0';
+        rc = append_ids(&ids, rk, n);
+        if (!rc)
+            rc = keel__buf_appendf(&b, ",\n  \"%s\": {\"keys\": [%s], \"threshold\": 1}",
+                                   k ? "timestamp" : "index", ids.data);
+    }
+    if (!rc)
+        rc = keel__buf_appendf(&b, "\n}\n");
     if (rc)
         rc = keel__err(err, KEEL_ENOMEM, "out of memory");
     else

@@ -30,11 +30,21 @@ typedef struct keel__repo_timestamp {
     char index_sha256[65];
 } keel__repo_timestamp;
 
+/* Limits (docs/update.md, "Repository"). */
+#define KEEL__REPO_TIMESTAMP_MAX (16u * 1024u)         /* timestamp.json bytes */
+#define KEEL__REPO_INDEX_MAX     (16u * 1024u * 1024u) /* index.json bytes */
+#define KEEL__REPO_SIG_MAX       (64u * 1024u)         /* *.sig bytes */
+#define KEEL__REPO_PACKAGES_MAX  4096                  /* packages in an index */
+#define KEEL__REPO_VERSIONS_MAX  1024                  /* versions of one package */
+#define KEEL__REPO_CHANNELS_MAX  64                    /* channels of one package */
+#define KEEL__REPO_PATCHES_MAX   10000                 /* patches of one version */
+#define KEEL__REPO_CHANNEL_LEN   64                    /* channel name, NUL included */
+
 /* Checks timestamp.json (doc) and timestamp.sig (sig) against the trust's
  * timestamp role, then freshness: a version below st's is DOWNGRADE
- * ("replayed"); when now > 0 and the document has expired, STALE-like
- * refusal (KEEL_EINVAL class chosen by the implementation, message says
- * "stale"). now == 0 skips expiry (offline bundles). */
+ * ("replayed"); when now > 0 and the document has expired, KEEL_EUNTRUSTED
+ * with a message that says "stale". now == 0 skips expiry (offline
+ * bundles). */
 KEEL_WUR int keel__repo_check_timestamp(const keel_trust *t, const void *doc, size_t len,
                                         const void *sig, size_t sig_len, const keel__repo_state *st,
                                         int64_t now, keel__repo_timestamp *ret, keel_error *err);
@@ -50,6 +60,30 @@ KEEL_WUR int keel__repo_index_parse(const keel_trust *t, const void *doc, size_t
                                     keel_error *err);
 void keel__repo_index_free(keel__repo_index *ix);
 uint64_t keel__repo_index_version(const keel__repo_index *ix);
+
+/* The parsers alone, without signatures or freshness: for the publisher
+ * (its own documents), fuzzing and tests. Same bounds and messages. */
+KEEL_WUR int keel__repo_timestamp_parse_doc(const void *doc, size_t len, keel__repo_timestamp *ret,
+                                            keel_error *err);
+KEEL_WUR int keel__repo_index_parse_doc(const void *doc, size_t len, keel__repo_index **ret,
+                                        keel_error *err);
+int64_t keel__repo_index_expires(const keel__repo_index *ix);
+
+/* Every version of every package in an index, in document order: i from 0
+ * while it returns true. Strings and patches borrowed from ix. */
+typedef struct keel__repo_entry {
+    const char *name, *version, *digest;
+    uint64_t manifest_size;
+    bool pulled;
+    const struct keel__repo_patch *patches;
+    size_t npatches;
+} keel__repo_entry;
+bool keel__repo_index_entry(const keel__repo_index *ix, size_t i, keel__repo_entry *ret);
+
+/* RFC 3339 UTC timestamps as the documents carry them
+ * ("2026-12-05T00:00:00Z", exactly this form). */
+KEEL_WUR int keel__repo_time_parse(const char *s, int64_t *ret);
+void keel__repo_time_format(int64_t t, char out[21]);
 
 typedef struct keel__repo_patch {
     char from[65], to[65]; /* FILE SHA-256s (hex): base and target */
