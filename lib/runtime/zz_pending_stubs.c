@@ -8,38 +8,6 @@
 #include "update/fetch.h"
 #include "update/repo.h"
 
-int keel__repo_check_timestamp(const keel_trust *t, const void *doc, size_t len, const void *sig,
-                               size_t sig_len, const keel__repo_state *st, int64_t now,
-                               keel__repo_timestamp *ret, keel_error *err)
-{
-    (void)t, (void)doc, (void)len, (void)sig, (void)sig_len, (void)st, (void)now, (void)ret;
-    return keel__err(err, KEEL_EUNSUPPORTED, "repository metadata is not implemented yet");
-}
-int keel__repo_index_parse(const keel_trust *t, const void *doc, size_t len, const void *sig,
-                           size_t sig_len, const keel__repo_timestamp *ts,
-                           const keel__repo_state *st, int64_t now, keel__repo_index **ret,
-                           keel_error *err)
-{
-    (void)t, (void)doc, (void)len, (void)sig, (void)sig_len, (void)st, (void)now, (void)ts;
-    *ret = NULL;
-    return keel__err(err, KEEL_EUNSUPPORTED, "repository metadata is not implemented yet");
-}
-void keel__repo_index_free(keel__repo_index *ix)
-{
-    (void)ix;
-}
-uint64_t keel__repo_index_version(const keel__repo_index *ix)
-{
-    (void)ix;
-    return 0;
-}
-int keel__repo_offer_for(const keel__repo_index *ix, const char *name, const char *channel,
-                         const char *device_id, const char *current, keel__repo_offer *ret,
-                         keel_error *err)
-{
-    (void)ix, (void)name, (void)channel, (void)device_id, (void)current, (void)ret;
-    return keel__err(err, KEEL_ENOTFOUND, "not implemented yet");
-}
 int keel__fetch_package(const keel__fetch_opts *o, const char *name, const char *version,
                         const char *digest, keel__fetch_stats *st, keel_error *err)
 {
