@@ -35,6 +35,10 @@ const keel__route keel__routes[] = {
     R("POST", "/api/packages/{name}/mark-good", keel__api_packages_mark_good, OPERATOR, NONE, AUDIT,
       "packages.mark_good"),
     R("POST", "/api/gc", keel__api_gc, ADMIN, NONE, AUDIT, "packages.gc"),
+    /* USB / air-gap imports (api_import.c) and LAN peers (api_chunks.c) */
+    R("POST", "/api/import", keel__api_import_post, ADMIN, JSON, AUDIT, "import.post"),
+    R("GET", "/api/import/{id}", keel__api_import_get, READ, NONE, 0, "import.get"),
+    R("GET", "/api/chunks/sha256/{hex}", keel__api_chunks_get, OPEN, NONE, 0, "chunks.get"),
     /* store-and-forward (api_events.c, api_shadow.c) */
     R("POST", "/api/events", keel__api_events_post, OPERATOR, JSON, 0, "events.post"),
     R("GET", "/api/queue", keel__api_queue, READ, NONE, 0, "queue"),
