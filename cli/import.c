@@ -33,8 +33,8 @@ typedef struct conn {
     const char *url, *sock, *token;
 } conn;
 
-static int req(const conn *c, const char *method, const char *path, const char *json,
-               long *status, keel_buf *out)
+static int req(const conn *c, const char *method, const char *path, const char *json, long *status,
+               keel_buf *out)
 {
     char url[2048], auth[128];
     struct curl_slist *h = NULL;
@@ -98,7 +98,8 @@ static int print_result(const cJSON *res)
 {
     const cJSON *it, *err = cJSON_GetObjectItemCaseSensitive(res, "error");
     if (err) {
-        fprintf(stderr, "keel: import refused: %s (%s)\n", str(err, "message") ? str(err, "message") : "?",
+        fprintf(stderr, "keel: import refused: %s (%s)\n",
+                str(err, "message") ? str(err, "message") : "?",
                 str(err, "code") ? str(err, "code") : "?");
         return 1;
     }
@@ -124,16 +125,12 @@ static int print_result(const cJSON *res)
 
 int keel_cli_import(int argc, char **argv)
 {
-    static const struct option lo[] = {{"url", required_argument, 0, 'U'},
-                                       {"unix-socket", required_argument, 0, 'S'},
-                                       {"token", required_argument, 0, 'T'},
-                                       {"state-dir", required_argument, 0, 'D'},
-                                       {"timeout", required_argument, 0, 't'},
-                                       {"json", no_argument, 0, 'j'},
-                                       {"wait", no_argument, 0, 'w'},
-                                       {"no-wait", no_argument, 0, 'n'},
-                                       {"help", no_argument, 0, 'h'},
-                                       {0, 0, 0, 0}};
+    static const struct option lo[] = {
+        {"url", required_argument, 0, 'U'},     {"unix-socket", required_argument, 0, 'S'},
+        {"token", required_argument, 0, 'T'},   {"state-dir", required_argument, 0, 'D'},
+        {"timeout", required_argument, 0, 't'}, {"json", no_argument, 0, 'j'},
+        {"wait", no_argument, 0, 'w'},          {"no-wait", no_argument, 0, 'n'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     conn c = {.url = getenv("KEEL_URL") ? getenv("KEEL_URL") : "http://127.0.0.1:8480",
               .token = getenv("KEEL_TOKEN")};
     const char *sd = getenv("KEEL_STATE_DIR") ? getenv("KEEL_STATE_DIR") : "/var/lib/keel";
@@ -219,7 +216,8 @@ int keel_cli_import(int argc, char **argv)
         goto out;
     }
     uint64_t id = 0;
-    if (keel__json_parse(b.data, b.len, "answer", &j, NULL) || keel__json_u64(j, "id", true, &id, "answer", NULL)) {
+    if (keel__json_parse(b.data, b.len, "answer", &j, NULL) ||
+        keel__json_u64(j, "id", true, &id, "answer", NULL)) {
         fprintf(stderr, "keel: unexpected answer: %s\n", b.data ? b.data : "");
         goto out;
     }
@@ -251,15 +249,15 @@ int keel_cli_import(int argc, char **argv)
             break;
         if (time(NULL) > until) {
             fprintf(stderr, "keel: import %llu not done after %lus (still %s); see %s\n",
-                    (unsigned long long)id, timeout, str(j, "state") ? str(j, "state") : "?",
-                    path);
+                    (unsigned long long)id, timeout, str(j, "state") ? str(j, "state") : "?", path);
             goto out;
         }
         usleep(200 * 1000);
     }
     if (json) {
         printf("%s", b.data);
-        const cJSON *ok = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "result"), "ok");
+        const cJSON *ok =
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "result"), "ok");
         rc = cJSON_IsTrue(ok) ? 0 : 1;
     } else {
         rc = print_result(cJSON_GetObjectItemCaseSensitive(j, "result"));

@@ -121,7 +121,12 @@ void keel__api_chunks_get(keel__hreq *q)
     }
     snprintf(slen, sizeof(slen), "%" PRIu64, len);
     snprintf(cr, sizeof(cr), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, off, off + len - 1, size);
-    const char *hdrs[] = {"Accept-Ranges", "bytes", "Cache-Control", "public, max-age=31536000, immutable",
-                          r == 0 ? "Content-Range" : NULL, cr, NULL};
+    const char *hdrs[] = {"Accept-Ranges",
+                          "bytes",
+                          "Cache-Control",
+                          "public, max-age=31536000, immutable",
+                          r == 0 ? "Content-Range" : NULL,
+                          cr,
+                          NULL};
     keel__reply_fd(q, r == 0 ? 206 : 200, "application/octet-stream", fd, off, len, hdrs);
 }

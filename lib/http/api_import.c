@@ -31,7 +31,8 @@ void keel__api_import_post(keel__hreq *q)
     }
     cJSON_Delete(body);
     char out[128];
-    snprintf(out, sizeof(out), "{\"id\":%llu,\"state\":\"queued\",\"result\":\"/api/import/%llu\"}\n",
+    snprintf(out, sizeof(out),
+             "{\"id\":%llu,\"state\":\"queued\",\"result\":\"/api/import/%llu\"}\n",
              (unsigned long long)id, (unsigned long long)id);
     keel__reply_text(q, 202, out);
 }
@@ -43,7 +44,8 @@ void keel__api_import_get(keel__hreq *q)
     char *end = NULL, *json = NULL;
     unsigned long long id = strtoull(p ? p : "", &end, 10);
     if (!p || !*p || *end || p[0] == '-' || p[0] == '+') {
-        keel__reply_error(q, 400, KEEL_EINVALID, "an import id is a number (from POST /api/import)");
+        keel__reply_error(q, 400, KEEL_EINVALID,
+                          "an import id is a number (from POST /api/import)");
         return;
     }
     if (keel__runtime_import_result(keel__hreq_runtime(q), id, &json, &e))

@@ -19,11 +19,11 @@
 #include "runtime/rt.h"
 #include "update/bundle.h"
 
-#define MOD          "import"
-#define KEEP         16 /* API imports remembered */
-#define QUEUED_MAX   8
-#define WATCH_MAX    64 /* entries of import_dir tracked */
-#define WATCH_PERIOD 2  /* seconds between scans of import_dir */
+#define MOD           "import"
+#define KEEP          16 /* API imports remembered */
+#define QUEUED_MAX    8
+#define WATCH_MAX     64 /* entries of import_dir tracked */
+#define WATCH_PERIOD  2  /* seconds between scans of import_dir */
 #define RESULT_SUFFIX ".keel-import.json"
 
 typedef enum { ST_FREE, ST_QUEUED, ST_RUNNING, ST_DONE } rec_state;
@@ -173,8 +173,9 @@ static void active_version(keel__runtime *rt, const char *name, char *out, size_
         const cJSON *ver = cJSON_GetObjectItemCaseSensitive(p, "version");
         if (!cJSON_IsString(nm) || strcmp(nm->valuestring, name) || !cJSON_IsString(ver))
             continue;
-        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(p, "slots"))
-        if (cJSON_IsString(s) && !strcmp(s->valuestring, "active"))
+        cJSON_ArrayForEach(
+            s, cJSON_GetObjectItemCaseSensitive(p, "slots")) if (cJSON_IsString(s) &&
+                                                                 !strcmp(s->valuestring, "active"))
             keel__strlcpy(out, ver->valuestring, n);
     }
     cJSON_Delete(j);
@@ -193,8 +194,8 @@ static void activate_pkg(keel__runtime *rt, const keel__bundle_item *it, outcome
     }
     if (cur[0] && keel_semver_cmp(it->version, cur) < 0) {
         o->activation = "not_newer";
-        snprintf(o->act_reason, sizeof(o->act_reason), "%s %s is active, newer than %s",
-                 it->name, cur, it->version);
+        snprintf(o->act_reason, sizeof(o->act_reason), "%s %s is active, newer than %s", it->name,
+                 cur, it->version);
         return;
     }
     if (keel__runtime_slot_action(rt, KEEL__BUS_ACTIVATE, it->name, it->version, &sv, &e)) {
@@ -252,8 +253,8 @@ int keel__runtime_import(keel__runtime *rt, const char *path, char **ret_json, k
         keel__bus_event ev = {.type = KEEL__BUS_UPDATE, .detail = "refused", .reason = e.msg};
         keel__bus_publish(keel__runtime_bus(rt), &ev);
         if (!rc)
-            rc = keel__buf_appendf(&b, ",\"ok\":false,\"error\":{\"code\":\"%s\",\"message\":",
-                                   keel_errname(e.code));
+            rc = keel__buf_appendf(
+                &b, ",\"ok\":false,\"error\":{\"code\":\"%s\",\"message\":", keel_errname(e.code));
         if (!rc)
             rc = keel__json_quote(&b, e.msg);
         if (!rc)
@@ -295,8 +296,7 @@ int keel__runtime_import(keel__runtime *rt, const char *path, char **ret_json, k
         } else if (it->kind == KEEL__BUNDLE_REPO) {
             os[i].outcome = it->refused ? "refused" : "recorded";
             snprintf(os[i].reason, sizeof(os[i].reason), "%s",
-                     it->refused ? it->why
-                                 : "repository metadata is not applied from bundles yet");
+                     it->refused ? it->why : "repository metadata is not applied from bundles yet");
         }
     }
     /* 3. the newest installed version of each name goes live (validation set) */
@@ -424,8 +424,8 @@ int keel__runtime_import_result(keel__runtime *rt, uint64_t id, char **ret_json,
         rec *r = &im->recs[i];
         if (r->state == ST_FREE || r->id != id)
             continue;
-        rc = keel__buf_appendf(&b, "{\"id\":%llu,\"state\":\"%s\",\"path\":",
-                               (unsigned long long)id, names[r->state]);
+        rc = keel__buf_appendf(
+            &b, "{\"id\":%llu,\"state\":\"%s\",\"path\":", (unsigned long long)id, names[r->state]);
         if (!rc)
             rc = keel__json_quote(&b, r->path);
         if (!rc && r->state == ST_DONE)
@@ -588,7 +588,8 @@ static void job_watch(void *ctx)
         watch_one(rt, im, dir, names[k]);
 }
 
-/* --- open / close -------------------------------------------------------------------------------- */
+/* --- open / close --------------------------------------------------------------------------------
+ */
 
 int keel__rt_import_start(keel__runtime *rt, keel_error *err)
 {

@@ -157,7 +157,7 @@ static void on_datagram(keel__runtime *rt, const char *buf, size_t len,
         return;
     }
     if (!strcmp(bc.device, keel__runtime_device_id(rt)))
-        return; /* our own */
+        return;                                    /* our own */
     if (!strncmp(bc.url, "http://0.0.0.0:", 15)) { /* a wildcard listen address */
         char u[KEEL__PEER_URL_MAX];
         snprintf(u, sizeof(u), "http://%s:%s", src, bc.url + 15);
@@ -175,7 +175,8 @@ static void announce(keel__runtime *rt)
     if (!ps->url[0] || !keel__runtime_setting_bool(rt, "peer_serve"))
         return;
     size_t n = keel__beacon_format(keel__runtime_device_id(rt), ps->url, buf, sizeof(buf));
-    if (n && sendto(ps->sock, buf, n, 0, (const struct sockaddr *)&ps->group, sizeof(ps->group)) < 0)
+    if (n &&
+        sendto(ps->sock, buf, n, 0, (const struct sockaddr *)&ps->group, sizeof(ps->group)) < 0)
         KEEL_LOG_D(MOD, "beacon not sent: %s", strerror(errno));
 }
 
@@ -196,8 +197,8 @@ static void *beacon_main(void *arg)
             continue;
         struct sockaddr_in from;
         socklen_t fl = sizeof(from);
-        ssize_t r = recvfrom(ps->sock, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from,
-                             &fl);
+        ssize_t r =
+            recvfrom(ps->sock, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
         if (r > 0)
             on_datagram(rt, buf, (size_t)r, &from);
     }
@@ -219,8 +220,8 @@ static int beacon_open(keel__runtime *rt, const keel__conf *c, keel_error *err)
                          "e.g. 239.255.84.80)",
                          grp);
     if (strcmp(ifa, "any") && inet_pton(AF_INET, ifa, &ia) != 1)
-        return keel__err(err, KEEL_EINVALID,
-                         "peer_beacon_if %s is not an IPv4 address (or any)", ifa);
+        return keel__err(err, KEEL_EINVALID, "peer_beacon_if %s is not an IPv4 address (or any)",
+                         ifa);
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0)
         return keel__err_errno(err, keel__err_from_errno(errno), errno,
@@ -243,14 +244,15 @@ static int beacon_open(keel__runtime *rt, const keel__conf *c, keel_error *err)
         return rc;
     }
     ps->sock = s;
-    ps->group = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                     .sin_addr = ga};
+    ps->group = (struct sockaddr_in){
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr = ga};
     ps->interval_s = keel__conf_u64(c, "peer_beacon_interval");
     announced_url(c, ps->url, sizeof(ps->url));
     return KEEL_OK;
 }
 
-/* --- open / close ------------------------------------------------------------------------------ */
+/* --- open / close ------------------------------------------------------------------------------
+ */
 
 int keel__rt_peers_start(keel__runtime *rt, keel_error *err)
 {

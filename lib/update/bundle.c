@@ -124,8 +124,9 @@ static void read_doc(keel__bundle_item *it)
         return;
     struct stat st;
     if (lstat(it->sig_path, &st) != 0 || !S_ISREG(st.st_mode)) {
-        refuse(it, "%s has no signatures: %s.sig is missing (sign it with `keel trust sign %s "
-                   "--kind %s`)",
+        refuse(it,
+               "%s has no signatures: %s.sig is missing (sign it with `keel trust sign %s "
+               "--kind %s`)",
                it->entry, it->entry, it->entry,
                it->kind == KEEL__BUNDLE_ROOT ? "root" : "revocations");
         it->sig_path[0] = '\0';
@@ -190,7 +191,7 @@ static int check_listing(keel__bundle *b, const char *dir, keel_error *err)
     for (size_t i = 0; i < b->n; i++) {
         keel__bundle_item *it = &b->items[i];
         const char *paths[2] = {it->path, it->sig_path};
-        for (int k = 0; k < 2 && !it->refused; k++) {
+        for (int k = 0; k < 2; k++) {
             char entry[300];
             if (!paths[k][0])
                 continue;
@@ -200,6 +201,7 @@ static int check_listing(keel__bundle *b, const char *dir, keel_error *err)
             uint64_t size = 0;
             keel_error le;
             if (!cJSON_IsObject(e)) {
+                it->refused = false; /* this reason says more than the item's own */
                 refuse(it, "%s is not listed in bundle.json", entry);
                 break;
             }
@@ -216,11 +218,14 @@ static int check_listing(keel__bundle *b, const char *dir, keel_error *err)
                 break;
             }
             keel_hex_encode(got, sizeof(got), hex);
-            if (gs != size || strcmp(hex, want))
+            if (gs != size || strcmp(hex, want)) {
+                it->refused = false; /* a damaged copy explains the item's own errors */
                 refuse(it,
                        "%s does not match bundle.json (%llu bytes, sha256 %s; listed %llu bytes, "
                        "%.64s): the copy is damaged",
                        entry, (unsigned long long)gs, hex, (unsigned long long)size, want);
+                break;
+            }
         }
     }
     b->manifest = true;
@@ -310,8 +315,8 @@ static int scan_dir(keel__bundle *b, const char *dir, uint64_t max_package, keel
             if ((it = add_item(b, KEEL__BUNDLE_PACKAGE, nm, path, err)))
                 read_package(it, max_package);
         } else if (!strcmp(nm, "root.json") || !strcmp(nm, "revoked.json")) {
-            it = add_item(b, nm[1] == 'o' ? KEEL__BUNDLE_ROOT : KEEL__BUNDLE_REVOKED, nm, path,
-                          err);
+            it =
+                add_item(b, nm[1] == 'o' ? KEEL__BUNDLE_ROOT : KEEL__BUNDLE_REVOKED, nm, path, err);
             if (it)
                 read_doc(it);
         } else if (!strcmp(nm, "root.json.sig") || !strcmp(nm, "revoked.json.sig")) {
@@ -373,14 +378,15 @@ int keel__bundle_scan(const char *path, uint64_t max_package, keel__bundle **ret
         rc = scan_dir(b, path, max_package, err);
     } else if (S_ISREG(st.st_mode) && ends_with(path, ".keel")) {
         const char *base = strrchr(path, '/');
-        keel__bundle_item *it = add_item(b, KEEL__BUNDLE_PACKAGE, base ? base + 1 : path, path, err);
+        keel__bundle_item *it =
+            add_item(b, KEEL__BUNDLE_PACKAGE, base ? base + 1 : path, path, err);
         b->single = true;
         rc = it ? KEEL_OK : KEEL_ENOMEM;
         if (it)
             read_package(it, max_package);
     } else {
-        rc = keel__err(err, KEEL_EINVALID,
-                       "%s is neither a bundle folder nor a .keel package file", path);
+        rc = keel__err(err, KEEL_EINVALID, "%s is neither a bundle folder nor a .keel package file",
+                       path);
     }
     if (rc) {
         keel__bundle_free(b);
@@ -532,8 +538,7 @@ int keel__bundle_create(const char *out_dir, const char *const *pkgs, size_t npk
             break;
         }
         const keel_manifest *m = keel_pkg_manifest(p);
-        snprintf(name, sizeof(name), "%s-%s.keel", keel_manifest_name(m),
-                 keel_manifest_version(m));
+        snprintf(name, sizeof(name), "%s-%s.keel", keel_manifest_name(m), keel_manifest_version(m));
         keel_pkg_close(p);
         if (cJSON_GetObjectItemCaseSensitive(files, name)) {
             rc = keel__err(err, KEEL_ECONFLICT, "%s: %s is in the bundle twice", pkgs[i], name);

@@ -50,8 +50,8 @@ typedef struct keel__bundle_item {
     uint64_t size;
     /* PACKAGE: from its keel.json (read, not yet trusted) */
     char name[KEEL_NAME_MAX], version[KEEL_VERSION_MAX], digest[72];
-    bool newest;     /* PACKAGE: the newest usable version of its name in this bundle */
-    bool refused;    /* malformed: not to be applied; why says what is wrong */
+    bool newest;  /* PACKAGE: the newest usable version of its name in this bundle */
+    bool refused; /* malformed: not to be applied; why says what is wrong */
     char why[512];
 } keel__bundle_item;
 

@@ -59,7 +59,7 @@ bool keel__peer_url_valid(const char *url)
         return false;
     const char *slash = strchr(h, '/');
     if (slash && slash[1])
-        return false; /* a base URL: no path */
+        return false;                              /* a base URL: no path */
     for (const char *c = h; *c && c != slash; c++) /* host[:port], [v6]:port */
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
               strchr(".-:[]_", *c)))
