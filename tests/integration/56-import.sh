@@ -97,7 +97,23 @@ cat >"$work/usb-sig/revoked.json" <<JSON
 {"format": 1, "type": "keel-revocations", "serial": 5, "keys": [], "packages": []}
 JSON
 "$KEEL" trust sign "$work/usb-sig/revoked.json" --key "$work/other.key" --kind revocations >/dev/null
+# a package whose keel.sig holds the trusted key's signature of other bytes (BADSIG)
+blobs4=$(make_pkg blobs 4.0.0)
+blobs5=$(make_pkg blobs 5.0.0)
+"$PY" - "$blobs5" "$blobs4" "$work/usb-sig/blobs-5.0.0.keel" <<'PY'
+import io, sys, tarfile
+good, other, out = sys.argv[1:]
+sig = tarfile.open(other).extractfile("keel.sig").read()
+with tarfile.open(good) as src, tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as dst:
+    for m in src.getmembers():
+        data = src.extractfile(m).read()
+        if m.name == "keel.sig":
+            data, m.size = sig, len(sig)
+        dst.addfile(m, io.BytesIO(data))
+PY
 if out=$(imp "$work/usb-sig" 2>&1); then die "a bundle with bad signatures imported: $out"; fi
+expect_has "$out" "blobs-5.0.0.keel: blobs 5.0.0 refused" "the package with a signature of other bytes"
+expect_has "$out" "BADSIG" "the package with a signature of other bytes: its reason"
 expect_has "$out" "blobs-2.0.0.keel: blobs 2.0.0 refused" "the untrusted package"
 expect_has "$out" "UNTRUSTED" "the untrusted package's reason"
 expect_has "$out" "revoked.json: refused" "the list not signed by the root"
