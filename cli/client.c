@@ -38,6 +38,8 @@ static const char *verb_usage(const char *verb)
         {"rollback", "keel rollback NAME: go back to the previous (or known-good) version"},
         {"mark-good", "keel mark-good NAME: record the active version as known-good"},
         {"gc", "keel gc: remove versions in no slot and blobs nothing uses"},
+        {"update", "keel update check|apply|status: ask the configured repositories now (apply:\n"
+                   "  download, validate and activate what they offer), or show the last check"},
     };
     for (size_t i = 0; i < KEEL_ARRAY_LEN(u); i++)
         if (!strcmp(u[i].verb, verb))
@@ -183,6 +185,54 @@ static void print_status(const char *json)
     cJSON_Delete(j);
 }
 
+/* One check's result (api_updates.c): a line per package. 1 when the check failed. */
+static int print_check(const cJSON *j, bool status)
+{
+    if (!cJSON_IsObject(j)) {
+        printf("no check has run yet\n");
+        return 0;
+    }
+    const cJSON *ok = cJSON_GetObjectItemCaseSensitive(j, "ok");
+    if (!cJSON_IsTrue(ok)) {
+        if (status) { /* a report of the last check, not a failure of this command */
+            printf("last check (%s) failed: %s\n", str_or(j, "at", "?"), str_or(j, "error", "?"));
+            return 0;
+        }
+        fprintf(stderr, "keel: update check failed: %s\n", str_or(j, "error", "?"));
+        return 1;
+    }
+    const cJSON *ix = cJSON_GetObjectItemCaseSensitive(j, "index_version");
+    printf("%s: channel %s, index version %.0f\n", str_or(j, "repo", "?"),
+           str_or(j, "channel", "?"), cJSON_IsNumber(ix) ? ix->valuedouble : 0.0);
+    const cJSON *p;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(j, "packages"))
+    {
+        const char *why = str_or(p, "reason", "");
+        printf("%s: %s -> %s: %s%s%s\n", str_or(p, "name", "?"), str_or(p, "current", "-"),
+               str_or(p, "offered", "-"), str_or(p, "step", "?"), why[0] ? ": " : "", why);
+    }
+    return 0;
+}
+
+static int print_update(const char *json, bool status)
+{
+    cJSON *j = NULL;
+    if (keel__json_parse(json, strlen(json), "update answer", &j, NULL)) {
+        printf("%s\n", json);
+        return 0;
+    }
+    int rc;
+    if (status) {
+        printf("repositories: %s\nchannel: %s, phase: %s\n", str_or(j, "repos", ""),
+               str_or(j, "channel", "?"), str_or(j, "phase", "?"));
+        rc = print_check(cJSON_GetObjectItemCaseSensitive(j, "last"), true);
+    } else {
+        rc = print_check(j, false);
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
 int keel_cli_client(const char *verb, int argc, char **argv)
 {
     static const struct option lo[] = {{"url", required_argument, 0, 'U'},
@@ -239,10 +289,15 @@ int keel_cli_client(const char *verb, int argc, char **argv)
     if (o.unix_socket && !getenv("KEEL_URL"))
         o.url = "http://localhost";
     bool takes_arg = !strcmp(verb, "install") || !strcmp(verb, "activate") ||
-                     !strcmp(verb, "rollback") || !strcmp(verb, "mark-good");
+                     !strcmp(verb, "rollback") || !strcmp(verb, "mark-good") ||
+                     !strcmp(verb, "update");
+    if (!strcmp(verb, "update") && o.npos == 1 && strcmp(o.pos[0], "check") &&
+        strcmp(o.pos[0], "apply") && strcmp(o.pos[0], "status"))
+        return usage_error(verb, "update takes check, apply or status");
     if (o.npos != (takes_arg ? 1 : 0))
         return usage_error(verb, takes_arg ? "wrong number of arguments" : "unexpected argument");
-    bool mutating = strcmp(verb, "status") && strcmp(verb, "packages");
+    bool mutating = strcmp(verb, "status") && strcmp(verb, "packages") &&
+                    !(!strcmp(verb, "update") && !strcmp(o.pos[0], "status"));
     if (mutating && !o.token) {
         char tp[PATH_MAX], *t = NULL;
         size_t tl;
@@ -269,6 +324,14 @@ int keel_cli_client(const char *verb, int argc, char **argv)
         rc = request(&o, "GET", "/api/status", NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "packages")) {
         rc = request(&o, "GET", "/api/packages", NULL, NULL, &status, &body);
+    } else if (!strcmp(verb, "update")) {
+        if (!strcmp(o.pos[0], "status"))
+            rc = request(&o, "GET", "/api/updates", NULL, NULL, &status, &body);
+        else
+            rc = request(&o, "POST",
+                         !strcmp(o.pos[0], "apply") ? "/api/updates/check?wait=1&apply=1"
+                                                    : "/api/updates/check?wait=1&apply=0",
+                         NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "gc")) {
         rc = request(&o, "POST", "/api/gc", NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "install")) {
@@ -296,6 +359,8 @@ int keel_cli_client(const char *verb, int argc, char **argv)
     if (!rc) {
         if (!strcmp(verb, "status") && !o.json)
             print_status(body.data ? body.data : "{}");
+        else if (!strcmp(verb, "update") && !o.json)
+            rc = print_update(body.data ? body.data : "{}", !strcmp(o.pos[0], "status"));
         else
             printf("%s%s", body.data ? body.data : "",
                    body.len && body.data[body.len - 1] == '\n' ? "" : "\n");

@@ -61,6 +61,8 @@ static const char usage[] =
     "Device (talks to keeld; --offline --state-dir D works on the store directly):\n"
     "  status | packages | install FILE [--activate] | activate NAME [--version V]\n"
     "  rollback NAME | mark-good NAME | gc (drop versions in no slot, unused blobs)\n"
+    "  update check | update apply     ask the repositories now (apply: download, validate,\n"
+    "                                   activate what they offer); update status\n"
     "  infer NAME --input FILE|JSON [--tier T] [--session S]   one inference request\n"
     "  envelope decode FILE...          uplink batch envelopes as JSON lines (receivers)\n"
     "  selftest NAME [--version V] --state-dir D   run the package's validation set\n"
@@ -636,7 +638,7 @@ int main(int argc, char **argv)
     if (!strcmp(verb, "bundle"))
         return keel_cli_bundle(argc - 1, argv + 1);
     static const char *const client_verbs[] = {"status",    "install",  "activate", "rollback",
-                                               "mark-good", "packages", "gc"};
+                                               "mark-good", "packages", "gc",       "update"};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(client_verbs); i++) {
         if (strcmp(verb, client_verbs[i]))
             continue;

@@ -36,6 +36,7 @@ typedef enum keel_state_file {
     KEEL_STATE_TOKEN,
     KEEL_STATE_CACHE_ONNX,
     KEEL_STATE_UPLINK_SEQ,
+    KEEL_STATE_UPDATE_DIR,
     KEEL_STATE_COUNT
 } keel_state_file;
 

@@ -17,6 +17,7 @@ static const char *const names[KEEL_STATE_COUNT] = {
     [KEEL_STATE_TOKEN] = "token",
     [KEEL_STATE_CACHE_ONNX] = "cache/onnx",
     [KEEL_STATE_UPLINK_SEQ] = "uplink.seq",
+    [KEEL_STATE_UPDATE_DIR] = "update",
 };
 
 const char *keel_state_name(keel_state_file f)

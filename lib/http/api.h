@@ -26,6 +26,10 @@ void keel__api_packages_rollback(keel__hreq *q);
 void keel__api_packages_mark_good(keel__hreq *q);
 void keel__api_gc(keel__hreq *q);
 
+/* api_updates.c */
+void keel__api_updates_get(keel__hreq *q);
+void keel__api_updates_check(keel__hreq *q);
+
 /* api_v2.c */
 void keel__api_v2_server(keel__hreq *q);
 void keel__api_v2_live(keel__hreq *q);

@@ -20,8 +20,22 @@ void keel__api_packages_list(keel__hreq *q)
         keel__reply_json(q, 200, json);
 }
 
-void keel__api_packages_install(keel__hreq *q)
+/* Installs and activations run the package's checks (hashing every byte,
+ * the validation set through every tier): they run on the runtime's
+ * actions thread and answer from there, so no HTTP worker waits. */
+static void defer(keel__hreq *q, void (*fn)(void *ctx), void *ctx)
 {
+    keel_error e = {0};
+    if (keel__runtime_defer(keel__hreq_runtime(q), fn, ctx, &e)) {
+        if (ctx != q)
+            free(ctx);
+        keel__reply_keel_error(q, &e);
+    }
+}
+
+static void do_install(void *ctx)
+{
+    keel__hreq *q = ctx;
     keel_error e = {0};
     keel_install_result r;
     const char *act = keel__hreq_query(q, "activate");
@@ -45,6 +59,37 @@ void keel__api_packages_install(keel__hreq *q)
     keel__reply_json(q, r.already ? 200 : 201, keel__buf_steal(&b));
 }
 
+void keel__api_packages_install(keel__hreq *q)
+{
+    defer(q, do_install, q);
+}
+
+typedef struct slot_req {
+    keel__hreq *q;
+    unsigned type;
+    bool has_version;
+    char version[KEEL_VERSION_MAX];
+} slot_req;
+
+static void do_slot_action(void *ctx)
+{
+    slot_req *r = ctx;
+    keel__hreq *q = r->q;
+    keel_error e = {0};
+    keel_serving sv;
+    int rc = keel__runtime_slot_action(keel__hreq_runtime(q), r->type, keel__hreq_param(q, "name"),
+                                       r->has_version ? r->version : NULL, &sv, &e);
+    free(r);
+    if (rc) {
+        keel__reply_keel_error(q, &e);
+        return;
+    }
+    char out[KEEL_NAME_MAX + KEEL_VERSION_MAX + 96];
+    snprintf(out, sizeof(out), "{\"name\":\"%s\",\"serving\":\"%s\",\"slot\":\"%s\"}\n", sv.name,
+             sv.version, keel_slot_name(sv.slot));
+    keel__reply_text(q, 200, out);
+}
+
 static void slot_action(keel__hreq *q, unsigned type)
 {
     keel_error e = {0};
@@ -59,18 +104,20 @@ static void slot_action(keel__hreq *q, unsigned type)
         keel__reply_keel_error(q, &e);
         return;
     }
-    keel_serving sv;
-    int rc = keel__runtime_slot_action(keel__hreq_runtime(q), type, keel__hreq_param(q, "name"),
-                                       version, &sv, &e);
-    cJSON_Delete(body);
-    if (rc) {
-        keel__reply_keel_error(q, &e);
+    slot_req *r = calloc(1, sizeof(*r));
+    if (!r) {
+        cJSON_Delete(body);
+        keel__reply_error(q, 500, KEEL_ENOMEM, "out of memory");
         return;
     }
-    char out[KEEL_NAME_MAX + KEEL_VERSION_MAX + 96];
-    snprintf(out, sizeof(out), "{\"name\":\"%s\",\"serving\":\"%s\",\"slot\":\"%s\"}\n", sv.name,
-             sv.version, keel_slot_name(sv.slot));
-    keel__reply_text(q, 200, out);
+    r->q = q;
+    r->type = type;
+    if (version) {
+        r->has_version = true;
+        keel__strlcpy(r->version, version, sizeof(r->version));
+    }
+    cJSON_Delete(body);
+    defer(q, do_slot_action, r);
 }
 
 void keel__api_packages_activate(keel__hreq *q)

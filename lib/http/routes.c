@@ -39,6 +39,10 @@ const keel__route keel__routes[] = {
     R("POST", "/api/import", keel__api_import_post, ADMIN, JSON, AUDIT, "import.post"),
     R("GET", "/api/import/{id}", keel__api_import_get, READ, NONE, 0, "import.get"),
     R("GET", "/api/chunks/sha256/{hex}", keel__api_chunks_get, OPEN, NONE, 0, "chunks.get"),
+    /* updates from repositories (api_updates.c) */
+    R("GET", "/api/updates", keel__api_updates_get, READ, NONE, 0, "updates.get"),
+    R("POST", "/api/updates/check", keel__api_updates_check, OPERATOR, NONE, AUDIT,
+      "updates.check"),
     /* store-and-forward (api_events.c, api_shadow.c) */
     R("POST", "/api/events", keel__api_events_post, OPERATOR, JSON, 0, "events.post"),
     R("GET", "/api/queue", keel__api_queue, READ, NONE, 0, "queue"),

@@ -61,17 +61,6 @@ static void trust_changed(keel__runtime *rt)
     keel__runtime_refresh(rt, 0);
 }
 
-static void effective_trust_dir(keel__runtime *rt, char *buf, size_t n)
-{
-    keel__conf *c = keel__runtime_conf(rt);
-    const char *t = c ? keel__conf_str(c, "trust_dir") : "";
-    if (t[0])
-        keel__strlcpy(buf, t, n);
-    else
-        keel__runtime_path(rt, KEEL_STATE_TRUST, buf, n);
-    keel__conf_free(c);
-}
-
 static void publish(keel__runtime *rt, const keel__bundle_item *it, const char *step,
                     const char *reason)
 {
@@ -261,7 +250,7 @@ int keel__runtime_import(keel__runtime *rt, const char *path, char **ret_json, k
             rc = keel__buf_append(&b, "},\"items\":[]}", 13);
         goto out;
     }
-    effective_trust_dir(rt, tdir, sizeof(tdir));
+    keel__rt_trust_dir(rt, tdir, sizeof(tdir));
     outcome *os = calloc(bn->n ? bn->n : 1, sizeof(*os));
     if (!os) {
         rc = KEEL_ENOMEM;

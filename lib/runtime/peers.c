@@ -20,6 +20,7 @@
 
 #include "runtime/peers.h"
 #include "runtime/rt.h"
+#include "update/fetch.h"
 
 #define MOD "peers"
 
@@ -86,6 +87,39 @@ char *keel__runtime_peers_json(keel__runtime *rt)
         return strdup("[]");
     sync_settings(rt);
     return keel__peers_json(rt->peers->table, keel__now_mono_ns());
+}
+
+/* The update pipeline's fetch (update_job.c): the peers usable now, and
+ * a peer_bad that backs one off. */
+static void fetch_peer_bad(void *ctx, const char *peer, const char *why)
+{
+    keel__runtime_peer_bad(ctx, peer, why);
+}
+
+void keel__rt_peers_for_fetch(keel__runtime *rt, struct keel__fetch_opts *fo)
+{
+    typedef char url[KEEL__PEER_URL_MAX];
+    const char **ptrs = malloc(KEEL__PEERS_MAX * (sizeof(char *) + sizeof(url)));
+    fo->peers = NULL;
+    fo->npeers = 0;
+    if (!ptrs)
+        return; /* the origins alone */
+    url *urls = (url *)(ptrs + KEEL__PEERS_MAX);
+    size_t n = keel__runtime_peers_usable(rt, urls, KEEL__PEERS_MAX);
+    for (size_t i = 0; i < n; i++)
+        ptrs[i] = urls[i];
+    fo->peers = ptrs;
+    fo->npeers = n;
+    fo->peer_bad = fetch_peer_bad;
+    fo->ctx = rt;
+}
+
+void keel__rt_peers_done(keel__runtime *rt, struct keel__fetch_opts *fo)
+{
+    (void)rt;
+    free((void *)(uintptr_t)fo->peers); /* ours: keel__rt_peers_for_fetch allocated it */
+    fo->peers = NULL;
+    fo->npeers = 0;
 }
 
 static const keel__metric_desc gauge_desc = {

@@ -36,6 +36,7 @@ struct keel__runtime {
     keel_queue *reprocess; /* escalations the upstream could not answer yet */
     keel__infer *infer;
     keel__jobs *jobs;
+    struct keel__rt_update *update; /* update_job.c: checks, downloads, deferred actions */
     int job_verify, job_expire, job_reprocess;
     int sub_reporter, sub_reprocess;
     /* readiness, under lock */
@@ -67,6 +68,23 @@ void keel__rt_wake(keel__runtime *rt, bool critical);
 void keel__rt_report_shadow(keel__runtime *rt);
 void keel__rt_apply_shadow(keel__runtime *rt);
 void keel__rt_reporter(void *ctx, const keel__bus_event *ev);
+
+/* runtime.c */
+void keel__rt_trust_dir(keel__runtime *rt, char *buf, size_t n);
+
+/* update_job.c */
+typedef struct keel__rt_update keel__rt_update;
+KEEL_WUR int keel__rt_update_start(keel__runtime *rt, keel_error *err);
+void keel__rt_update_stop(keel__runtime *rt);
+
+/* update_glue.c: what the pipeline asks of peers and verdicts */
+struct keel__fetch_opts;
+void keel__rt_peers_for_fetch(keel__runtime *rt, struct keel__fetch_opts *fo);
+void keel__rt_peers_done(keel__runtime *rt, struct keel__fetch_opts *fo);
+void keel__rt_verdict_refused(keel__runtime *rt, const char *name, const char *version,
+                              const char *why);
+bool keel__rt_verdict_blocked(keel__runtime *rt, const char *name, const char *version, char *why,
+                              size_t n);
 
 /* reprocess.c */
 KEEL_WUR int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err);

@@ -90,7 +90,7 @@ void keel__runtime_path(keel__runtime *rt, int f, char *buf, size_t n)
 }
 
 /* The effective trust dir: trust_dir, or STATE_DIR/trust. */
-static void trust_dir(keel__runtime *rt, char *buf, size_t n)
+void keel__rt_trust_dir(keel__runtime *rt, char *buf, size_t n)
 {
     pthread_mutex_lock(&rt->lock); /* a reload may change trust_dir */
     const char *t = keel__conf_str(rt->conf, "trust_dir");
@@ -199,6 +199,9 @@ char *keel__runtime_status_json(keel__runtime *rt, keel_error *err)
     up = rt->uplink ? keel__uplink_status_json(rt->uplink) : NULL;
     ro = rt->router ? keel__router_status_json(rt->router) : NULL;
     jobs = keel__jobs_status_json(rt->jobs);
+    char *upd = rt->update ? keel__runtime_update_json(rt) : NULL;
+    if (upd && upd[0] && upd[strlen(upd) - 1] == '\n')
+        upd[strlen(upd) - 1] = '\0';
     keel_queue_stats rs;
     keel_error rse;
     long long pending =
@@ -207,17 +210,18 @@ char *keel__runtime_status_json(keel__runtime *rt, keel_error *err)
         rc = keel__buf_appendf(&b,
                                ",\"readiness\":%s,\"store\":%s,\"inference\":%s,\"uplink\":%s,"
                                "\"upstream\":%s,\"reprocess_pending\":%lld,\"jobs\":%s,"
-                               "\"peers\":%s,"
+                               "\"peers\":%s,\"updates\":%s,"
                                "\"bus\":{\"published\":%llu,\"subscribers\":%zu}}\n",
                                ready, store, inf ? inf : "{}", up ? up : "null", ro ? ro : "null",
                                pending, jobs ? jobs : "{}", peers ? peers : "[]",
-                               (unsigned long long)keel__bus_published(rt->bus),
+                               upd ? upd : "null", (unsigned long long)keel__bus_published(rt->bus),
                                keel__bus_subscribers(rt->bus));
     free(inf);
     free(up);
     free(ro);
     free(jobs);
     free(peers);
+    free(upd);
     free(store);
     free(ready);
     if (rc) {
@@ -305,23 +309,24 @@ static void publish_pkg(keel__runtime *rt, unsigned type, const char *name, cons
     keel__bus_publish(rt->bus, &ev);
 }
 
-int keel__runtime_install(keel__runtime *rt, const char *path, unsigned flags,
-                          keel_install_result *ret, keel_error *err)
+/* The trust dir in force, loaded for one package decision. A trust dir that
+ * does not load is the device's problem, not the package's: NOTREADY. */
+static int load_trust(keel__runtime *rt, keel_trust **ret, keel_error *err)
 {
-    keel_trust *t = NULL;
     char tdir[PATH_MAX];
-    trust_dir(rt, tdir, sizeof(tdir));
-    int rc = keel_trust_load(tdir, &t, err);
+    keel__rt_trust_dir(rt, tdir, sizeof(tdir));
+    int rc = keel_trust_load(tdir, ret, err);
     if (rc) {
-        /* the device's own files, not the package: a server error */
         keel__err_prefix(err, "cannot check any package: the trust dir is broken");
         if (err)
             err->code = KEEL_ENOTREADY;
         rc = KEEL_ENOTREADY;
     }
-    if (!rc)
-        rc = keel_store_install(rt->store, path, t, flags, ret, err);
-    keel_trust_free(t);
+    return rc;
+}
+
+static int installed(keel__runtime *rt, int rc, const keel_install_result *ret, keel_error *err)
+{
     if (rc) {
         KEEL_LOG_W(MOD, "install refused: %s", err ? err->msg : "");
         return rc;
@@ -332,6 +337,28 @@ int keel__runtime_install(keel__runtime *rt, const char *path, unsigned flags,
     if (ret->activated)
         publish_pkg(rt, KEEL__BUS_ACTIVATE, ret->name, ret->version, ret->digest);
     return KEEL_OK;
+}
+
+int keel__runtime_install(keel__runtime *rt, const char *path, unsigned flags,
+                          keel_install_result *ret, keel_error *err)
+{
+    keel_trust *t = NULL;
+    int rc = load_trust(rt, &t, err);
+    if (!rc)
+        rc = keel_store_install(rt->store, path, t, flags, ret, err);
+    keel_trust_free(t);
+    return installed(rt, rc, ret, err);
+}
+
+int keel__runtime_install_dir(keel__runtime *rt, const char *dir, unsigned flags,
+                              keel_install_result *ret, keel_error *err)
+{
+    keel_trust *t = NULL;
+    int rc = load_trust(rt, &t, err);
+    if (!rc)
+        rc = keel_store_install_dir(rt->store, dir, t, flags, ret, err);
+    keel_trust_free(t);
+    return installed(rt, rc, ret, err);
 }
 
 int keel__runtime_slot_action(keel__runtime *rt, unsigned type, const char *name,
@@ -655,10 +682,13 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
         goto fail;
     keel_store_set_validator(rt->store, keel__infer_validator, rt->infer);
     keel__runtime_refresh(rt, 0);
+    if ((rc = keel__rt_peers_start(rt, err)) || /* before updates: they ask for peers */
+        (rc = keel__rt_update_start(rt, err)))
+        goto fail;
     rt->job_verify = keel__jobs_add(rt->jobs, "reverify", keel__conf_u64(conf, "verify_interval"),
                                     job_verify, rt);
     rt->job_expire = keel__jobs_add(rt->jobs, "expire", 10, job_expire, rt);
-    if ((rc = keel__rt_import_start(rt, err)) || (rc = keel__rt_peers_start(rt, err)))
+    if ((rc = keel__rt_import_start(rt, err)))
         goto fail;
     *ret = rt;
     return KEEL_OK;
@@ -671,7 +701,8 @@ void keel__runtime_close(keel__runtime *rt)
 {
     if (!rt)
         return;
-    keel__jobs_stop(rt->jobs); /* first: jobs touch everything below */
+    keel__rt_update_stop(rt);  /* first: downloads and activations touch everything below */
+    keel__jobs_stop(rt->jobs); /* jobs too */
     rt->jobs = NULL;
     keel__rt_import_stop(rt);
     keel__rt_peers_stop(rt);

@@ -109,6 +109,29 @@ KEEL_WUR int keel__runtime_gc(keel__runtime *rt, uint64_t *ret_freed, keel_error
 KEEL_WUR int keel__runtime_upload_file(keel__runtime *rt, char *path, size_t n, int *ret_fd,
                                        keel_error *err);
 
+/* Installs a package whose parts lie in dir (keel.json, keel.sig, and one
+ * file per blob the store lacks, named by its SHA-256: what the update
+ * fetch leaves), verified against the trust dir in force. */
+KEEL_WUR int keel__runtime_install_dir(keel__runtime *rt, const char *dir, unsigned flags,
+                                       keel_install_result *ret, keel_error *err);
+/* Runs fn(ctx) on the runtime's actions thread, in order: slow package
+ * work handed over by a request (activation runs the package's validation
+ * set), so no HTTP worker waits for it. */
+KEEL_WUR int keel__runtime_defer(keel__runtime *rt, void (*fn)(void *ctx), void *ctx,
+                                 keel_error *err);
+
+/* --- updates (update_job.c, docs/update.md) ------------------------------------------ */
+
+typedef void (*keel__update_done_fn)(void *ctx, const char *result_json);
+/* Asks the update thread for a check of the configured repositories
+ * (apply: download, validate and activate what it finds). done (may be
+ * NULL) runs once with the result JSON when a check started after this
+ * call has finished, on the update thread. Returns the check's number. */
+uint64_t keel__runtime_update_check(keel__runtime *rt, bool apply, keel__update_done_fn done,
+                                    void *ctx);
+/* The update module's state: settings, phase, the last check (malloc'd JSON). */
+char *keel__runtime_update_json(keel__runtime *rt);
+
 /* --- events and the queue ------------------------------------------------------------ */
 
 /* Queues a message for the uplink without blocking the caller: done runs

@@ -2,9 +2,13 @@
 #include "update/options.h"
 
 static const keel__option opts[] = {
-    {"update_repos", KEEL__OPT_PATH, "", 0, 0, false,
-     "repository base URLs (http:// or https://), separated by commas, or empty for none"},
-    {"update_channel", KEEL__OPT_STR, "stable", 0, 0, false, "a channel name"},
+    {"update_repos", KEEL__OPT_PATH, "", 0, 0, true,
+     "repository base URLs (http://, https://, or file:// for a folder such as a mounted USB "
+     "stick), separated by commas, or empty for none"},
+    {"update_packages", KEEL__OPT_PATH, "", 0, 0, true,
+     "package names to follow besides the installed ones, separated by commas (a new device "
+     "installs them from the repository)"},
+    {"update_channel", KEEL__OPT_STR, "stable", 0, 0, true, "a channel name"},
     {"update_interval", KEEL__OPT_DUR, "1h", 0, 365ull * 86400, true,
      "a duration like 1h between automatic checks, or 0 to check only when asked"},
     {"update_apply", KEEL__OPT_BOOL, "true", 0, 0, true,

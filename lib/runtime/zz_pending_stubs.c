@@ -1,0 +1,65 @@
+/*
+ * zz_pending_stubs.c - TEMPORARY: stand-ins for what issue 11's helper
+ * branches (publish, fetch, probation, paths) implement, so main builds
+ * while they land. Every function here fails or does nothing; this file
+ * is deleted when those branches merge.
+ */
+#include "runtime/rt.h"
+#include "update/fetch.h"
+#include "update/repo.h"
+
+int keel__repo_check_timestamp(const keel_trust *t, const void *doc, size_t len, const void *sig,
+                               size_t sig_len, const keel__repo_state *st, int64_t now,
+                               keel__repo_timestamp *ret, keel_error *err)
+{
+    (void)t, (void)doc, (void)len, (void)sig, (void)sig_len, (void)st, (void)now, (void)ret;
+    return keel__err(err, KEEL_EUNSUPPORTED, "repository metadata is not implemented yet");
+}
+int keel__repo_index_parse(const keel_trust *t, const void *doc, size_t len, const void *sig,
+                           size_t sig_len, const keel__repo_timestamp *ts,
+                           const keel__repo_state *st, int64_t now, keel__repo_index **ret,
+                           keel_error *err)
+{
+    (void)t, (void)doc, (void)len, (void)sig, (void)sig_len, (void)st, (void)now, (void)ts;
+    *ret = NULL;
+    return keel__err(err, KEEL_EUNSUPPORTED, "repository metadata is not implemented yet");
+}
+void keel__repo_index_free(keel__repo_index *ix)
+{
+    (void)ix;
+}
+uint64_t keel__repo_index_version(const keel__repo_index *ix)
+{
+    (void)ix;
+    return 0;
+}
+int keel__repo_offer_for(const keel__repo_index *ix, const char *name, const char *channel,
+                         const char *device_id, const char *current, keel__repo_offer *ret,
+                         keel_error *err)
+{
+    (void)ix, (void)name, (void)channel, (void)device_id, (void)current, (void)ret;
+    return keel__err(err, KEEL_ENOTFOUND, "not implemented yet");
+}
+int keel__fetch_package(const keel__fetch_opts *o, const char *name, const char *version,
+                        const char *digest, keel__fetch_stats *st, keel_error *err)
+{
+    (void)o, (void)name, (void)version, (void)digest, (void)st;
+    return keel__err(err, KEEL_EUNSUPPORTED, "fetch is not implemented yet");
+}
+int keel_store_install_dir(keel_store *s, const char *dir, const keel_trust *t, unsigned flags,
+                           keel_install_result *ret, keel_error *err)
+{
+    (void)s, (void)dir, (void)t, (void)flags, (void)ret;
+    return keel__err(err, KEEL_EUNSUPPORTED, "install_dir is not implemented yet");
+}
+void keel__rt_verdict_refused(keel__runtime *rt, const char *name, const char *version,
+                              const char *why)
+{
+    (void)rt, (void)name, (void)version, (void)why;
+}
+bool keel__rt_verdict_blocked(keel__runtime *rt, const char *name, const char *version, char *why,
+                              size_t n)
+{
+    (void)rt, (void)name, (void)version, (void)why, (void)n;
+    return false;
+}

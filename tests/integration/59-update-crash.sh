@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# kill -9 of keeld at random points of an update (download, staging,
+# validation, activation), 30 rounds: after each restart the store verifies,
+# the active version is one that was published whole (old or new, never a
+# mix), and the download resumes: the origin sends each new file once plus
+# at most one chunk (256 KiB) per interrupted transfer.
+source "$(dirname "$0")/lib.sh"
+command -v nginx >/dev/null || skip "no nginx (make setup installs nginx-light)"
+
+"$KEEL" keygen -o "$work/k" >/dev/null
+"$KEEL" keygen -o "$work/ix" >/dev/null
+"$KEEL" keygen -o "$work/ts" >/dev/null
+"$KEEL" trust init "$state/trust" --key "$work/k.pub" --index-key "$work/ix.pub" \
+    --timestamp-key "$work/ts.pub" >/dev/null
+
+# version N carries a 3 MiB file of its own: at 1 MiB/s a download takes
+# seconds, so the kills land in every step of the pipeline
+mkpkg() { # VERSION
+    local src=$work/src-$1
+    mkdir -p "$src"
+    cp -r "$keel_src/examples/iris/." "$src/"
+    head -c $((3 << 20)) /dev/urandom >"$src/extra.bin"
+    jq --arg v "$1" '.version = $v' "$keel_src/examples/iris/keel.json" >"$src/keel.json"
+    "$KEEL" pack "$src" -o "$work/iris-$1.keel" --key "$work/k.key" >/dev/null
+    "$KEEL" publish "$work/iris-$1.keel" --repo "$work/repo" --key "$work/ix.key" \
+        --timestamp-key "$work/ts.key" --channel stable >/dev/null || die "publish $1"
+    sha256sum "$src/extra.bin" | cut -d' ' -f1 >"$work/extra-$1"
+}
+mkdir -p "$work/repo"
+mkpkg 1.0.0
+start_nginx "$work/repo"
+cat >"$work/keeld.conf" <<EOF
+update_repos = $nginx_url
+update_packages = iris
+update_interval = 0
+uplink_bandwidth = 1M
+EOF
+export KEEL_URL=$url KEEL_STATE_DIR=$state
+active_offline() {
+    "$KEEL" packages --offline --state-dir "$state" --json 2>/dev/null |
+        jq -r '.packages[] | select(.slots | index("active")) | .version'
+}
+start_keeld --config "$work/keeld.conf"
+"$KEEL" update apply >/dev/null || die "first apply"
+kill -9 "$keeld_pid"
+wait "$keeld_pid" 2>/dev/null || true
+keeld_pid=""
+published=(1.0.0)
+next=2
+mkpkg "$next.0.0"
+published+=("$next.0.0")
+
+for round in $(seq 30); do
+    start_keeld --config "$work/keeld.conf"
+    curl -s -X POST -H "Authorization: Bearer $(cat "$state/token")" \
+        "$url/api/updates/check?apply=1" >/dev/null
+    sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", 0.1 + (r % 300) / 100 }')"
+    kill -9 "$keeld_pid"
+    wait "$keeld_pid" 2>/dev/null || true
+    keeld_pid=""
+    "$KEEL" verify --state-dir "$state" >"$work/verify.log" 2>&1 ||
+        die "round $round: the store does not verify after kill -9: $(tail -3 "$work/verify.log")"
+    a=$(active_offline)
+    [[ " ${published[*]} " == *" $a "* ]] || die "round $round: active '$a' is not a published version"
+    if [[ $a == "$next.0.0" ]]; then # reached: publish the next one
+        next=$((next + 1))
+        mkpkg "$next.0.0"
+        published+=("$next.0.0")
+    fi
+done
+echo "30 rounds: reached $((next - 1)).0.0"
+((next > 2)) || die "no update completed in 30 rounds"
+
+# finish the last one without interruption
+start_keeld --config "$work/keeld.conf"
+r=$("$KEEL" update apply --json)
+expect_eq "$(jq -r '.packages[0].step' <<<"$r")" activated "the last update after the rounds ($r)"
+stop_keeld
+expect_eq "$(active_offline)" "$next.0.0" "active at the end"
+
+# resumed, not restarted: per new file, the origin sent its size plus at most
+# one chunk per transfer that was cut
+for v in $(seq 2 "$next"); do
+    h=$(cat "$work/extra-$v.0.0")
+    sent=$(awk -v h="$h" '$7 ~ h { s += $10 } END { print s + 0 }' "$nginx_log")
+    n=$(awk -v h="$h" '$7 ~ h { n++ } END { print n + 0 }' "$nginx_log")
+    max=$(((3 << 20) + n * 262144))
+    echo "version $v.0.0: $sent bytes sent in $n requests for 3 MiB"
+    ((sent <= max)) || die "version $v.0.0: the origin sent $sent bytes in $n requests (at most $max)"
+done
+echo "ok"
