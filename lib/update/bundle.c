@@ -528,24 +528,44 @@ int keel__bundle_create(const char *out_dir, const char *const *pkgs, size_t npk
         rc = keel__err(err, KEEL_EEXISTS,
                        "%s already holds a bundle (bundle.json); use an empty or new folder",
                        out_dir);
-    if (!rc)
-        rc = keel__fs_mkdir_p(out_dir, 0755, err);
+    /* every input read before anything is written */
+    char(*names)[KEEL_NAME_MAX + KEEL_VERSION_MAX + 8] = calloc(npkgs ? npkgs : 1, sizeof(*names));
+    if (!rc && !names)
+        rc = keel__err(err, KEEL_ENOMEM, "out of memory");
     for (size_t i = 0; !rc && i < npkgs; i++) {
         keel_pkg *p = NULL;
-        char name[KEEL_NAME_MAX + KEEL_VERSION_MAX + 8];
         if ((rc = keel_pkg_open(pkgs[i], NULL, &p, err))) {
             keel__err_prefix(err, "%s", pkgs[i]);
             break;
         }
         const keel_manifest *m = keel_pkg_manifest(p);
-        snprintf(name, sizeof(name), "%s-%s.keel", keel_manifest_name(m), keel_manifest_version(m));
+        snprintf(names[i], sizeof(names[i]), "%s-%s.keel", keel_manifest_name(m),
+                 keel_manifest_version(m));
         keel_pkg_close(p);
-        if (cJSON_GetObjectItemCaseSensitive(files, name)) {
-            rc = keel__err(err, KEEL_ECONFLICT, "%s: %s is in the bundle twice", pkgs[i], name);
-            break;
-        }
-        rc = put(out_dir, name, pkgs[i], UINT64_MAX, files, err);
+        for (size_t k = 0; !rc && k < i; k++)
+            if (!strcmp(names[k], names[i]))
+                rc = keel__err(err, KEEL_ECONFLICT, "%s: %s is in the bundle twice", pkgs[i],
+                               names[i]);
     }
+    const char *docs[2] = {revoked, root};
+    for (int k = 0; !rc && k < 2; k++) {
+        char sig[PATH_MAX];
+        if (!docs[k])
+            continue;
+        if (keel__snprintf(sig, sizeof(sig), "%s.sig", docs[k]))
+            rc = keel__err(err, KEEL_ETOOBIG, "path too long: %s", docs[k]);
+        else if (!keel__fs_exists(docs[k]))
+            rc = keel__err(err, KEEL_ENOTFOUND, "%s does not exist", docs[k]);
+        else if (!keel__fs_exists(sig))
+            rc = keel__err(err, KEEL_ENOTFOUND,
+                           "%s has no signatures beside it (%s; sign it with `keel trust sign`)",
+                           docs[k], sig);
+    }
+    if (!rc)
+        rc = keel__fs_mkdir_p(out_dir, 0755, err);
+    for (size_t i = 0; !rc && i < npkgs; i++)
+        rc = put(out_dir, names[i], pkgs[i], UINT64_MAX, files, err);
+    free(names);
     if (!rc && revoked)
         rc = put_doc(out_dir, "revoked.json", revoked, files, err);
     if (!rc && root)
