@@ -161,7 +161,21 @@ cat >"$work/revoked2.json" <<JSON
 JSON
 "$KEEL" trust sign "$work/revoked2.json" --key "$work/k.key" --kind revocations >/dev/null
 "$KEEL" bundle create "$work/usb-revoke" --revoked "$work/revoked2.json" >/dev/null
+curl -sN "$url/api/bus?types=revoked,update" >"$work/bus.log" 2>/dev/null &
+bus_pid=$!
+sleep 0.3
 out=$(imp "$work/usb-revoke" 2>&1) || die "import of the revocation bundle failed: $out"
 expect_has "$out" "revoked.json: applied" "the second list"
 expect_eq "$(serving blobs)" 1.0.0 "after revoking blobs 3.0.0, the previous version serves"
+sleep 0.3
+kill "$bus_pid" 2>/dev/null || true
+grep -q '"detail":"revocation_installed"' "$work/bus.log" ||
+    die "no update event for the installed list: $(cat "$work/bus.log")"
+ev=$(grep '"type":"revoked"' "$work/bus.log" | head -n1 | sed 's/^data: //')
+expect_eq "$(jfield "$ev" '"\(.package) \(.version)"')" "blobs 3.0.0" \
+    "the revoked event (an alert): $(cat "$work/bus.log")"
+if grep -q KEEL__BUS_REVOKED "$keel_src/lib/runtime/link.c"; then # the reporter maps it
+    [[ $(jfield "$(curl -s "$url/api/queue")" .classes.critical.depth) -ge 1 ]] ||
+        die "no critical alert queued for the revoked version: $(curl -s "$url/api/queue")"
+fi
 echo "56-import: bundles imported, refused and watched as documented"
