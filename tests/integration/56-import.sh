@@ -137,10 +137,16 @@ blobs3=$(make_pkg blobs 3.0.0)
 cp -r "$work/drop" "$inbox/stick1"
 solo=$(make_pkg solo 1.0.0)
 cp "$solo" "$inbox/solo.keel" # a lone .keel file
+printf 'not a package' >"$inbox/junk.keel" # a bad entry: reported the same way
 for _ in $(seq 100); do
-    [[ -f $inbox/stick1.keel-import.json && -f $inbox/solo.keel.keel-import.json ]] && break
+    [[ -f $inbox/stick1.keel-import.json && -f $inbox/solo.keel.keel-import.json &&
+        -f $inbox/junk.keel.keel-import.json ]] && break
     sleep 0.2
 done
+[[ -f $inbox/junk.keel.keel-import.json ]] || die "no outcome beside the bad entry: $(ls "$inbox")"
+res=$(cat "$inbox/junk.keel.keel-import.json")
+expect_eq "$(jfield "$res" '"\(.ok) \(.items[0].outcome)"')" "false refused" "the bad entry's outcome ($res)"
+expect_has "$(jfield "$res" .items[0].reason)" "not a readable keel package" "the bad entry's reason"
 [[ -f $inbox/stick1.keel-import.json ]] || die "no outcome beside the dropped bundle: $(ls "$inbox")"
 res=$(cat "$inbox/stick1.keel-import.json")
 expect_eq "$(jfield "$res" .ok)" true "the watcher's import of stick1 ($res)"
