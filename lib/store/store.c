@@ -477,7 +477,8 @@ int keel_store_blob_path(keel_store *s, const char *hex, char *buf, size_t n, ui
     }
     blob_path(s, hex, bp, sizeof(bp));
     if (!rc && !known)
-        rc = keel__err(err, KEEL_ENOTFOUND, "no installed version holds a file with sha256 %s", hex);
+        rc =
+            keel__err(err, KEEL_ENOTFOUND, "no installed version holds a file with sha256 %s", hex);
     if (!rc && (stat(bp, &st) != 0 || (uint64_t)st.st_size != size || !stamp_matches(s, hex, &st)))
         rc = keel__err(err, KEEL_ECORRUPT,
                        "the file with sha256 %s is missing, changed or not verified since it "
