@@ -28,6 +28,7 @@ struct keel__rt_peers {
     keel__peers *table;
     pthread_mutex_t mu;
     char applied[KEEL__CONF_PATH_MAX]; /* the peers setting the table holds */
+    char refused[KEEL__CONF_PATH_MAX]; /* a reloaded value that did not parse (logged once) */
     uint64_t applied_backoff;
     keel__metric_family *gauge;
     /* the beacon */
@@ -50,12 +51,14 @@ static void sync_settings(keel__runtime *rt)
     const char *list = keel__conf_str(c, "peers");
     uint64_t backoff = keel__conf_u64(c, "peer_backoff");
     pthread_mutex_lock(&ps->mu);
-    if (strcmp(list, ps->applied)) {
+    if (strcmp(list, ps->applied) && strcmp(list, ps->refused)) {
         keel_error e;
-        if (keel__peers_configure(ps->table, list, &e))
+        if (keel__peers_configure(ps->table, list, &e)) {
             KEEL_LOG_E(MOD, "%s; keeping the peers in force", e.msg);
-        else
+            keel__strlcpy(ps->refused, list, sizeof(ps->refused));
+        } else {
             keel__strlcpy(ps->applied, list, sizeof(ps->applied));
+        }
     }
     if (backoff != ps->applied_backoff) {
         keel__peers_set_backoff(ps->table, backoff);
