@@ -9,6 +9,9 @@ int keel_cli_client(const char *verb, int argc, char **argv);
 /* keel infer / keel selftest (cli/infer.c). */
 int keel_cli_infer(int argc, char **argv);
 int keel_cli_selftest(int argc, char **argv);
+/* keel import / keel bundle (cli/import.c). */
+int keel_cli_import(int argc, char **argv);
+int keel_cli_bundle(int argc, char **argv);
 /* Sets the inference self-test as s's validator; *ret to free after. */
 struct keel_store;
 struct keel__infer;

@@ -78,6 +78,9 @@ static const char usage[] =
     "  infer NAME --input FILE|JSON [--tier T] [--session S]   one inference request\n"
     "  envelope decode FILE...          uplink batch envelopes as JSON lines (receivers)\n"
     "  selftest NAME [--version V] --state-dir D   run the package's validation set\n"
+    "  import PATH [--no-wait]          a USB bundle folder or .keel file: trust changes,\n"
+    "                                   packages installed, the newest of each activated\n"
+    "  bundle create OUT --pkg A.keel [--pkg B.keel] [--revoked R.json] [--root ROOT.json]\n"
     "  common: --url URL --unix-socket PATH --token T --state-dir D --json\n";
 
 /* --- argument helpers -------------------------------------------------------- */
@@ -668,6 +671,10 @@ int main(int argc, char **argv)
         return keel_cli_infer(argc - 1, argv + 1);
     if (!strcmp(verb, "selftest"))
         return keel_cli_selftest(argc - 1, argv + 1);
+    if (!strcmp(verb, "import"))
+        return keel_cli_import(argc - 1, argv + 1);
+    if (!strcmp(verb, "bundle"))
+        return keel_cli_bundle(argc - 1, argv + 1);
     static const char *const client_verbs[] = {"status",    "install",  "activate", "rollback",
                                                "mark-good", "packages", "gc",       "update"};
     for (size_t i = 0; i < KEEL_ARRAY_LEN(client_verbs); i++) {

@@ -141,6 +141,15 @@ KEEL_API KEEL_WUR int keel_store_resolve_all(keel_store *s, unsigned flags, bool
 KEEL_API KEEL_WUR int keel_store_verify(keel_store *s, const char *name, const char *version,
                                         unsigned flags, keel_error *err);
 
+/* Path of the blob whose SHA-256 is hex (64 lower-case digits) when it is a
+ * file of an installed version and its stamp says it verified and has not
+ * changed since (no re-hash: quick enough for a request). For LAN peers,
+ * which serve what they hold (GET /api/chunks/sha256/HEX). KEEL_ENOTFOUND
+ * when no installed version has it; KEEL_ECORRUPT when it is missing,
+ * changed or not verified since it changed. *ret_size: its size. */
+KEEL_API KEEL_WUR int keel_store_blob_path(keel_store *s, const char *hex, char *buf, size_t n,
+                                          uint64_t *ret_size, keel_error *err);
+
 /* What serves each package right now, as last resolved (malloc'd array). */
 KEEL_API KEEL_WUR int keel_store_serving_list(keel_store *s, keel_serving **ret, size_t *ret_n,
                                               keel_error *err);

@@ -46,4 +46,11 @@ void keel__api_queue(keel__hreq *q);
 void keel__api_shadow_get(keel__hreq *q);
 void keel__api_shadow_set(keel__hreq *q);
 
+/* api_import.c */
+void keel__api_import_post(keel__hreq *q);
+void keel__api_import_get(keel__hreq *q);
+
+/* api_chunks.c */
+void keel__api_chunks_get(keel__hreq *q);
+
 #endif

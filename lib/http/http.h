@@ -110,6 +110,12 @@ void keel__reply_error(keel__hreq *q, unsigned status, int code, const char *msg
 void keel__reply_keel_error(keel__hreq *q, const keel_error *e);
 unsigned keel__http_status_of(int code);
 
+/* len bytes of the open file fd from offset, sent by the server as the
+ * client reads (sendfile where it can: no worker waits on the disk or
+ * holds the file in memory). fd is taken, also on failure (closed). */
+void keel__reply_fd(keel__hreq *q, unsigned status, const char *ctype, int fd, uint64_t offset,
+                    uint64_t len, const char *const *hdrs);
+
 /* --- streams ---------------------------------------------------------------------------- */
 
 typedef struct keel__stream keel__stream;

@@ -35,6 +35,10 @@ const keel__route keel__routes[] = {
     R("POST", "/api/packages/{name}/mark-good", keel__api_packages_mark_good, OPERATOR, NONE, AUDIT,
       "packages.mark_good"),
     R("POST", "/api/gc", keel__api_gc, ADMIN, NONE, AUDIT, "packages.gc"),
+    /* USB / air-gap imports (api_import.c) and LAN peers (api_chunks.c) */
+    R("POST", "/api/import", keel__api_import_post, ADMIN, JSON, AUDIT, "import.post"),
+    R("GET", "/api/import/{id}", keel__api_import_get, READ, NONE, 0, "import.get"),
+    R("GET", "/api/chunks/sha256/{hex}", keel__api_chunks_get, OPEN, NONE, 0, "chunks.get"),
     /* updates from repositories (api_updates.c) */
     R("GET", "/api/updates", keel__api_updates_get, READ, NONE, 0, "updates.get"),
     R("POST", "/api/updates/check", keel__api_updates_check, OPERATOR, NONE, AUDIT,

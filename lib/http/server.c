@@ -235,6 +235,21 @@ void keel__reply(keel__hreq *q, unsigned status, const char *ctype, char *body, 
     set_answer(q, status, r);
 }
 
+void keel__reply_fd(keel__hreq *q, unsigned status, const char *ctype, int fd, uint64_t offset,
+                    uint64_t len, const char *const *hdrs)
+{
+    struct MHD_Response *r = MHD_create_response_from_fd_at_offset64(len, fd, offset);
+    if (!r) {
+        close(fd);
+        keel__reply_error(q, 500, KEEL_ENOMEM, "cannot answer with the file");
+        return;
+    }
+    MHD_add_response_header(r, "Content-Type", ctype);
+    for (size_t i = 0; hdrs && hdrs[i]; i += 2)
+        MHD_add_response_header(r, hdrs[i], hdrs[i + 1]);
+    set_answer(q, status, r);
+}
+
 void keel__reply_json(keel__hreq *q, unsigned status, char *body)
 {
     keel__reply(q, status, "application/json", body, body ? strlen(body) : 0, NULL);

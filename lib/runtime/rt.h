@@ -53,6 +53,8 @@ struct keel__runtime {
         uint64_t folded;
     } recent[32];
     _Atomic int64_t last_expire;
+    struct keel__rt_import *imp; /* import.c: USB / air-gap imports, import_dir */
+    struct keel__rt_peers *peers; /* peers.c: LAN peer table, beacon */
     /* evictions reported (link.c report_evictions), under lock */
     uint64_t evict_reported[KEEL_PRIO_COUNT];
     int64_t evict_reported_at[KEEL_PRIO_COUNT];
@@ -87,5 +89,13 @@ bool keel__rt_verdict_blocked(keel__runtime *rt, const char *name, const char *v
 /* reprocess.c */
 KEEL_WUR int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err);
 void keel__rt_reprocess_stop(keel__runtime *rt);
+
+/* import.c */
+KEEL_WUR int keel__rt_import_start(keel__runtime *rt, keel_error *err);
+void keel__rt_import_stop(keel__runtime *rt);
+
+/* peers.c */
+KEEL_WUR int keel__rt_peers_start(keel__runtime *rt, keel_error *err);
+void keel__rt_peers_stop(keel__runtime *rt);
 
 #endif

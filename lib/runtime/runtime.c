@@ -23,6 +23,7 @@
 #include "keel/trust.h"
 #include "queue/options.h"
 #include "store/options.h"
+#include "runtime/peers.h"
 #include "runtime/rt.h"
 
 #define MOD "runtime"
@@ -180,6 +181,7 @@ char *keel__runtime_readiness_json(keel__runtime *rt, bool *ret_ready)
 char *keel__runtime_status_json(keel__runtime *rt, keel_error *err)
 {
     char *store = NULL, *ready = NULL, *inf = NULL, *up = NULL, *ro = NULL, *jobs = NULL;
+    char *peers = keel__runtime_peers_json(rt);
     bool r;
     keel_buf b;
     keel__buf_init(&b, 0);
@@ -208,15 +210,17 @@ char *keel__runtime_status_json(keel__runtime *rt, keel_error *err)
         rc = keel__buf_appendf(&b,
                                ",\"readiness\":%s,\"store\":%s,\"inference\":%s,\"uplink\":%s,"
                                "\"upstream\":%s,\"reprocess_pending\":%lld,\"jobs\":%s,"
-                               "\"updates\":%s,\"bus\":{\"published\":%llu,\"subscribers\":%zu}}\n",
+                               "\"peers\":%s,\"updates\":%s,"
+                               "\"bus\":{\"published\":%llu,\"subscribers\":%zu}}\n",
                                ready, store, inf ? inf : "{}", up ? up : "null", ro ? ro : "null",
-                               pending, jobs ? jobs : "{}", upd ? upd : "null",
-                               (unsigned long long)keel__bus_published(rt->bus),
+                               pending, jobs ? jobs : "{}", peers ? peers : "[]",
+                               upd ? upd : "null", (unsigned long long)keel__bus_published(rt->bus),
                                keel__bus_subscribers(rt->bus));
     free(inf);
     free(up);
     free(ro);
     free(jobs);
+    free(peers);
     free(upd);
     free(store);
     free(ready);
@@ -678,11 +682,14 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
         goto fail;
     keel_store_set_validator(rt->store, keel__infer_validator, rt->infer);
     keel__runtime_refresh(rt, 0);
-    if ((rc = keel__rt_update_start(rt, err)))
+    if ((rc = keel__rt_peers_start(rt, err)) || /* before updates: they ask for peers */
+        (rc = keel__rt_update_start(rt, err)))
         goto fail;
     rt->job_verify = keel__jobs_add(rt->jobs, "reverify", keel__conf_u64(conf, "verify_interval"),
                                     job_verify, rt);
     rt->job_expire = keel__jobs_add(rt->jobs, "expire", 10, job_expire, rt);
+    if ((rc = keel__rt_import_start(rt, err)))
+        goto fail;
     *ret = rt;
     return KEEL_OK;
 fail:
@@ -697,6 +704,8 @@ void keel__runtime_close(keel__runtime *rt)
     keel__rt_update_stop(rt);  /* first: downloads and activations touch everything below */
     keel__jobs_stop(rt->jobs); /* jobs too */
     rt->jobs = NULL;
+    keel__rt_import_stop(rt);
+    keel__rt_peers_stop(rt);
     if (rt->infer)
         keel_store_set_validator(rt->store, NULL, NULL);
     keel__infer_free(rt->infer); /* produces into the queue through the bus */

@@ -20,14 +20,6 @@ int keel_store_install_dir(keel_store *s, const char *dir, const keel_trust *t, 
     (void)s, (void)dir, (void)t, (void)flags, (void)ret;
     return keel__err(err, KEEL_EUNSUPPORTED, "install_dir is not implemented yet");
 }
-void keel__rt_peers_for_fetch(keel__runtime *rt, struct keel__fetch_opts *fo)
-{
-    (void)rt, (void)fo;
-}
-void keel__rt_peers_done(keel__runtime *rt, struct keel__fetch_opts *fo)
-{
-    (void)rt, (void)fo;
-}
 void keel__rt_verdict_refused(keel__runtime *rt, const char *name, const char *version,
                               const char *why)
 {

@@ -451,6 +451,48 @@ static int verify_locked(keel_store *s, const char *name, const char *ver, unsig
     return KEEL_OK;
 }
 
+int keel_store_blob_path(keel_store *s, const char *hex, char *buf, size_t n, uint64_t *ret_size,
+                         keel_error *err)
+{
+    sqlite3_stmt *q;
+    struct stat st;
+    char bp[PATH_MAX];
+    uint64_t size = 0;
+    bool known = false;
+    size_t hl = strlen(hex);
+    if (hl != 64 || strspn(hex, "0123456789abcdef") != 64)
+        return keel__err(err, KEEL_EINVALID, "not a SHA-256 in lower-case hex (64 digits)");
+    pthread_mutex_lock(&s->lock);
+    int rc = keel__db_prepare(s->db,
+                              "SELECT f.size FROM files f JOIN packages p ON p.name = f.name AND "
+                              "p.version = f.version WHERE f.sha256 = ?1 LIMIT 1",
+                              &q, err);
+    if (!rc) {
+        sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) == SQLITE_ROW) {
+            known = true;
+            size = (uint64_t)sqlite3_column_int64(q, 0);
+        }
+        sqlite3_finalize(q);
+    }
+    blob_path(s, hex, bp, sizeof(bp));
+    if (!rc && !known)
+        rc =
+            keel__err(err, KEEL_ENOTFOUND, "no installed version holds a file with sha256 %s", hex);
+    if (!rc && (stat(bp, &st) != 0 || (uint64_t)st.st_size != size || !stamp_matches(s, hex, &st)))
+        rc = keel__err(err, KEEL_ECORRUPT,
+                       "the file with sha256 %s is missing, changed or not verified since it "
+                       "changed (POST /api/verify checks it again)",
+                       hex);
+    pthread_mutex_unlock(&s->lock);
+    if (rc)
+        return rc;
+    if (keel__snprintf(buf, n, "%s", bp))
+        return keel__err(err, KEEL_ETOOBIG, "state dir path too long");
+    *ret_size = size;
+    return KEEL_OK;
+}
+
 int keel_store_verify(keel_store *s, const char *name, const char *version, unsigned flags,
                       keel_error *err)
 {
