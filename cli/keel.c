@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "delta.h"
 #include "infer/infer.h"
 #include "infer/lint.h"
 #include "sync/envelope.h"
@@ -53,6 +54,7 @@ static const char usage[] =
     "                                   (--deep re-hashes every byte)\n"
     "  inspect FILE [--json]            show a package's manifest\n"
     "  hash FILE...                     SHA-256 of files, as sha256sum prints it\n"
+    "  delta BASE TARGET -o PATCH | delta --apply BASE PATCH -o OUT [--sha256 HEX]\n"
     "  trust init DIR --key PUB [--key PUB ...] [--threshold N]\n"
     "  trust sign DOC --key K --kind root|revocations   add a signature to DOC.sig\n"
     "  trust rotate DIR NEW_ROOT.json   accept a new root (signed in NEW_ROOT.json.sig)\n"
@@ -628,6 +630,8 @@ int main(int argc, char **argv)
         return cmd_envelope(argc - 1, argv + 1);
     if (!strcmp(verb, "infer"))
         return keel_cli_infer(argc - 1, argv + 1);
+    if (!strcmp(verb, "delta"))
+        return keel_cli_delta(argc - 1, argv + 1);
     if (!strcmp(verb, "selftest"))
         return keel_cli_selftest(argc - 1, argv + 1);
     static const char *const client_verbs[] = {"status",    "install",  "activate", "rollback",
