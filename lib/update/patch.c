@@ -713,6 +713,10 @@ static int apply_common(uint8_t *base, const keel__patch_info *info, patch_src *
         (rc = apply_frames(&st, src, err)))
         goto out;
     keel_sha256_final(st.hash, ret_sha256);
+    if (memcmp(ret_sha256, info->target_sha256, 32) != 0)
+        rc = keel__err(err, KEEL_ECORRUPT,
+                       "the patched file does not hash to the target the patch names: the patch "
+                       "is corrupt; fetch the file or its chunks instead");
 out:
     keel_sha256_free(st.hash);
     free(st.block);
