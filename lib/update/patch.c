@@ -533,6 +533,7 @@ static int read_info(patch_src *s, uint64_t patch_size, keel__patch_info *info, 
     uint8_t hdr[KEEL__PATCH_HEADER_SIZE];
     uint8_t *table = NULL;
     int rc;
+    memset(info, 0, sizeof(*info));
     if (patch_size < KEEL__PATCH_HEADER_SIZE)
         return keel__err(err, KEEL_EINVALID,
                          "not a keel patch (%llu bytes, shorter than its %u-byte header)",
