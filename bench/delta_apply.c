@@ -93,8 +93,8 @@ static void in_memory(const char *base_path, const char *kpath, const char *zpat
         best_k = t1 - t0 < best_k ? t1 - t0 : best_k;
         best_z = t2 - t1 < best_z ? t2 - t1 : best_z;
     }
-    printf("in memory, best of %d: keel %.2f ms, zstd %.2f ms, speed ratio %.2f\n", n,
-           best_k * 1e3, best_z * 1e3, best_z / best_k);
+    printf("in memory, best of %d: keel %.2f ms, zstd %.2f ms, speed ratio %.2f\n", n, best_k * 1e3,
+           best_z * 1e3, best_z / best_k);
     free(base);
     free(k);
     free(z);

@@ -20,10 +20,10 @@ static const uint8_t *fuzz_base(size_t *len)
         /* TensorProto: data_type=1, raw_data(9) */
         uint8_t tensor_hdr[] = {0x10, 0x01, 0x4a, 0x80, 0x20};
         size_t tlen = sizeof(tensor_hdr) + raw;
-        buf[i++] = 0x08, buf[i++] = 0x08;                 /* ir_version 8 */
-        buf[i++] = 0x3a;                                   /* graph (7) */
+        buf[i++] = 0x08, buf[i++] = 0x08; /* ir_version 8 */
+        buf[i++] = 0x3a;                  /* graph (7) */
         buf[i++] = (uint8_t)((tlen + 3) | 0x80), buf[i++] = (uint8_t)((tlen + 3) >> 7);
-        buf[i++] = 0x2a;                                   /* initializer (5) */
+        buf[i++] = 0x2a; /* initializer (5) */
         buf[i++] = (uint8_t)(tlen | 0x80), buf[i++] = (uint8_t)(tlen >> 7);
         memcpy(buf + i, tensor_hdr, sizeof(tensor_hdr));
         i += sizeof(tensor_hdr);

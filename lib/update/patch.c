@@ -116,12 +116,12 @@ typedef struct onnx_walk {
 static uint32_t onnx_width(uint64_t data_type)
 {
     switch (data_type) {
-    case 1: /* FLOAT */
-    case 6: /* INT32 */
+    case 1:  /* FLOAT */
+    case 6:  /* INT32 */
     case 12: /* UINT32 */
         return 4;
-    case 4: /* UINT16 */
-    case 5: /* INT16 */
+    case 4:  /* UINT16 */
+    case 5:  /* INT16 */
     case 10: /* FLOAT16 */
     case 16: /* BFLOAT16 */
         return 2;
@@ -327,8 +327,8 @@ static void block_forward(uint32_t mode, uint32_t w, const uint8_t *src, const u
 
 /* Inverse: planes in src to raw elements in dst. pair_planes: the paired
  * base block as it sits in the transformed base (planes of raw elements). */
-static void block_inverse(uint32_t mode, uint32_t w, const uint8_t *src,
-                          const uint8_t *pair_planes, size_t n, uint8_t *dst)
+static void block_inverse(uint32_t mode, uint32_t w, const uint8_t *src, const uint8_t *pair_planes,
+                          size_t n, uint8_t *dst)
 {
     if (w == 4) {
         const uint8_t *p0 = src, *p1 = src + n, *p2 = src + 2 * n, *p3 = src + 3 * n;
@@ -371,8 +371,8 @@ static int transform_base(uint32_t mode, uint8_t *buf, const keel__patch_region 
     uint32_t emode = mode == KEEL__PATCH_PLANES ? KEEL__PATCH_PLANES : KEEL__PATCH_PLAIN;
     for (uint32_t k = 0; k < nr; k++) {
         for (uint64_t o = 0; o < r[k].len; o += KEEL__PATCH_BLOCK) {
-            size_t blen = (size_t)(r[k].len - o < KEEL__PATCH_BLOCK ? r[k].len - o
-                                                                      : KEEL__PATCH_BLOCK);
+            size_t blen =
+                (size_t)(r[k].len - o < KEEL__PATCH_BLOCK ? r[k].len - o : KEEL__PATCH_BLOCK);
             uint8_t *blk = buf + r[k].off + o;
             block_forward(emode, r[k].width, blk, NULL, blen / r[k].width, tmp);
             memcpy(blk, tmp, blen);
@@ -424,8 +424,7 @@ int keel__patch_parse_header(const uint8_t *p, size_t n, keel__patch_info *info,
         return keel__err(err, KEEL_ECORRUPT,
                          "patch declares a base of %llu bytes and a target of %llu bytes, over "
                          "the limits (%llu, %llu): the patch is corrupt; fetch the file instead",
-                         (unsigned long long)info->base_size,
-                         (unsigned long long)info->target_size,
+                         (unsigned long long)info->base_size, (unsigned long long)info->target_size,
                          (unsigned long long)KEEL__PATCH_MAX_BASE,
                          (unsigned long long)KEEL__PATCH_MAX_TARGET);
     if (info->segment_max < 4096 || info->segment_max > KEEL__PATCH_MAX_SEGMENT ||
@@ -596,12 +595,12 @@ static int read_info(patch_src *s, uint64_t patch_size, keel__patch_info *info, 
     if (rc)
         return rc;
     if (info->payload_size != patch_size - KEEL__PATCH_HEADER_SIZE - info->table_len)
-        return keel__err(err, KEEL_ECORRUPT,
-                         "patch is %llu bytes, its table says %llu: truncated or with bytes "
-                         "appended; fetch it again",
-                         (unsigned long long)patch_size,
-                         (unsigned long long)(KEEL__PATCH_HEADER_SIZE + info->table_len +
-                                              info->payload_size));
+        return keel__err(
+            err, KEEL_ECORRUPT,
+            "patch is %llu bytes, its table says %llu: truncated or with bytes "
+            "appended; fetch it again",
+            (unsigned long long)patch_size,
+            (unsigned long long)(KEEL__PATCH_HEADER_SIZE + info->table_len + info->payload_size));
     return KEEL_OK;
 }
 
@@ -611,7 +610,7 @@ typedef struct apply_state {
     keel__patch_sink sink;
     void *sink_ctx;
     keel_sha256 *hash;
-    uint8_t *block; /* KEEL__PATCH_BLOCK scratch */
+    uint8_t *block;       /* KEEL__PATCH_BLOCK scratch */
     uint32_t region;      /* next target region not yet done */
     uint64_t region_done; /* bytes of it done */
 } apply_state;
@@ -626,15 +625,13 @@ static int emit(apply_state *st, const uint8_t *p, size_t n, keel_error *err)
 
 /* Undoes the transform on one decompressed segment covering target bytes
  * [start, start + n) and hands the bytes on. */
-static int apply_segment(apply_state *st, uint64_t start, uint8_t *seg, size_t n,
-                         keel_error *err)
+static int apply_segment(apply_state *st, uint64_t start, uint8_t *seg, size_t n, keel_error *err)
 {
     const keel__patch_info *info = st->info;
     uint64_t end = start + n, pos = start;
     int rc;
     while (pos < end) {
-        const keel__patch_region *r =
-            st->region < info->ntarget ? &info->target[st->region] : NULL;
+        const keel__patch_region *r = st->region < info->ntarget ? &info->target[st->region] : NULL;
         uint64_t rstart = r ? r->off + st->region_done : end;
         if (pos < rstart) { /* bytes outside tensors pass through */
             uint64_t stop = rstart < end ? rstart : end;
@@ -740,8 +737,7 @@ out:
 }
 
 static int apply_common(uint8_t *base, const keel__patch_info *info, patch_src *src,
-                        keel__patch_sink sink, void *ctx, uint8_t ret_sha256[32],
-                        keel_error *err)
+                        keel__patch_sink sink, void *ctx, uint8_t ret_sha256[32], keel_error *err)
 {
     apply_state st = {.info = info, .prefix = base, .sink = sink, .sink_ctx = ctx};
     int rc;
@@ -882,8 +878,7 @@ static int file_sink_write(void *ctx, const uint8_t *p, size_t n, keel_error *er
 {
     file_sink *f = ctx;
     if (keel__fs_write_all(f->fd, p, n) != 0)
-        return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot write %s",
-                               f->path);
+        return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot write %s", f->path);
     return KEEL_OK;
 }
 
@@ -894,8 +889,7 @@ static int open_tmp(const char *path, char *tmp, size_t n, keel_error *err)
         return -keel__err(err, KEEL_EINVALID, "output path too long: %s", path);
     int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0)
-        return -keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot create %s",
-                                tmp);
+        return -keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot create %s", tmp);
     if (fchmod(fd, 0644) != 0) {
         int e = errno;
         close(fd);
@@ -914,8 +908,8 @@ static int commit_tmp(int fd, const char *tmp, const char *path, keel_error *err
     if (close(fd) != 0 && rc == KEEL_OK)
         rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot close %s", tmp);
     if (rc == KEEL_OK && keel__fs_rename(tmp, path) != 0)
-        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot rename %s to %s",
-                             tmp, path);
+        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot rename %s to %s", tmp,
+                             path);
     if (rc) {
         unlink(tmp);
         return rc;
@@ -1033,8 +1027,7 @@ static int key_cmp(const void *a, const void *b)
 
 /* Pairs the k-th target tensor of a (length, width) with the k-th base
  * tensor of the same (length, width). Returns how many were paired. */
-static size_t pair_regions(const keel__patch_region *b, size_t nb, keel__patch_region *t,
-                           size_t nt)
+static size_t pair_regions(const keel__patch_region *b, size_t nb, keel__patch_region *t, size_t nt)
 {
     region_key *kb = calloc(nb + 1, sizeof(*kb)), *kt = calloc(nt + 1, sizeof(*kt));
     size_t paired = 0;
@@ -1075,8 +1068,8 @@ static uint8_t *transform_target(uint32_t mode, const uint8_t *target, size_t tl
         memcpy(out, target, tlen);
     for (size_t k = 0; k < nt && mode != KEEL__PATCH_PLAIN; k++) {
         for (uint64_t o = 0; o < tr[k].len; o += KEEL__PATCH_BLOCK) {
-            size_t blen = (size_t)(tr[k].len - o < KEEL__PATCH_BLOCK ? tr[k].len - o
-                                                                       : KEEL__PATCH_BLOCK);
+            size_t blen =
+                (size_t)(tr[k].len - o < KEEL__PATCH_BLOCK ? tr[k].len - o : KEEL__PATCH_BLOCK);
             const uint8_t *pair = NULL;
             if (tr[k].pair && mode >= KEEL__PATCH_SUB)
                 pair = base + br[tr[k].pair - 1].off + o;
@@ -1088,8 +1081,8 @@ static uint8_t *transform_target(uint32_t mode, const uint8_t *target, size_t tl
 }
 
 /* Segment ends: at most segment_max bytes, never inside a tensor block. */
-static uint64_t segment_end(uint64_t start, uint64_t tlen, const keel__patch_region *tr,
-                            size_t nt, uint32_t mode)
+static uint64_t segment_end(uint64_t start, uint64_t tlen, const keel__patch_region *tr, size_t nt,
+                            uint32_t mode)
 {
     uint64_t end = start + KEEL__PATCH_SEGMENT;
     if (end >= tlen)

@@ -14,17 +14,17 @@
 
 #include "core/core.h"
 
-#define KEEL__PATCH_MAGIC        "KEELPTCH"
-#define KEEL__PATCH_VERSION      1u
-#define KEEL__PATCH_HEADER_SIZE  104u
+#define KEEL__PATCH_MAGIC       "KEELPTCH"
+#define KEEL__PATCH_VERSION     1u
+#define KEEL__PATCH_HEADER_SIZE 104u
 /* Limits on what a patch may declare (checked before any allocation). */
-#define KEEL__PATCH_MAX_BASE     ((uint64_t)3 << 29) /* 1.5 GiB: base + segment fits a 2 GiB window */
-#define KEEL__PATCH_MAX_TARGET   ((uint64_t)64 << 30)
-#define KEEL__PATCH_MAX_TABLE    ((uint32_t)16 << 20)
-#define KEEL__PATCH_MAX_REGIONS  ((uint32_t)1 << 20)
-#define KEEL__PATCH_SEGMENT      ((uint32_t)16 << 20) /* what keel__patch_make writes */
-#define KEEL__PATCH_MAX_SEGMENT  ((uint32_t)64 << 20)
-#define KEEL__PATCH_BLOCK        ((uint32_t)1 << 20) /* tensor bytes transformed together */
+#define KEEL__PATCH_MAX_BASE    ((uint64_t)3 << 29) /* 1.5 GiB: base + segment fits a 2 GiB window */
+#define KEEL__PATCH_MAX_TARGET  ((uint64_t)64 << 30)
+#define KEEL__PATCH_MAX_TABLE   ((uint32_t)16 << 20)
+#define KEEL__PATCH_MAX_REGIONS ((uint32_t)1 << 20)
+#define KEEL__PATCH_SEGMENT     ((uint32_t)16 << 20) /* what keel__patch_make writes */
+#define KEEL__PATCH_MAX_SEGMENT ((uint32_t)64 << 20)
+#define KEEL__PATCH_BLOCK       ((uint32_t)1 << 20) /* tensor bytes transformed together */
 
 /* Transforms (header field "transform"). */
 enum {

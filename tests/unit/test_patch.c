@@ -254,8 +254,7 @@ static void test_tampered_and_truncated(void **state)
             if (rc == KEEL_OK) /* bytes zstd ignores: then the exact target */
                 assert_memory_equal(sha, want, 32);
             if (rc)
-                assert_true(rc == KEEL_ECORRUPT || rc == KEEL_EINVALID ||
-                            rc == KEEL_EUNSUPPORTED);
+                assert_true(rc == KEEL_ECORRUPT || rc == KEEL_EINVALID || rc == KEEL_EUNSUPPORTED);
             keel__buf_done(&out);
             patch[i] ^= 0x5a;
         }
@@ -351,9 +350,9 @@ static void test_huge_declared(void **state)
         size_t n;
         const char *msg;
     } cases[] = {
-        {24, {0, 0, 0, 0, 0, 1, 0, 0}, 8, "over the limits"},     /* target 2^40 */
-        {16, {0, 0, 0, 0, 0, 1, 0, 0}, 8, "over the limits"},     /* base 2^40 */
-        {96, {0, 0, 0, 0x40, 0, 0, 0, 0}, 4, "segments of"},      /* 1 GiB segments */
+        {24, {0, 0, 0, 0, 0, 1, 0, 0}, 8, "over the limits"},         /* target 2^40 */
+        {16, {0, 0, 0, 0, 0, 1, 0, 0}, 8, "over the limits"},         /* base 2^40 */
+        {96, {0, 0, 0, 0x40, 0, 0, 0, 0}, 4, "segments of"},          /* 1 GiB segments */
         {100, {0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0}, 4, "a table of"}, /* table 2 GiB */
         {8, {2, 0, 0, 0, 0, 0, 0, 0}, 4, "version 2"},
         {12, {9, 0, 0, 0, 0, 0, 0, 0}, 4, "transform 9"},
@@ -372,17 +371,17 @@ static void test_huge_declared(void **state)
     bad[100] = sizeof(table);
     bad[101] = bad[102] = bad[103] = 0;
     memcpy(bad + KEEL__PATCH_HEADER_SIZE, table, sizeof(table));
-    th_expect_err(apply_mem(base, blen, bad, KEEL__PATCH_HEADER_SIZE + sizeof(table), &out, sha,
-                            &e),
-                  &e, KEEL_ECORRUPT, "more regions");
+    th_expect_err(
+        apply_mem(base, blen, bad, KEEL__PATCH_HEADER_SIZE + sizeof(table), &out, sha, &e), &e,
+        KEEL_ECORRUPT, "more regions");
     keel__buf_done(&out);
     /* a segment declaring a huge frame */
     uint8_t table2[] = {0, 0, 1, 0x80, 0x80, 0x80, 0x80, 0x10, 0x80, 0x80, 0x80, 0x80, 0x10};
     bad[100] = sizeof(table2);
     memcpy(bad + KEEL__PATCH_HEADER_SIZE, table2, sizeof(table2));
-    th_expect_err(apply_mem(base, blen, bad, KEEL__PATCH_HEADER_SIZE + sizeof(table2), &out, sha,
-                            &e),
-                  &e, KEEL_ECORRUPT, "segment of a bad size");
+    th_expect_err(
+        apply_mem(base, blen, bad, KEEL__PATCH_HEADER_SIZE + sizeof(table2), &out, sha, &e), &e,
+        KEEL_ECORRUPT, "segment of a bad size");
     keel__buf_done(&out);
     free(bad);
     free(patch);
