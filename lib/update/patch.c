@@ -19,10 +19,12 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_d_stableOutBuffer */
 #include <zstd.h>
 
 #include "keel/crypto.h"
@@ -623,42 +625,158 @@ static int emit(apply_state *st, const uint8_t *p, size_t n, keel_error *err)
     return st->sink(st->sink_ctx, p, n, err);
 }
 
-/* Undoes the transform on one decompressed segment covering target bytes
- * [start, start + n) and hands the bytes on. */
-static int apply_segment(apply_state *st, uint64_t start, uint8_t *seg, size_t n, keel_error *err)
+/* Undoes the transform on the bytes [from, avail) of a segment that covers
+ * target bytes from start, handing them on, and says in *ret_done how far
+ * it got: a tensor block not yet whole waits for more bytes, unless final
+ * (then the segment cuts the block: corrupt). */
+static int apply_range(apply_state *st, uint64_t start, const uint8_t *seg, size_t from,
+                       size_t avail, bool final, size_t *ret_done, keel_error *err)
 {
     const keel__patch_info *info = st->info;
-    uint64_t end = start + n, pos = start;
-    int rc;
+    uint64_t end = start + avail, pos = start + from;
+    int rc = KEEL_OK;
     while (pos < end) {
         const keel__patch_region *r = st->region < info->ntarget ? &info->target[st->region] : NULL;
         uint64_t rstart = r ? r->off + st->region_done : end;
         if (pos < rstart) { /* bytes outside tensors pass through */
             uint64_t stop = rstart < end ? rstart : end;
             if ((rc = emit(st, seg + (pos - start), (size_t)(stop - pos), err)))
-                return rc;
+                break;
             pos = stop;
             continue;
         }
         uint64_t left = r->len - st->region_done;
         size_t blen = (size_t)(left < KEEL__PATCH_BLOCK ? left : KEEL__PATCH_BLOCK);
-        if (blen > end - pos)
-            return keel__err(err, KEEL_ECORRUPT,
-                             "patch segment ends inside a tensor block: the patch is corrupt; "
-                             "fetch the file or its chunks instead");
+        if (blen > end - pos) {
+            if (final)
+                rc = keel__err(err, KEEL_ECORRUPT,
+                               "patch segment ends inside a tensor block: the patch is corrupt; "
+                               "fetch the file or its chunks instead");
+            break;
+        }
         const uint8_t *pair = NULL;
         if (r->pair)
             pair = st->prefix + info->base[r->pair - 1].off + st->region_done;
         block_inverse(info->transform, r->width, seg + (pos - start), pair, blen / r->width,
                       st->block);
         if ((rc = emit(st, st->block, blen, err)))
-            return rc;
+            break;
         pos += blen;
         st->region_done += blen;
         if (st->region_done == r->len) {
             st->region++;
             st->region_done = 0;
         }
+    }
+    *ret_done = (size_t)(pos - start);
+    return rc;
+}
+
+/*
+ * One segment, decompressed by this thread while a second one undoes the
+ * transform, hashes and writes what is already there: the SHA-256 of the
+ * result costs about as much as the decompression, and this halves the
+ * wall time on two cores. zstd writes straight into seg (stable output
+ * buffer, no window buffer); the worker reads only bytes below `avail`,
+ * which zstd no longer writes.
+ */
+typedef struct seg_pipe {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    apply_state *st;
+    const uint8_t *seg;
+    uint64_t start;
+    size_t avail; /* bytes decompressed so far */
+    bool final;   /* avail is the whole segment, or the decoder gave up */
+    bool stop;    /* the worker failed */
+    int rc;
+    keel_error err;
+} seg_pipe;
+
+static void *seg_worker(void *arg)
+{
+    seg_pipe *p = arg;
+    size_t done = 0, seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (p->avail == seen && !p->final)
+            pthread_cond_wait(&p->cv, &p->mu);
+        size_t avail = p->avail;
+        bool final = p->final;
+        pthread_mutex_unlock(&p->mu);
+        seen = avail;
+        int rc = apply_range(p->st, p->start, p->seg, done, avail, final, &done, &p->err);
+        if (rc) {
+            pthread_mutex_lock(&p->mu);
+            p->rc = rc;
+            p->stop = true;
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        if (final)
+            return NULL;
+    }
+}
+
+#define DECODE_SLICE (64u << 10) /* compressed bytes per step */
+
+static int decode_segment(ZSTD_DCtx *dctx, apply_state *st, uint32_t k, const uint8_t *cbuf,
+                          size_t csize, uint8_t *ubuf, size_t usize, uint64_t start,
+                          keel_error *err)
+{
+    seg_pipe p = {.st = st, .seg = ubuf, .start = start};
+    pthread_t tid;
+    ZSTD_outBuffer out = {ubuf, usize, 0};
+    ZSTD_inBuffer in = {cbuf, 0, 0};
+    size_t zr = 0;
+    const char *why = NULL;
+    pthread_mutex_init(&p.mu, NULL);
+    pthread_cond_init(&p.cv, NULL);
+    bool threaded = pthread_create(&tid, NULL, seg_worker, &p) == 0;
+    for (;;) {
+        size_t in_before = in.pos, out_before = out.pos;
+        in.size = csize - in.pos > DECODE_SLICE ? in.pos + DECODE_SLICE : csize;
+        zr = ZSTD_decompressStream(dctx, &out, &in);
+        if (ZSTD_isError(zr)) {
+            why = ZSTD_getErrorName(zr);
+            break;
+        }
+        pthread_mutex_lock(&p.mu);
+        p.avail = out.pos;
+        bool stop = p.stop;
+        pthread_cond_signal(&p.cv);
+        pthread_mutex_unlock(&p.mu);
+        if (stop || zr == 0)
+            break;
+        if (in.pos == csize && in.pos == in_before && out.pos == out_before) {
+            why = "truncated frame";
+            break;
+        }
+    }
+    if (!why && zr == 0 && out.pos != usize)
+        why = "short";
+    pthread_mutex_lock(&p.mu);
+    p.final = true;
+    if (why) /* nothing more for the worker: it stops at what it has */
+        p.stop = true;
+    pthread_cond_signal(&p.cv);
+    pthread_mutex_unlock(&p.mu);
+    if (threaded) {
+        pthread_join(tid, NULL);
+    } else if (!why) { /* no thread: do the work here */
+        size_t done;
+        p.rc = apply_range(st, start, ubuf, 0, out.pos, true, &done, &p.err);
+    }
+    pthread_mutex_destroy(&p.mu);
+    pthread_cond_destroy(&p.cv);
+    if (why)
+        return keel__err(err, KEEL_ECORRUPT,
+                         "patch segment %u does not decompress (%s): the patch is corrupt or for "
+                         "another base; fetch the file or its chunks instead",
+                         k, why);
+    if (p.rc) {
+        *err = p.err;
+        return p.rc;
     }
     return KEEL_OK;
 }
@@ -695,9 +813,11 @@ static int apply_frames(apply_state *st, patch_src *src, keel_error *err)
         rc = keel__err(err, KEEL_ENOMEM, "out of memory applying a patch");
         goto out;
     }
-    /* one-shot decompression keeps no window: the frame may reach the
-     * whole base */
-    if (ZSTD_isError(ZSTD_DCtx_setParameter(dctx, ZSTD_d_windowLogMax, WINDOW_LOG_MAX))) {
+    /* zstd writes into the segment buffer (stable output): it keeps no
+     * window buffer of its own, so a frame may reach back over the whole
+     * base without costing memory */
+    if (ZSTD_isError(ZSTD_DCtx_setParameter(dctx, ZSTD_d_windowLogMax, WINDOW_LOG_MAX)) ||
+        ZSTD_isError(ZSTD_DCtx_setParameter(dctx, ZSTD_d_stableOutBuffer, 1))) {
         rc = keel__err(err, KEEL_EINTERNAL, "zstd refused its window limit");
         goto out;
     }
@@ -716,16 +836,12 @@ static int apply_frames(apply_state *st, patch_src *src, keel_error *err)
         size_t zr = ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only);
         if (!ZSTD_isError(zr))
             zr = ZSTD_DCtx_refPrefix(dctx, st->prefix, info->base_size);
-        if (!ZSTD_isError(zr))
-            zr = ZSTD_decompressDCtx(dctx, ubuf, s->usize, cbuf, s->csize);
-        if (ZSTD_isError(zr) || zr != s->usize) {
-            rc = keel__err(err, KEEL_ECORRUPT,
-                           "patch segment %u does not decompress (%s): the patch is corrupt or "
-                           "for another base; fetch the file or its chunks instead",
-                           k, ZSTD_isError(zr) ? ZSTD_getErrorName(zr) : "short");
+        if (ZSTD_isError(zr)) {
+            rc = keel__err(err, KEEL_EINTERNAL, "zstd refused the base as prefix: %s",
+                           ZSTD_getErrorName(zr));
             goto out;
         }
-        if ((rc = apply_segment(st, done, ubuf, s->usize, err)))
+        if ((rc = decode_segment(dctx, st, k, cbuf, s->csize, ubuf, s->usize, done, err)))
             goto out;
         done += s->usize;
     }
