@@ -10,7 +10,9 @@
 #   5. POST /api/events at 1 and 8 clients vs the queue library (bench/events_http.sh)
 #   6. drain through keeld to mosquitto (bench/drain.sh)
 #   7. inference serving vs raw ORT and Node.js (bench/infer.sh; needs ../shared, node)
-#   8. with BEFORE=OLD/build/release: the same keeld measurements of an older
+#   8. bytes on the wire for a model update, keel's patch and chunks vs zstd,
+#      xdelta3, bsdiff, casync; apply speed and RSS (bench/delta.sh; needs ../shared)
+#   9. with BEFORE=OLD/build/release: the same keeld measurements of an older
 #      build beside this one (bench/before_after.sh)
 # Each figure is printed with the machine's load beside it. The work files
 # (2 GiB: the file and its package) go to bench/out/, or to KEEL_BENCH_OUT.
@@ -44,6 +46,7 @@ if [[ -d $top/../shared/models ]] && command -v node >/dev/null; then
 else
     echo "== inference: skipped (needs ../shared and node)"
 fi
+"$top/bench/delta.sh"
 # before/after rows: BEFORE=path/to/an/older/tree/build/release make bench
 if [[ -n ${BEFORE:-} ]]; then
     "$top/bench/before_after.sh"

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "delta.h"
 #include "publish.h"
 #include "infer/infer.h"
 #include "infer/lint.h"
@@ -54,6 +55,7 @@ static const char usage[] =
     "                                   (--deep re-hashes every byte)\n"
     "  inspect FILE [--json]            show a package's manifest\n"
     "  hash FILE...                     SHA-256 of files, as sha256sum prints it\n"
+    "  delta BASE TARGET -o PATCH | delta --apply BASE PATCH -o OUT [--sha256 HEX]\n"
     "  trust init DIR --key PUB [--key PUB ...] [--threshold N]\n"
     "             [--index-key PUB ...] [--timestamp-key PUB ...]   repository roles\n"
     "  trust sign DOC --key K --kind root|revocations   add a signature to DOC.sig\n"
@@ -669,6 +671,8 @@ int main(int argc, char **argv)
         return cmd_envelope(argc - 1, argv + 1);
     if (!strcmp(verb, "infer"))
         return keel_cli_infer(argc - 1, argv + 1);
+    if (!strcmp(verb, "delta"))
+        return keel_cli_delta(argc - 1, argv + 1);
     if (!strcmp(verb, "selftest"))
         return keel_cli_selftest(argc - 1, argv + 1);
     if (!strcmp(verb, "import"))

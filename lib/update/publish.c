@@ -21,22 +21,9 @@
 #include "update/patch.h"
 #include "update/publish.h"
 
-/* Patches come from lib/update/patch.c (the patch codec). Until that file
- * is part of the build, the reference is weak: a NULL function means no
- * codec, and publishing makes no patches. Remove this line once patch.c is
- * linked into every binary that publishes. */
-#pragma weak keel__patch_make
-
-/* True when the patch codec is linked in (see the pragma above). */
-static bool patch_codec(void)
-{
-    int (*volatile make)(const char *, const char *, const char *, keel_error *) = keel__patch_make;
-    return make != NULL;
-}
-
 bool keel__publish_can_patch(void)
 {
-    return patch_codec();
+    return true; /* lib/update/patch.c is in every build */
 }
 
 /* --- small helpers ------------------------------------------------------------- */
