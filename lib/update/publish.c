@@ -552,7 +552,7 @@ static int make_patches(const char *repo, const keel_manifest *m, const cJSON *v
     size_t nv = 0, k = 0;
     const cJSON *it;
     int rc = KEEL_OK;
-    if (n == 0 || !patch_codec())
+    if (n == 0)
         return KEEL_OK;
     cJSON_ArrayForEach(it, versions) nv++;
     vref *refs = calloc(nv ? nv : 1, sizeof(*refs));
