@@ -530,6 +530,10 @@ static void on_infer_event(void *ctx, const keel__infer_event *ie)
     case KEEL__EV_ALL_FAILED:
         ev.type = KEEL__BUS_ALL_FAILED;
         break;
+    case KEEL__EV_OUTCOME: /* probation's input (probation.c); nothing allocated */
+        ev.type = KEEL__BUS_OUTCOME;
+        ev.ok = ie->ok;
+        break;
     case KEEL__EV_ESCALATION_FAILED: /* kept for re-processing (reprocess.c) */
         ev.type = KEEL__BUS_ESCALATION;
         ev.data = ie->raw;
