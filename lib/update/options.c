@@ -13,5 +13,10 @@ static const keel__option opts[] = {
      "a duration like 1h between automatic checks, or 0 to check only when asked"},
     {"update_apply", KEEL__OPT_BOOL, "true", 0, 0, true,
      "true to download, validate and activate what a check finds; false to report it only"},
+    {"probation_requests", KEEL__OPT_UINT, "0", 0, 1000000000, true,
+     "a number of requests after which a newly activated version is judged (0: only packages "
+     "with a health section are watched, unless probation_time is set)"},
+    {"probation_time", KEEL__OPT_DUR, "0", 0, 365ull * 86400, true,
+     "a duration like 30m after which a newly activated version is judged, or 0"},
 };
 const keel__option_set keel__update_options = {"update", opts, KEEL_ARRAY_LEN(opts)};
