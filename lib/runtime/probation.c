@@ -53,6 +53,9 @@ typedef struct pkg {
     keel__health h;
     bool has_health;
     char watched[KEEL_VERSION_MAX]; /* the version on probation */
+    char reference[KEEL_VERSION_MAX];  /* the version it was judged against ("": none) */
+    /* once decided: the figures the decision saw (st, prev move on) */
+    keel__probation_stats wst, wprev;
     char reason[512];
 } pkg;
 
@@ -186,8 +189,18 @@ static int save_locked(keel__rt_probation *pr, keel_error *err)
         if (!rc)
             rc = keel__probation_stats_json(&p->prev, &b);
         if (!rc)
-            rc = keel__buf_appendf(&b, ",\"state\":\"%s\",\"watched\":\"%s\",\"reason\":",
-                                   state_names[p->w], p->watched);
+            rc = keel__buf_appendf(&b, ",\"watched_stats\":");
+        if (!rc)
+            rc = keel__probation_stats_json(&p->wst, &b);
+        if (!rc)
+            rc = keel__buf_appendf(&b, ",\"reference_stats\":");
+        if (!rc)
+            rc = keel__probation_stats_json(&p->wprev, &b);
+        if (!rc)
+            rc = keel__buf_appendf(&b,
+                                   ",\"state\":\"%s\",\"watched\":\"%s\",\"reference\":\"%s\","
+                                   "\"reason\":",
+                                   state_names[p->w], p->watched, p->reference);
         if (!rc)
             rc = keel__json_quote(&b, p->reason);
         if (!rc)
@@ -236,7 +249,8 @@ static int load(keel__rt_probation *pr, keel_error *err)
     cJSON_ArrayForEach(it, list)
     {
         const char *name = "", *ver = "", *pv = "", *state = "", *watched = "", *reason = "";
-        keel__probation_stats st, prev;
+        const char *ref = "";
+        keel__probation_stats st, prev, wst, wprev;
         if ((rc = keel__json_str(it, "name", true, KEEL_NAME_MAX - 1, &name, pr->path, err)) ||
             (rc = keel__json_str(it, "version", true, KEEL_VERSION_MAX - 1, &ver, pr->path,
                                  err)) ||
@@ -246,6 +260,12 @@ static int load(keel__rt_probation *pr, keel_error *err)
             (rc = keel__json_str(it, "watched", true, KEEL_VERSION_MAX - 1, &watched, pr->path,
                                  err)) ||
             (rc = keel__json_str(it, "reason", false, 511, &reason, pr->path, err)) ||
+            (rc = keel__json_str(it, "reference", true, KEEL_VERSION_MAX - 1, &ref, pr->path,
+                                 err)) ||
+            (rc = keel__probation_stats_parse(
+                 cJSON_GetObjectItemCaseSensitive(it, "watched_stats"), &wst, err)) ||
+            (rc = keel__probation_stats_parse(
+                 cJSON_GetObjectItemCaseSensitive(it, "reference_stats"), &wprev, err)) ||
             (rc = keel__probation_stats_parse(cJSON_GetObjectItemCaseSensitive(it, "stats"), &st,
                                               err)) ||
             (rc = keel__probation_stats_parse(cJSON_GetObjectItemCaseSensitive(it, "prev_stats"),
@@ -258,8 +278,11 @@ static int load(keel__rt_probation *pr, keel_error *err)
         keel__strlcpy(p->prev_version, pv, sizeof(p->prev_version));
         keel__strlcpy(p->watched, watched, sizeof(p->watched));
         keel__strlcpy(p->reason, reason, sizeof(p->reason));
+        keel__strlcpy(p->reference, ref, sizeof(p->reference));
         p->st = st;
         p->prev = prev;
+        p->wst = wst;
+        p->wprev = wprev;
         for (size_t k = 0; k < KEEL_ARRAY_LEN(state_names); k++)
             if (!strcmp(state, state_names[k]))
                 p->w = (watch_state)k;
@@ -334,6 +357,7 @@ static void setup(keel__rt_probation *pr, const char *name, const char *version)
         p->has_health = has;
         if (!rc && serving && keel__health_applies(&h)) {
             p->w = W_WATCHING;
+            keel__strlcpy(p->reference, p->prev_version, sizeof(p->reference));
             KEEL_LOG_I(MOD,
                        "%s@%s on probation: %llu requests or %llu s (at least %llu), against %s",
                        name, version, (unsigned long long)h.requests,
@@ -407,6 +431,9 @@ static void job(void *ctx)
                 keel__strlcpy(p->reason, why, sizeof(p->reason));
                 if (d == KEEL__PROBATION_CONTINUE)
                     continue;
+                p->wst = p->st; /* what the decision saw, kept for status */
+                p->wprev = p->prev;
+                keel__strlcpy(p->reference, p->prev_version, sizeof(p->reference));
             } else {
                 continue;
             }
@@ -456,6 +483,13 @@ char *keel__rt_probation_status_json(keel__runtime *rt)
     for (size_t i = 0; !rc && i < pr->n; i++) {
         pkg *p = &pr->p[i];
         bool on = p->w != W_NONE || p->reason[0];
+        bool decided = p->w == W_PASSED || p->w == W_BREACHED;
+        bool live = p->w == W_WATCHING && !strcmp(p->version, p->watched);
+        /* metrics: the watched version's (live while watching, as decided
+         * after); serving: the version serving now */
+        const keel__probation_stats *ws = decided ? &p->wst : live ? &p->st : NULL;
+        const keel__probation_stats *rs = decided ? &p->wprev : live ? &p->prev : NULL;
+        static const keel__probation_stats none;
         rc = keel__buf_appendf(&b,
                                "%s\"%s\":{\"state\":\"%s\",\"version\":\"%s\",\"watched\":\"%s\","
                                "\"previous\":\"%s\",\"health_section\":%s,"
@@ -463,18 +497,23 @@ char *keel__rt_probation_status_json(keel__runtime *rt)
                                "\"min_requests\":%llu},\"elapsed_s\":%lld,\"requests\":%llu,"
                                "\"metrics\":",
                                i ? "," : "", p->name, state_names[p->w], p->version, p->watched,
-                               p->prev_version, p->has_health ? "true" : "false",
+                               live || decided ? p->reference : p->prev_version,
+                               p->has_health ? "true" : "false",
                                (unsigned long long)(on ? p->h.requests : 0),
                                (unsigned long long)(on ? p->h.seconds : 0),
                                (unsigned long long)(on ? p->h.min_requests : 0),
-                               (long long)(p->st.started ? now - p->st.started : 0),
-                               (unsigned long long)p->st.requests);
+                               (long long)(ws && ws->started ? now - ws->started : 0),
+                               (unsigned long long)(ws ? ws->requests : 0));
         if (!rc)
-            rc = figures_json(&b, &p->st);
+            rc = figures_json(&b, ws ? ws : &none);
         if (!rc)
             rc = keel__buf_appendf(&b, ",\"previous_metrics\":");
         if (!rc)
-            rc = figures_json(&b, &p->prev);
+            rc = figures_json(&b, rs ? rs : &none);
+        if (!rc)
+            rc = keel__buf_appendf(&b, ",\"serving_metrics\":");
+        if (!rc)
+            rc = figures_json(&b, &p->st);
         if (!rc)
             rc = keel__buf_appendf(&b, ",\"reason\":");
         if (!rc)
