@@ -47,6 +47,7 @@ typedef struct pkg {
     char name[KEEL_NAME_MAX];
     char version[KEEL_VERSION_MAX]; /* the version whose outcomes st counts */
     keel__probation_stats st;
+    bool unannounced; /* version was first seen in an outcome, before its activation event */
     char prev_version[KEEL_VERSION_MAX]; /* the one it replaced ("": none) */
     keel__probation_stats prev;
     watch_state w;
@@ -118,7 +119,9 @@ static void on_event(void *ctx, const keel__bus_event *ev)
         } else if (!strcmp(ev->version, p->prev_version)) {
             /* a request that started before the switch */
             keel__probation_add(&p->prev, ev->ok, ev->degraded, ev->ns, ev->confidence, ev->at);
-        } else { /* serving changed without an activation we saw (start-up, a CLI change) */
+        } else { /* serving changed: an activation whose event comes next, or a change
+                  * made offline (the CLI) before start-up */
+            p->unannounced = p->version[0] != '\0'; /* not a package's first outcome */
             switch_version(p, ev->version, ev->at);
             keel__probation_add(&p->st, ev->ok, ev->degraded, ev->ns, ev->confidence, ev->at);
         }
@@ -128,10 +131,11 @@ static void on_event(void *ctx, const keel__bus_event *ev)
                    (p->st.requests >= p->h.min_requests && p->st.requests % 16 == 0);
         break;
     case KEEL__BUS_ACTIVATE:
-        if (!strcmp(ev->version, p->version) && p->w != W_NONE)
-            break; /* the version already serving, activated again */
+        if (!strcmp(ev->version, p->version) && !p->unannounced)
+            break; /* the version serving already, activated again: nothing new */
         if (strcmp(ev->version, p->version))
             switch_version(p, ev->version, ev->at);
+        p->unannounced = false;
         p->w = W_SETUP;
         keel__strlcpy(p->watched, ev->version, sizeof(p->watched));
         p->reason[0] = '\0';
