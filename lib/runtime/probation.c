@@ -53,8 +53,8 @@ typedef struct pkg {
     watch_state w;
     keel__health h;
     bool has_health;
-    char watched[KEEL_VERSION_MAX]; /* the version on probation */
-    char reference[KEEL_VERSION_MAX];  /* the version it was judged against ("": none) */
+    char watched[KEEL_VERSION_MAX];   /* the version on probation */
+    char reference[KEEL_VERSION_MAX]; /* the version it was judged against ("": none) */
     /* once decided: the figures the decision saw (st, prev move on) */
     keel__probation_stats wst, wprev;
     char reason[512];
@@ -174,7 +174,8 @@ out:
         keel__jobs_kick(pr->rt->jobs, pr->job);
 }
 
-/* --- persistence -------------------------------------------------------------------------------- */
+/* --- persistence --------------------------------------------------------------------------------
+ */
 
 static int save_locked(keel__rt_probation *pr, keel_error *err)
 {
@@ -256,8 +257,7 @@ static int load(keel__rt_probation *pr, keel_error *err)
         const char *ref = "";
         keel__probation_stats st, prev, wst, wprev;
         if ((rc = keel__json_str(it, "name", true, KEEL_NAME_MAX - 1, &name, pr->path, err)) ||
-            (rc = keel__json_str(it, "version", true, KEEL_VERSION_MAX - 1, &ver, pr->path,
-                                 err)) ||
+            (rc = keel__json_str(it, "version", true, KEEL_VERSION_MAX - 1, &ver, pr->path, err)) ||
             (rc = keel__json_str(it, "prev_version", true, KEEL_VERSION_MAX - 1, &pv, pr->path,
                                  err)) ||
             (rc = keel__json_str(it, "state", true, 16, &state, pr->path, err)) ||
@@ -266,8 +266,8 @@ static int load(keel__rt_probation *pr, keel_error *err)
             (rc = keel__json_str(it, "reason", false, 511, &reason, pr->path, err)) ||
             (rc = keel__json_str(it, "reference", true, KEEL_VERSION_MAX - 1, &ref, pr->path,
                                  err)) ||
-            (rc = keel__probation_stats_parse(
-                 cJSON_GetObjectItemCaseSensitive(it, "watched_stats"), &wst, err)) ||
+            (rc = keel__probation_stats_parse(cJSON_GetObjectItemCaseSensitive(it, "watched_stats"),
+                                              &wst, err)) ||
             (rc = keel__probation_stats_parse(
                  cJSON_GetObjectItemCaseSensitive(it, "reference_stats"), &wprev, err)) ||
             (rc = keel__probation_stats_parse(cJSON_GetObjectItemCaseSensitive(it, "stats"), &st,
@@ -301,11 +301,12 @@ out:
     return rc;
 }
 
-/* --- the job: set-up, decisions, actions --------------------------------------------------------- */
+/* --- the job: set-up, decisions, actions ---------------------------------------------------------
+ */
 
 /* The health rules of name@version: its manifest's over the settings. */
-static int health_of(keel__rt_probation *pr, const char *name, const char *version,
-                     keel__health *h, bool *ret_has, keel_error *err)
+static int health_of(keel__rt_probation *pr, const char *name, const char *version, keel__health *h,
+                     bool *ret_has, keel_error *err)
 {
     keel__runtime *rt = pr->rt;
     char *m = NULL;
@@ -364,8 +365,8 @@ static void setup(keel__rt_probation *pr, const char *name, const char *version)
             keel__strlcpy(p->reference, p->prev_version, sizeof(p->reference));
             KEEL_LOG_I(MOD,
                        "%s@%s on probation: %llu requests or %llu s (at least %llu), against %s",
-                       name, version, (unsigned long long)h.requests,
-                       (unsigned long long)h.seconds, (unsigned long long)h.min_requests,
+                       name, version, (unsigned long long)h.requests, (unsigned long long)h.seconds,
+                       (unsigned long long)h.min_requests,
                        p->prev_version[0] ? p->prev_version : "its health limits only");
         } else {
             p->w = W_NONE;
@@ -459,7 +460,8 @@ static void job(void *ctx)
         save(pr);
 }
 
-/* --- status and metrics ------------------------------------------------------------------------ */
+/* --- status and metrics ------------------------------------------------------------------------
+ */
 
 static int figures_json(keel_buf *b, const keel__probation_stats *s)
 {
@@ -593,11 +595,10 @@ static void collect(void *ctx)
         const char *v[] = {p->name};
         keel__probation_figures_of(&p->st, &f);
         const char *passed[] = {p->name, "passed"}, *breached[] = {p->name, "breached"};
-        if (!(rc = keel__metrics_set(pr->fam[F_ACTIVE], v,
-                                     p->w == W_WATCHING || p->w == W_SETUP, &e)) &&
-            !(rc = keel__metrics_set(pr->fam[F_REQ], v, (double)p->st.requests, &e)) &&
-            !(rc = keel__metrics_set(pr->fam[F_ERR], v, f.error_rate < 0 ? 0 : f.error_rate,
+        if (!(rc = keel__metrics_set(pr->fam[F_ACTIVE], v, p->w == W_WATCHING || p->w == W_SETUP,
                                      &e)) &&
+            !(rc = keel__metrics_set(pr->fam[F_REQ], v, (double)p->st.requests, &e)) &&
+            !(rc = keel__metrics_set(pr->fam[F_ERR], v, f.error_rate < 0 ? 0 : f.error_rate, &e)) &&
             !(rc = keel__metrics_set(pr->fam[F_FB], v, f.fallback_rate < 0 ? 0 : f.fallback_rate,
                                      &e)) &&
             !(rc = keel__metrics_set(pr->fam[F_P95], v, f.p95_ms < 0 ? 0 : f.p95_ms / 1e3, &e)) &&
@@ -611,7 +612,8 @@ static void collect(void *ctx)
         KEEL_LOG_D(MOD, "metrics incomplete: %s", e.msg);
 }
 
-/* --- start / stop ------------------------------------------------------------------------------- */
+/* --- start / stop -------------------------------------------------------------------------------
+ */
 
 int keel__rt_probation_start(keel__runtime *rt, keel_error *err)
 {
@@ -635,10 +637,9 @@ int keel__rt_probation_start(keel__runtime *rt, keel_error *err)
         pr->collecting = true;
     if (rc)
         return rc;
-    pr->sub = keel__bus_subscribe(rt->bus,
-                                  KEEL__BUS_OUTCOME | KEEL__BUS_ACTIVATE | KEEL__BUS_ROLLBACK |
-                                      KEEL__BUS_MARK_GOOD,
-                                  on_event, pr);
+    pr->sub = keel__bus_subscribe(
+        rt->bus, KEEL__BUS_OUTCOME | KEEL__BUS_ACTIVATE | KEEL__BUS_ROLLBACK | KEEL__BUS_MARK_GOOD,
+        on_event, pr);
     pr->job = keel__jobs_add(rt->jobs, "probation", 1, job, pr);
     if (!pr->sub || !pr->job)
         return keel__err(err, KEEL_ENOMEM, "cannot start probation (out of memory or jobs)");

@@ -91,13 +91,12 @@ static int only(const cJSON *obj, const char *const *names, const char *where, k
 
 static int parse_health(const cJSON *hs, keel__health *h, keel_error *err)
 {
-    static const char *const top[] = {"probation",         "max_error_rate",
-                                      "max_fallback_rate", "max_p95_ms",
-                                      "min_mean_confidence", "tolerance",
+    static const char *const top[] = {"probation",  "max_error_rate",      "max_fallback_rate",
+                                      "max_p95_ms", "min_mean_confidence", "tolerance",
                                       NULL};
     static const char *const win[] = {"requests", "minutes", "min_requests", NULL};
-    static const char *const tol[] = {"error_rate", "fallback_rate", "p95_ratio", "p95_slack_ms",
-                                      "confidence", NULL};
+    static const char *const tol[] = {"error_rate",   "fallback_rate", "p95_ratio",
+                                      "p95_slack_ms", "confidence",    NULL};
     const double big = 1e9;
     const cJSON *p, *t;
     int rc = only(hs, top, "health", err);
@@ -126,8 +125,7 @@ static int parse_health(const cJSON *hs, keel__health *h, keel_error *err)
             return keel__err(err, KEEL_EINVALID,
                              "keel.json: health.probation: min_requests (%llu) is above "
                              "requests (%llu): the window would close before any decision",
-                             (unsigned long long)h->min_requests,
-                             (unsigned long long)h->requests);
+                             (unsigned long long)h->min_requests, (unsigned long long)h->requests);
     }
     if ((rc = num(hs, "max_error_rate", 0, 1, &h->max_error_rate, "health", err)) ||
         (rc = num(hs, "max_fallback_rate", 0, 1, &h->max_fallback_rate, "health", err)) ||
@@ -350,8 +348,8 @@ static const char *const metric_name[] = {"error_rate", "fallback_rate", "p95_ms
 keel__probation_decision keel__probation_decide(const keel__health *h,
                                                 const keel__probation_stats *cur,
                                                 const keel__probation_stats *prev,
-                                                const char *prev_version, int64_t now,
-                                                char *reason, size_t n)
+                                                const char *prev_version, int64_t now, char *reason,
+                                                size_t n)
 {
     keel__probation_figures f, pf;
     bool has_prev = prev && prev->requests >= h->min_requests && h->min_requests;
@@ -404,7 +402,8 @@ keel__probation_decision keel__probation_decide(const keel__health *h,
             if (breach) {
                 snprintf(reason, n, "%s %.3f %s %.3f (%s) after %llu requests%s", metric_name[m],
                          value[m], m == 3 ? "<" : ">", L, lim[i].src,
-                         (unsigned long long)cur->requests, done ? "" : ", before the window closed");
+                         (unsigned long long)cur->requests,
+                         done ? "" : ", before the window closed");
                 return KEEL__PROBATION_BREACH;
             }
         }
@@ -427,13 +426,13 @@ keel__probation_decision keel__probation_decide(const keel__health *h,
 
 int keel__probation_stats_json(const keel__probation_stats *s, keel_buf *b)
 {
-    int rc = keel__buf_appendf(
-        b,
-        "{\"requests\":%llu,\"errors\":%llu,\"fallbacks\":%llu,\"scored\":%llu,"
-        "\"conf_sum\":%.17g,\"conf_sq\":%.17g,\"started\":%lld,\"lat\":[",
-        (unsigned long long)s->requests, (unsigned long long)s->errors,
-        (unsigned long long)s->fallbacks, (unsigned long long)s->scored, s->conf_sum, s->conf_sq,
-        (long long)s->started);
+    int rc =
+        keel__buf_appendf(b,
+                          "{\"requests\":%llu,\"errors\":%llu,\"fallbacks\":%llu,\"scored\":%llu,"
+                          "\"conf_sum\":%.17g,\"conf_sq\":%.17g,\"started\":%lld,\"lat\":[",
+                          (unsigned long long)s->requests, (unsigned long long)s->errors,
+                          (unsigned long long)s->fallbacks, (unsigned long long)s->scored,
+                          s->conf_sum, s->conf_sq, (long long)s->started);
     bool first = true;
     for (size_t i = 0; !rc && i < KEEL__PROBATION_BUCKETS; i++)
         if (s->lat[i]) {

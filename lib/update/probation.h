@@ -123,8 +123,8 @@ double keel__probation_p95_ms(const keel__probation_stats *s);
 keel__probation_decision keel__probation_decide(const keel__health *h,
                                                 const keel__probation_stats *cur,
                                                 const keel__probation_stats *prev,
-                                                const char *prev_version, int64_t now,
-                                                char *reason, size_t n);
+                                                const char *prev_version, int64_t now, char *reason,
+                                                size_t n);
 
 /* The stats as a JSON object (appended to b): requests, errors, fallbacks,
  * scored, conf_sum, conf_sq, started, lat (sparse [[bucket, count], ...]). */

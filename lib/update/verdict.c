@@ -171,9 +171,9 @@ static int json_locked(keel__verdicts *v, const char *name, keel_buf *b)
         if (!rc)
             rc = keel__json_quote(b, en->version);
         if (!rc)
-            rc = keel__buf_appendf(b, ",\"kind\":\"%s\",\"retry\":%s,\"reason\":",
-                                   keel__verdict_kind_name(en->kind),
-                                   keel__verdict_retry(en->kind) ? "true" : "false");
+            rc = keel__buf_appendf(
+                b, ",\"kind\":\"%s\",\"retry\":%s,\"reason\":", keel__verdict_kind_name(en->kind),
+                keel__verdict_retry(en->kind) ? "true" : "false");
         if (!rc)
             rc = keel__json_quote(b, en->reason);
         if (!rc)

@@ -62,8 +62,8 @@ static void test_decide_table(void **state)
         keel__probation_decision want;
         const char *why;
     } cases[] = {
-        {"too few requests", 10, 0, 0, 1, 0.9, 0, 0, 0, 0, -1, -1, -1, 100, KEEL__PROBATION_CONTINUE,
-         "10 of at least 30"},
+        {"too few requests", 10, 0, 0, 1, 0.9, 0, 0, 0, 0, -1, -1, -1, 100,
+         KEEL__PROBATION_CONTINUE, "10 of at least 30"},
         {"as good as before: pass", 100, 0, 0, 1, 0.9, 100, 0, 1, 0.9, -1, -1, -1, 100,
          KEEL__PROBATION_PASS, "within limits"},
         {"half the requests fail: early breach on the previous version", 40, 2, 0, 1, 0.9, 100, 0,
@@ -194,7 +194,8 @@ static void test_stats_roundtrip(void **state)
     feed(&s, 3, 0, 0, 900, -1);
     keel__buf_init(&b, 0);
     assert_int_equal(keel__probation_stats_json(&s, &b), 0);
-    if (keel__json_parse(b.data, b.len, "stats", &j, &e) || keel__probation_stats_parse(j, &back, &e))
+    if (keel__json_parse(b.data, b.len, "stats", &j, &e) ||
+        keel__probation_stats_parse(j, &back, &e))
         fail_msg("%s", e.msg);
     assert_int_equal(back.requests, s.requests);
     assert_int_equal(back.errors, s.errors);
