@@ -48,7 +48,7 @@ typedef struct keel__infer_event {
     const char *reason;                  /* transitions, failures, escalations */
     const char *result;                  /* records, escalations: the local result JSON */
     const struct keel__infer_resp *resp; /* records, escalations: the local answer */
-    double confidence; /* records, escalations, outcomes: first row's, or -1 */
+    double confidence;                   /* records, escalations, outcomes: first row's, or -1 */
     /* records, escalations: the answer is not the first tier's; transitions:
      * the new tier is further down the chain than the one before (a fall
      * back, not a recovery) */

@@ -147,8 +147,7 @@ static void report_update(keel__runtime *rt, const keel__bus_event *ev)
     if (!rc)
         rc = keel__json_quote(&b, rt->device_id);
     if (!rc)
-        rc = keel__buf_appendf(&b, ",\"at\":%lld,\"type\":\"%s\",\"step\":",
-                               (long long)ev->at,
+        rc = keel__buf_appendf(&b, ",\"at\":%lld,\"type\":\"%s\",\"step\":", (long long)ev->at,
                                ev->type == KEEL__BUS_REVOKED ? "revoked" : "update");
     if (!rc)
         rc = keel__json_quote(&b, step);
