@@ -208,6 +208,13 @@ static int save_locked(keel__rt_probation *pr, keel_error *err)
                                    state_names[p->w], p->watched, p->reference);
         if (!rc)
             rc = keel__json_quote(&b, p->reason);
+        if (!rc) /* the window, for status after a restart (re-read while watching) */
+            rc = keel__buf_appendf(
+                &b,
+                ",\"window\":{\"requests\":%llu,\"seconds\":%llu,"
+                "\"min_requests\":%llu},\"health_section\":%s",
+                (unsigned long long)p->h.requests, (unsigned long long)p->h.seconds,
+                (unsigned long long)p->h.min_requests, p->has_health ? "true" : "false");
         if (!rc)
             rc = keel__buf_append(&b, "}", 1);
     }
@@ -283,6 +290,15 @@ static int load(keel__rt_probation *pr, keel_error *err)
         keel__strlcpy(p->watched, watched, sizeof(p->watched));
         keel__strlcpy(p->reason, reason, sizeof(p->reason));
         keel__strlcpy(p->reference, ref, sizeof(p->reference));
+        const cJSON *win = cJSON_GetObjectItemCaseSensitive(it, "window");
+        uint64_t wr = 0, ws = 0, wm = 0;
+        if (win && ((rc = keel__json_u64(win, "requests", true, &wr, pr->path, err)) ||
+                    (rc = keel__json_u64(win, "seconds", true, &ws, pr->path, err)) ||
+                    (rc = keel__json_u64(win, "min_requests", true, &wm, pr->path, err))))
+            goto out;
+        keel__health_defaults(&p->h, wr, ws);
+        p->h.min_requests = wm;
+        p->has_health = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "health_section"));
         p->st = st;
         p->prev = prev;
         p->wst = wst;

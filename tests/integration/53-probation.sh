@@ -199,6 +199,8 @@ stop_keeld
 start_keeld --config "$work/keeld.conf"
 for _ in $(seq 50); do [[ $(prob .state) == '"breached"' ]] && break; sleep 0.1; done
 expect_eq "$(prob .state)" '"breached"' "probation state after a restart"
+expect_eq "$(prob .window.requests)" 80 "the window after a restart"
+expect_eq "$(prob '.metrics.error_rate > 0.3')" true "the figures the decision saw, after a restart"
 expect_eq "$(prob '.verdicts[0].kind')" '"rolled_back"' "verdict after a restart"
 expect_eq "$(ask 1)" "200 p@2.0.0" "v2 serves after a restart"
 
