@@ -628,6 +628,34 @@ static void collect(void *ctx)
         KEEL_LOG_D(MOD, "metrics incomplete: %s", e.msg);
 }
 
+/* --- verdicts for the update pipeline (update_job.c) --------------------------------------------
+ */
+
+void keel__rt_verdict_refused(keel__runtime *rt, const char *name, const char *version,
+                              const char *why)
+{
+    keel_error e;
+    if (rt->verdicts &&
+        keel__verdict_record(rt->verdicts, name, version, KEEL__VERDICT_REFUSED, why, &e))
+        KEEL_LOG_E(MOD, "cannot record that %s@%s is not to be retried: %s", name, version, e.msg);
+}
+
+bool keel__rt_verdict_blocked(keel__runtime *rt, const char *name, const char *version, char *why,
+                              size_t n)
+{
+    char reason[KEEL__VERDICT_REASON_MAX];
+    keel__verdict_kind k =
+        rt->verdicts ? keel__verdict_lookup(rt->verdicts, name, version, reason, sizeof(reason))
+                     : KEEL__VERDICT_NONE;
+    if (n)
+        why[0] = '\0';
+    if (keel__verdict_retry(k))
+        return false;
+    snprintf(why, n, "%s@%s was %s on this device and is not retried: %s", name, version,
+             k == KEEL__VERDICT_ROLLED_BACK ? "rolled back by probation" : "refused", reason);
+    return true;
+}
+
 /* --- start / stop -------------------------------------------------------------------------------
  */
 

@@ -80,7 +80,8 @@ typedef struct keel__rt_update keel__rt_update;
 KEEL_WUR int keel__rt_update_start(keel__runtime *rt, keel_error *err);
 void keel__rt_update_stop(keel__runtime *rt);
 
-/* update_glue.c: what the pipeline asks of peers and verdicts */
+/* update_glue.c: what the pipeline asks of peers; probation.c: of verdicts
+ * (STATE_DIR/update/verdicts.json) */
 struct keel__fetch_opts;
 void keel__rt_peers_for_fetch(keel__runtime *rt, struct keel__fetch_opts *fo);
 void keel__rt_peers_done(keel__runtime *rt, struct keel__fetch_opts *fo);

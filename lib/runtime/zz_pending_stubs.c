@@ -28,14 +28,3 @@ void keel__rt_peers_done(keel__runtime *rt, struct keel__fetch_opts *fo)
 {
     (void)rt, (void)fo;
 }
-void keel__rt_verdict_refused(keel__runtime *rt, const char *name, const char *version,
-                              const char *why)
-{
-    (void)rt, (void)name, (void)version, (void)why;
-}
-bool keel__rt_verdict_blocked(keel__runtime *rt, const char *name, const char *version, char *why,
-                              size_t n)
-{
-    (void)rt, (void)name, (void)version, (void)why, (void)n;
-    return false;
-}
