@@ -15,6 +15,8 @@
  *   STATE_DIR/uplink.seq       the uplink's batch numbers reserved so far
  *   STATE_DIR/token            the API bearer token (0600)
  *   STATE_DIR/cache/onnx/      derived files: optimized ONNX graphs
+ *   STATE_DIR/update/verdicts.json   versions not to retry, versions promoted
+ *   STATE_DIR/update/probation.json  versions on probation and their statistics
  */
 #ifndef KEEL_LAYOUT_H
 #define KEEL_LAYOUT_H
@@ -37,6 +39,8 @@ typedef enum keel_state_file {
     KEEL_STATE_CACHE_ONNX,
     KEEL_STATE_UPLINK_SEQ,
     KEEL_STATE_UPDATE_DIR,
+    KEEL_STATE_UPDATE_VERDICTS,
+    KEEL_STATE_UPDATE_PROBATION,
     KEEL_STATE_COUNT
 } keel_state_file;
 

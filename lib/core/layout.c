@@ -18,6 +18,8 @@ static const char *const names[KEEL_STATE_COUNT] = {
     [KEEL_STATE_CACHE_ONNX] = "cache/onnx",
     [KEEL_STATE_UPLINK_SEQ] = "uplink.seq",
     [KEEL_STATE_UPDATE_DIR] = "update",
+    [KEEL_STATE_UPDATE_VERDICTS] = "update/verdicts.json",
+    [KEEL_STATE_UPDATE_PROBATION] = "update/probation.json",
 };
 
 const char *keel_state_name(keel_state_file f)

@@ -28,11 +28,19 @@ typedef struct keel__model keel__model;
 
 /* What the engine tells its owner (the runtime): tier transitions,
  * requests no tier could answer, inference records as the package's
- * "records" policy asks, and escalations the upstream could not take (the
- * owner keeps those for re-processing). Called on the request's thread,
+ * "records" policy asks, escalations the upstream could not take (the
+ * owner keeps those for re-processing), and one outcome for every request
+ * the tier chain ran (run, generate, embed: answered or every tier failed;
+ * requests refused before the chain, bad input, are not outcomes). Called on the request's thread,
  * outside the engine's locks; must not block for long. Every pointer is
  * borrowed for the call. */
-enum { KEEL__EV_TRANSITION, KEEL__EV_ALL_FAILED, KEEL__EV_RECORD, KEEL__EV_ESCALATION_FAILED };
+enum {
+    KEEL__EV_TRANSITION,
+    KEEL__EV_ALL_FAILED,
+    KEEL__EV_RECORD,
+    KEEL__EV_ESCALATION_FAILED,
+    KEEL__EV_OUTCOME, /* every request the chain ran: answered (ok) or every tier failed */
+};
 typedef struct keel__infer_event {
     int type;
     const char *model, *version;
@@ -40,12 +48,13 @@ typedef struct keel__infer_event {
     const char *reason;                  /* transitions, failures, escalations */
     const char *result;                  /* records, escalations: the local result JSON */
     const struct keel__infer_resp *resp; /* records, escalations: the local answer */
-    double confidence;                   /* records, escalations: first row's, or -1 */
+    double confidence;                   /* records, escalations, outcomes: first row's, or -1 */
     /* records, escalations: the answer is not the first tier's; transitions:
      * the new tier is further down the chain than the one before (a fall
      * back, not a recovery) */
     bool degraded;
-    uint64_t ns; /* records: request time */
+    uint64_t ns; /* records, outcomes: request time */
+    bool ok;     /* outcomes: answered (false: every tier failed) */
     /* escalations: the request as received, to forward again later */
     const void *raw;
     size_t raw_len, raw_json_len;

@@ -564,6 +564,25 @@ static double first_confidence(const char *result)
     return c ? strtod(c + 13, NULL) : -1;
 }
 
+/* One outcome per request the chain ran (probation's input, through the
+ * owner's bus): answered, or every tier failed. Nothing is allocated; the
+ * confidence is read from an answer's result rows only. */
+static void emit_outcome(model *m, const char *tier_name, bool ok, bool degraded, uint64_t ns,
+                         const char *result)
+{
+    if (!m->eng_opts.event)
+        return;
+    keel__infer_event ev = {.type = KEEL__EV_OUTCOME,
+                            .model = m->name,
+                            .version = m->version,
+                            .tier = tier_name,
+                            .ok = ok,
+                            .degraded = ok && degraded,
+                            .ns = ns,
+                            .confidence = ok ? first_confidence(result) : -1};
+    m->eng_opts.event(m->eng_opts.event_ctx, &ev);
+}
+
 /* Whether this answer is recorded, per the package's policy. */
 static bool want_record(model *m, const keel__infer_resp *resp)
 {
@@ -782,6 +801,7 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
     session *s = NULL;
     keel_buf why;
     int rc, pin = -1;
+    bool ran = false; /* the chain ran: an outcome to report */
     memset(resp, 0, sizeof(*resp));
     memset(ins, 0, sizeof(ins));
     keel__buf_init(&why, sizeof(resp->reason) * 4);
@@ -794,6 +814,7 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
     if (req->session && req->session[0] && (rc = session_get(m, req->session, &s, err)))
         goto out;
     run_ctx c = {.ins = ins, .s = s, .resp = resp};
+    ran = true;
     if ((rc = chain(m, pin, KEEL__CAP_RUN, run_op, &c, &why, &ti, err)))
         goto out;
     keel__strlcpy(resp->tier, m->tiers[ti].name, sizeof(resp->tier));
@@ -813,6 +834,8 @@ out:
         free(owned[i]);
     keel__buf_done(&why);
     resp->ns = keel__now_mono_ns() - t0;
+    if (ran)
+        emit_outcome(m, resp->tier, !rc, resp->degraded, resp->ns, resp->result);
     if (rc)
         keel__infer_resp_done(resp);
     return rc;
@@ -846,6 +869,7 @@ int keel__model_generate(keel__model *m, const keel__gen_req *req, keel__gen_res
     keel_buf why;
     size_t ti = 0;
     int pin = -1, rc;
+    uint64_t t0 = 0;
     memset(resp, 0, sizeof(*resp));
     keel__buf_init(&why, sizeof(resp->reason) * 4);
     if ((rc = find_pin(m, req->tier, &pin, err)) ||
@@ -858,13 +882,17 @@ int keel__model_generate(keel__model *m, const keel__gen_req *req, keel__gen_res
     if (req->session && req->session[0] && (rc = session_get(m, req->session, &s, err)))
         goto out;
     gen_ctx c = {.req = req, .s = s};
-    if ((rc = chain(m, pin, KEEL__CAP_GENERATE, gen_op, &c, &why, &ti, err)))
+    t0 = keel__now_mono_ns();
+    if ((rc = chain(m, pin, KEEL__CAP_GENERATE, gen_op, &c, &why, &ti, err))) {
+        emit_outcome(m, "", false, false, keel__now_mono_ns() - t0, NULL);
         goto out;
+    }
     resp->ntokens = c.ntokens;
     keel__strlcpy(resp->tier, m->tiers[ti].name, sizeof(resp->tier));
     keel__strlcpy(resp->backend, m->tiers[ti].be->name, sizeof(resp->backend));
     resp->degraded = ti != first_with(m, KEEL__CAP_GENERATE);
     keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
+    emit_outcome(m, resp->tier, true, resp->degraded, keel__now_mono_ns() - t0, NULL);
 out:
     session_put(m, s);
     keel__buf_done(&why);
@@ -911,12 +939,16 @@ int keel__model_embed(keel__model *m, const keel__embed_req *req, keel__embed_re
         goto out;
     }
     embed_ctx c = {.req = req, .resp = resp};
-    if ((rc = chain(m, pin, KEEL__CAP_EMBED, embed_op, &c, &why, &ti, err)))
+    uint64_t t0 = keel__now_mono_ns();
+    if ((rc = chain(m, pin, KEEL__CAP_EMBED, embed_op, &c, &why, &ti, err))) {
+        emit_outcome(m, "", false, false, keel__now_mono_ns() - t0, NULL);
         goto out;
+    }
     keel__strlcpy(resp->tier, m->tiers[ti].name, sizeof(resp->tier));
     keel__strlcpy(resp->backend, m->tiers[ti].be->name, sizeof(resp->backend));
     resp->degraded = ti != first_with(m, KEEL__CAP_EMBED);
     keel__strlcpy(resp->reason, why.data ? why.data : "", sizeof(resp->reason));
+    emit_outcome(m, resp->tier, true, resp->degraded, keel__now_mono_ns() - t0, NULL);
 out:
     keel__buf_done(&why);
     return rc;

@@ -126,8 +126,58 @@ static bool fold_all_failed(keel__runtime *rt, const char *model, uint64_t *ret_
     return send;
 }
 
+/* Update steps and revocations into the queue: `updates` (normal) for
+ * every step but a rollback, `alerts/update` (critical) for a rollback,
+ * `alerts/revoked` (critical) for a revoked installed version. */
+static void report_update(keel__runtime *rt, const keel__bus_event *ev)
+{
+    keel_buf b;
+    keel_msg_in m = {.prio = KEEL_PRIO_NORMAL, .topic = "updates"};
+    const char *step = ev->detail ? ev->detail : "";
+    if (ev->type == KEEL__BUS_REVOKED) {
+        m.prio = KEEL_PRIO_CRITICAL;
+        m.topic = "alerts/revoked";
+        step = "revoked";
+    } else if (!strcmp(step, "rolled_back")) {
+        m.prio = KEEL_PRIO_CRITICAL;
+        m.topic = "alerts/update";
+    }
+    keel__buf_init(&b, 1u << 16);
+    int rc = keel__buf_appendf(&b, "{\"device\":");
+    if (!rc)
+        rc = keel__json_quote(&b, rt->device_id);
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"at\":%lld,\"type\":\"%s\",\"step\":", (long long)ev->at,
+                               ev->type == KEEL__BUS_REVOKED ? "revoked" : "update");
+    if (!rc)
+        rc = keel__json_quote(&b, step);
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"package\":");
+    if (!rc)
+        rc = keel__json_quote(&b, ev->package ? ev->package : "");
+    if (!rc)
+        rc = keel__buf_appendf(&b, ",\"version\":");
+    if (!rc)
+        rc = keel__json_quote(&b, ev->version ? ev->version : "");
+    if (!rc && ev->reason && ev->reason[0]) {
+        rc = keel__buf_appendf(&b, ",\"reason\":");
+        if (!rc)
+            rc = keel__json_quote(&b, ev->reason);
+    }
+    if (!rc)
+        rc = keel__buf_append(&b, "}", 1);
+    m.payload = b.data;
+    m.payload_len = b.len;
+    char what[KEEL_NAME_MAX + 64];
+    snprintf(what, sizeof(what), "a %s event (%s) for %s", m.topic, step,
+             ev->package ? ev->package : "?");
+    produce(rt, &m, rc, what);
+    keel__buf_done(&b);
+}
+
 /* Bus events into the queue: tier transitions (high), requests no tier
- * could answer (critical, folded), inference records (bulk). */
+ * could answer (critical, folded), inference records (bulk), update steps
+ * and revocations (report_update). */
 void keel__rt_reporter(void *ctx, const keel__bus_event *ev)
 {
     keel__runtime *rt = ctx;
@@ -135,6 +185,10 @@ void keel__rt_reporter(void *ctx, const keel__bus_event *ev)
     keel_msg_in m = {0};
     char topic[KEEL_NAME_MAX + 16];
     uint64_t folded = 0;
+    if (ev->type == KEEL__BUS_UPDATE || ev->type == KEEL__BUS_REVOKED) {
+        report_update(rt, ev);
+        return;
+    }
     if (ev->type == KEEL__BUS_ALL_FAILED && !fold_all_failed(rt, ev->package, &folded))
         return;
     keel__buf_init(&b, 1u << 20);

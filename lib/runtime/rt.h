@@ -17,6 +17,9 @@
 #include "runtime/runtime.h"
 #include "sync/shadow.h"
 #include "sync/uplink.h"
+#include "update/verdict.h"
+
+typedef struct keel__rt_probation keel__rt_probation;
 
 struct keel__runtime {
     keel__conf *conf; /* under lock: a reload swaps it */
@@ -39,6 +42,8 @@ struct keel__runtime {
     struct keel__rt_update *update; /* update_job.c: checks, downloads, deferred actions */
     int job_verify, job_expire, job_reprocess;
     int sub_reporter, sub_reprocess;
+    keel__rt_probation *probation; /* probation.c */
+    keel__verdicts *verdicts;      /* versions not to retry, promoted (probation.c loads it) */
     /* readiness, under lock */
     bool ready;
     char why[4096];
@@ -77,7 +82,8 @@ typedef struct keel__rt_update keel__rt_update;
 KEEL_WUR int keel__rt_update_start(keel__runtime *rt, keel_error *err);
 void keel__rt_update_stop(keel__runtime *rt);
 
-/* update_glue.c: what the pipeline asks of peers and verdicts */
+/* update_glue.c: what the pipeline asks of peers; probation.c: of verdicts
+ * (STATE_DIR/update/verdicts.json) */
 struct keel__fetch_opts;
 void keel__rt_peers_for_fetch(keel__runtime *rt, struct keel__fetch_opts *fo);
 void keel__rt_peers_done(keel__runtime *rt, struct keel__fetch_opts *fo);
@@ -85,6 +91,13 @@ void keel__rt_verdict_refused(keel__runtime *rt, const char *name, const char *v
                               const char *why);
 bool keel__rt_verdict_blocked(keel__runtime *rt, const char *name, const char *version, char *why,
                               size_t n);
+
+/* probation.c: watches activated versions, rolls back or promotes them;
+ * loads rt->verdicts. Start after the jobs, before the engine. */
+KEEL_WUR int keel__rt_probation_start(keel__runtime *rt, keel_error *err);
+void keel__rt_probation_stop(keel__runtime *rt);
+/* {"PACKAGE":{"state":...,"version":...,"metrics":{...},...},...} (malloc'd) */
+char *keel__rt_probation_status_json(keel__runtime *rt);
 
 /* reprocess.c */
 KEEL_WUR int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err);

@@ -182,6 +182,7 @@ char *keel__runtime_status_json(keel__runtime *rt, keel_error *err)
 {
     char *store = NULL, *ready = NULL, *inf = NULL, *up = NULL, *ro = NULL, *jobs = NULL;
     char *peers = keel__runtime_peers_json(rt);
+    char *prob = NULL;
     bool r;
     keel_buf b;
     keel__buf_init(&b, 0);
@@ -202,26 +203,28 @@ char *keel__runtime_status_json(keel__runtime *rt, keel_error *err)
     char *upd = rt->update ? keel__runtime_update_json(rt) : NULL;
     if (upd && upd[0] && upd[strlen(upd) - 1] == '\n')
         upd[strlen(upd) - 1] = '\0';
+    prob = keel__rt_probation_status_json(rt);
     keel_queue_stats rs;
     keel_error rse;
     long long pending =
         rt->reprocess && !keel_queue_stats_get(rt->reprocess, &rs, &rse) ? (long long)rs.depth : 0;
     if (!rc)
-        rc = keel__buf_appendf(&b,
-                               ",\"readiness\":%s,\"store\":%s,\"inference\":%s,\"uplink\":%s,"
-                               "\"upstream\":%s,\"reprocess_pending\":%lld,\"jobs\":%s,"
-                               "\"peers\":%s,\"updates\":%s,"
-                               "\"bus\":{\"published\":%llu,\"subscribers\":%zu}}\n",
-                               ready, store, inf ? inf : "{}", up ? up : "null", ro ? ro : "null",
-                               pending, jobs ? jobs : "{}", peers ? peers : "[]",
-                               upd ? upd : "null", (unsigned long long)keel__bus_published(rt->bus),
-                               keel__bus_subscribers(rt->bus));
+        rc = keel__buf_appendf(
+            &b,
+            ",\"readiness\":%s,\"store\":%s,\"inference\":%s,\"uplink\":%s,"
+            "\"upstream\":%s,\"reprocess_pending\":%lld,\"jobs\":%s,"
+            "\"peers\":%s,\"updates\":%s,\"probation\":%s,"
+            "\"bus\":{\"published\":%llu,\"subscribers\":%zu}}\n",
+            ready, store, inf ? inf : "{}", up ? up : "null", ro ? ro : "null", pending,
+            jobs ? jobs : "{}", peers ? peers : "[]", upd ? upd : "null", prob ? prob : "{}",
+            (unsigned long long)keel__bus_published(rt->bus), keel__bus_subscribers(rt->bus));
     free(inf);
     free(up);
     free(ro);
     free(jobs);
     free(peers);
     free(upd);
+    free(prob);
     free(store);
     free(ready);
     if (rc) {
@@ -534,6 +537,10 @@ static void on_infer_event(void *ctx, const keel__infer_event *ie)
     case KEEL__EV_ALL_FAILED:
         ev.type = KEEL__BUS_ALL_FAILED;
         break;
+    case KEEL__EV_OUTCOME: /* probation's input (probation.c); nothing allocated */
+        ev.type = KEEL__BUS_OUTCOME;
+        ev.ok = ie->ok;
+        break;
     case KEEL__EV_ESCALATION_FAILED: /* kept for re-processing (reprocess.c) */
         ev.type = KEEL__BUS_ESCALATION;
         ev.data = ie->raw;
@@ -657,8 +664,10 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
     if (!keel_queue_stats_get(rt->queue, &qs, &qe)) /* report evictions from now on */
         for (int p = 0; p < KEEL_PRIO_COUNT; p++)
             rt->evict_reported[p] = qs.cls[p].evicted;
-    rt->sub_reporter = keel__bus_subscribe(
-        rt->bus, KEEL__BUS_INFER | KEEL__BUS_TIER | KEEL__BUS_ALL_FAILED, keel__rt_reporter, rt);
+    rt->sub_reporter = keel__bus_subscribe(rt->bus,
+                                           KEEL__BUS_INFER | KEEL__BUS_TIER | KEEL__BUS_ALL_FAILED |
+                                               KEEL__BUS_UPDATE | KEEL__BUS_REVOKED,
+                                           keel__rt_reporter, rt);
     if (!rt->sub_reporter) {
         rc = keel__err(err, KEEL_ENOMEM, "out of memory");
         goto fail;
@@ -667,7 +676,8 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
         rc = keel__err(err, KEEL_EIO, "cannot start the background jobs thread");
         goto fail;
     }
-    if ((rc = keel__rt_link_start(rt, err)) || (rc = keel__rt_reprocess_start(rt, err)))
+    if ((rc = keel__rt_link_start(rt, err)) || (rc = keel__rt_reprocess_start(rt, err)) ||
+        (rc = keel__rt_probation_start(rt, err)))
         goto fail;
     char cache[PATH_MAX];
     keel__runtime_path(rt, KEEL_STATE_CACHE_ONNX, cache, sizeof(cache));
@@ -709,6 +719,7 @@ void keel__runtime_close(keel__runtime *rt)
     if (rt->infer)
         keel_store_set_validator(rt->store, NULL, NULL);
     keel__infer_free(rt->infer); /* produces into the queue through the bus */
+    keel__rt_probation_stop(rt); /* after the engine: it counts its outcomes */
     keel__rt_reprocess_stop(rt);
     keel__rt_link_stop(rt); /* before the queue: the uplink reads from it */
     keel__bus_unsubscribe(rt->bus, rt->sub_reporter);

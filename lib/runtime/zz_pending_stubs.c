@@ -20,14 +20,3 @@ int keel_store_install_dir(keel_store *s, const char *dir, const keel_trust *t, 
     (void)s, (void)dir, (void)t, (void)flags, (void)ret;
     return keel__err(err, KEEL_EUNSUPPORTED, "install_dir is not implemented yet");
 }
-void keel__rt_verdict_refused(keel__runtime *rt, const char *name, const char *version,
-                              const char *why)
-{
-    (void)rt, (void)name, (void)version, (void)why;
-}
-bool keel__rt_verdict_blocked(keel__runtime *rt, const char *name, const char *version, char *why,
-                              size_t n)
-{
-    (void)rt, (void)name, (void)version, (void)why, (void)n;
-    return false;
-}

@@ -32,5 +32,10 @@ static const keel__option opts[] = {
      "a duration like 10s between announcements (peers are forgotten after 3 missed)"},
     {"peer_url", KEEL__OPT_PATH, "", 0, 0, false,
      "the URL peers reach this keeld at (http://ADDR:PORT), or empty: from listen and port"},
+    {"probation_requests", KEEL__OPT_UINT, "0", 0, 1000000000, true,
+     "a number of requests after which a newly activated version is judged (0: only packages "
+     "with a health section are watched, unless probation_time is set)"},
+    {"probation_time", KEEL__OPT_DUR, "0", 0, 365ull * 86400, true,
+     "a duration like 30m after which a newly activated version is judged, or 0"},
 };
 const keel__option_set keel__update_options = {"update", opts, KEEL_ARRAY_LEN(opts)};

@@ -509,12 +509,18 @@ static void test_provider_fallback(void **state)
     keel__model_unref(m);
 }
 
-static int events[3];
+static int events[KEEL__EV_OUTCOME + 1], outcomes_degraded, outcomes_failed;
 static char last_from[32], last_tier[32];
 
 static void on_event(void *ctx, const keel__infer_event *ev)
 {
     events[ev->type]++;
+    if (ev->type == KEEL__EV_OUTCOME) { /* probation's input: one per request */
+        outcomes_degraded += ev->degraded;
+        outcomes_failed += !ev->ok;
+        assert_true(ev->ns > 0);
+        assert_string_equal(ev->version, "1.0.0");
+    }
     if (ev->type == KEEL__EV_TRANSITION) {
         snprintf(last_from, sizeof(last_from), "%s", ev->from_tier);
         snprintf(last_tier, sizeof(last_tier), "%s", ev->tier);
@@ -537,6 +543,7 @@ static void test_events(void **state)
     keel_error e = {0};
     keel__infer_resp resp;
     memset(events, 0, sizeof(events));
+    outcomes_degraded = outcomes_failed = 0;
     if (keel__model_build(man, strlen(man), path_of, NULL, &o, &m, &e))
         fail_msg("%s", e.msg);
     bool good[4] = {true, false, false, true};
@@ -551,6 +558,9 @@ static void test_events(void **state)
     assert_string_equal(last_from, "rules");
     assert_string_equal(last_tier, "primary");
     assert_int_equal(events[KEEL__EV_RECORD], 2); /* every second answer */
+    assert_int_equal(events[KEEL__EV_OUTCOME], 4); /* every answer */
+    assert_int_equal(outcomes_degraded, 2);        /* the rules tier answered two */
+    assert_int_equal(outcomes_failed, 0);
     keel__model_unref(m);
     /* a bad policy names its field */
     const char *bad = "{" CONTRACT ",\"records\":{\"mode\":\"most\"},\"tiers\":[]}";

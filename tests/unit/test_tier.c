@@ -296,7 +296,7 @@ static enum MHD_Result up_handler(void *cls, struct MHD_Connection *c, const cha
     return ret;
 }
 
-static int events[4];
+static int events[KEEL__EV_OUTCOME + 1];
 static char esc_raw[512], esc_result[256];
 
 static void on_event(void *ctx, const keel__infer_event *ev)
