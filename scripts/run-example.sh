@@ -44,6 +44,17 @@ for ex in iris mnist vad machine-temp; do
     "$keel" install "$run/$ex.keel" --activate --offline --state-dir "$state"
 done
 
+# keeld's settings: updates from the local repository folder .run/repo
+# (README, "Updates"), checked when asked (`keel update check|apply`)
+mkdir -p "$run/repo"
+if [[ ! -f $run/keeld.conf ]]; then
+    cat >"$run/keeld.conf" <<EOF
+# written by make run (scripts/run-example.sh); packaging/keeld.conf lists every setting
+update_repos = file://$run/repo
+update_interval = 0
+EOF
+fi
+
 # for other terminals: `source .run/env`
 cat >"$run/env" <<EOF
 # written by make run (scripts/run-example.sh): keel and keeld of this build
@@ -59,4 +70,4 @@ run: serving iris, mnist, vad and machine-temp on http://127.0.0.1:$port. In ano
        --data-binary @$top/examples/mnist/validation/images/000.png
   keel status                   curl -s \$KEEL_URL/metrics
 EOF
-exec "$bin/keeld" --state-dir "$state" --port "$port"
+exec "$bin/keeld" --config "$run/keeld.conf" --state-dir "$state" --port "$port"

@@ -8,8 +8,8 @@
 # A command fails the test when it exits non-zero, and so does an HTTP
 # error (curl gets --fail-with-body); a streaming curl (-N) runs 2 s.
 # Then: the answer the README shows has the fields the real answer has, and
-# the walkthrough left the device where the README says (iris 1.0.0 active,
-# 1.1.0 previous).
+# the walkthrough left the device where the README says (iris 1.2.0 from the
+# repository, then 1.3.0 from the USB bundle, active).
 source "$(dirname "$0")/lib.sh"
 trap 'die "line $LINENO: \"$BASH_COMMAND\" failed"' ERR
 unset KEEL_ORT_LIB KEEL_URL KEEL_STATE_DIR KEEL_TOKEN # a new user has none of these
@@ -105,8 +105,8 @@ done
 expect_eq "$(jfield "$answer" .parameters.tier)" primary "the walkthrough's iris answer tier"
 expect_eq "$(jfield "$answer" '.result[0].label')" virginica "the walkthrough's iris answer"
 p=$(curl -s "$url/api/packages" | jq -c '[.packages[] | select(.name=="iris") | {version, slots}]')
-expect_has "$p" '{"version":"1.0.0","slots":["active"' "iris after the walkthrough's rollback ($p)"
-expect_has "$p" '{"version":"1.1.0","slots":["previous"]}' "iris 1.1.0 after the rollback ($p)"
+expect_has "$p" '{"version":"1.3.0","slots":["active"' "iris after the walkthrough's update and import ($p)"
+expect_has "$p" '{"version":"1.2.0","slots":["previous"' "iris 1.2.0 (from the repository) after the import ($p)"
 expect_has "$out" '"durable":true' "the walkthrough's event"
 
 # a second make run on the same .run keeps what the walkthrough did
