@@ -124,9 +124,10 @@ typedef struct keel_serving {
 } keel_serving;
 
 /*
- * Decides what serves `name`: the active version if its files verify, else
- * previous, else known_good. Results are kept for status. Returns KEEL_OK
- * with ret->slot == KEEL_SLOT_NONE when nothing valid is left.
+ * Decides what serves `name`: the active version if it is not revoked and
+ * its files verify, else previous, else known_good (the same test). Results
+ * are kept for status. Returns KEEL_OK with ret->slot == KEEL_SLOT_NONE when
+ * nothing valid is left.
  */
 KEEL_API KEEL_WUR int keel_store_resolve(keel_store *s, const char *name, unsigned flags,
                                          keel_serving *ret, keel_error *err);
@@ -158,10 +159,45 @@ KEEL_API KEEL_WUR int keel_store_serving_list(keel_store *s, keel_serving **ret,
 KEEL_API KEEL_WUR int keel_store_file_path(keel_store *s, const char *name, const char *path,
                                            char *buf, size_t n, keel_error *err);
 
+/* --- revocation: re-checking what is installed against the trust ------------------ */
+
+/* One change a re-check made. */
+typedef struct keel_revocation {
+    char name[KEEL_NAME_MAX];
+    char version[KEEL_VERSION_MAX];
+    char digest[72];
+    bool revoked;                    /* true: newly revoked; false: no longer revoked */
+    char reason[KEEL_ERROR_MSG_MAX]; /* why it is revoked; "" when lifted */
+} keel_revocation;
+
+/*
+ * Re-checks every installed version's recorded keel.json and keel.sig
+ * against trust (borrowed; required), as an install would: a revoked
+ * digest, or signatures that no longer reach the threshold of the rule for
+ * the name (revoked keys, a rotation that dropped the signers or the rule)
+ * mark the version revoked, durably, with the reason. A revoked version
+ * never serves (keel_store_resolve skips it) and activate, rollback and
+ * mark-good refuse it (KEEL_EUNTRUSTED). A marked version that passes again
+ * is un-marked only when trust is newer than the one that last confirmed
+ * the mark (root version and revocation serial both at least as high, one
+ * higher): a trust dir put back to an older state (a deleted revocation
+ * list, an older root.json) lifts nothing. One transaction; afterwards the
+ * names that changed are resolved again, so what serves never names a
+ * revoked version. *ret (malloc'd, caller frees; NULL when nothing changed)
+ * lists the changes; ret and ret_n may be NULL.
+ */
+KEEL_API KEEL_WUR int keel_store_recheck(keel_store *s, const keel_trust *trust,
+                                         keel_revocation **ret, size_t *ret_n, keel_error *err);
+/* Whether name@version is marked revoked; its reason into why (n bytes; may
+ * be NULL) when it is. */
+KEEL_API KEEL_WUR int keel_store_revoked(keel_store *s, const char *name, const char *version,
+                                         bool *ret_revoked, char *why, size_t n, keel_error *err);
+
 /* Status of every package: slots, versions, digests, last verification,
- * serving choice. malloc'd JSON (caller frees). */
+ * serving choice, revoked versions and why. malloc'd JSON (caller frees). */
 KEEL_API KEEL_WUR int keel_store_status_json(keel_store *s, char **ret_json, keel_error *err);
-/* Installed packages (name, version, digest, size, slots). malloc'd JSON. */
+/* Installed packages (name, version, digest, size, slots, revoked and why).
+ * malloc'd JSON. */
 KEEL_API KEEL_WUR int keel_store_list_json(keel_store *s, char **ret_json, keel_error *err);
 
 /* Removes blobs referenced by no installed version and versions in no slot. */

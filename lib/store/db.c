@@ -24,17 +24,22 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS journal("
     "  id INTEGER PRIMARY KEY, at INTEGER NOT NULL, name TEXT NOT NULL,"
     "  action TEXT NOT NULL, version TEXT NOT NULL, detail TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS revoked("
+    "  name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, reason TEXT NOT NULL,"
+    "  root_version INTEGER NOT NULL, serial INTEGER NOT NULL, at INTEGER NOT NULL,"
+    "  PRIMARY KEY(name, version));"
     "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', '1');";
 
 /* Every table and index the schema above creates: when all are there, an
  * open writes nothing. */
 static const char schema_present[] =
     "SELECT count(*) FROM sqlite_master WHERE name IN ('meta', 'packages', 'files', 'files_sha',"
-    " 'slots', 'highwater', 'stamps', 'journal')";
-#define SCHEMA_OBJECTS 8
+    " 'slots', 'highwater', 'stamps', 'journal', 'revoked')";
+#define SCHEMA_OBJECTS 9
 
 /* Creates what is missing in one transaction (one WAL commit and sync, not
- * one per statement); an open of an existing store only reads. */
+ * one per statement); an open of an existing store only reads. A store made
+ * by an older keel (no `revoked` table) gets the new tables this way. */
 static int schema_ensure(sqlite3 *db, keel_error *err)
 {
     sqlite3_stmt *q = NULL;

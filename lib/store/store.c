@@ -319,6 +319,32 @@ static int rollback_allowed(keel_store *s, const char *name, const char *ver, ke
                      name, ver, hw, kg_found ? " " : "", kg_found ? kg : "");
 }
 
+/* A version the trust in force no longer accepts (keel_store_recheck): its
+ * reason into why when *found. */
+static int mark_get(keel_store *s, const char *name, const char *ver, bool *found, char *why,
+                    size_t n, keel_error *err)
+{
+    char buf[KEEL_ERROR_MSG_MAX];
+    int rc = get_text(s, "SELECT reason FROM revoked WHERE name=?1 AND version=?2", name, ver,
+                      why ? why : buf, why ? n : sizeof(buf), found, err);
+    return rc;
+}
+
+/* Refuses (UNTRUSTED) to put a revoked version in a slot that serves. */
+static int refuse_revoked(keel_store *s, const char *name, const char *ver, const char *what,
+                          keel_error *err)
+{
+    char why[KEEL_ERROR_MSG_MAX];
+    bool found;
+    int rc = mark_get(s, name, ver, &found, why, sizeof(why), err);
+    if (rc || !found)
+        return rc;
+    return keel__err(err, KEEL_EUNTRUSTED,
+                     "%s %s is revoked, so it cannot be %s: %s; install a newer version the "
+                     "trust dir accepts",
+                     name, ver, what, why);
+}
+
 /* --- verification ----------------------------------------------------------------- */
 
 static int64_t ts_ns(struct timespec t)
@@ -803,17 +829,21 @@ static int activate_locked(keel_store *s, const char *name, const char *ver, con
     KEEL_ASSERT(!sqlite3_get_autocommit(s->db), "activating %s %s outside a transaction", name,
                 ver);
     /* Invariant 5: anti-rollback and verification come first, in this transaction. */
-    if ((rc = rollback_allowed(s, name, ver, err)) || (rc = verify_locked(s, name, ver, 0, err)) ||
+    if ((rc = refuse_revoked(s, name, ver, "activated", err)) ||
+        (rc = rollback_allowed(s, name, ver, err)) || (rc = verify_locked(s, name, ver, 0, err)) ||
         (rc = slot_get(s, name, KEEL_SLOT_ACTIVE, cur, &has_cur, err)) ||
         (rc = slot_get(s, name, KEEL_SLOT_STAGED, staged, &has_staged, err)))
         return rc;
     if (has_cur && strcmp(cur, ver) != 0) {
         keel_error e2;
-        if ((rc = slot_set(s, name, KEEL_SLOT_PREVIOUS, cur, err)))
+        bool revoked;
+        if ((rc = slot_set(s, name, KEEL_SLOT_PREVIOUS, cur, err)) ||
+            (rc = mark_get(s, name, cur, &revoked, NULL, 0, err)))
             return rc;
-        /* The version being replaced served and still verifies: it is this
-         * device's known-good to return to (docs/security.md, anti-rollback). */
-        if (verify_locked(s, name, cur, 0, &e2) == KEEL_OK &&
+        /* The version being replaced served, is not revoked and still
+         * verifies: it is this device's known-good to return to
+         * (docs/security.md, anti-rollback). */
+        if (!revoked && verify_locked(s, name, cur, 0, &e2) == KEEL_OK &&
             (rc = slot_set(s, name, KEEL_SLOT_KNOWN_GOOD, cur, err)))
             return rc;
     }
@@ -906,7 +936,14 @@ int keel_store_activate(keel_store *s, const char *name, const char *version, ke
         if (found)
             version = staged;
     }
-    if (version && (rc = validate(s, name, version, err)))
+    if (version) { /* a revoked version is refused before the validator loads it */
+        pthread_mutex_lock(&s->lock);
+        rc = refuse_revoked(s, name, version, "activated", err);
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (version && !rc)
+        rc = validate(s, name, version, err);
+    if (rc)
         return rc;
     rc = in_txn(s, "activating", do_activate, &a, err);
     if (!rc)
@@ -928,7 +965,8 @@ static int do_rollback(keel_store *s, void *arg, keel_error *err)
     if (!found || (has_cur && !strcmp(cur, a->chosen)))
         return keel__err(err, KEEL_ENOTFOUND,
                          "%s has no previous or known-good version to roll back to", a->name);
-    if ((rc = rollback_allowed(s, a->name, a->chosen, err)) ||
+    if ((rc = refuse_revoked(s, a->name, a->chosen, "rolled back to", err)) ||
+        (rc = rollback_allowed(s, a->name, a->chosen, err)) ||
         (rc = verify_locked(s, a->name, a->chosen, 0, err)))
         return rc;
     KEEL_ASSERT(!has_cur || strcmp(cur, a->chosen), "%s: rolling back to the active %s", a->name,
@@ -958,7 +996,8 @@ static int do_mark_good(keel_store *s, void *arg, keel_error *err)
         return rc;
     if (!found)
         return keel__err(err, KEEL_ENOTFOUND, "%s has no active version", a->name);
-    if ((rc = verify_locked(s, a->name, a->chosen, 0, err)) ||
+    if ((rc = refuse_revoked(s, a->name, a->chosen, "marked known-good", err)) ||
+        (rc = verify_locked(s, a->name, a->chosen, 0, err)) ||
         (rc = slot_set(s, a->name, KEEL_SLOT_KNOWN_GOOD, a->chosen, err)))
         return rc;
     return journal(s, a->name, "mark-good", a->chosen, "", err);
@@ -998,7 +1037,7 @@ static int resolve_locked(keel_store *s, const char *name, unsigned flags, keel_
     keel__buf_init(&why, sizeof(out.reason) - 1);
     static const keel_slot order[] = {KEEL_SLOT_ACTIVE, KEEL_SLOT_PREVIOUS, KEEL_SLOT_KNOWN_GOOD};
     char tried[3][KEEL_VERSION_MAX];
-    size_t ntried = 0;
+    size_t ntried = 0, nrevoked = 0;
     for (size_t i = 0; i < KEEL_ARRAY_LEN(order); i++) {
         char ver[KEEL_VERSION_MAX];
         bool found, dup = false;
@@ -1013,6 +1052,18 @@ static int resolve_locked(keel_store *s, const char *name, unsigned flags, keel_
             continue;
         keel__strlcpy(tried[ntried++], ver, KEEL_VERSION_MAX);
         keel__err_clear(&e);
+        char rwhy[KEEL_ERROR_MSG_MAX];
+        bool revoked;
+        if ((rc = mark_get(s, name, ver, &revoked, rwhy, sizeof(rwhy), err)))
+            goto out;
+        if (revoked) { /* the trust in force refuses it: not a candidate (docs/security.md) */
+            nrevoked++;
+            if (keel__buf_appendf(&why, "%s%s version %s is revoked: %s", why.len ? "; " : "",
+                                  slot_names[order[i]], ver, rwhy)) {
+                /* reason is bounded; the rest is in the log */
+            }
+            continue;
+        }
         if (verify_locked(s, name, ver, flags, &e) == KEEL_OK) {
             bool f2;
             keel__strlcpy(out.version, ver, sizeof(out.version));
@@ -1033,7 +1084,9 @@ static int resolve_locked(keel_store *s, const char *name, unsigned flags, keel_
         if (keel__buf_appendf(&why, "%s has no active version (activate one)", name)) {
         }
     } else if (out.slot == KEEL_SLOT_NONE) {
-        if (keel__buf_appendf(&why, "; nothing valid is left to serve (reinstall a package)")) {
+        if (keel__buf_appendf(&why, "; nothing valid is left to serve (%s)",
+                              nrevoked ? "install a version the trust dir accepts"
+                                       : "reinstall a package")) {
         }
     }
     if (why.data)
@@ -1134,6 +1187,236 @@ int keel_store_serving_list(keel_store *s, keel_serving **ret, size_t *ret_n, ke
     *ret = v;
     *ret_n = n;
     return KEEL_OK;
+}
+
+/* --- revocation: re-checking what is installed ----------------------------------------- */
+
+/* What a re-check decided for one installed version (the rows are read
+ * first, then written, in the same transaction). */
+typedef struct verdict {
+    char name[KEEL_NAME_MAX], version[KEEL_VERSION_MAX], digest[72];
+    bool refused;                    /* the trust refuses it now */
+    bool marked;                     /* it was marked revoked before */
+    uint64_t mroot, mserial;         /* ... by a trust of this root version and serial */
+    char reason[KEEL_ERROR_MSG_MAX]; /* the new reason (refused) or the recorded one */
+    char old_reason[KEEL_ERROR_MSG_MAX];
+} verdict;
+
+/* The trust's word on one recorded version: KEEL_OK, a refusal (reason in
+ * v->reason), or an error that stops the re-check (out of memory). */
+static int judge(const keel_trust *t, sqlite3_stmt *q, verdict *v, keel_error *err)
+{
+    keel_sigset sigs;
+    keel_error ce;
+    const void *man = sqlite3_column_blob(q, 3);
+    size_t mlen = (size_t)sqlite3_column_bytes(q, 3);
+    const char *sj = (const char *)sqlite3_column_text(q, 4);
+    keel__err_clear(&ce);
+    int rc = keel_sigset_parse(sj ? sj : "", sj ? strlen(sj) : 0, &sigs, &ce);
+    if (!rc)
+        rc = keel_trust_check_package(t, v->name, man ? man : "", mlen, &sigs, &ce);
+    if (rc == KEEL_ENOMEM)
+        return keel__err(err, rc, "%s", ce.msg);
+    v->refused = rc != KEEL_OK;
+    if (v->refused)
+        snprintf(v->reason, sizeof(v->reason), "%s (trust root version %llu, revocation list serial %llu)",
+                 ce.msg, (unsigned long long)keel_trust_root_version(t),
+                 (unsigned long long)keel_trust_revocation_serial(t));
+    return KEEL_OK;
+}
+
+static int verdicts_read(keel_store *s, const keel_trust *t, verdict **ret, size_t *ret_n,
+                         keel_error *err)
+{
+    sqlite3_stmt *q = NULL;
+    verdict *v = NULL;
+    size_t n = 0;
+    int rc = keel__db_prepare(s->db,
+                              "SELECT p.name, p.version, p.digest, p.manifest, p.sigs, r.reason, "
+                              "r.root_version, r.serial FROM packages p LEFT JOIN revoked r ON "
+                              "r.name=p.name AND r.version=p.version ORDER BY p.name, p.version",
+                              &q, err);
+    int r = SQLITE_DONE;
+    while (!rc && (r = sqlite3_step(q)) == SQLITE_ROW) {
+        verdict *nv = realloc(v, (n + 1) * sizeof(*v));
+        if (!nv) {
+            rc = keel__err(err, KEEL_ENOMEM, "out of memory re-checking installed packages");
+            break;
+        }
+        v = nv;
+        verdict *d = memset(&v[n++], 0, sizeof(*v));
+        keel__strlcpy(d->name, (const char *)sqlite3_column_text(q, 0), sizeof(d->name));
+        keel__strlcpy(d->version, (const char *)sqlite3_column_text(q, 1), sizeof(d->version));
+        keel__strlcpy(d->digest, (const char *)sqlite3_column_text(q, 2), sizeof(d->digest));
+        d->marked = sqlite3_column_type(q, 5) != SQLITE_NULL;
+        if (d->marked) {
+            keel__strlcpy(d->old_reason, (const char *)sqlite3_column_text(q, 5),
+                          sizeof(d->old_reason));
+            d->mroot = (uint64_t)sqlite3_column_int64(q, 6);
+            d->mserial = (uint64_t)sqlite3_column_int64(q, 7);
+        }
+        rc = judge(t, q, d, err);
+    }
+    if (!rc && r != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "reading installed packages");
+    sqlite3_finalize(q);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    *ret = v;
+    *ret_n = n;
+    return KEEL_OK;
+}
+
+static int mark_put(keel_store *s, const verdict *v, uint64_t root, uint64_t serial,
+                    keel_error *err)
+{
+    sqlite3_stmt *q;
+    int rc = keel__db_prepare(s->db,
+                              "INSERT INTO revoked(name, version, digest, reason, root_version, "
+                              "serial, at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(name, "
+                              "version) DO UPDATE SET digest=excluded.digest, "
+                              "reason=excluded.reason, root_version=excluded.root_version, "
+                              "serial=excluded.serial",
+                              &q, err);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(q, 1, v->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, v->version, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, v->digest, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, v->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, (sqlite3_int64)root);
+    sqlite3_bind_int64(q, 6, (sqlite3_int64)serial);
+    sqlite3_bind_int64(q, 7, keel__now_wall_s());
+    if (sqlite3_step(q) != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "recording a revoked version");
+    sqlite3_finalize(q);
+    return rc;
+}
+
+static int mark_drop(keel_store *s, const verdict *v, keel_error *err)
+{
+    sqlite3_stmt *q;
+    int rc = keel__db_prepare(s->db, "DELETE FROM revoked WHERE name=?1 AND version=?2", &q, err);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(q, 1, v->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, v->version, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "lifting a revocation");
+    sqlite3_finalize(q);
+    return rc;
+}
+
+static int change_add(keel_revocation **ch, size_t *n, const verdict *v, bool revoked,
+                      keel_error *err)
+{
+    keel_revocation *p = realloc(*ch, (*n + 1) * sizeof(**ch));
+    if (!p)
+        return keel__err(err, KEEL_ENOMEM, "out of memory re-checking installed packages");
+    *ch = p;
+    keel_revocation *c = memset(&p[(*n)++], 0, sizeof(*p));
+    keel__strlcpy(c->name, v->name, sizeof(c->name));
+    keel__strlcpy(c->version, v->version, sizeof(c->version));
+    keel__strlcpy(c->digest, v->digest, sizeof(c->digest));
+    c->revoked = revoked;
+    if (revoked)
+        keel__strlcpy(c->reason, v->reason, sizeof(c->reason));
+    return KEEL_OK;
+}
+
+/* Inside the transaction: applies the verdicts, collecting the changes. */
+static int verdicts_apply(keel_store *s, const verdict *v, size_t n, uint64_t root,
+                          uint64_t serial, keel_revocation **ch, size_t *nch, keel_error *err)
+{
+    int rc = KEEL_OK;
+    for (size_t i = 0; !rc && i < n; i++) {
+        const verdict *d = &v[i];
+        if (d->refused) {
+            /* a new mark, or one confirmed by this trust: it records the
+             * newest trust that refused the version */
+            if (d->marked && d->mroot == root && d->mserial == serial &&
+                !strcmp(d->old_reason, d->reason))
+                continue;
+            if ((rc = mark_put(s, d, root, serial, err)) || d->marked)
+                continue;
+            if (!(rc = journal(s, d->name, "revoke", d->version, d->reason, err)))
+                rc = change_add(ch, nch, d, true, err);
+            continue;
+        }
+        if (!d->marked)
+            continue;
+        /* Only a newer trust lifts a mark: a revocation list deleted or put
+         * back to an older one, or an older root.json, does not. */
+        bool newer = root >= d->mroot && serial >= d->mserial &&
+                     (root > d->mroot || serial > d->mserial);
+        if (!newer) {
+            KEEL_LOG_W(MOD,
+                       "%s %s passes the trust in force (root version %llu, revocation list "
+                       "serial %llu) but stays revoked: that trust is not newer than the one "
+                       "that revoked it (root version %llu, serial %llu)",
+                       d->name, d->version, (unsigned long long)root,
+                       (unsigned long long)serial, (unsigned long long)d->mroot,
+                       (unsigned long long)d->mserial);
+            continue;
+        }
+        if (!(rc = mark_drop(s, d, err)) &&
+            !(rc = journal(s, d->name, "unrevoke", d->version, "", err)))
+            rc = change_add(ch, nch, d, false, err);
+    }
+    return rc;
+}
+
+int keel_store_recheck(keel_store *s, const keel_trust *trust, keel_revocation **ret,
+                       size_t *ret_n, keel_error *err)
+{
+    uint64_t root = keel_trust_root_version(trust), serial = keel_trust_revocation_serial(trust);
+    verdict *v = NULL;
+    size_t n = 0, nch = 0;
+    keel_revocation *ch = NULL;
+    int rc;
+    pthread_mutex_lock(&s->lock);
+    if (!(rc = txn_begin(s, "re-checking installed packages", err))) {
+        if (!(rc = verdicts_read(s, trust, &v, &n, err)))
+            rc = verdicts_apply(s, v, n, root, serial, &ch, &nch, err);
+        rc = txn_end(s, rc, "re-checking installed packages", err);
+    }
+    /* What serves must never name a revoked version: the names that changed
+     * and were resolved before are resolved again before the lock is let go. */
+    for (size_t i = 0; !rc && i < nch; i++) {
+        keel_error e;
+        bool resolved = false;
+        KEEL_LOG_W(MOD, "%s %s (%s) %s%s", ch[i].name, ch[i].version, ch[i].digest,
+                   ch[i].revoked ? "is revoked: " : "is no longer revoked", ch[i].reason);
+        for (size_t k = 0; k < s->nserving; k++)
+            resolved |= s->serving[k].valid && !strcmp(s->serving[k].s.name, ch[i].name);
+        if (resolved && resolve_locked(s, ch[i].name, 0, NULL, &e))
+            KEEL_LOG_E(MOD, "%s: %s", ch[i].name, e.msg);
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(v);
+    if (rc) {
+        free(ch);
+        keel__err_prefix(err, "re-checking installed packages against the trust dir");
+        return rc;
+    }
+    if (ret)
+        *ret = ch;
+    else
+        free(ch);
+    if (ret_n)
+        *ret_n = nch;
+    return KEEL_OK;
+}
+
+int keel_store_revoked(keel_store *s, const char *name, const char *version, bool *ret_revoked,
+                       char *why, size_t n, keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    int rc = mark_get(s, name, version, ret_revoked, why, n, err);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
 }
 
 int keel_store_version_manifest(keel_store *s, const char *name, const char *version, char **ret,
@@ -1258,6 +1541,33 @@ static cJSON *package_slots(keel_store *s, const char *name)
     return slots;
 }
 
+/* [{"version", "digest", "reason", "since"}] of the name's revoked versions. */
+static cJSON *package_revoked(keel_store *s, const char *name)
+{
+    cJSON *arr = cJSON_CreateArray();
+    sqlite3_stmt *q;
+    if (!arr || sqlite3_prepare_v2(s->db,
+                                   "SELECT version, digest, reason, at FROM revoked WHERE name=?1 "
+                                   "ORDER BY at, version",
+                                   -1, &q, NULL) != SQLITE_OK)
+        return arr;
+    sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        cJSON *o = cJSON_CreateObject();
+        char when[32];
+        if (!o)
+            break;
+        cJSON_AddStringToObject(o, "version", (const char *)sqlite3_column_text(q, 0));
+        cJSON_AddStringToObject(o, "digest", (const char *)sqlite3_column_text(q, 1));
+        cJSON_AddStringToObject(o, "reason", (const char *)sqlite3_column_text(q, 2));
+        keel__format_rfc3339(sqlite3_column_int64(q, 3), when, sizeof(when));
+        cJSON_AddStringToObject(o, "since", when);
+        cJSON_AddItemToArray(arr, o);
+    }
+    sqlite3_finalize(q);
+    return arr;
+}
+
 static int finish_json(cJSON *root, char **ret_json, keel_error *err)
 {
     *ret_json = root ? cJSON_PrintUnformatted(root) : NULL;
@@ -1281,6 +1591,7 @@ int keel_store_status_json(keel_store *s, char **ret_json, keel_error *err)
             break;
         cJSON_AddStringToObject(p, "name", name);
         cJSON_AddItemToObject(p, "slots", package_slots(s, name));
+        cJSON_AddItemToObject(p, "revoked", package_revoked(s, name));
         if (get_text(s, "SELECT version FROM highwater WHERE name=?1", name, NULL, hw, sizeof(hw),
                      &found, err) == KEEL_OK &&
             found)
@@ -1323,7 +1634,9 @@ int keel_store_list_json(keel_store *s, char **ret_json, keel_error *err)
     rc = keel__db_prepare(s->db,
                           "SELECT p.name, p.version, p.digest, p.bytes, p.installed_at, "
                           "(SELECT group_concat(slot) FROM slots s WHERE s.name=p.name AND "
-                          "s.version=p.version) FROM packages p ORDER BY p.name, p.installed_at",
+                          "s.version=p.version), (SELECT reason FROM revoked r WHERE "
+                          "r.name=p.name AND r.version=p.version) FROM packages p "
+                          "ORDER BY p.name, p.installed_at",
                           &q, err);
     while (!rc && sqlite3_step(q) == SQLITE_ROW) {
         cJSON *p = cJSON_CreateObject(), *slots;
@@ -1345,6 +1658,10 @@ int keel_store_list_json(keel_store *s, char **ret_json, keel_error *err)
             cJSON_AddItemToArray(slots, cJSON_CreateString(one));
             sl += l + (sl[l] == ',');
         }
+        const char *rev = (const char *)sqlite3_column_text(q, 6);
+        cJSON_AddBoolToObject(p, "revoked", rev != NULL);
+        if (rev)
+            cJSON_AddStringToObject(p, "revoked_reason", rev);
         cJSON_AddItemToArray(pkgs, p);
     }
     sqlite3_finalize(q);
@@ -1383,7 +1700,9 @@ int keel_store_gc(keel_store *s, uint64_t *ret_freed_bytes, keel_error *err)
                                    "DELETE FROM files WHERE NOT EXISTS (SELECT 1 FROM slots s "
                                    "WHERE s.name=files.name AND s.version=files.version);"
                                    "DELETE FROM packages WHERE NOT EXISTS (SELECT 1 FROM slots s "
-                                   "WHERE s.name=packages.name AND s.version=packages.version);",
+                                   "WHERE s.name=packages.name AND s.version=packages.version);"
+                                   "DELETE FROM revoked WHERE NOT EXISTS (SELECT 1 FROM packages "
+                                   "p WHERE p.name=revoked.name AND p.version=revoked.version);",
                                    "dropping unused versions", err),
                      "garbage collection", err);
     if (rc)
@@ -1452,6 +1771,30 @@ static int check_locked(keel_store *s, keel_error *err)
     else if (r != SQLITE_DONE)
         rc = keel__db_err(s->db, err, "checking slots");
     sqlite3_finalize(st);
+    if (rc)
+        return rc;
+    /* Invariant 8: revocation marks name recorded versions, and what serves
+     * is never marked. */
+    if ((rc = keel__db_prepare(s->db,
+                               "SELECT name, version FROM revoked r WHERE NOT EXISTS (SELECT 1 "
+                               "FROM packages p WHERE p.name=r.name AND p.version=r.version)",
+                               &st, err)))
+        return rc;
+    if ((r = sqlite3_step(st)) == SQLITE_ROW)
+        rc = keel__err(err, KEEL_ECORRUPT, "%s %s is marked revoked but not recorded",
+                       sqlite3_column_text(st, 0), sqlite3_column_text(st, 1));
+    else if (r != SQLITE_DONE)
+        rc = keel__db_err(s->db, err, "checking revocation marks");
+    sqlite3_finalize(st);
+    for (size_t i = 0; !rc && i < s->nserving; i++) {
+        const keel_serving *sv = &s->serving[i].s;
+        bool revoked = false;
+        if (!s->serving[i].valid || sv->slot == KEEL_SLOT_NONE)
+            continue;
+        if (!(rc = mark_get(s, sv->name, sv->version, &revoked, NULL, 0, err)) && revoked)
+            rc = keel__err(err, KEEL_ECORRUPT, "%s serves %s, which is revoked", sv->name,
+                           sv->version);
+    }
     if (rc)
         return rc;
     /* Invariant 2: rows never run ahead of blobs. */

@@ -1,5 +1,6 @@
 /* test_store.c - install, slots, activation, rollback, anti-rollback,
- * verification stamps, corruption fallback, sharing of blobs. */
+ * verification stamps, corruption fallback, sharing of blobs, revocation
+ * re-checks of installed versions. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -345,6 +346,257 @@ static void test_state_dir_private(void **state)
     keel_store_close(s2);
 }
 
+/* --- revocation reaching installed versions (keel_store_recheck) ------------------ */
+
+/* Signs doc with key under ctx into *set. */
+static void sign_doc(keel_sigset *set, const keel_key *key, const char *ctx, const char *doc)
+{
+    uint8_t sig[KEEL_ED25519_SIG_LEN], id[KEEL_KEYID_LEN];
+    keel_error e;
+    assert_int_equal(keel_key_sign(key, ctx, doc, strlen(doc), sig, &e), 0);
+    keel_key_id(key, id);
+    assert_int_equal(keel_sigset_add(set, id, sig, &e), 0);
+}
+
+/* Installs a revocation list (serial, one revoked key id or digest, each
+ * may be NULL) signed by the root key, and loads the trust afresh. */
+static void revoke_list(fx *f, unsigned serial, const char *key_hex, const char *digest)
+{
+    char doc[1024];
+    keel_sigset set = {0};
+    keel_error e;
+    snprintf(doc, sizeof(doc),
+             "{\"format\":1,\"type\":\"keel-revocations\",\"serial\":%u,\"keys\":[%s%s%s],"
+             "\"packages\":[%s%s%s]}",
+             serial, key_hex ? "\"" : "", key_hex ? key_hex : "", key_hex ? "\"" : "",
+             digest ? "\"" : "", digest ? digest : "", digest ? "\"" : "");
+    sign_doc(&set, f->k, KEEL_SIGCTX_REVOCATIONS, doc);
+    if (keel_trust_revoke_install(f->trust, doc, strlen(doc), &set, &e))
+        fail_msg("revocation list %u: %s", serial, e.msg);
+    keel_trust_free(f->t);
+    f->t = NULL;
+    assert_int_equal(keel_trust_load(f->trust, &f->t, &e), 0);
+}
+
+/* Re-checks and expects n changes; returns the first (static copy). */
+static keel_revocation recheck(fx *f, size_t want_n)
+{
+    keel_revocation *ch = NULL, first;
+    size_t n = 99;
+    keel_error e;
+    if (keel_store_recheck(f->s, f->t, &ch, &n, &e))
+        fail_msg("recheck: %s", e.msg);
+    if (n != want_n)
+        fail_msg("recheck: %zu changes, expected %zu (first: %s %s)", n, want_n,
+                 n ? ch[0].version : "-", n ? ch[0].reason : "-");
+    memset(&first, 0, sizeof(first));
+    if (n)
+        first = ch[0];
+    free(ch);
+    assert_int_equal(keel__store_check(f->s, &e), 0);
+    return first;
+}
+
+static bool is_revoked(fx *f, const char *ver)
+{
+    bool r = false;
+    keel_error e;
+    assert_int_equal(keel_store_revoked(f->s, "demo", ver, &r, NULL, 0, &e), 0);
+    return r;
+}
+
+/* v2 active over v1; a list revoking v2's digest: v2 stops serving, v1
+ * serves (degraded), v2 cannot be activated or rolled back to; the mark
+ * survives a reopen and a list put back to an older state; a newer list
+ * without the digest lifts it. */
+static void test_recheck_revoked_digest(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_install_result r1, r2;
+    keel_serving sv;
+    bool ready;
+    char why[4096], *json;
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t,
+                                        KEEL_INSTALL_ACTIVATE, &r1, &e),
+                     0);
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "2.0.0", 1001), f->t,
+                                        KEEL_INSTALL_ACTIVATE, &r2, &e),
+                     0);
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    recheck(f, 0); /* nothing revoked: nothing changes */
+
+    revoke_list(f, 1, NULL, r2.digest);
+    keel_revocation c = recheck(f, 1);
+    assert_true(c.revoked);
+    assert_string_equal(c.version, "2.0.0");
+    assert_string_equal(c.digest, r2.digest);
+    assert_non_null(strstr(c.reason, "has been revoked"));
+    assert_non_null(strstr(c.reason, "revocation list serial 1"));
+    assert_true(is_revoked(f, "2.0.0"));
+    assert_false(is_revoked(f, "1.0.0"));
+    /* the re-check re-resolved: what serves is v1 at once */
+    char path[1024], want[1024];
+    assert_int_equal(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), 0);
+    assert_int_equal(keel_store_version_file(f->s, "demo", "1.0.0", "model.onnx", want,
+                                             sizeof(want), &e),
+                     0);
+    assert_string_equal(path, want);
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(sv.slot, KEEL_SLOT_PREVIOUS);
+    assert_string_equal(sv.version, "1.0.0");
+    assert_true(sv.degraded);
+    assert_non_null(strstr(sv.reason, "active version 2.0.0 is revoked: "));
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_true(ready);
+    assert_non_null(strstr(why, "degraded: demo: active version 2.0.0 is revoked"));
+    assert_int_equal(keel_store_status_json(f->s, &json, &e), 0);
+    assert_non_null(strstr(json, "\"revoked\":[{\"version\":\"2.0.0\""));
+    assert_non_null(strstr(json, "has been revoked"));
+    free(json);
+    assert_int_equal(keel_store_list_json(f->s, &json, &e), 0);
+    assert_non_null(strstr(json, "\"revoked\":true,\"revoked_reason\":"));
+    free(json);
+    /* a revoked version goes live by no path */
+    th_expect_err(keel_store_activate(f->s, "demo", "2.0.0", &e), &e, KEEL_EUNTRUSTED,
+                  "demo 2.0.0 is revoked, so it cannot be activated");
+    th_expect_err(keel_store_mark_good(f->s, "demo", &e), &e, KEEL_EUNTRUSTED,
+                  "cannot be marked known-good");
+    assert_int_equal(keel_store_rollback(f->s, "demo", &e), 0); /* to v1: fine */
+    slots(f, "1.0.0", "2.0.0", "1.0.0");
+    th_expect_err(keel_store_rollback(f->s, "demo", &e), &e, KEEL_EUNTRUSTED,
+                  "cannot be rolled back to");
+    slots(f, "1.0.0", "2.0.0", "1.0.0");
+    assert_int_equal(keel__store_check(f->s, &e), 0);
+
+    /* durable: a reopened store knows, and the same trust changes nothing */
+    keel_store_close(f->s);
+    assert_int_equal(keel_store_open(f->state, NULL, &f->s, &e), 0);
+    assert_true(is_revoked(f, "2.0.0"));
+    recheck(f, 0);
+    /* the list deleted by hand (serial 0): not a newer trust, v2 stays revoked */
+    assert_int_equal(unlink(th_path(f->trust, "revoked.json")), 0);
+    assert_int_equal(unlink(th_path(f->trust, "revoked.sig")), 0);
+    keel_trust_free(f->t);
+    f->t = NULL;
+    assert_int_equal(keel_trust_load(f->trust, &f->t, &e), 0);
+    recheck(f, 0);
+    assert_true(is_revoked(f, "2.0.0"));
+    /* a list with a higher serial that no longer names it: lifted */
+    revoke_list(f, 2, NULL, NULL);
+    c = recheck(f, 1);
+    assert_false(c.revoked);
+    assert_string_equal(c.version, "2.0.0");
+    assert_false(is_revoked(f, "2.0.0"));
+    assert_int_equal(keel_store_activate(f->s, "demo", "2.0.0", &e), 0);
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(sv.slot, KEEL_SLOT_ACTIVE);
+    assert_string_equal(sv.version, "2.0.0");
+}
+
+/* The key that signed both versions is revoked: nothing is left to serve,
+ * not ready, and the reason names each version. */
+static void test_recheck_revoked_key(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_serving sv;
+    bool ready;
+    char why[4096], kid[KEEL_SHA256_HEX];
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t,
+                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
+                     0);
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "2.0.0", 1001), f->t,
+                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
+                     0);
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_true(ready);
+    keel_key_id_hex(f->k, kid);
+    revoke_list(f, 1, kid, NULL);
+    keel_revocation c = recheck(f, 2);
+    assert_true(c.revoked);
+    assert_non_null(strstr(c.reason, "revoked key"));
+    assert_true(is_revoked(f, "1.0.0"));
+    assert_true(is_revoked(f, "2.0.0"));
+    assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
+    assert_int_equal(sv.slot, KEEL_SLOT_NONE);
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_false(ready);
+    assert_non_null(strstr(why, "active version 2.0.0 is revoked: "));
+    assert_non_null(strstr(why, "previous version 1.0.0 is revoked: "));
+    assert_non_null(strstr(why, "nothing valid is left to serve (install a version the trust"));
+    char path[1024];
+    th_expect_err(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), &e,
+                  KEEL_ENOTREADY, "no verified version");
+    th_expect_err(keel_store_rollback(f->s, "demo", &e), &e, KEEL_EUNTRUSTED, "is revoked");
+    assert_int_equal(keel__store_check(f->s, &e), 0);
+}
+
+/* root.json of version ver: the device key is the root key; packages are
+ * signed by pkg. */
+static char *root_doc(unsigned ver, const keel_key *root, const keel_key *pkg)
+{
+    static char doc[2048];
+    char rid[KEEL_SHA256_HEX], pid[KEEL_SHA256_HEX], rpub[65], ppub[65];
+    uint8_t raw[KEEL_ED25519_PUB_LEN];
+    keel_key_id_hex(root, rid);
+    keel_key_id_hex(pkg, pid);
+    keel_key_raw_public(root, raw);
+    keel_hex_encode(raw, sizeof(raw), rpub);
+    keel_key_raw_public(pkg, raw);
+    keel_hex_encode(raw, sizeof(raw), ppub);
+    snprintf(doc, sizeof(doc),
+             "{\"format\":1,\"type\":\"keel-root\",\"version\":%u,\"keys\":{\"%s\":{\"alg\":"
+             "\"ed25519\",\"public\":\"%s\"}%s%s%s%s%s},\"root\":{\"keys\":[\"%s\"],\"threshold\":"
+             "1},\"packages\":[{\"prefix\":\"\",\"keys\":[\"%s\"],\"threshold\":1}]}",
+             ver, rid, rpub, root == pkg ? "" : ",\"", root == pkg ? "" : pid,
+             root == pkg ? "" : "\":{\"alg\":\"ed25519\",\"public\":\"", root == pkg ? "" : ppub,
+             root == pkg ? "" : "\"}", rid, pid);
+    return doc;
+}
+
+static void rotate(fx *f, unsigned ver, const keel_key *pkg)
+{
+    keel_sigset set = {0};
+    keel_error e;
+    const char *doc = root_doc(ver, f->k, pkg);
+    sign_doc(&set, f->k, KEEL_SIGCTX_ROOT, doc);
+    if (keel_trust_rotate(f->trust, doc, strlen(doc), &set, &e))
+        fail_msg("rotation to %u: %s", ver, e.msg);
+    keel_trust_free(f->t);
+    f->t = NULL;
+    assert_int_equal(keel_trust_load(f->trust, &f->t, &e), 0);
+}
+
+/* A rotation that drops the key that signed the installed version revokes
+ * it; a later rotation that trusts the key again lifts the mark. */
+static void test_recheck_rotation(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_key *other = NULL;
+    bool ready;
+    char why[4096];
+    assert_int_equal(keel_key_generate(&other, &e), 0);
+    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t,
+                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
+                     0);
+    rotate(f, 2, other);
+    keel_revocation c = recheck(f, 1);
+    assert_true(c.revoked);
+    assert_non_null(strstr(c.reason, "trust root version 2"));
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_false(ready);
+    assert_non_null(strstr(why, "active version 1.0.0 is revoked: "));
+    rotate(f, 3, f->k);
+    c = recheck(f, 1);
+    assert_false(c.revoked);
+    assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
+    assert_true(ready);
+    assert_string_equal(why, "");
+    keel_key_free(other);
+}
+
 int main(void)
 {
     keel_log_set_stderr(false);
@@ -355,6 +607,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_shared_between_processes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reinstall_reads_every_byte, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_dir_private, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recheck_revoked_digest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recheck_revoked_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recheck_rotation, setup, teardown),
     };
     return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }
