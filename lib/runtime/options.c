@@ -13,6 +13,8 @@ static const keel__option opts[] = {
     {"device_id", KEEL__OPT_STR, "", 0, 0, false, "a name of 1..63 bytes"},
     {"verify_interval", KEEL__OPT_DUR, "24h", 0, 365ull * 86400, true,
      "a duration like 24h, or 0 to turn the background re-check off"},
+    {"trust_check_interval", KEEL__OPT_DUR, "5s", 0, 86400, true,
+     "a duration like 5s, or 0 to re-check the trust dir only at start and on SIGHUP"},
     {"log_level", KEEL__OPT_LEVEL, "info", 0, 0, true, "one of error, warn, info, debug"},
     {"syslog", KEEL__OPT_BOOL, "false", 0, 0, false, "true or false"},
 };

@@ -1,8 +1,9 @@
 /*
  * rt.h - the runtime's insides, shared by runtime.c (open, close,
  * readiness, package actions), link.c (the queue as the uplink's source,
- * the shadow, what events become queue messages) and reprocess.c
- * (escalations the upstream could not answer yet). Nothing outside
+ * the shadow, what events become queue messages), reprocess.c
+ * (escalations the upstream could not answer yet) and revocation.c (the
+ * trust dir re-checked against what is installed). Nothing outside
  * lib/runtime includes this.
  */
 #ifndef KEEL_RUNTIME_RT_H
@@ -44,6 +45,7 @@ struct keel__runtime {
     int sub_reporter, sub_reprocess;
     keel__rt_probation *probation; /* probation.c */
     keel__verdicts *verdicts;      /* versions not to retry, promoted (probation.c loads it) */
+    struct keel__rt_revocation *revocation; /* revocation.c */
     /* readiness, under lock */
     bool ready;
     char why[4096];
@@ -98,6 +100,12 @@ KEEL_WUR int keel__rt_probation_start(keel__runtime *rt, keel_error *err);
 void keel__rt_probation_stop(keel__runtime *rt);
 /* {"PACKAGE":{"state":...,"version":...,"metrics":{...},...},...} (malloc'd) */
 char *keel__rt_probation_status_json(keel__runtime *rt);
+/* revocation.c: the first re-check (at open, before the first readiness)
+ * and the job that watches the trust dir; a re-check when the trust files
+ * changed since the last one. */
+KEEL_WUR int keel__rt_revocation_start(keel__runtime *rt, keel_error *err);
+void keel__rt_revocation_stop(keel__runtime *rt);
+void keel__rt_trust_poll(keel__runtime *rt);
 
 /* reprocess.c */
 KEEL_WUR int keel__rt_reprocess_start(keel__runtime *rt, keel_error *err);

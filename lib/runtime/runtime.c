@@ -368,6 +368,7 @@ int keel__runtime_slot_action(keel__runtime *rt, unsigned type, const char *name
                               const char *version, keel_serving *ret, keel_error *err)
 {
     int rc;
+    keel__rt_trust_poll(rt); /* a trust change not yet seen counts for this action */
     switch (type) {
     case KEEL__BUS_ACTIVATE:
         rc = keel_store_activate(rt->store, name, version, err);
@@ -691,6 +692,8 @@ int keel__runtime_open(const keel__conf *conf, keel__runtime **ret, keel_error *
     if ((rc = keel__infer_new(rt->store, &io, &rt->infer, err)))
         goto fail;
     keel_store_set_validator(rt->store, keel__infer_validator, rt->infer);
+    if ((rc = keel__rt_revocation_start(rt, err))) /* what is revoked does not serve */
+        goto fail;
     keel__runtime_refresh(rt, 0);
     if ((rc = keel__rt_peers_start(rt, err)) || /* before updates: they ask for peers */
         (rc = keel__rt_update_start(rt, err)))
@@ -716,6 +719,7 @@ void keel__runtime_close(keel__runtime *rt)
     rt->jobs = NULL;
     keel__rt_import_stop(rt);
     keel__rt_peers_stop(rt);
+    keel__rt_revocation_stop(rt);
     if (rt->infer)
         keel_store_set_validator(rt->store, NULL, NULL);
     keel__infer_free(rt->infer); /* produces into the queue through the bus */
@@ -746,12 +750,11 @@ void keel__runtime_reload(keel__runtime *rt, const keel__conf *next)
     }
     pthread_mutex_lock(&rt->lock);
     size_t n = keel__conf_changes(rt->conf, nc, changed, KEEL_ARRAY_LEN(changed));
-    bool trust = false, verify = false;
+    bool verify = false;
     for (size_t i = 0; i < n && i < KEEL_ARRAY_LEN(changed); i++) {
         if (!changed[i]->reloadable)
             KEEL_LOG_W(MOD, "%s changes only on restart; keeping the value in force",
                        changed[i]->name);
-        trust |= !strcmp(changed[i]->name, "trust_dir");
         verify |= !strcmp(changed[i]->name, "verify_interval");
     }
     keel__conf_keep_fixed(nc, rt->conf); /* what needs a restart stays as it is */
@@ -761,8 +764,6 @@ void keel__runtime_reload(keel__runtime *rt, const keel__conf *next)
     keel__store_limits_from(nc, &lim);
     uint64_t interval = keel__conf_u64(nc, "verify_interval");
     keel_log_level level = (keel_log_level)keel__conf_u64(nc, "log_level");
-    char tdir[KEEL__CONF_PATH_MAX];
-    keel__strlcpy(tdir, keel__conf_str(nc, "trust_dir"), sizeof(tdir));
     pthread_mutex_unlock(&rt->lock);
     keel__conf_free(old);
     keel_store_set_limits(rt->store, &lim);
@@ -771,9 +772,5 @@ void keel__runtime_reload(keel__runtime *rt, const keel__conf *next)
         keel__jobs_set_period(rt->jobs, rt->job_verify, interval);
     keel__bus_event ev = {.type = KEEL__BUS_CONFIG, .ok = true};
     keel__bus_publish(rt->bus, &ev);
-    if (trust) {
-        keel__bus_event te = {.type = KEEL__BUS_TRUST, .detail = tdir};
-        keel__bus_publish(rt->bus, &te);
-    }
-    keel__runtime_refresh(rt, 0); /* offline CLI changes: serve what is active now */
+    keel__runtime_trust_changed(rt); /* re-read the trust dir (TRUST event), refresh */
 }

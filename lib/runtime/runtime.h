@@ -51,6 +51,14 @@ void keel__runtime_close(keel__runtime *rt);
  * Publishes KEEL__BUS_CONFIG. */
 void keel__runtime_reload(keel__runtime *rt, const keel__conf *next);
 
+/* The trust dir changed (a revocation list or a root rotation was installed,
+ * by this process or by hand): reloads it, re-checks every installed version
+ * (keel_store_recheck), refreshes what serves and readiness, publishes
+ * KEEL__BUS_TRUST and one KEEL__BUS_REVOKED per newly revoked version. The
+ * runtime also does this at open, on reload, and by itself within
+ * trust_check_interval of a change to the trust dir's files. */
+void keel__runtime_trust_changed(keel__runtime *rt);
+
 /* --- the parts (borrowed; valid until close) ------------------------------------ */
 
 keel_store *keel__runtime_store(keel__runtime *rt);

@@ -1,0 +1,199 @@
+/*
+ * revocation.c - the trust in force reaches what is installed. Every
+ * installed version is re-checked against the trust dir (keel_store_recheck)
+ * at start, when the trust dir changes on disk (a stat signature of its
+ * files, compared every trust_check_interval on the jobs thread), on SIGHUP
+ * (keel__runtime_reload), before a slot action, and when another part of
+ * the runtime has installed a revocation list or a root rotation
+ * (keel__runtime_trust_changed). Then what serves and readiness follow, a
+ * TRUST event says what was checked, and one REVOKED event per newly revoked
+ * version carries its package, version, reason and digest (the reporter
+ * makes it an alert). docs/security.md, "Revocation of installed versions".
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "keel/trust.h"
+#include "runtime/rt.h"
+
+#define MOD "runtime"
+
+/* What stat says of one trust file. An atomic write (rename) changes the
+ * inode, an edit in place the size, mtime or ctime: any change shows. */
+typedef struct file_sig {
+    bool present;
+    uint64_t dev, ino, size;
+    int64_t mtime_ns, ctime_ns;
+} file_sig;
+
+static const char *const watched[] = {"root.json", "revoked.json", "revoked.sig"};
+
+typedef struct trust_sig {
+    char dir[PATH_MAX];
+    file_sig f[KEEL_ARRAY_LEN(watched)];
+} trust_sig;
+
+struct keel__rt_revocation {
+    pthread_mutex_t mu; /* one re-check at a time, and the fields below */
+    int job;
+    uint64_t period;
+    bool seen_valid;
+    trust_sig seen; /* taken before the trust of the last re-check was loaded */
+};
+
+static void signature(keel__runtime *rt, trust_sig *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    keel__rt_trust_dir(rt, ret->dir, sizeof(ret->dir));
+    for (size_t i = 0; i < KEEL_ARRAY_LEN(watched); i++) {
+        char path[PATH_MAX + 32];
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/%s", ret->dir, watched[i]);
+        if (stat(path, &st) != 0)
+            continue;
+        ret->f[i] = (file_sig){.present = true,
+                               .dev = (uint64_t)st.st_dev,
+                               .ino = (uint64_t)st.st_ino,
+                               .size = (uint64_t)st.st_size,
+                               .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 +
+                                           st.st_mtim.tv_nsec,
+                               .ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 +
+                                           st.st_ctim.tv_nsec};
+    }
+}
+
+static bool same_signature(const trust_sig *a, const trust_sig *b)
+{
+    return !strcmp(a->dir, b->dir) && !memcmp(a->f, b->f, sizeof(a->f));
+}
+
+static void publish_trust(keel__runtime *rt, const char *dir, bool ok, const char *reason)
+{
+    keel__bus_event ev = {.type = KEEL__BUS_TRUST, .detail = dir, .ok = ok, .reason = reason};
+    keel__bus_publish(rt->bus, &ev);
+}
+
+/* Loads the trust in sig->dir and re-checks the store against it; *ret
+ * (malloc'd) gets the changes. A trust dir that does not load changes
+ * nothing: the marks stay as they are (installs are refused meanwhile). */
+static void recheck(keel__runtime *rt, const trust_sig *sig, keel_revocation **ret, size_t *ret_n)
+{
+    keel_trust *t = NULL;
+    keel_error e;
+    char summary[256];
+    *ret = NULL;
+    *ret_n = 0;
+    int rc = keel_trust_load(sig->dir, &t, &e);
+    if (rc == KEEL_ENOTFOUND) {
+        KEEL_LOG_I(MOD, "installed packages not re-checked: %s", e.msg);
+        publish_trust(rt, sig->dir, false, e.msg);
+        return;
+    }
+    if (rc) {
+        KEEL_LOG_E(MOD,
+                   "the trust dir does not load, so installed packages keep the revocation "
+                   "state they had and every install is refused until it is repaired: %s",
+                   e.msg);
+        publish_trust(rt, sig->dir, false, e.msg);
+        return;
+    }
+    rc = keel_store_recheck(rt->store, t, ret, ret_n, &e);
+    if (rc) {
+        KEEL_LOG_E(MOD, "%s", e.msg);
+        publish_trust(rt, sig->dir, false, e.msg);
+    } else {
+        size_t nrev = 0;
+        for (size_t i = 0; i < *ret_n; i++)
+            nrev += (*ret)[i].revoked;
+        snprintf(summary, sizeof(summary),
+                 "installed packages re-checked against root version %llu, revocation list "
+                 "serial %llu: %zu newly revoked, %zu no longer revoked",
+                 (unsigned long long)keel_trust_root_version(t),
+                 (unsigned long long)keel_trust_revocation_serial(t), nrev, *ret_n - nrev);
+        KEEL_LOG_I(MOD, "trust dir %s: %s", sig->dir, summary);
+        publish_trust(rt, sig->dir, true, summary);
+    }
+    keel_trust_free(t);
+}
+
+/* force: re-check even when the trust files look unchanged. refresh: then
+ * refresh what serves and readiness (not at open: it does that next). */
+static void check(keel__runtime *rt, bool force, bool refresh)
+{
+    struct keel__rt_revocation *rv = rt->revocation;
+    trust_sig sig;
+    keel_revocation *ch = NULL;
+    size_t n = 0;
+    if (!rv)
+        return;
+    pthread_mutex_lock(&rv->mu);
+    uint64_t period = keel__runtime_setting_u64(rt, "trust_check_interval");
+    if (rv->job && period != rv->period) { /* a reload changed it */
+        keel__jobs_set_period(rt->jobs, rv->job, period);
+        rv->period = period;
+    }
+    signature(rt, &sig); /* before loading: a change during the load shows next time */
+    if (force || !rv->seen_valid || !same_signature(&sig, &rv->seen)) {
+        rv->seen = sig;
+        rv->seen_valid = true;
+        recheck(rt, &sig, &ch, &n);
+        if (refresh)
+            keel__runtime_refresh(rt, 0);
+        for (size_t i = 0; i < n; i++) {
+            if (!ch[i].revoked)
+                continue;
+            keel__bus_event ev = {.type = KEEL__BUS_REVOKED,
+                                  .package = ch[i].name,
+                                  .version = ch[i].version,
+                                  .reason = ch[i].reason,
+                                  .detail = ch[i].digest};
+            keel__bus_publish(rt->bus, &ev);
+        }
+        free(ch);
+    }
+    pthread_mutex_unlock(&rv->mu);
+}
+
+void keel__runtime_trust_changed(keel__runtime *rt)
+{
+    check(rt, true, true);
+}
+
+void keel__rt_trust_poll(keel__runtime *rt)
+{
+    check(rt, false, true);
+}
+
+static void job_trust(void *ctx)
+{
+    keel__rt_trust_poll(ctx);
+}
+
+int keel__rt_revocation_start(keel__runtime *rt, keel_error *err)
+{
+    struct keel__rt_revocation *rv = calloc(1, sizeof(*rv));
+    if (!rv)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    pthread_mutex_init(&rv->mu, NULL);
+    rv->period = keel__runtime_setting_u64(rt, "trust_check_interval");
+    rt->revocation = rv;
+    check(rt, true, false);
+    if (!(rv->job = keel__jobs_add(rt->jobs, "trust", rv->period, job_trust, rt)))
+        KEEL_LOG_W(MOD, "no room for the trust dir check job: trust changes apply on SIGHUP only");
+    return KEEL_OK;
+}
+
+void keel__rt_revocation_stop(keel__runtime *rt)
+{
+    struct keel__rt_revocation *rv = rt->revocation;
+    if (!rv)
+        return;
+    if (rv->job && rt->jobs)
+        keel__jobs_remove(rt->jobs, rv->job);
+    rt->revocation = NULL;
+    pthread_mutex_destroy(&rv->mu);
+    free(rv);
+}

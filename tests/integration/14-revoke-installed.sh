@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Revocation reaches installed packages (docs/security.md, "Revocation of
+# installed versions"). iris 1.0.0 is previous, 2.0.0 active. `keel trust
+# revoke` run by hand on the device's trust dir while keeld runs, with a list
+# naming 2.0.0's digest: within trust_check_interval (5 s by default) 2.0.0
+# stops serving, 1.0.0 answers inference, /api/status shows 2.0.0 revoked and
+# why, /readyz says degraded, a `revoked` event is on /api/bus, and 2.0.0
+# cannot be activated. Restarted with trust_check_interval = 0, the state is
+# the same (persisted); a list revoking the key that signed both, applied by
+# SIGHUP: not ready, with the reason. Restarted again: the same.
+source "$(dirname "$0")/lib.sh"
+[[ -f $KEEL_ORT_LIB ]] || skip "no ONNX Runtime at $KEEL_ORT_LIB (make setup)"
+setup_trust
+start_keeld
+token=$(cat "$state/token")
+auth=(-H "Authorization: Bearer $token")
+x='{"inputs":[{"name":"float_input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}'
+
+for v in 1.0.0 2.0.0; do
+    mkdir -p "$work/iris-$v"
+    cp -r "$keel_src/examples/iris/." "$work/iris-$v/"
+    sed -i "s/\"version\": \"1.0.0\"/\"version\": \"$v\"/" "$work/iris-$v/keel.json"
+    "$KEEL" pack "$work/iris-$v" -o "$work/iris-$v.keel" --key "$work/k.key" >/dev/null
+    r=$(http POST '/api/packages?activate=1' "${auth[@]}" --data-binary "@$work/iris-$v.keel")
+    expect_eq "$(status_of "$r")" 201 "install iris $v ($(body_of "$r"))"
+done
+pkgs=$(curl -s "$url/api/packages")
+digest2=$(jfield "$pkgs" '.packages[] | select(.version == "2.0.0") | .digest')
+expect_has "$digest2" "sha256:" "2.0.0's digest"
+r=$(infer iris "$x")
+expect_eq "$(status_of "$r")" 200 "inference before the revocation"
+expect_eq "$(jfield "$(body_of "$r")" .model_version)" 2.0.0 "served by before the revocation"
+
+iris() { jfield "$(curl -s "$url/api/status")" '.store.packages[] | select(.name == "iris")' -c; }
+wait_for() { # JQ-CONDITION-ON-IRIS SECONDS WHAT: polls /api/status
+    local end=$((SECONDS + $2))
+    while ((SECONDS < end)); do
+        [[ $(jq -r "$1" <<<"$(iris)" 2>/dev/null) == true ]] && return
+        sleep 0.2
+    done
+    die "$3 within $2 s: $(iris)"
+}
+sign_list() { # FILE: signs it with the device's root key (k)
+    "$KEEL" trust sign "$1" --key "$work/k.key" --kind revocations >/dev/null
+}
+
+# the bus, from now on
+curl -sN "$url/api/bus?types=revoked,trust" >"$work/bus.log" 2>/dev/null &
+bus_pid=$!
+trap 'kill $bus_pid 2>/dev/null || true; cleanup' EXIT
+sleep 0.3
+
+# 1. `keel trust revoke` by hand, keeld running: 2.0.0's digest
+echo "{\"format\": 1, \"type\": \"keel-revocations\", \"serial\": 1, \"packages\": [\"$digest2\"]}" \
+    >"$work/list-1.json"
+sign_list "$work/list-1.json"
+t0=$SECONDS
+"$KEEL" trust revoke "$state/trust" "$work/list-1.json" >/dev/null
+wait_for '.serving.version == "1.0.0"' 15 "2.0.0 did not stop serving"
+echo "revoked 2.0.0 stopped serving within $((SECONDS - t0)) s"
+p=$(iris)
+expect_eq "$(jfield "$p" .slots.active)" 2.0.0 "active slot (unchanged)"
+expect_eq "$(jfield "$p" .serving.slot)" previous "serving slot"
+expect_eq "$(jfield "$p" .serving.degraded)" true "serving degraded"
+expect_has "$(jfield "$p" .serving.reason)" "active version 2.0.0 is revoked: " "serving reason"
+expect_eq "$(jfield "$p" '.revoked | length')" 1 "revoked versions"
+expect_eq "$(jfield "$p" '.revoked[0].version')" 2.0.0 "revoked version"
+expect_eq "$(jfield "$p" '.revoked[0].digest')" "$digest2" "revoked digest"
+expect_has "$(jfield "$p" '.revoked[0].reason')" "has been revoked" "revoked reason"
+expect_has "$(jfield "$p" '.revoked[0].reason')" "revocation list serial 1" "revoked reason"
+r=$(infer iris "$x")
+expect_eq "$(status_of "$r")" 200 "inference after the revocation ($(body_of "$r"))"
+expect_eq "$(jfield "$(body_of "$r")" .model_version)" 1.0.0 "served by after the revocation"
+r=$(http GET /readyz)
+expect_eq "$(status_of "$r")" 200 "/readyz, degraded"
+expect_has "$(jfield "$(body_of "$r")" .reason)" "degraded: iris: active version 2.0.0 is revoked" \
+    "/readyz reason"
+pkgs=$(curl -s "$url/api/packages")
+expect_eq "$(jfield "$pkgs" '.packages[] | select(.version == "2.0.0") | .revoked')" true \
+    "/api/packages: 2.0.0 revoked"
+expect_eq "$(jfield "$pkgs" '.packages[] | select(.version == "1.0.0") | .revoked')" false \
+    "/api/packages: 1.0.0 revoked"
+r=$(http POST /api/packages/iris/activate "${auth[@]}" -d '{"version":"2.0.0"}')
+expect_error "$r" 422 UNTRUSTED "iris 2.0.0 is revoked, so it cannot be activated" \
+    "activating the revoked version"
+for _ in $(seq 50); do grep -q '^event: revoked' "$work/bus.log" && break; sleep 0.1; done
+ev=$(grep '^data: .*"type":"revoked"' "$work/bus.log" | head -n1 | sed 's/^data: //')
+expect_eq "$(jfield "$ev" .package)" iris "revoked event: package (bus: $(cat "$work/bus.log"))"
+expect_eq "$(jfield "$ev" .version)" 2.0.0 "revoked event: version"
+expect_eq "$(jfield "$ev" .detail)" "$digest2" "revoked event: digest"
+expect_has "$(jfield "$ev" .reason)" "has been revoked" "revoked event: reason"
+expect_eq "$(grep -c '"type":"revoked"' "$work/bus.log")" 1 "revoked events"
+grep -q '"type":"trust"' "$work/bus.log" || die "no trust event on the bus: $(cat "$work/bus.log")"
+kill "$bus_pid" 2>/dev/null || true
+
+# 2. restart with trust_check_interval = 0: the same state, from the store
+stop_keeld
+echo "trust_check_interval = 0" >"$work/keeld.conf"
+start_keeld --config "$work/keeld.conf"
+p=$(iris)
+expect_eq "$(jfield "$p" .serving.version)" 1.0.0 "serving after a restart"
+expect_has "$(jfield "$p" .serving.reason)" "active version 2.0.0 is revoked: " "reason after a restart"
+r=$(infer iris "$x")
+expect_eq "$(jfield "$(body_of "$r")" .model_version)" 1.0.0 "served by after a restart"
+
+# 3. the key that signed both is revoked; applied by SIGHUP (no polling now)
+kid=$(jq -r '.root.keys[0]' "$state/trust/root.json") # k is the root and the package key
+echo "{\"format\": 1, \"type\": \"keel-revocations\", \"serial\": 2, \"keys\": [\"$kid\"], \"packages\": [\"$digest2\"]}" \
+    >"$work/list-2.json"
+sign_list "$work/list-2.json"
+"$KEEL" trust revoke "$state/trust" "$work/list-2.json" >/dev/null
+kill -HUP "$keeld_pid"
+wait_for '.serving.version == null' 10 "the revoked key did not stop 1.0.0 serving"
+r=$(http GET /readyz)
+expect_eq "$(status_of "$r")" 503 "/readyz with every version revoked"
+why=$(jfield "$(body_of "$r")" .reason)
+expect_has "$why" "active version 2.0.0 is revoked: " "/readyz reason"
+expect_has "$why" "previous version 1.0.0 is revoked: " "/readyz reason"
+expect_has "$why" "revoked key" "/readyz reason"
+expect_has "$why" "nothing valid is left to serve" "/readyz reason"
+r=$(infer iris "$x")
+[[ $(status_of "$r") != 200 ]] || die "a revoked version answered: $(body_of "$r")"
+
+# 4. restart: re-checked at start, the same
+stop_keeld
+start_keeld
+r=$(http GET /readyz)
+expect_eq "$(status_of "$r")" 503 "/readyz after a restart"
+expect_has "$(jfield "$(body_of "$r")" .reason)" "previous version 1.0.0 is revoked: " \
+    "/readyz reason after a restart"
+expect_eq "$(jfield "$(iris)" '.revoked | length')" 2 "revoked versions after a restart"
+r=$(infer iris "$x")
+[[ $(status_of "$r") != 200 ]] || die "a revoked version answered after a restart: $(body_of "$r")"
+stop_keeld
+echo "14-revoke-installed: ok"
