@@ -4,7 +4,8 @@
  *   SIGTERM, SIGINT  graceful stop (requests in flight finish)
  *   SIGHUP           re-read the config file: package limits, max_body, trust_dir,
  *                    log_level and verify_interval apply at once; the rest
- *                    (addresses, threads, timeouts) needs a restart
+ *                    (addresses, threads, timeouts) needs a restart; the trust
+ *                    dir is re-checked against what is installed
  */
 #include <errno.h>
 #include <getopt.h>

@@ -91,6 +91,12 @@ expect_eq "$(jfield "$ev" .detail)" "$digest2" "revoked event: digest"
 expect_has "$(jfield "$ev" .reason)" "has been revoked" "revoked event: reason"
 expect_eq "$(grep -c '"type":"revoked"' "$work/bus.log")" 1 "revoked events"
 grep -q '"type":"trust"' "$work/bus.log" || die "no trust event on the bus: $(cat "$work/bus.log")"
+# the reporter turns it into a critical alerts/revoked message (no uplink
+# here: it waits in the queue); only where lib/runtime/link.c maps it
+if grep -q KEEL__BUS_REVOKED "$keel_src/lib/runtime/link.c"; then
+    expect_eq "$(jfield "$(curl -s "$url/api/queue")" .classes.critical.depth)" 1 \
+        "critical messages queued (alerts/revoked)"
+fi
 kill "$bus_pid" 2>/dev/null || true
 
 # 2. restart with trust_check_interval = 0: the same state, from the store
