@@ -54,14 +54,13 @@ static void signature(keel__runtime *rt, trust_sig *ret)
         snprintf(path, sizeof(path), "%s/%s", ret->dir, watched[i]);
         if (stat(path, &st) != 0)
             continue;
-        ret->f[i] = (file_sig){.present = true,
-                               .dev = (uint64_t)st.st_dev,
-                               .ino = (uint64_t)st.st_ino,
-                               .size = (uint64_t)st.st_size,
-                               .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 +
-                                           st.st_mtim.tv_nsec,
-                               .ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 +
-                                           st.st_ctim.tv_nsec};
+        ret->f[i] =
+            (file_sig){.present = true,
+                       .dev = (uint64_t)st.st_dev,
+                       .ino = (uint64_t)st.st_ino,
+                       .size = (uint64_t)st.st_size,
+                       .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+                       .ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec};
     }
 }
 

@@ -1219,8 +1219,9 @@ static int judge(const keel_trust *t, sqlite3_stmt *q, verdict *v, keel_error *e
         return keel__err(err, rc, "%s", ce.msg);
     v->refused = rc != KEEL_OK;
     if (v->refused)
-        snprintf(v->reason, sizeof(v->reason), "%s (trust root version %llu, revocation list serial %llu)",
-                 ce.msg, (unsigned long long)keel_trust_root_version(t),
+        snprintf(v->reason, sizeof(v->reason),
+                 "%s (trust root version %llu, revocation list serial %llu)", ce.msg,
+                 (unsigned long long)keel_trust_root_version(t),
                  (unsigned long long)keel_trust_revocation_serial(t));
     return KEEL_OK;
 }
@@ -1327,8 +1328,8 @@ static int change_add(keel_revocation **ch, size_t *n, const verdict *v, bool re
 }
 
 /* Inside the transaction: applies the verdicts, collecting the changes. */
-static int verdicts_apply(keel_store *s, const verdict *v, size_t n, uint64_t root,
-                          uint64_t serial, keel_revocation **ch, size_t *nch, keel_error *err)
+static int verdicts_apply(keel_store *s, const verdict *v, size_t n, uint64_t root, uint64_t serial,
+                          keel_revocation **ch, size_t *nch, keel_error *err)
 {
     int rc = KEEL_OK;
     for (size_t i = 0; !rc && i < n; i++) {
@@ -1349,16 +1350,15 @@ static int verdicts_apply(keel_store *s, const verdict *v, size_t n, uint64_t ro
             continue;
         /* Only a newer trust lifts a mark: a revocation list deleted or put
          * back to an older one, or an older root.json, does not. */
-        bool newer = root >= d->mroot && serial >= d->mserial &&
-                     (root > d->mroot || serial > d->mserial);
+        bool newer =
+            root >= d->mroot && serial >= d->mserial && (root > d->mroot || serial > d->mserial);
         if (!newer) {
             KEEL_LOG_W(MOD,
                        "%s %s passes the trust in force (root version %llu, revocation list "
                        "serial %llu) but stays revoked: that trust is not newer than the one "
                        "that revoked it (root version %llu, serial %llu)",
-                       d->name, d->version, (unsigned long long)root,
-                       (unsigned long long)serial, (unsigned long long)d->mroot,
-                       (unsigned long long)d->mserial);
+                       d->name, d->version, (unsigned long long)root, (unsigned long long)serial,
+                       (unsigned long long)d->mroot, (unsigned long long)d->mserial);
             continue;
         }
         if (!(rc = mark_drop(s, d, err)) &&
@@ -1368,8 +1368,8 @@ static int verdicts_apply(keel_store *s, const verdict *v, size_t n, uint64_t ro
     return rc;
 }
 
-int keel_store_recheck(keel_store *s, const keel_trust *trust, keel_revocation **ret,
-                       size_t *ret_n, keel_error *err)
+int keel_store_recheck(keel_store *s, const keel_trust *trust, keel_revocation **ret, size_t *ret_n,
+                       keel_error *err)
 {
     uint64_t root = keel_trust_root_version(trust), serial = keel_trust_revocation_serial(trust);
     verdict *v = NULL;

@@ -417,12 +417,12 @@ static void test_recheck_revoked_digest(void **state)
     keel_serving sv;
     bool ready;
     char why[4096], *json;
-    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t,
-                                        KEEL_INSTALL_ACTIVATE, &r1, &e),
-                     0);
-    assert_int_equal(keel_store_install(f->s, make_pkg(f, "2.0.0", 1001), f->t,
-                                        KEEL_INSTALL_ACTIVATE, &r2, &e),
-                     0);
+    assert_int_equal(
+        keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t, KEEL_INSTALL_ACTIVATE, &r1, &e),
+        0);
+    assert_int_equal(
+        keel_store_install(f->s, make_pkg(f, "2.0.0", 1001), f->t, KEEL_INSTALL_ACTIVATE, &r2, &e),
+        0);
     assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
     recheck(f, 0); /* nothing revoked: nothing changes */
 
@@ -438,9 +438,8 @@ static void test_recheck_revoked_digest(void **state)
     /* the re-check re-resolved: what serves is v1 at once */
     char path[1024], want[1024];
     assert_int_equal(keel_store_file_path(f->s, "demo", "model.onnx", path, sizeof(path), &e), 0);
-    assert_int_equal(keel_store_version_file(f->s, "demo", "1.0.0", "model.onnx", want,
-                                             sizeof(want), &e),
-                     0);
+    assert_int_equal(
+        keel_store_version_file(f->s, "demo", "1.0.0", "model.onnx", want, sizeof(want), &e), 0);
     assert_string_equal(path, want);
     assert_int_equal(keel_store_resolve(f->s, "demo", 0, &sv, &e), 0);
     assert_int_equal(sv.slot, KEEL_SLOT_PREVIOUS);
@@ -503,12 +502,12 @@ static void test_recheck_revoked_key(void **state)
     keel_serving sv;
     bool ready;
     char why[4096], kid[KEEL_SHA256_HEX];
-    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t,
-                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
-                     0);
-    assert_int_equal(keel_store_install(f->s, make_pkg(f, "2.0.0", 1001), f->t,
-                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
-                     0);
+    assert_int_equal(
+        keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t, KEEL_INSTALL_ACTIVATE, NULL, &e),
+        0);
+    assert_int_equal(
+        keel_store_install(f->s, make_pkg(f, "2.0.0", 1001), f->t, KEEL_INSTALL_ACTIVATE, NULL, &e),
+        0);
     assert_int_equal(keel_store_resolve_all(f->s, 0, &ready, why, sizeof(why), &e), 0);
     assert_true(ready);
     keel_key_id_hex(f->k, kid);
@@ -578,9 +577,9 @@ static void test_recheck_rotation(void **state)
     bool ready;
     char why[4096];
     assert_int_equal(keel_key_generate(&other, &e), 0);
-    assert_int_equal(keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t,
-                                        KEEL_INSTALL_ACTIVATE, NULL, &e),
-                     0);
+    assert_int_equal(
+        keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t, KEEL_INSTALL_ACTIVATE, NULL, &e),
+        0);
     rotate(f, 2, other);
     keel_revocation c = recheck(f, 1);
     assert_true(c.revoked);
