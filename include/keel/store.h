@@ -178,13 +178,12 @@ typedef struct keel_revocation {
  * mark the version revoked, durably, with the reason. A revoked version
  * never serves (keel_store_resolve skips it) and activate, rollback and
  * mark-good refuse it (KEEL_EUNTRUSTED). A marked version that passes again
- * is un-marked only when trust is newer than the one that last confirmed
- * the mark (root version and revocation serial both at least as high, one
- * higher): a trust dir put back to an older state (a deleted revocation
- * list, an older root.json) lifts nothing. One transaction; afterwards the
- * names that changed are resolved again, so what serves never names a
- * revoked version. *ret (malloc'd, caller frees; NULL when nothing changed)
- * lists the changes; ret and ret_n may be NULL.
+ * is un-marked only when trust is newer than every trust that refused it
+ * (root version and revocation serial both at least the highest recorded
+ * with the mark, one of them higher): a trust dir put back to an older
+ * state (a deleted revocation list, an older root.json) lifts nothing. One transaction; afterwards
+ * the names that changed are resolved again, so what serves never names a revoked version. *ret
+ * (malloc'd, caller frees; NULL when nothing changed) lists the changes; ret and ret_n may be NULL.
  */
 KEEL_API KEEL_WUR int keel_store_recheck(keel_store *s, const keel_trust *trust,
                                          keel_revocation **ret, size_t *ret_n, keel_error *err);

@@ -1197,7 +1197,7 @@ typedef struct verdict {
     char name[KEEL_NAME_MAX], version[KEEL_VERSION_MAX], digest[72];
     bool refused;                    /* the trust refuses it now */
     bool marked;                     /* it was marked revoked before */
-    uint64_t mroot, mserial;         /* ... by a trust of this root version and serial */
+    uint64_t mroot, mserial;         /* ... by trusts of at most this root version and serial */
     char reason[KEEL_ERROR_MSG_MAX]; /* the new reason (refused) or the recorded one */
     char old_reason[KEEL_ERROR_MSG_MAX];
 } verdict;
@@ -1335,12 +1335,15 @@ static int verdicts_apply(keel_store *s, const verdict *v, size_t n, uint64_t ro
     for (size_t i = 0; !rc && i < n; i++) {
         const verdict *d = &v[i];
         if (d->refused) {
-            /* a new mark, or one confirmed by this trust: it records the
-             * newest trust that refused the version */
-            if (d->marked && d->mroot == root && d->mserial == serial &&
+            /* a new mark, or one confirmed by this trust: it keeps the
+             * highest root version and serial that refused the version, so
+             * a trust put back to an older state cannot lower the bar */
+            uint64_t mr = d->marked && d->mroot > root ? d->mroot : root;
+            uint64_t ms = d->marked && d->mserial > serial ? d->mserial : serial;
+            if (d->marked && d->mroot == mr && d->mserial == ms &&
                 !strcmp(d->old_reason, d->reason))
                 continue;
-            if ((rc = mark_put(s, d, root, serial, err)) || d->marked)
+            if ((rc = mark_put(s, d, mr, ms, err)) || d->marked)
                 continue;
             if (!(rc = journal(s, d->name, "revoke", d->version, d->reason, err)))
                 rc = change_add(ch, nch, d, true, err);

@@ -596,6 +596,43 @@ static void test_recheck_rotation(void **state)
     keel_key_free(other);
 }
 
+/* A trust dir put back to an older state lifts nothing, even after a newer
+ * one confirmed the mark: only a trust above every one that refused the
+ * version does. */
+static void test_recheck_older_trust_lifts_nothing(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_install_result r;
+    char *root1 = NULL, *root2 = NULL;
+    size_t l1, l2;
+    assert_int_equal(
+        keel_store_install(f->s, make_pkg(f, "1.0.0", 1000), f->t, KEEL_INSTALL_ACTIVATE, &r, &e),
+        0);
+    assert_int_equal(keel__fs_read(th_path(f->trust, "root.json"), 1 << 20, &root1, &l1, &e), 0);
+    revoke_list(f, 1, NULL, r.digest);
+    assert_true(recheck(f, 1).revoked); /* marked at root 1, serial 1 */
+    rotate(f, 2, f->k);
+    recheck(f, 0); /* confirmed at root 2 */
+    assert_int_equal(keel__fs_read(th_path(f->trust, "root.json"), 1 << 20, &root2, &l2, &e), 0);
+    th_write(f->trust, "root.json", root1, l1); /* root 1 copied back by hand */
+    keel_trust_free(f->t);
+    f->t = NULL;
+    assert_int_equal(keel_trust_load(f->trust, &f->t, &e), 0);
+    recheck(f, 0);
+    revoke_list(f, 2, NULL, NULL); /* root 1, serial 2: accepts it, but root 1 < 2 */
+    recheck(f, 0);
+    assert_true(is_revoked(f, "1.0.0"));
+    th_write(f->trust, "root.json", root2, l2); /* root 2, serial 2: newer than both */
+    keel_trust_free(f->t);
+    f->t = NULL;
+    assert_int_equal(keel_trust_load(f->trust, &f->t, &e), 0);
+    assert_false(recheck(f, 1).revoked);
+    assert_false(is_revoked(f, "1.0.0"));
+    free(root1);
+    free(root2);
+}
+
 int main(void)
 {
     keel_log_set_stderr(false);
@@ -609,6 +646,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recheck_revoked_digest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recheck_revoked_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recheck_rotation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recheck_older_trust_lifts_nothing, setup, teardown),
     };
     return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }
