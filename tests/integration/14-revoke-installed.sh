@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
-# Revocation reaches installed packages (docs/security.md, "Revocation of
-# installed versions"). iris 1.0.0 is previous, 2.0.0 active. `keel trust
-# revoke` run by hand on the device's trust dir while keeld runs, with a list
-# naming 2.0.0's digest: within trust_check_interval (5 s by default) 2.0.0
-# stops serving, 1.0.0 answers inference, /api/status shows 2.0.0 revoked and
-# why, /readyz says degraded, a `revoked` event is on /api/bus, and 2.0.0
-# cannot be activated. Restarted with trust_check_interval = 0, the state is
-# the same (persisted); a list revoking the key that signed both, applied by
-# SIGHUP: not ready, with the reason. Restarted again: the same.
+# Revocation and rotation reach installed packages (docs/security.md,
+# "Revocation of installed versions"). The device's root key r signs trust
+# changes, k signs packages. iris 1.0.0 is previous, 2.0.0 active.
+#  1. `keel trust revoke` by hand on the device's trust dir while keeld runs,
+#     a list naming 2.0.0's digest: within trust_check_interval (5 s by
+#     default) 2.0.0 stops serving, 1.0.0 answers inference, /api/status
+#     shows 2.0.0 revoked and why, /readyz says degraded, a `revoked` event
+#     is on /api/bus, 2.0.0 cannot be activated.
+#  2. `keel trust rotate` by hand to a root whose package rule drops k: both
+#     versions revoked, not ready, with the reason.
+#  3. restarted with trust_check_interval = 0: the same (persisted).
+#  4. a rotation back to k, applied by SIGHUP: 1.0.0 serves again (2.0.0's
+#     digest is still revoked).
+#  5. a list revoking k, applied by SIGHUP: not ready, "revoked key".
+#  6. restarted: the same (re-checked at start).
 source "$(dirname "$0")/lib.sh"
 [[ -f $KEEL_ORT_LIB ]] || skip "no ONNX Runtime at $KEEL_ORT_LIB (make setup)"
-setup_trust
+key_id() { "$KEEL" keygen -o "$work/$1" | awk '/^key id/ {print $3}'; }
+rid=$(key_id r)
+kid=$(key_id k)
+k2id=$(key_id k2)
+root_doc() { # VERSION PACKAGE-KEY (k or k2): a root.json with r as the root key
+    local p=$kid
+    [[ $2 == k2 ]] && p=$k2id
+    rm -rf "$work/scratch"
+    "$KEEL" trust init "$work/scratch" --key "$work/r.pub" --key "$work/$2.pub" >/dev/null
+    jq --argjson v "$1" --arg r "$rid" --arg p "$p" \
+        '.version = $v | .root.keys = [$r] | .packages[0].keys = [$p]' "$work/scratch/root.json"
+}
+mkdir -p "$state/trust"
+root_doc 1 k >"$state/trust/root.json"
 start_keeld
 token=$(cat "$state/token")
 auth=(-H "Authorization: Bearer $token")
@@ -40,8 +59,22 @@ wait_for() { # JQ-CONDITION-ON-IRIS SECONDS WHAT: polls /api/status
     done
     die "$3 within $2 s: $(iris)"
 }
-sign_list() { # FILE: signs it with the device's root key (k)
-    "$KEEL" trust sign "$1" --key "$work/k.key" --kind revocations >/dev/null
+wait_ready() { # STATUS REASON-PART SECONDS WHAT: polls /readyz (set once models are loaded)
+    local end=$((SECONDS + $3)) r
+    while ((SECONDS < end)); do
+        r=$(http GET /readyz)
+        [[ $(status_of "$r") == "$1" && $(body_of "$r") == *"$2"* ]] && return
+        sleep 0.2
+    done
+    die "$4 within $3 s: /readyz $(status_of "$r") $(body_of "$r")"
+}
+sign_list() { # FILE: signs it with the device's root key
+    "$KEEL" trust sign "$1" --key "$work/r.key" --kind revocations >/dev/null
+}
+rotate() { # VERSION PACKAGE-KEY: `keel trust rotate` by hand
+    root_doc "$1" "$2" >"$work/root-$1.json"
+    "$KEEL" trust sign "$work/root-$1.json" --key "$work/r.key" --kind root >/dev/null
+    "$KEEL" trust rotate "$state/trust" "$work/root-$1.json" >/dev/null
 }
 
 # the bus, from now on
@@ -58,6 +91,7 @@ t0=$SECONDS
 "$KEEL" trust revoke "$state/trust" "$work/list-1.json" >/dev/null
 wait_for '.serving.version == "1.0.0"' 15 "2.0.0 did not stop serving"
 echo "revoked 2.0.0 stopped serving within $((SECONDS - t0)) s"
+wait_ready 200 "active version 2.0.0 is revoked" 15 "1.0.0 did not take over"
 p=$(iris)
 expect_eq "$(jfield "$p" .slots.active)" 2.0.0 "active slot (unchanged)"
 expect_eq "$(jfield "$p" .serving.slot)" previous "serving slot"
@@ -97,20 +131,47 @@ if grep -q KEEL__BUS_REVOKED "$keel_src/lib/runtime/link.c"; then
     expect_eq "$(jfield "$(curl -s "$url/api/queue")" .classes.critical.depth)" 1 \
         "critical messages queued (alerts/revoked)"
 fi
+
+# 2. `keel trust rotate` by hand, keeld running: k no longer signs packages
+rotate 2 k2
+wait_for '.serving.version == null' 15 "the rotation did not stop 1.0.0 serving"
+r=$(http GET /readyz)
+expect_eq "$(status_of "$r")" 503 "/readyz with every version revoked"
+why=$(jfield "$(body_of "$r")" .reason)
+expect_has "$why" "active version 2.0.0 is revoked: " "/readyz reason"
+expect_has "$why" "previous version 1.0.0 is revoked: " "/readyz reason"
+expect_has "$why" "trust root version 2" "/readyz reason"
+expect_has "$why" "nothing valid is left to serve" "/readyz reason"
+r=$(infer iris "$x")
+[[ $(status_of "$r") != 200 ]] || die "a revoked version answered: $(body_of "$r")"
+for _ in $(seq 50); do [[ $(grep -c '"type":"revoked"' "$work/bus.log") -ge 2 ]] && break; sleep 0.1; done
+expect_eq "$(grep -c '"type":"revoked"' "$work/bus.log")" 2 "revoked events after the rotation"
 kill "$bus_pid" 2>/dev/null || true
 
-# 2. restart with trust_check_interval = 0: the same state, from the store
+# 3. restart with trust_check_interval = 0: the same state, from the store
 stop_keeld
 echo "trust_check_interval = 0" >"$work/keeld.conf"
 start_keeld --config "$work/keeld.conf"
-p=$(iris)
-expect_eq "$(jfield "$p" .serving.version)" 1.0.0 "serving after a restart"
-expect_has "$(jfield "$p" .serving.reason)" "active version 2.0.0 is revoked: " "reason after a restart"
-r=$(infer iris "$x")
-expect_eq "$(jfield "$(body_of "$r")" .model_version)" 1.0.0 "served by after a restart"
+r=$(http GET /readyz)
+expect_eq "$(status_of "$r")" 503 "/readyz after a restart"
+expect_has "$(jfield "$(body_of "$r")" .reason)" "previous version 1.0.0 is revoked: " \
+    "/readyz reason after a restart"
+expect_eq "$(jfield "$(iris)" '.revoked | length')" 2 "revoked versions after a restart"
 
-# 3. the key that signed both is revoked; applied by SIGHUP (no polling now)
-kid=$(jq -r '.root.keys[0]' "$state/trust/root.json") # k is the root and the package key
+# 4. a rotation that trusts k again, applied by SIGHUP (no polling now):
+#    1.0.0 is lifted, 2.0.0's digest is still in the list
+rotate 3 k
+kill -HUP "$keeld_pid"
+wait_for '.serving.version == "1.0.0"' 10 "the rotation back did not let 1.0.0 serve"
+wait_ready 200 "active version 2.0.0 is revoked" 15 "1.0.0 did not serve again"
+p=$(iris)
+expect_eq "$(jfield "$p" '.revoked | length')" 1 "revoked versions after the rotation back"
+expect_eq "$(jfield "$p" '.revoked[0].version')" 2.0.0 "still revoked"
+r=$(infer iris "$x")
+expect_eq "$(jfield "$(body_of "$r")" .model_version)" 1.0.0 "served by after the rotation back"
+expect_eq "$(status_of "$(http GET /readyz)")" 200 "/readyz after the rotation back (degraded)"
+
+# 5. the key that signed both is revoked; applied by SIGHUP
 echo "{\"format\": 1, \"type\": \"keel-revocations\", \"serial\": 2, \"keys\": [\"$kid\"], \"packages\": [\"$digest2\"]}" \
     >"$work/list-2.json"
 sign_list "$work/list-2.json"
@@ -118,22 +179,19 @@ sign_list "$work/list-2.json"
 kill -HUP "$keeld_pid"
 wait_for '.serving.version == null' 10 "the revoked key did not stop 1.0.0 serving"
 r=$(http GET /readyz)
-expect_eq "$(status_of "$r")" 503 "/readyz with every version revoked"
+expect_eq "$(status_of "$r")" 503 "/readyz with the signing key revoked"
 why=$(jfield "$(body_of "$r")" .reason)
-expect_has "$why" "active version 2.0.0 is revoked: " "/readyz reason"
 expect_has "$why" "previous version 1.0.0 is revoked: " "/readyz reason"
 expect_has "$why" "revoked key" "/readyz reason"
-expect_has "$why" "nothing valid is left to serve" "/readyz reason"
 r=$(infer iris "$x")
 [[ $(status_of "$r") != 200 ]] || die "a revoked version answered: $(body_of "$r")"
 
-# 4. restart: re-checked at start, the same
+# 6. restart: re-checked at start, the same
 stop_keeld
 start_keeld
 r=$(http GET /readyz)
 expect_eq "$(status_of "$r")" 503 "/readyz after a restart"
-expect_has "$(jfield "$(body_of "$r")" .reason)" "previous version 1.0.0 is revoked: " \
-    "/readyz reason after a restart"
+expect_has "$(jfield "$(body_of "$r")" .reason)" "revoked key" "/readyz reason after a restart"
 expect_eq "$(jfield "$(iris)" '.revoked | length')" 2 "revoked versions after a restart"
 r=$(infer iris "$x")
 [[ $(status_of "$r") != 200 ]] || die "a revoked version answered after a restart: $(body_of "$r")"
