@@ -14,7 +14,7 @@ static const keel__option opts[] = {
     {"verify_interval", KEEL__OPT_DUR, "24h", 0, 365ull * 86400, true,
      "a duration like 24h, or 0 to turn the background re-check off"},
     {"trust_check_interval", KEEL__OPT_DUR, "5s", 0, 86400, true,
-     "a duration like 5s, or 0 to re-check the trust dir only at start and on SIGHUP"},
+     "a duration like 5s, or 0 for no periodic look (start, SIGHUP, slot actions only)"},
     {"log_level", KEEL__OPT_LEVEL, "info", 0, 0, true, "one of error, warn, info, debug"},
     {"syslog", KEEL__OPT_BOOL, "false", 0, 0, false, "true or false"},
 };
