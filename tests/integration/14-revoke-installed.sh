@@ -128,8 +128,9 @@ grep -q '"type":"trust"' "$work/bus.log" || die "no trust event on the bus: $(ca
 # the reporter turns it into a critical alerts/revoked message (no uplink
 # here: it waits in the queue); only where lib/runtime/link.c maps it
 if grep -q KEEL__BUS_REVOKED "$keel_src/lib/runtime/link.c"; then
-    expect_eq "$(jfield "$(curl -s "$url/api/queue")" .classes.critical.depth)" 1 \
-        "critical messages queued (alerts/revoked)"
+    crit() { jfield "$(curl -s "$url/api/queue")" .classes.critical.depth; }
+    for _ in $(seq 50); do [[ $(crit) == 1 ]] && break; sleep 0.1; done
+    expect_eq "$(crit)" 1 "critical messages queued (alerts/revoked)"
 fi
 
 # 2. `keel trust rotate` by hand, keeld running: k no longer signs packages
