@@ -55,10 +55,11 @@ struct keel__rt_import {
 
 /* --- applying a plan ----------------------------------------------------------------- */
 
-/* lead: replace with keel__runtime_trust_changed */
+/* A revocation list or a root was installed: every installed version is
+ * re-checked against it (revocation.c), what serves and readiness follow. */
 static void trust_changed(keel__runtime *rt)
 {
-    keel__runtime_refresh(rt, 0);
+    keel__runtime_trust_changed(rt);
 }
 
 static void publish(keel__runtime *rt, const keel__bundle_item *it, const char *step,
