@@ -71,6 +71,19 @@ KEEL_API KEEL_WUR int keel_store_install(keel_store *s, const char *pkg_path,
                                          const keel_trust *trust, unsigned flags,
                                          keel_install_result *ret, keel_error *err);
 
+/*
+ * The same install from a download folder (lib/update/fetch.c's work dir):
+ * dir holds keel.json, keel.sig and one file per blob the store lacks, named
+ * by its SHA-256 hex. Same trust, CONFLICT and DOWNGRADE checks as
+ * keel_store_install; each file is hashed (size and SHA-256 against the
+ * signed manifest) and then renamed into the blob store, so dir must be on
+ * the state dir's file system (STATE_DIR/update/downloads/...). Files the
+ * folder lacks must be valid blobs already. ret may be NULL.
+ */
+KEEL_API KEEL_WUR int keel_store_install_dir(keel_store *s, const char *dir,
+                                             const keel_trust *trust, unsigned flags,
+                                             keel_install_result *ret, keel_error *err);
+
 /* Makes `version` (or the staged one when version is NULL) active: the old
  * active becomes previous. Verifies the files first (stamps, or re-hash if a
  * file changed). Refuses a version below the high-water mark unless it is

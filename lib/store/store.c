@@ -618,10 +618,9 @@ static int sink_end(void *ud, const keel_file *f, bool ok, keel_error *err)
 static int activate_locked(keel_store *s, const char *name, const char *ver, const char *action,
                            keel_error *err);
 
-static int record_package(keel_store *s, const keel_pkg *p, install_ctx *c, unsigned flags,
-                          keel_error *err)
+static int record_package(keel_store *s, const keel_manifest *m, const keel_sigset *sigs,
+                          install_ctx *c, unsigned flags, keel_error *err)
 {
-    const keel_manifest *m = keel_pkg_manifest(p);
     const char *name = keel_manifest_name(m), *ver = keel_manifest_version(m);
     char digest[72], *sigjson = NULL;
     size_t mlen;
@@ -629,7 +628,7 @@ static int record_package(keel_store *s, const keel_pkg *p, install_ctx *c, unsi
     sqlite3_stmt *q = NULL;
     int rc;
     keel_manifest_digest_str(m, digest);
-    if ((rc = keel_sigset_format(keel_pkg_sigs(p), &sigjson, err)))
+    if ((rc = keel_sigset_format(sigs, &sigjson, err)))
         return rc;
     if ((rc = txn_begin(s, "install", err)))
         goto out;
@@ -696,35 +695,23 @@ out:
     return rc;
 }
 
-static int install_one(keel_store *s, const char *pkg_path, const keel_trust *trust, unsigned flags,
-                       keel_install_result *ret, keel_error *err)
+/* Before anything is written: the same name@version recorded with another
+ * digest is CONFLICT; below the high-water mark and not known-good is
+ * DOWNGRADE. *found: this exact package is recorded already. Fills res. */
+static int install_precheck(keel_store *s, const keel_manifest *m, bool *found,
+                            keel_install_result *res, keel_error *err)
 {
-    keel_pkg *p = NULL;
-    install_ctx c = {.s = s, .fd = -1};
-    keel_install_result res;
-    char digest[72], have[80];
-    bool found;
-    int rc;
-    memset(&res, 0, sizeof(res));
-    if (!trust)
-        return keel__err(err, KEEL_EUNTRUSTED, "no trust root: refusing to install %s", pkg_path);
-    keel_limits lim;
-    pthread_mutex_lock(&s->lock);
-    s->installs++;
-    lim = s->lim;
-    pthread_mutex_unlock(&s->lock);
-    if ((rc = keel_pkg_open(pkg_path, &lim, &p, err)) || (rc = keel_pkg_check_trust(p, trust, err)))
-        goto out;
-    const keel_manifest *m = keel_pkg_manifest(p);
     const char *name = keel_manifest_name(m), *ver = keel_manifest_version(m);
+    char digest[72], have[80];
+    int rc;
     keel_manifest_digest_str(m, digest);
-    keel__strlcpy(res.name, name, sizeof(res.name));
-    keel__strlcpy(res.version, ver, sizeof(res.version));
-    keel__strlcpy(res.digest, digest, sizeof(res.digest));
-    res.bytes = keel_manifest_total_bytes(m);
+    keel__strlcpy(res->name, name, sizeof(res->name));
+    keel__strlcpy(res->version, ver, sizeof(res->version));
+    keel__strlcpy(res->digest, digest, sizeof(res->digest));
+    res->bytes = keel_manifest_total_bytes(m);
     pthread_mutex_lock(&s->lock);
-    rc = package_digest(s, name, ver, have, sizeof(have), &found, err);
-    if (!rc && found && strcmp(have, digest) != 0)
+    rc = package_digest(s, name, ver, have, sizeof(have), found, err);
+    if (!rc && *found && strcmp(have, digest) != 0)
         rc = keel__err(err, KEEL_ECONFLICT,
                        "%s %s is already installed with different content (%s, this one is "
                        "%s); a changed package needs a new version",
@@ -732,47 +719,49 @@ static int install_one(keel_store *s, const char *pkg_path, const keel_trust *tr
     if (!rc)
         rc = rollback_allowed(s, name, ver, err);
     pthread_mutex_unlock(&s->lock);
-    if (rc)
-        goto out;
-    if (found) {
-        /* Same bytes again: re-check the stored files, then maybe activate. */
-        res.already = true;
-        pthread_mutex_lock(&s->lock);
-        rc = verify_locked(s, name, ver, 0, err);
-        pthread_mutex_unlock(&s->lock);
-        if (rc == KEEL_ECORRUPT) {
-            /* Repair from this package: fall through to a full copy. */
-            KEEL_LOG_W(MOD, "%s; repairing from %s", err->msg, pkg_path);
-            res.already = false;
-        } else if (rc) {
-            goto out;
-        }
+    if (rc || !*found)
+        return rc;
+    /* Same bytes again: re-check the stored files. */
+    res->already = true;
+    pthread_mutex_lock(&s->lock);
+    rc = verify_locked(s, name, ver, 0, err);
+    pthread_mutex_unlock(&s->lock);
+    if (rc == KEEL_ECORRUPT) {
+        /* Repair from this source: the caller copies every file. */
+        KEEL_LOG_W(MOD, "%s; repairing", err->msg);
+        res->already = false;
+        rc = KEEL_OK;
     }
-    /* Every byte is read and hashed as in a first install, even when this
-     * version is there already: a truncated or altered copy is refused, not
-     * answered "already installed". Blobs stored and stamped are not
-     * written again. */
-    keel_pkg_sink sink = {sink_begin, sink_write, sink_end, &c};
-    if ((rc = keel_pkg_extract(p, &sink, err)))
-        goto out;
-    if (c.nnew) /* a blob went missing since the check above: stamp it */
-        res.already = false;
-    if (!res.already) {
+    return rc;
+}
+
+/* Once the new blobs are in place (c->new_hex): records the package (or,
+ * when it was recorded already, stamps repaired blobs), then stages or
+ * activates it as flags say. */
+static int install_commit(keel_store *s, const keel_manifest *m, const keel_sigset *sigs,
+                          install_ctx *c, bool found, unsigned flags, keel_install_result *res,
+                          keel_error *err)
+{
+    const char *name = keel_manifest_name(m), *ver = keel_manifest_version(m);
+    int rc = KEEL_OK;
+    if (c->nnew) /* a blob went missing since the check: stamp it */
+        res->already = false;
+    if (!res->already) {
         pthread_mutex_lock(&s->lock);
         if (found) {
             rc = txn_begin(s, "repair", err);
-            for (size_t i = 0; !rc && i < c.nnew; i++) {
+            for (size_t i = 0; !rc && i < c->nnew; i++) {
                 char bp[PATH_MAX];
                 struct stat st;
-                blob_path(s, c.new_hex[i], bp, sizeof(bp));
+                blob_path(s, c->new_hex[i], bp, sizeof(bp));
                 if (stat(bp, &st) == 0)
-                    rc = stamp_put(s, c.new_hex[i], &st, err);
+                    rc = stamp_put(s, c->new_hex[i], &st, err);
             }
             if (!rc && (flags & KEEL_INSTALL_ACTIVATE))
                 rc = activate_locked(s, name, ver, "activate", err);
             rc = txn_end(s, rc, "repair", err);
         } else {
-            rc = record_package(s, p, &c, flags, err);
+            rc = record_package(s, m, sigs, c, flags, err);
         }
         pthread_mutex_unlock(&s->lock);
     } else if (flags & KEEL_INSTALL_ACTIVATE) {
@@ -782,39 +771,219 @@ static int install_one(keel_store *s, const char *pkg_path, const keel_trust *tr
         pthread_mutex_unlock(&s->lock);
     }
     if (rc)
-        goto out;
-    res.new_bytes = c.new_bytes;
-    res.activated = (flags & KEEL_INSTALL_ACTIVATE) != 0;
-    KEEL_LOG_I(MOD, "installed %s %s (%s, %llu bytes, %llu new)%s", res.name, res.version,
-               res.digest, (unsigned long long)res.bytes, (unsigned long long)res.new_bytes,
-               res.activated ? ", active" : ", staged");
-    if (ret)
-        *ret = res;
-out:
+        return rc;
+    res->new_bytes = c->new_bytes;
+    res->activated = (flags & KEEL_INSTALL_ACTIVATE) != 0;
+    KEEL_LOG_I(MOD, "installed %s %s (%s, %llu bytes, %llu new)%s", res->name, res->version,
+               res->digest, (unsigned long long)res->bytes, (unsigned long long)res->new_bytes,
+               res->activated ? ", active" : ", staged");
+    return KEEL_OK;
+}
+
+static keel_limits install_begin(keel_store *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->installs++;
+    keel_limits lim = s->lim;
+    pthread_mutex_unlock(&s->lock);
+    return lim;
+}
+
+static void install_end(keel_store *s, install_ctx *c)
+{
     pthread_mutex_lock(&s->lock);
     KEEL_ASSERT(s->installs > 0, "install count underflow");
     s->installs--;
     pthread_mutex_unlock(&s->lock);
-    free(c.new_hex);
+    free(c->new_hex);
+}
+
+static int install_one(keel_store *s, const char *pkg_path, const keel_trust *trust, unsigned flags,
+                       keel_install_result *ret, keel_error *err)
+{
+    keel_pkg *p = NULL;
+    install_ctx c = {.s = s, .fd = -1};
+    keel_install_result res;
+    bool found = false;
+    int rc;
+    memset(&res, 0, sizeof(res));
+    if (!trust)
+        return keel__err(err, KEEL_EUNTRUSTED, "no trust root: refusing to install %s", pkg_path);
+    keel_limits lim = install_begin(s);
+    if ((rc = keel_pkg_open(pkg_path, &lim, &p, err)) || (rc = keel_pkg_check_trust(p, trust, err)))
+        goto out;
+    const keel_manifest *m = keel_pkg_manifest(p);
+    if ((rc = install_precheck(s, m, &found, &res, err)))
+        goto out;
+    /* Every byte is read and hashed as in a first install, even when this
+     * version is there already: a truncated or altered copy is refused, not
+     * answered "already installed". Blobs stored and stamped are not
+     * written again. */
+    keel_pkg_sink sink = {sink_begin, sink_write, sink_end, &c};
+    if ((rc = keel_pkg_extract(p, &sink, err)) ||
+        (rc = install_commit(s, m, keel_pkg_sigs(p), &c, found, flags, &res, err)))
+        goto out;
+    if (ret)
+        *ret = res;
+out:
+    install_end(s, &c);
     keel_pkg_close(p);
+    return rc;
+}
+
+typedef int (*install_fn)(keel_store *s, const char *from, const keel_trust *trust, unsigned flags,
+                          keel_install_result *ret, keel_error *err);
+
+/* With a validator, an activating install installs staged, validates, and
+ * activates. */
+static int install_validated(keel_store *s, install_fn fn, const char *from,
+                             const keel_trust *trust, unsigned flags, keel_install_result *ret,
+                             keel_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    bool validated = s->validator != NULL;
+    pthread_mutex_unlock(&s->lock);
+    if (!validated || !(flags & KEEL_INSTALL_ACTIVATE))
+        return fn(s, from, trust, flags, ret, err);
+    keel_install_result res;
+    int rc = fn(s, from, trust, flags & ~KEEL_INSTALL_ACTIVATE, &res, err);
+    if (!rc && !(rc = keel_store_activate(s, res.name, res.version, err)))
+        res.activated = true;
+    if (ret)
+        *ret = res;
     return rc;
 }
 
 int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *trust, unsigned flags,
                        keel_install_result *ret, keel_error *err)
 {
-    pthread_mutex_lock(&s->lock);
-    bool validated = s->validator != NULL;
-    pthread_mutex_unlock(&s->lock);
-    if (!validated || !(flags & KEEL_INSTALL_ACTIVATE))
-        return install_one(s, pkg_path, trust, flags, ret, err);
+    return install_validated(s, install_one, pkg_path, trust, flags, ret, err);
+}
+
+/* --- install from a download folder (keel_store_install_dir) ------------------------------ */
+
+/* Moves dir/<hex> into the blob store after matching its size and SHA-256
+ * (invariant 1: hashed here, whatever the downloader checked). */
+static int move_blob_in(install_ctx *c, const char *src, const keel_file *f, keel_error *err)
+{
+    char hex[KEEL_SHA256_HEX], bp[PATH_MAX], dir[PATH_MAX], ghex[KEEL_SHA256_HEX];
+    uint8_t got[KEEL_SHA256_LEN];
+    uint64_t size = 0;
+    int rc, fd;
+    keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
+    if ((rc = keel_sha256_file(src, got, &size, err)))
+        return rc;
+    if (size != f->size || memcmp(got, f->sha256, sizeof(got)) != 0) {
+        keel_hex_encode(got, sizeof(got), ghex);
+        return keel__err(err, KEEL_ECORRUPT,
+                         "%s: %s is %llu bytes with sha256 %s, the manifest says %llu bytes, %s; "
+                         "delete it and download again",
+                         f->path, src, (unsigned long long)size, ghex,
+                         (unsigned long long)f->size, hex);
+    }
+    blob_path(c->s, hex, bp, sizeof(bp));
+    snprintf(dir, sizeof(dir), "%s/%s/%.2s", c->s->dir, keel_state_name(KEEL_STATE_BLOBS), hex);
+    if ((fd = open(src, O_RDONLY | O_CLOEXEC)) < 0)
+        return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s", src);
+    if (fchmod(fd, 0444) != 0 || keel__fs_fsync(fd) != 0)
+        rc = keel__err_errno(err, KEEL_EIO, errno, "cannot sync %s", src);
+    close(fd);
+    if (!rc)
+        rc = keel__fs_mkdir_p(dir, 0755, err);
+    if (!rc && keel__fs_rename(src, bp) != 0)
+        rc = keel__err_errno(err, keel__err_from_errno(errno), errno,
+                             "cannot move %s into %s (the download folder must be on the state "
+                             "dir's file system)",
+                             src, bp);
+    if (!rc)
+        rc = keel__fs_fsync_dir(dir, err);
+    if (rc)
+        return rc;
+    void *p = realloc(c->new_hex, (c->nnew + 1) * sizeof(*c->new_hex));
+    if (!p)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    c->new_hex = p;
+    memcpy(c->new_hex[c->nnew++], hex, KEEL_SHA256_HEX);
+    c->new_bytes += f->size;
+    return KEEL_OK;
+}
+
+/* Each file of m: moved in from dir/<hex>, or already a verified blob. */
+static int place_dir_blobs(install_ctx *c, const char *dir, const keel_manifest *m,
+                           keel_error *err)
+{
+    for (size_t i = 0; i < keel_manifest_nfiles(m); i++) {
+        const keel_file *f = keel_manifest_file(m, i);
+        char hex[KEEL_SHA256_HEX], src[PATH_MAX];
+        struct stat st;
+        int rc;
+        keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
+        snprintf(src, sizeof(src), "%s/%s", dir, hex);
+        if (lstat(src, &st) == 0) {
+            if (!S_ISREG(st.st_mode))
+                return keel__err(err, KEEL_EINVALID, "%s is not a regular file", src);
+            if ((rc = move_blob_in(c, src, f, err)))
+                return rc;
+            continue;
+        }
+        pthread_mutex_lock(&c->s->lock);
+        rc = verify_blob(c->s, f->path, hex, f->size, 0, err);
+        pthread_mutex_unlock(&c->s->lock);
+        if (rc)
+            return keel__err_prefix(err, "%s is not in %s and the store has no valid copy", f->path,
+                                    dir);
+    }
+    return KEEL_OK;
+}
+
+static int install_dir_one(keel_store *s, const char *dir, const keel_trust *trust, unsigned flags,
+                           keel_install_result *ret, keel_error *err)
+{
+    install_ctx c = {.s = s, .fd = -1};
     keel_install_result res;
-    int rc = install_one(s, pkg_path, trust, flags & ~KEEL_INSTALL_ACTIVATE, &res, err);
-    if (!rc && !(rc = keel_store_activate(s, res.name, res.version, err)))
-        res.activated = true;
+    keel_manifest *m = NULL;
+    keel_sigset sigs;
+    char path[PATH_MAX], *doc = NULL, *sig = NULL;
+    size_t dlen, slen;
+    bool found = false;
+    int rc;
+    memset(&res, 0, sizeof(res));
+    if (!trust)
+        return keel__err(err, KEEL_EUNTRUSTED, "no trust root: refusing to install %s", dir);
+    keel_limits lim = install_begin(s);
+    snprintf(path, sizeof(path), "%s/%s", dir, KEEL_MANIFEST_NAME);
+    if ((rc = keel__fs_read(path, lim.max_manifest_bytes, &doc, &dlen, err)))
+        goto out;
+    snprintf(path, sizeof(path), "%s/%s", dir, KEEL_SIG_NAME);
+    if ((rc = keel__fs_read(path, lim.max_sig_bytes, &sig, &slen, err)) ||
+        (rc = keel_manifest_parse(doc, dlen, &lim, &m, err)) ||
+        (rc = keel_sigset_parse(sig, slen, &sigs, err)))
+        goto out;
+    size_t mlen;
+    const uint8_t *mbytes = keel_manifest_bytes(m, &mlen);
+    if ((rc = keel_trust_check_package(trust, keel_manifest_name(m), mbytes, mlen, &sigs, err)) ||
+        (rc = install_precheck(s, m, &found, &res, err)))
+        goto out;
+    if (!res.already && (rc = place_dir_blobs(&c, dir, m, err)))
+        goto out;
+    if ((rc = install_commit(s, m, &sigs, &c, found, flags, &res, err)))
+        goto out;
     if (ret)
         *ret = res;
+out:
+    if (rc)
+        keel__err_prefix(err, "%s", dir);
+    install_end(s, &c);
+    keel_manifest_free(m);
+    free(doc);
+    free(sig);
     return rc;
+}
+
+int keel_store_install_dir(keel_store *s, const char *dir, const keel_trust *trust, unsigned flags,
+                           keel_install_result *ret, keel_error *err)
+{
+    return install_validated(s, install_dir_one, dir, trust, flags, ret, err);
 }
 
 /* --- activation ------------------------------------------------------------------------ */

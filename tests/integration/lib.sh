@@ -5,8 +5,11 @@ set -euo pipefail
 work=$(mktemp -d /tmp/keel-it-XXXXXX)
 state=$work/state
 keeld_pid=""
+nginx_pids=() # every nginx start_nginx started (stopped by cleanup)
 cleanup() {
     if [[ -n $keeld_pid ]]; then kill -9 "$keeld_pid" 2>/dev/null || true; fi
+    local p
+    for p in "${nginx_pids[@]}"; do kill -9 "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -152,4 +155,76 @@ expect_error() { # RESPONSE STATUS CODE MESSAGE-PART WHAT
         "$4" "$5: error message"
     kill -0 "$keeld_pid" 2>/dev/null || die "$5: keeld died"
     expect_eq "$(curl -s -o /dev/null -w '%{http_code}' "$url/healthz")" 200 "$5: healthz after it"
+}
+
+# --- nginx serving a folder (update tests: a repository on loopback) ----------
+# start_nginx ROOT_DIR: Debian's nginx, run as the test user with its own
+# config, pid, logs and temp paths under $work/nginx-N, listening on
+# 127.0.0.1:free_port, serving ROOT_DIR as static files (byte ranges, keep-
+# alive). Sets nginx_url, nginx_pid and nginx_dir (this instance's folder;
+# access.log there). Several may run at once; each call sets the variables
+# to the newest. stop_nginx [DIR] / restart_nginx [DIR] (default: the newest)
+# cut and restore the link on the same port.
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+start_nginx() {
+    [[ -x $nginx_bin ]] || skip "nginx is not installed (apt-get install nginx-light)"
+    local root d p
+    root=$(cd "$1" && pwd) || die "start_nginx: no folder $1"
+    d=$work/nginx-${#nginx_pids[@]}
+    mkdir -p "$d/tmp"
+    p=$(free_port)
+    local user="" # as root, nginx's worker would run as nobody, who cannot enter $work
+    ((EUID == 0)) && user="user root;"
+    cat >"$d/nginx.conf" <<EOC
+$user
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 256; }
+http {
+    access_log $d/access.log;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 10000;
+    server {
+        listen 127.0.0.1:$p;
+        root $root;
+        location / { }
+    }
+}
+EOC
+    echo "$p" >"$d/port"
+    nginx_dir=$d
+    _nginx_run "$d"
+}
+_nginx_run() { # DIR: starts the instance configured there; sets nginx_url, nginx_pid
+    local d=$1
+    "$nginx_bin" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >>"$d/error.log" 2>&1 &
+    nginx_pid=$!
+    nginx_pids+=("$nginx_pid")
+    echo "$nginx_pid" >"$d/run.pid"
+    nginx_url=http://127.0.0.1:$(cat "$d/port")
+    for _ in $(seq 200); do
+        if curl -s -o /dev/null "$nginx_url/"; then return; fi
+        kill -0 "$nginx_pid" 2>/dev/null || { cat "$d/error.log" >&2; die "nginx exited during start-up"; }
+        sleep 0.05
+    done
+    die "nginx did not answer on $nginx_url"
+}
+stop_nginx() { # [DIR]: stops that instance (default: the newest)
+    local d=${1:-$nginx_dir} p
+    p=$(cat "$d/run.pid")
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+}
+restart_nginx() { # [DIR]: starts a stopped instance again on its port
+    local d=${1:-$nginx_dir}
+    nginx_dir=$d
+    _nginx_run "$d"
 }
