@@ -9,7 +9,7 @@ nginx_pids=() # every nginx start_nginx started (stopped by cleanup)
 cleanup() {
     if [[ -n $keeld_pid ]]; then kill -9 "$keeld_pid" 2>/dev/null || true; fi
     local p
-    for p in "${nginx_pids[@]}"; do kill -9 "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    for p in "${nginx_pids[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -633,6 +633,174 @@ static void test_recheck_older_trust_lifts_nothing(void **state)
     free(root2);
 }
 
+/* --- keel_store_install_dir ------------------------------------------------------- */
+
+typedef struct unpack_ctx {
+    const char *dir;
+    FILE *out;
+} unpack_ctx;
+
+static int unpack_begin(void *ud, const keel_file *f, bool *ret_skip, keel_error *err)
+{
+    unpack_ctx *u = ud;
+    char hex[KEEL_SHA256_HEX];
+    (void)err;
+    keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
+    *ret_skip = false;
+    u->out = fopen(th_path(u->dir, hex), "wb");
+    assert_non_null(u->out);
+    return KEEL_OK;
+}
+
+static int unpack_write(void *ud, const void *data, size_t len, keel_error *err)
+{
+    unpack_ctx *u = ud;
+    (void)err;
+    assert_int_equal(fwrite(data, 1, len, u->out), len);
+    return KEEL_OK;
+}
+
+static int unpack_end(void *ud, const keel_file *f, bool ok, keel_error *err)
+{
+    unpack_ctx *u = ud;
+    (void)f, (void)err;
+    assert_true(ok);
+    fclose(u->out);
+    return KEEL_OK;
+}
+
+/* A download folder as lib/update/fetch.c leaves it: keel.json, keel.sig and
+ * every file named by its SHA-256 hex. */
+static const char *unpack_dir(fx *f, const char *pkg, const char *name)
+{
+    static char dirs[4][512];
+    static int n;
+    char *d = dirs[n++ & 3];
+    keel_pkg *p;
+    keel_error e;
+    char *sig;
+    size_t len;
+    snprintf(d, 512, "%s/state/update/downloads/%s", f->dir, name);
+    assert_int_equal(keel__fs_mkdir_p(d, 0700, &e), 0);
+    assert_int_equal(keel_pkg_open(pkg, NULL, &p, &e), 0);
+    const uint8_t *mb = keel_manifest_bytes(keel_pkg_manifest(p), &len);
+    th_write(d, "keel.json", mb, len);
+    assert_int_equal(keel_sigset_format(keel_pkg_sigs(p), &sig, &e), 0);
+    th_write_str(d, "keel.sig", sig);
+    free(sig);
+    unpack_ctx u = {.dir = d};
+    keel_pkg_sink sink = {unpack_begin, unpack_write, unpack_end, &u};
+    assert_int_equal(keel_pkg_extract(p, &sink, &e), 0);
+    keel_pkg_close(p);
+    return d;
+}
+
+static size_t blob_files(const char *dir)
+{
+    size_t n = 0;
+    FILE *p;
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "ls %s | grep -cE '^[0-9a-f]{64}$'", dir);
+    p = popen(cmd, "r");
+    assert_non_null(p);
+    assert_int_equal(fscanf(p, "%zu", &n), 1);
+    pclose(p);
+    return n;
+}
+
+static void test_install_dir(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_install_result r;
+    const char *p1 = make_pkg(f, "1.0.0", 300000), *p2 = make_pkg(f, "2.0.0", 200000);
+    const char *p15 = make_pkg(f, "1.5.0", 100000);
+
+    /* a tampered file: CORRUPT, naming the file; nothing recorded */
+    const char *d1 = unpack_dir(f, p1, "one");
+    assert_true(blob_files(d1) > 0);
+    {
+        char cmd[700];
+        snprintf(cmd, sizeof(cmd),
+                 "f=$(ls %s | grep -E '^[0-9a-f]{64}$' | head -n1); chmod u+w %s/$f; "
+                 "printf x | dd of=%s/$f bs=1 seek=10 conv=notrunc status=none",
+                 d1, d1, d1);
+        assert_int_equal(system(cmd), 0);
+    }
+    th_expect_err(keel_store_install_dir(f->s, d1, f->t, KEEL_INSTALL_ACTIVATE, &r, &e), &e,
+                  KEEL_ECORRUPT, "the manifest says");
+    char *list;
+    assert_int_equal(keel_store_list_json(f->s, &list, &e), 0);
+    assert_non_null(strstr(list, "\"packages\":[]"));
+    free(list);
+    assert_int_equal(keel__store_check(f->s, &e), 0);
+
+    /* the intact folder: installed, active, files moved into the blob store */
+    d1 = unpack_dir(f, p1, "one-ok");
+    assert_int_equal(keel_store_install_dir(f->s, d1, f->t, KEEL_INSTALL_ACTIVATE, &r, &e), 0);
+    assert_true(r.activated);
+    assert_false(r.already);
+    assert_true(r.new_bytes > 0);
+    assert_int_equal(blob_files(d1), 0);
+    slots(f, "1.0.0", NULL, NULL);
+    assert_int_equal(keel_store_verify(f->s, "demo", "1.0.0", KEEL_VERIFY_DEEP, &e), 0);
+    assert_int_equal(keel__store_check(f->s, &e), 0);
+
+    /* the same version again from an empty folder: already there */
+    assert_int_equal(keel_store_install_dir(f->s, d1, f->t, 0, &r, &e), 0);
+    assert_true(r.already);
+
+    /* a file neither in the folder nor in the store (model.onnx; labels.txt
+     * is the same in every version: 1.0.0 brought it) */
+    const char *d2 = unpack_dir(f, p2, "two");
+    {
+        keel_pkg *pk;
+        char hex[KEEL_SHA256_HEX];
+        assert_int_equal(keel_pkg_open(p2, NULL, &pk, &e), 0);
+        const keel_file *mf = keel_manifest_find(keel_pkg_manifest(pk), "model.onnx");
+        assert_non_null(mf);
+        keel_hex_encode(mf->sha256, KEEL_SHA256_LEN, hex);
+        assert_int_equal(unlink(th_path(d2, hex)), 0);
+        keel_pkg_close(pk);
+    }
+    th_expect_err(keel_store_install_dir(f->s, d2, f->t, 0, &r, &e), &e, KEEL_ECORRUPT,
+                  "the store has no valid copy");
+    slots(f, "1.0.0", NULL, NULL);
+
+    /* signed by a key the trust does not know */
+    keel_key *other;
+    keel_trust *ot;
+    char odir[512];
+    snprintf(odir, sizeof(odir), "%s/other-trust", f->dir);
+    assert_int_equal(keel_key_generate(&other, &e), 0);
+    th_trust(odir, other);
+    assert_int_equal(keel_trust_load(odir, &ot, &e), 0);
+    d2 = unpack_dir(f, p2, "two-ok");
+    assert_int_not_equal(keel_store_install_dir(f->s, d2, ot, 0, &r, &e), 0);
+    printf("untrusted: %s\n", e.msg);
+    th_expect_err(keel_store_install_dir(f->s, d2, NULL, 0, &r, &e), &e, KEEL_EUNTRUSTED, NULL);
+    keel_trust_free(ot);
+    keel_key_free(other);
+
+    /* staged, then activated; 1.5.0 is then a downgrade */
+    assert_int_equal(keel_store_install_dir(f->s, d2, f->t, 0, &r, &e), 0);
+    assert_false(r.activated);
+    assert_int_equal(keel_store_activate(f->s, "demo", NULL, &e), 0);
+    slots(f, "2.0.0", "1.0.0", "1.0.0");
+    const char *d15 = unpack_dir(f, p15, "one-five");
+    th_expect_err(keel_store_install_dir(f->s, d15, f->t, 0, &r, &e), &e, KEEL_EDOWNGRADE, NULL);
+
+    /* other bytes under an installed name@version */
+    char src[512], alt[512];
+    snprintf(src, sizeof(src), "%s/src-alt", f->dir);
+    snprintf(alt, sizeof(alt), "%s/demo-2.0.0-alt.keel", f->dir);
+    th_make_src(src, "demo", "2.0.0", 12345);
+    th_pack(src, alt, f->k);
+    const char *da = unpack_dir(f, alt, "alt");
+    th_expect_err(keel_store_install_dir(f->s, da, f->t, 0, &r, &e), &e, KEEL_ECONFLICT, NULL);
+    assert_int_equal(keel__store_check(f->s, &e), 0);
+}
+
 int main(void)
 {
     keel_log_set_stderr(false);
@@ -647,6 +815,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recheck_revoked_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recheck_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recheck_older_trust_lifts_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_install_dir, setup, teardown),
     };
     return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }
