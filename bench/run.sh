@@ -12,7 +12,9 @@
 #   7. inference serving vs raw ORT and Node.js (bench/infer.sh; needs ../shared, node)
 #   8. bytes on the wire for a model update, keel's patch and chunks vs zstd,
 #      xdelta3, bsdiff, casync; apply speed and RSS (bench/delta.sh; needs ../shared)
-#   9. with BEFORE=OLD/build/release: the same keeld measurements of an older
+#   9. download of a 1 GiB package from nginx on loopback vs curl -o
+#      (bench/download.sh)
+#  10. with BEFORE=OLD/build/release: the same keeld measurements of an older
 #      build beside this one (bench/before_after.sh)
 # Each figure is printed with the machine's load beside it. The work files
 # (2 GiB: the file and its package) go to bench/out/, or to KEEL_BENCH_OUT.
@@ -41,6 +43,7 @@ echo "== verification throughput (1 GiB, page cache warm, best of 3); $(machine_
 "$top/bench/events_http.sh"
 echo "== drain through keeld; $(machine_load)"
 "$top/bench/drain.sh" 100000
+"$top/bench/download.sh"
 if [[ -d $top/../shared/models ]] && command -v node >/dev/null; then
     "$top/bench/infer.sh"
 else
