@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,8 @@
 #define USER_AGENT    "keel-fetch/1"
 #define PART_SUFFIX   ".part"
 #define PATCH_SUFFIX  ".patch"
+
+#define RING 8 /* chunk buffers: 2 MiB at most */
 
 typedef struct source {
     char *base; /* without a trailing slash */
@@ -67,8 +70,19 @@ typedef struct fetcher {
     size_t nblobs;
     local_chunk *chunks; /* every chunk of those, sorted by hash */
     size_t nchunks;
-    uint8_t *buf; /* one chunk */
+    uint8_t *buf; /* the chunk being filled: a free slot of the ring below */
+    /* The whole-file SHA-256 runs on a second thread: verified chunks are
+     * handed over in a ring of chunk buffers, so hashing the file overlaps
+     * receiving, checking and writing the next chunks. */
     keel_sha256 *whole;
+    pthread_t hasher;
+    bool hasher_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint8_t *ring[RING];
+    uint32_t ring_len[RING];
+    size_t head, tail; /* slots handed over / hashed; head - tail <= RING */
+    bool stop;
     uint64_t pace_start_ns, pace_bytes; /* this request, for max_bytes_per_s */
 } fetcher;
 
@@ -95,6 +109,51 @@ static const local_chunk *find_chunk(const fetcher *f, const uint8_t sha[KEEL_SH
 static bool cancelled(const fetcher *f)
 {
     return f->o->cancel && atomic_load(f->o->cancel);
+}
+
+static void *hasher_main(void *arg)
+{
+    fetcher *f = arg;
+    pthread_mutex_lock(&f->mu);
+    for (;;) {
+        while (f->tail == f->head && !f->stop)
+            pthread_cond_wait(&f->cv, &f->mu);
+        if (f->tail == f->head)
+            break;
+        size_t i = f->tail % RING;
+        pthread_mutex_unlock(&f->mu);
+        keel_sha256_update(f->whole, f->ring[i], f->ring_len[i]);
+        pthread_mutex_lock(&f->mu);
+        f->tail++;
+        pthread_cond_broadcast(&f->cv);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+/* Hands f->buf's len verified bytes to the whole-file hash and moves f->buf
+ * to the next free slot. */
+static void whole_feed(fetcher *f, uint32_t len)
+{
+    pthread_mutex_lock(&f->mu);
+    f->ring_len[f->head % RING] = len;
+    f->head++;
+    pthread_cond_broadcast(&f->cv);
+    while (f->head - f->tail >= RING)
+        pthread_cond_wait(&f->cv, &f->mu);
+    f->buf = f->ring[f->head % RING];
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* Waits for the hasher to catch up; the digest of everything fed since
+ * the last call (which also starts a new file). */
+static void whole_final(fetcher *f, uint8_t out[KEEL_SHA256_LEN])
+{
+    pthread_mutex_lock(&f->mu);
+    while (f->tail != f->head)
+        pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    keel_sha256_final(f->whole, out);
 }
 
 static void work_path(const fetcher *f, const char *hex, const char *suffix, char *out, size_t n)
@@ -422,8 +481,28 @@ typedef struct part {
     char path[PATH_MAX];
     int fd;
     size_t next;
-    uint64_t done; /* bytes verified = offset of chunk next */
+    uint64_t done;   /* bytes verified = offset of chunk next */
+    uint64_t synced; /* writeback started up to here */
 } part;
+
+#define WRITEBACK_STEP (8u << 20)
+
+/* Appends verified bytes to the .part. Writeback is started every 8 MiB
+ * (sync_file_range, asynchronous) so the fsync at the end or at a cut has
+ * little left to write: on a fast link it otherwise costs as much as the
+ * transfer. */
+static int part_append(part *p, const void *data, size_t len)
+{
+    if (keel__fs_write_all(p->fd, data, len) != 0)
+        return -1;
+    uint64_t end = p->done + len;
+    if (end - p->synced >= WRITEBACK_STEP) {
+        (void)sync_file_range(p->fd, (off_t)p->synced, (off_t)(end - p->synced),
+                              SYNC_FILE_RANGE_WRITE);
+        p->synced = end;
+    }
+    return 0;
+}
 
 /* A streamed Range request for chunks [p->next, end). */
 typedef struct xfer {
@@ -451,13 +530,13 @@ static int chunk_done(xfer *x)
         f->st->wasted += c->len;
         return -1;
     }
-    if (keel__fs_write_all(p->fd, f->buf, c->len) != 0) {
+    if (part_append(p, f->buf, c->len) != 0) {
         x->io_failed = true;
         keel__err_errno(&x->io_err, keel__err_from_errno(errno), errno, "cannot write %s",
                         p->path);
         return -1;
     }
-    keel_sha256_update(f->whole, f->buf, c->len);
+    whole_feed(f, c->len);
     if (x->s->peer)
         f->st->from_peers += c->len;
     else
@@ -608,7 +687,7 @@ static int resume_part(fetcher *f, part *p, keel_error *err)
         keel_sha256_buf(f->buf, c->len, got);
         if (memcmp(got, c->sha256, sizeof(got)) != 0)
             break;
-        keel_sha256_update(f->whole, f->buf, c->len);
+        whole_feed(f, c->len);
         p->done += c->len;
         p->next++;
     }
@@ -622,6 +701,7 @@ static int resume_part(fetcher *f, part *p, keel_error *err)
             KEEL_LOG_I(MOD, "%s: kept %llu verified bytes of %llu", p->path,
                        (unsigned long long)p->done, (unsigned long long)size);
     }
+    p->synced = p->done;
     if (lseek(p->fd, (off_t)p->done, SEEK_SET) < 0)
         return keel__err_errno(err, KEEL_EIO, errno, "cannot seek %s", p->path);
     return KEEL_OK;
@@ -655,10 +735,10 @@ static int fetch_chunks(fetcher *f, part *p, keel_error *err)
         const keel_chunk *c = &kf->chunks[p->next];
         const local_chunk *lc = find_chunk(f, c->sha256, c->len);
         if (lc && copy_local(f, p, lc) == 0) {
-            if (keel__fs_write_all(p->fd, f->buf, c->len) != 0)
+            if (part_append(p, f->buf, c->len) != 0)
                 return keel__err_errno(err, keel__err_from_errno(errno), errno,
                                        "cannot write %s", p->path);
-            keel_sha256_update(f->whole, f->buf, c->len);
+            whole_feed(f, c->len);
             f->st->from_local += c->len;
             p->done += c->len;
             p->next++;
@@ -787,7 +867,7 @@ static int finish_part(fetcher *f, part *p, const char *final, keel_error *err)
 {
     uint8_t got[KEEL_SHA256_LEN];
     char ghex[KEEL_SHA256_HEX];
-    keel_sha256_final(f->whole, got);
+    whole_final(f, got);
     if (memcmp(got, p->kf->sha256, sizeof(got)) != 0) {
         keel_hex_encode(got, sizeof(got), ghex);
         close(p->fd);
@@ -863,7 +943,7 @@ static int fetch_file(fetcher *f, const keel_file *kf, keel_error *err)
                          "republish the package with keel pack",
                          kf->path);
     uint8_t scratch[KEEL_SHA256_LEN];
-    keel_sha256_final(f->whole, scratch); /* resets the whole-file hash */
+    whole_final(f, scratch); /* starts the whole-file hash afresh */
     p.fd = open(p.path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (p.fd < 0)
         return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s", p.path);
@@ -912,7 +992,17 @@ static void fetcher_free(fetcher *f)
     free(f->src);
     free(f->blobs);
     free(f->chunks);
-    free(f->buf);
+    if (f->hasher_started) {
+        pthread_mutex_lock(&f->mu);
+        f->stop = true;
+        pthread_cond_broadcast(&f->cv);
+        pthread_mutex_unlock(&f->mu);
+        pthread_join(f->hasher, NULL);
+    }
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    for (size_t i = 0; i < RING; i++)
+        free(f->ring[i]);
     keel_sha256_free(f->whole);
 }
 
@@ -930,12 +1020,22 @@ int keel__fetch_package(const keel__fetch_opts *o, const char *name, const char 
         return rc;
     f.nsrc = o->npeers + o->norigins;
     f.src = calloc(f.nsrc, sizeof(*f.src));
-    f.buf = malloc(KEEL_CHUNK_MAX);
     f.whole = keel_sha256_new();
-    if (!f.src || !f.buf || !f.whole) {
+    pthread_mutex_init(&f.mu, NULL);
+    pthread_cond_init(&f.cv, NULL);
+    bool ring_ok = true;
+    for (size_t i = 0; i < RING; i++)
+        ring_ok = (f.ring[i] = malloc(KEEL_CHUNK_MAX)) != NULL && ring_ok;
+    f.buf = f.ring[0];
+    if (!f.src || !ring_ok || !f.whole) {
         rc = keel__err(err, KEEL_ENOMEM, "out of memory");
         goto out;
     }
+    if (pthread_create(&f.hasher, NULL, hasher_main, &f) != 0) {
+        rc = keel__err(err, KEEL_ENOMEM, "cannot start the hashing thread");
+        goto out;
+    }
+    f.hasher_started = true;
     for (size_t i = 0; i < f.nsrc; i++) {
         bool peer = i < o->npeers;
         if (trim_base(&f.src[i], peer ? o->peers[i] : o->origins[i - o->npeers], peer)) {
