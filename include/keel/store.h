@@ -88,12 +88,6 @@ KEEL_API KEEL_WUR int keel_store_install_dir(keel_store *s, const char *dir,
  * active becomes previous. Verifies the files first (stamps, or re-hash if a
  * file changed). Refuses a version below the high-water mark unless it is
  * this device's recorded known-good. */
-/* Installs from a folder: keel.json, keel.sig and one file per blob the
- * store lacks, named by its SHA-256 hex (what the update fetch leaves); the
- * same checks as keel_store_install. */
-KEEL_API KEEL_WUR int keel_store_install_dir(keel_store *s, const char *dir, const keel_trust *t,
-                                             unsigned flags, keel_install_result *ret,
-                                             keel_error *err);
 KEEL_API KEEL_WUR int keel_store_activate(keel_store *s, const char *name, const char *version,
                                           keel_error *err);
 /* Swaps active and previous (or activates known_good when there is no
