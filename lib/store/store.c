@@ -878,8 +878,8 @@ static int move_blob_in(install_ctx *c, const char *src, const keel_file *f, kee
         return keel__err(err, KEEL_ECORRUPT,
                          "%s: %s is %llu bytes with sha256 %s, the manifest says %llu bytes, %s; "
                          "delete it and download again",
-                         f->path, src, (unsigned long long)size, ghex,
-                         (unsigned long long)f->size, hex);
+                         f->path, src, (unsigned long long)size, ghex, (unsigned long long)f->size,
+                         hex);
     }
     blob_path(c->s, hex, bp, sizeof(bp));
     snprintf(dir, sizeof(dir), "%s/%s/%.2s", c->s->dir, keel_state_name(KEEL_STATE_BLOBS), hex);
@@ -909,8 +909,7 @@ static int move_blob_in(install_ctx *c, const char *src, const keel_file *f, kee
 }
 
 /* Each file of m: moved in from dir/<hex>, or already a verified blob. */
-static int place_dir_blobs(install_ctx *c, const char *dir, const keel_manifest *m,
-                           keel_error *err)
+static int place_dir_blobs(install_ctx *c, const char *dir, const keel_manifest *m, keel_error *err)
 {
     for (size_t i = 0; i < keel_manifest_nfiles(m); i++) {
         const keel_file *f = keel_manifest_file(m, i);

@@ -31,11 +31,11 @@
 #include "update/fetch.h"
 #include "update/patch.h"
 
-#define MOD           "update"
-#define SIG_MAX       (64u * 1024u)
-#define USER_AGENT    "keel-fetch/1"
-#define PART_SUFFIX   ".part"
-#define PATCH_SUFFIX  ".patch"
+#define MOD          "update"
+#define SIG_MAX      (64u * 1024u)
+#define USER_AGENT   "keel-fetch/1"
+#define PART_SUFFIX  ".part"
+#define PATCH_SUFFIX ".patch"
 
 #define RING 8 /* chunk buffers: 2 MiB at most */
 
@@ -228,8 +228,8 @@ static int add_chunks(fetcher *f, const keel_file *kf, uint32_t blob, size_t *ca
 
 /* Indexes the files and chunks of one installed version whose blobs are on
  * disk with the recorded size (install_dir verifies them again). */
-static int index_version(fetcher *f, const char *name, const char *ver, size_t *bcap,
-                         size_t *ccap, keel_error *err)
+static int index_version(fetcher *f, const char *name, const char *ver, size_t *bcap, size_t *ccap,
+                         keel_error *err)
 {
     char *mj = NULL;
     size_t mlen;
@@ -288,8 +288,8 @@ static int index_store(fetcher *f, keel_error *err)
         memcpy(sorted, f->blobs, f->nblobs * sizeof(*sorted));
         qsort(sorted, f->nblobs, sizeof(*sorted), cmp_hash);
         for (size_t i = 0; i < f->nblobs; i++) {
-            const blob_ref *b = bsearch(f->blobs[i].sha256, sorted, f->nblobs, sizeof(*sorted),
-                                        cmp_hash);
+            const blob_ref *b =
+                bsearch(f->blobs[i].sha256, sorted, f->nblobs, sizeof(*sorted), cmp_hash);
             where[i] = (uint32_t)(b - sorted);
         }
         for (size_t i = 0; i < f->nchunks; i++)
@@ -356,8 +356,7 @@ static void setup_handle(fetcher *f, source *s)
     (void)curl_easy_setopt(h, CURLOPT_XFERINFODATA, f);
     (void)curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L * 1024L);
     if (f->o->max_bytes_per_s)
-        (void)curl_easy_setopt(h, CURLOPT_MAX_RECV_SPEED_LARGE,
-                               (curl_off_t)f->o->max_bytes_per_s);
+        (void)curl_easy_setopt(h, CURLOPT_MAX_RECV_SPEED_LARGE, (curl_off_t)f->o->max_bytes_per_s);
     pace_begin(f);
 }
 
@@ -388,8 +387,8 @@ static int get_small(fetcher *f, source *s, const char *url, size_t max, mem_sin
 
 /* --- the manifest -------------------------------------------------------------------- */
 
-static int fetch_doc(fetcher *f, const char *name, const char *version, const char *doc,
-                     size_t max, const uint8_t *want_sha, mem_sink *out, keel_error *err)
+static int fetch_doc(fetcher *f, const char *name, const char *version, const char *doc, size_t max,
+                     const uint8_t *want_sha, mem_sink *out, keel_error *err)
 {
     int rc = keel__err(err, KEEL_ENOCONN, "no origin repository configured");
     for (size_t i = 0; i < f->nsrc; i++) {
@@ -460,9 +459,8 @@ static int get_manifest(fetcher *f, const char *name, const char *version, const
         goto out;
     if (strcmp(keel_manifest_name(*ret), name) != 0 ||
         strcmp(keel_manifest_version(*ret), version) != 0) {
-        rc = keel__err(err, KEEL_EINVALID, "the manifest at %s names %s %s, not %s %s",
-                       digest, keel_manifest_name(*ret), keel_manifest_version(*ret), name,
-                       version);
+        rc = keel__err(err, KEEL_EINVALID, "the manifest at %s names %s %s, not %s %s", digest,
+                       keel_manifest_name(*ret), keel_manifest_version(*ret), name, version);
         keel_manifest_free(*ret);
         *ret = NULL;
     }
@@ -532,8 +530,7 @@ static int chunk_done(xfer *x)
     }
     if (part_append(p, f->buf, c->len) != 0) {
         x->io_failed = true;
-        keel__err_errno(&x->io_err, keel__err_from_errno(errno), errno, "cannot write %s",
-                        p->path);
+        keel__err_errno(&x->io_err, keel__err_from_errno(errno), errno, "cannot write %s", p->path);
         return -1;
     }
     whole_feed(f, c->len);
@@ -623,8 +620,10 @@ static int fetch_run(fetcher *f, part *p, size_t end, keel_error *err)
         if (p->next == end && (cc == CURLE_OK || cc == CURLE_WRITE_ERROR))
             return KEEL_OK;
         if (x.bad) {
-            snprintf(last, sizeof(last), "%s served a chunk of %s that does not match its signed "
-                     "hash (at byte %llu)", s->base, p->kf->path, (unsigned long long)p->done);
+            snprintf(last, sizeof(last),
+                     "%s served a chunk of %s that does not match its signed "
+                     "hash (at byte %llu)",
+                     s->base, p->kf->path, (unsigned long long)p->done);
             source_failed(f, s, "served a chunk that does not match its signed hash");
         } else if (x.status_bad || (cc == CURLE_OK && x.status != 206 && x.status != 200)) {
             long code = x.status;
@@ -674,8 +673,7 @@ static int resume_part(fetcher *f, part *p, keel_error *err)
 {
     struct stat sb;
     if (fstat(p->fd, &sb) != 0)
-        return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot stat %s",
-                               p->path);
+        return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot stat %s", p->path);
     uint64_t size = (uint64_t)sb.st_size;
     while (p->next < p->kf->nchunks) {
         const keel_chunk *c = &p->kf->chunks[p->next];
@@ -736,8 +734,8 @@ static int fetch_chunks(fetcher *f, part *p, keel_error *err)
         const local_chunk *lc = find_chunk(f, c->sha256, c->len);
         if (lc && copy_local(f, p, lc) == 0) {
             if (part_append(p, f->buf, c->len) != 0)
-                return keel__err_errno(err, keel__err_from_errno(errno), errno,
-                                       "cannot write %s", p->path);
+                return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot write %s",
+                                       p->path);
             whole_feed(f, c->len);
             f->st->from_local += c->len;
             p->done += c->len;
@@ -756,8 +754,8 @@ static int fetch_chunks(fetcher *f, part *p, keel_error *err)
 
 /* The offered patch usable for kf: `from` a blob the store holds, cheaper
  * than the missing chunks. NULL when none. */
-static const keel__repo_patch *usable_patch(const fetcher *f, const keel_file *kf,
-                                            uint64_t missing, const blob_ref **base)
+static const keel__repo_patch *usable_patch(const fetcher *f, const keel_file *kf, uint64_t missing,
+                                            const blob_ref **base)
 {
     char hex[KEEL_SHA256_HEX];
     keel_hex_encode(kf->sha256, KEEL_SHA256_LEN, hex);
@@ -806,8 +804,7 @@ static int fetch_patch(fetcher *f, const keel__repo_patch *pt, const char *path,
             continue;
         int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
         if (fd < 0)
-            return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s",
-                                   path);
+            return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s", path);
         uint64_t have = fstat(fd, &sb) == 0 ? (uint64_t)sb.st_size : 0;
         if (have > pt->size) {
             close(fd);
@@ -855,8 +852,8 @@ static int fetch_patch(fetcher *f, const keel__repo_patch *pt, const char *path,
         f->st->wasted += now;
         unlink(path);
         return keel__err(err, KEEL_ECORRUPT,
-                         "patch %s does not match its signed hash and size (from %s)",
-                         pt->sha256, url);
+                         "patch %s does not match its signed hash and size (from %s)", pt->sha256,
+                         url);
     }
     return keel__err(err, KEEL_ENOCONN, "cannot fetch patch %s: %s", pt->sha256, last);
 }
@@ -906,8 +903,7 @@ static bool already_fetched(const char *final, const keel_file *kf)
 static int try_patch(fetcher *f, part *p, const char *final)
 {
     const blob_ref *base = NULL;
-    const keel__repo_patch *pt =
-        usable_patch(f, p->kf, missing_bytes(f, p->kf, p->next), &base);
+    const keel__repo_patch *pt = usable_patch(f, p->kf, missing_bytes(f, p->kf, p->next), &base);
     char ppath[PATH_MAX];
     keel_error e;
     if (!pt)
@@ -922,8 +918,8 @@ static int try_patch(fetcher *f, part *p, const char *final)
     if (!rc)
         return 0;
     f->st->patch_failures++;
-    KEEL_LOG_W(MOD, "%s: patch %s not used (%s); fetching chunks instead", p->kf->path,
-               pt->sha256, e.msg);
+    KEEL_LOG_W(MOD, "%s: patch %s not used (%s); fetching chunks instead", p->kf->path, pt->sha256,
+               e.msg);
     return -1;
 }
 
@@ -1043,8 +1039,7 @@ int keel__fetch_package(const keel__fetch_opts *o, const char *name, const char 
             goto out;
         }
     }
-    if ((rc = index_store(&f, err)) ||
-        (rc = get_manifest(&f, name, version, digest, &m, err)))
+    if ((rc = index_store(&f, err)) || (rc = get_manifest(&f, name, version, digest, &m, err)))
         goto out;
     for (size_t i = 0; i < keel_manifest_nfiles(m); i++) {
         const keel_file *kf = keel_manifest_file(m, i);

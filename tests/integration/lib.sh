@@ -161,10 +161,12 @@ expect_error() { # RESPONSE STATUS CODE MESSAGE-PART WHAT
 # start_nginx ROOT_DIR: Debian's nginx, run as the test user with its own
 # config, pid, logs and temp paths under $work/nginx-N, listening on
 # 127.0.0.1:free_port, serving ROOT_DIR as static files (byte ranges, keep-
-# alive). Sets nginx_url, nginx_pid and nginx_dir (this instance's folder;
-# access.log there). Several may run at once; each call sets the variables
-# to the newest. stop_nginx [DIR] / restart_nginx [DIR] (default: the newest)
-# cut and restore the link on the same port.
+# alive). Sets nginx_url, nginx_pid, nginx_dir (this instance's folder) and
+# nginx_log (its access log, nginx's default "combined" format: $7 the
+# path, $9 the status, $10 the body bytes sent). Several may run at once;
+# each call sets the variables to the newest. stop_nginx [DIR] /
+# restart_nginx [DIR] (default: the newest) cut and restore the link on the
+# same port.
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 start_nginx() {
     [[ -x $nginx_bin ]] || skip "nginx is not installed (apt-get install nginx-light)"
@@ -210,6 +212,7 @@ _nginx_run() { # DIR: starts the instance configured there; sets nginx_url, ngin
     nginx_pids+=("$nginx_pid")
     echo "$nginx_pid" >"$d/run.pid"
     nginx_url=http://127.0.0.1:$(cat "$d/port")
+    nginx_log=$d/access.log
     for _ in $(seq 200); do
         if curl -s -o /dev/null "$nginx_url/"; then return; fi
         kill -0 "$nginx_pid" 2>/dev/null || { cat "$d/error.log" >&2; die "nginx exited during start-up"; }

@@ -58,8 +58,8 @@ static int parse_patch(const char *arg, keel__repo_patch *p)
 {
     unsigned long long size;
     memset(p, 0, sizeof(*p));
-    if (sscanf(arg, "%64[0-9a-f]:%64[0-9a-f]:%64[0-9a-f]:%llu", p->from, p->to, p->sha256,
-               &size) != 4)
+    if (sscanf(arg, "%64[0-9a-f]:%64[0-9a-f]:%64[0-9a-f]:%llu", p->from, p->to, p->sha256, &size) !=
+        4)
         return -1;
     p->size = size;
     snprintf(p->codec, sizeof(p->codec), "keel-tpatch-1");
@@ -106,13 +106,13 @@ int main(int argc, char **argv)
             rate = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--timeout"))
             timeout = (unsigned)strtoul(v, NULL, 10);
-        else if (!strcmp(a, "--patch") && npatches < MAX_LIST && !parse_patch(v, &patches[npatches]))
+        else if (!strcmp(a, "--patch") && npatches < MAX_LIST &&
+                 !parse_patch(v, &patches[npatches]))
             npatches++;
         else
             return usage();
     }
-    if (!state || !trust_dir || !nrepos || !name || !version || !digest ||
-        strlen(digest) != 7 + 64)
+    if (!state || !trust_dir || !nrepos || !name || !version || !digest || strlen(digest) != 7 + 64)
         return usage();
 
     keel_error err = {0};
@@ -140,8 +140,8 @@ int main(int argc, char **argv)
                               .timeout_s = timeout};
         rc = keel__fetch_package(&o, name, version, digest, &st, &err);
         if (!rc && install) {
-            rc = keel_store_install_dir(store, work, trust,
-                                        activate ? KEEL_INSTALL_ACTIVATE : 0, &res, &err);
+            rc = keel_store_install_dir(store, work, trust, activate ? KEEL_INSTALL_ACTIVATE : 0,
+                                        &res, &err);
             if (!rc)
                 rc = keel__fs_rm_rf(work, &err);
         }
@@ -150,11 +150,10 @@ int main(int argc, char **argv)
            "\"from_local\":%llu,\"from_patches\":%llu,\"wasted\":%llu,\"resumes\":%u,"
            "\"bad_chunks\":%u,\"patch_failures\":%u,\"peer_bad\":%u,\"installed\":%s,"
            "\"new_bytes\":%llu",
-           rc ? "false" : "true", (unsigned long long)st.needed,
-           (unsigned long long)st.from_origin, (unsigned long long)st.from_peers,
-           (unsigned long long)st.from_local, (unsigned long long)st.from_patches,
-           (unsigned long long)st.wasted, st.resumes, st.bad_chunks, st.patch_failures,
-           peer_bad_calls, !rc && install ? "true" : "false",
+           rc ? "false" : "true", (unsigned long long)st.needed, (unsigned long long)st.from_origin,
+           (unsigned long long)st.from_peers, (unsigned long long)st.from_local,
+           (unsigned long long)st.from_patches, (unsigned long long)st.wasted, st.resumes,
+           st.bad_chunks, st.patch_failures, peer_bad_calls, !rc && install ? "true" : "false",
            (unsigned long long)res.new_bytes);
     if (rc) {
         printf(",\"code\":\"%s\",\"error\":", keel_errname(rc));
