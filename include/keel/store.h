@@ -76,9 +76,11 @@ KEEL_API KEEL_WUR int keel_store_install(keel_store *s, const char *pkg_path,
  * dir holds keel.json, keel.sig and one file per blob the store lacks, named
  * by its SHA-256 hex. Same trust, CONFLICT and DOWNGRADE checks as
  * keel_store_install; each file is hashed (size and SHA-256 against the
- * signed manifest) and then renamed into the blob store, so dir must be on
- * the state dir's file system (STATE_DIR/update/downloads/...). Files the
- * folder lacks must be valid blobs already. ret may be NULL.
+ * signed manifest) and then hard-linked into the blob store, so dir must be
+ * on the state dir's file system (STATE_DIR/update/downloads/...); the
+ * folder's names are removed once the version is recorded (a crash before
+ * leaves them: nothing is downloaded again). Files the folder lacks must be
+ * valid blobs already. ret may be NULL.
  */
 KEEL_API KEEL_WUR int keel_store_install_dir(keel_store *s, const char *dir,
                                              const keel_trust *trust, unsigned flags,

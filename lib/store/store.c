@@ -862,15 +862,23 @@ int keel_store_install(keel_store *s, const char *pkg_path, const keel_trust *tr
 
 /* --- install from a download folder (keel_store_install_dir) ------------------------------ */
 
-/* Moves dir/<hex> into the blob store after matching its size and SHA-256
- * (invariant 1: hashed here, whatever the downloader checked). */
-static int move_blob_in(install_ctx *c, const char *src, const keel_file *f, keel_error *err)
+/* Links dir/<hex> into the blob store after matching its size and SHA-256
+ * (invariant 1: hashed here, whatever the downloader checked). A link, not a
+ * rename: until the COMMIT the download folder keeps its copy, so a crash
+ * before it costs no download again (the blob in blobs/ is then an
+ * unreferenced file for gc); install_dir_one unlinks the folder's name
+ * after the COMMIT. The link is made under staging/ and renamed over the
+ * blob's name (replacing an unstamped copy, if any). */
+static int link_blob_in(install_ctx *c, const char *src, const keel_file *f, keel_error *err)
 {
-    char hex[KEEL_SHA256_HEX], bp[PATH_MAX], dir[PATH_MAX], ghex[KEEL_SHA256_HEX];
+    char hex[KEEL_SHA256_HEX], bp[PATH_MAX], dir[PATH_MAX], ghex[KEEL_SHA256_HEX], tmp[PATH_MAX];
     uint8_t got[KEEL_SHA256_LEN];
     uint64_t size = 0;
     int rc, fd;
     keel_hex_encode(f->sha256, KEEL_SHA256_LEN, hex);
+    for (size_t i = 0; i < c->nnew; i++)
+        if (strcmp(c->new_hex[i], hex) == 0)
+            return KEEL_OK; /* listed twice in the manifest */
     if ((rc = keel_sha256_file(src, got, &size, err)))
         return rc;
     if (size != f->size || memcmp(got, f->sha256, sizeof(got)) != 0) {
@@ -883,6 +891,8 @@ static int move_blob_in(install_ctx *c, const char *src, const keel_file *f, kee
     }
     blob_path(c->s, hex, bp, sizeof(bp));
     snprintf(dir, sizeof(dir), "%s/%s/%.2s", c->s->dir, keel_state_name(KEEL_STATE_BLOBS), hex);
+    snprintf(tmp, sizeof(tmp), "%s/%s/%s.link-%ld", c->s->dir,
+             keel_state_name(KEEL_STATE_STAGING_BLOBS), hex, (long)getpid());
     if ((fd = open(src, O_RDONLY | O_CLOEXEC)) < 0)
         return keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot open %s", src);
     if (fchmod(fd, 0444) != 0 || keel__fs_fsync(fd) != 0)
@@ -890,11 +900,18 @@ static int move_blob_in(install_ctx *c, const char *src, const keel_file *f, kee
     close(fd);
     if (!rc)
         rc = keel__fs_mkdir_p(dir, 0755, err);
-    if (!rc && keel__fs_rename(src, bp) != 0)
+    (void)unlink(tmp);
+    if (!rc && link(src, tmp) != 0)
         rc = keel__err_errno(err, keel__err_from_errno(errno), errno,
-                             "cannot move %s into %s (the download folder must be on the state "
+                             "cannot link %s to %s (the download folder must be on the state "
                              "dir's file system)",
-                             src, bp);
+                             src, tmp);
+    if (!rc && keel__fs_rename(tmp, bp) != 0)
+        rc = keel__err_errno(err, keel__err_from_errno(errno), errno, "cannot move %s into %s", tmp,
+                             bp);
+    /* Gone after a rename, except when bp already was this inode (left by an
+     * install whose COMMIT failed): rename then does nothing. */
+    (void)unlink(tmp);
     if (!rc)
         rc = keel__fs_fsync_dir(dir, err);
     if (rc)
@@ -908,7 +925,32 @@ static int move_blob_in(install_ctx *c, const char *src, const keel_file *f, kee
     return KEEL_OK;
 }
 
-/* Each file of m: moved in from dir/<hex>, or already a verified blob. */
+/* After the COMMIT: drops the download folder's names of the new blobs.
+ * That changes each blob's ctime, so its stamp is written again when
+ * nothing else changed (same inode, size and mtime: no write since it was
+ * hashed). Stamps are a cache: a missed one costs a re-hash. */
+static void unlink_dir_copies(install_ctx *c, const char *dir)
+{
+    for (size_t i = 0; i < c->nnew; i++) {
+        char src[PATH_MAX], bp[PATH_MAX];
+        struct stat before, after;
+        keel_error e;
+        snprintf(src, sizeof(src), "%s/%s", dir, c->new_hex[i]);
+        blob_path(c->s, c->new_hex[i], bp, sizeof(bp));
+        if (stat(bp, &before) != 0 || unlink(src) != 0 || stat(bp, &after) != 0)
+            continue;
+        if (before.st_dev != after.st_dev || before.st_ino != after.st_ino ||
+            before.st_size != after.st_size || ts_ns(before.st_mtim) != ts_ns(after.st_mtim))
+            continue;
+        pthread_mutex_lock(&c->s->lock);
+        if (stamp_matches(c->s, c->new_hex[i], &before) &&
+            stamp_put(c->s, c->new_hex[i], &after, &e) != KEEL_OK)
+            KEEL_LOG_W(MOD, "%s", e.msg);
+        pthread_mutex_unlock(&c->s->lock);
+    }
+}
+
+/* Each file of m: linked in from dir/<hex>, or already a verified blob. */
 static int place_dir_blobs(install_ctx *c, const char *dir, const keel_manifest *m, keel_error *err)
 {
     for (size_t i = 0; i < keel_manifest_nfiles(m); i++) {
@@ -921,7 +963,7 @@ static int place_dir_blobs(install_ctx *c, const char *dir, const keel_manifest 
         if (lstat(src, &st) == 0) {
             if (!S_ISREG(st.st_mode))
                 return keel__err(err, KEEL_EINVALID, "%s is not a regular file", src);
-            if ((rc = move_blob_in(c, src, f, err)))
+            if ((rc = link_blob_in(c, src, f, err)))
                 return rc;
             continue;
         }
@@ -967,6 +1009,7 @@ static int install_dir_one(keel_store *s, const char *dir, const keel_trust *tru
         goto out;
     if ((rc = install_commit(s, m, &sigs, &c, found, flags, &res, err)))
         goto out;
+    unlink_dir_copies(&c, dir);
     if (ret)
         *ret = res;
 out:

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "faults.h"
 #include "helpers.h"
 #include "store/check.h"
 
@@ -801,6 +802,38 @@ static void test_install_dir(void **state)
     assert_int_equal(keel__store_check(f->s, &e), 0);
 }
 
+/* A COMMIT that fails after the blobs were placed (here: the database
+ * refuses writes; in the field: kill -9 or power loss) leaves the download
+ * folder whole, so the next attempt downloads nothing again; that attempt
+ * installs and empties the folder. */
+static void test_install_dir_commit_fails(void **state)
+{
+    fx *f = *state;
+    keel_error e;
+    keel_install_result r;
+    const char *p1 = make_pkg(f, "1.0.0", 300000);
+    const char *d = unpack_dir(f, p1, "commit");
+    size_t n = blob_files(d);
+    assert_true(n > 0);
+    keel_store_close(f->s); /* the fault VFS applies to databases opened after tf_install */
+    tf_install();
+    assert_int_equal(keel_store_open(f->state, NULL, &f->s, &e), 0);
+    tf_arm_nth(TF_DB_WRITE | TF_DB_SYNC, 1, TF_EIO, true);
+    int rc = keel_store_install_dir(f->s, d, f->t, KEEL_INSTALL_ACTIVATE, &r, &e);
+    tf_disarm();
+    keel_store_close(f->s);
+    tf_uninstall();
+    assert_int_not_equal(rc, KEEL_OK);
+    printf("failed commit: %s\n", e.msg);
+    assert_int_equal(blob_files(d), n);
+    assert_int_equal(keel_store_open(f->state, NULL, &f->s, &e), 0);
+    assert_int_equal(keel_store_install_dir(f->s, d, f->t, KEEL_INSTALL_ACTIVATE, &r, &e), 0);
+    assert_int_equal(blob_files(d), 0);
+    slots(f, "1.0.0", NULL, NULL);
+    assert_int_equal(keel_store_verify(f->s, "demo", "1.0.0", KEEL_VERIFY_DEEP, &e), 0);
+    assert_int_equal(keel__store_check(f->s, &e), 0);
+}
+
 int main(void)
 {
     keel_log_set_stderr(false);
@@ -816,6 +849,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recheck_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recheck_older_trust_lifts_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_install_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_install_dir_commit_fails, setup, teardown),
     };
     return th_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }
