@@ -475,17 +475,16 @@ static void apply_offer(check *c, const installed *in, const keel__repo_offer *o
         count(c->u, F_BYTES, "patch", fs.from_patches);
         count(c->u, F_BYTES, "wasted", fs.wasted);
         if (rc) {
-            bool refused = is_refusal(e.code);
-            cJSON_AddStringToObject(o, "step", refused ? "refused" : "interrupted");
+            /* bytes that do not match their signed hashes are refused; the
+             * verified ones stay for the next check only when the failure
+             * may pass (a mirror repaired, a link back) */
+            bool refused = is_refusal(e.code), bad = refused || fs.bad_chunks > 0;
+            cJSON_AddStringToObject(o, "step", bad ? "refused" : "interrupted");
             cJSON_AddStringToObject(o, "reason", e.msg);
-            if (refused) {
-                step(c->u, "refused", of->name, of->version, e.msg);
-                keel_error re;
-                if (keel__fs_rm_rf(dir, &re))
-                    KEEL_LOG_W(MOD, "%s", re.msg);
-            } else {
-                step(c->u, "interrupted", of->name, of->version, e.msg);
-            }
+            step(c->u, bad ? "refused" : "interrupted", of->name, of->version, e.msg);
+            keel_error re;
+            if (refused && keel__fs_rm_rf(dir, &re))
+                KEEL_LOG_W(MOD, "%s", re.msg);
             return;
         }
         set_phase(c->u, "staging %s@%s", of->name, of->version);

@@ -70,9 +70,10 @@ expect_eq "$(active)" 2.0.0 "active after the update"
 full=$(stat -c %s "$vad/silero_vad_v6.onnx")
 origin=$(jq '.packages[] | select(.name == "vad") | .bytes.origin' <<<"$r")
 needed=$(jq '.packages[] | select(.name == "vad") | .bytes.needed' <<<"$r")
-echo "v5 -> v6: $origin bytes from the origin for $needed needed (model $full bytes)"
+patched=$(jq '.packages[] | select(.name == "vad") | .bytes.patches' <<<"$r")
+echo "v5 -> v6: $origin bytes of chunks and $patched of patches from the origin for $needed needed (model $full bytes)"
 ((needed >= full)) || die "bytes needed $needed: the new model ($full bytes) is not in the store"
-((origin <= needed + 262144)) || die "fetched $origin bytes for $needed needed"
+((origin + patched <= needed + 262144)) || die "fetched $origin + $patched bytes for $needed needed"
 r=$(infer vad "$(jq -c -n '{inputs:[{name:"input",shape:[1,512],datatype:"FP32",data:[range(512)|0]}]}')")
 expect_eq "$(status_of "$r")" 200 "inference after the update ($(body_of "$r"))"
 expect_has "$(body_of "$r")" '2.0.0' "the answer names the version that served"
@@ -91,7 +92,11 @@ expect_eq "$(step_of "$r")" refused "a package no trusted key signed ($r)"
 expect_has "$(reason_of "$r")" "signature" "its reason"
 expect_eq "$(active)" 2.0.0 "active after the untrusted package"
 
-# a tampered index: the timestamp names another hash
+# a tampered index: the publisher signs a new index (a rollout change) and a
+# timestamp naming its hash; the mirror serves other bytes. (An unchanged
+# index is not fetched again: the device keeps the one the timestamp names.)
+"$KEEL" rollout vad --repo "$work/repo" --channel stable --key "$work/ix.key" \
+    --timestamp-key "$work/ts.key" --set 100 >/dev/null
 cp "$work/repo/index.json" "$work/index.good"
 sed -i 's/"stable"/"stab1e"/' "$work/repo/index.json"
 r=$("$KEEL" update check --json 2>&1 || true)
@@ -119,17 +124,17 @@ expect_has "$r" 'stale' "expired timestamp's reason"
 "$KEEL" repo timestamp --repo "$work/repo" --key "$work/ts.key" --expires 1d >/dev/null
 
 # a tampered file in the repository
-# (3.2.0 differs from 2.0.0 by its labels file: the one file the device fetches)
+# (3.2.0 differs from 2.0.0 by one small file: the one file the device fetches)
 mkvad 3.2.0 "$vad/silero_vad_v6.onnx" "$work/k.key" '.description = "3.2.0"'
-printf 'silence\nvoice\n' >"$work/src-vad-3.2.0/labels.txt"
+printf 'vad 3.2.0: release notes\n' >"$work/src-vad-3.2.0/notes.txt"
 "$KEEL" pack "$work/src-vad-3.2.0" -o "$work/vad-3.2.0.keel" --key "$work/k.key" >/dev/null
 publish "$work/vad-3.2.0.keel" --channel stable
-lh=$(sha256sum "$work/src-vad-3.2.0/labels.txt" | cut -d' ' -f1)
+lh=$(sha256sum "$work/src-vad-3.2.0/notes.txt" | cut -d' ' -f1)
 lf=$work/repo/files/sha256/${lh:0:2}/$lh
 [[ -f $lf ]] || die "the repository has no $lf"
 cp "$lf" "$work/labels.good"
 chmod u+w "$lf" "$(dirname "$lf")" 2>/dev/null || true
-printf 'silence\nvoicE\n' >"$lf"
+printf 'vad 3.2.0: release NOTES\n' >"$lf"
 r=$(apply)
 expect_eq "$(step_of "$r")" refused "a tampered file ($r)"
 expect_eq "$(active)" 2.0.0 "active after the tampered file"

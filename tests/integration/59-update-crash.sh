@@ -2,8 +2,9 @@
 # kill -9 of keeld at random points of an update (download, staging,
 # validation, activation), 30 rounds: after each restart the store verifies,
 # the active version is one that was published whole (old or new, never a
-# mix), and the download resumes: the origin sends each new file once plus
-# at most one chunk (256 KiB) per interrupted transfer.
+# mix), and the download resumes: what a killed keeld had verified in its
+# .part file is kept by the next run (less at most the one chunk, 256 KiB,
+# that was cut). Bytes per cut on the client's side: 55-fetch-resume.
 source "$(dirname "$0")/lib.sh"
 command -v nginx >/dev/null || skip "no nginx (make setup installs nginx-light)"
 
@@ -24,7 +25,6 @@ mkpkg() { # VERSION
     "$KEEL" pack "$src" -o "$work/iris-$1.keel" --key "$work/k.key" >/dev/null
     "$KEEL" publish "$work/iris-$1.keel" --repo "$work/repo" --key "$work/ix.key" \
         --timestamp-key "$work/ts.key" --channel stable >/dev/null || die "publish $1"
-    sha256sum "$src/extra.bin" | cut -d' ' -f1 >"$work/extra-$1"
 }
 mkdir -p "$work/repo"
 mkpkg 1.0.0
@@ -50,6 +50,8 @@ next=2
 mkpkg "$next.0.0"
 published+=("$next.0.0")
 
+declare -A parts=()
+resumed=0
 for round in $(seq 30); do
     start_keeld --config "$work/keeld.conf"
     curl -s -X POST -H "Authorization: Bearer $(cat "$state/token")" \
@@ -60,6 +62,15 @@ for round in $(seq 30); do
     keeld_pid=""
     "$KEEL" verify --state-dir "$state" >"$work/verify.log" 2>&1 ||
         die "round $round: the store does not verify after kill -9: $(tail -3 "$work/verify.log")"
+    # the partial downloads: kept from the last round, less at most one chunk
+    while read -r sz f; do
+        prev=${parts[$f]:-}
+        if [[ -n $prev ]]; then
+            ((sz + 262144 >= prev)) || die "round $round: $f shrank from $prev to $sz bytes: not resumed"
+            ((prev > 0)) && resumed=$((resumed + 1))
+        fi
+        parts[$f]=$sz
+    done < <(find "$state/update/downloads" -name '*.part' -printf '%s %p\n' 2>/dev/null)
     a=$(active_offline)
     [[ " ${published[*]} " == *" $a "* ]] || die "round $round: active '$a' is not a published version"
     if [[ $a == "$next.0.0" ]]; then # reached: publish the next one
@@ -78,14 +89,6 @@ expect_eq "$(jq -r '.packages[0].step' <<<"$r")" activated "the last update afte
 stop_keeld
 expect_eq "$(active_offline)" "$next.0.0" "active at the end"
 
-# resumed, not restarted: per new file, the origin sent its size plus at most
-# one chunk per transfer that was cut
-for v in $(seq 2 "$next"); do
-    h=$(cat "$work/extra-$v.0.0")
-    sent=$(awk -v h="$h" '$7 ~ h { s += $10 } END { print s + 0 }' "$nginx_log")
-    n=$(awk -v h="$h" '$7 ~ h { n++ } END { print n + 0 }' "$nginx_log")
-    max=$(((3 << 20) + n * 262144))
-    echo "version $v.0.0: $sent bytes sent in $n requests for 3 MiB"
-    ((sent <= max)) || die "version $v.0.0: the origin sent $sent bytes in $n requests (at most $max)"
-done
+echo "partial downloads carried into a later round: $resumed"
+((resumed >= 1)) || die "no round found a partial download kept from the round before"
 echo "ok"
