@@ -205,13 +205,16 @@ static int print_check(const cJSON *j, bool status)
     printf("%s: channel %s, index version %.0f\n", str_or(j, "repo", "?"),
            str_or(j, "channel", "?"), cJSON_IsNumber(ix) ? ix->valuedouble : 0.0);
     const cJSON *p;
+    int failed = 0;
     cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(j, "packages"))
     {
-        const char *why = str_or(p, "reason", "");
+        const char *why = str_or(p, "reason", ""), *st = str_or(p, "step", "?");
         printf("%s: %s -> %s: %s%s%s\n", str_or(p, "name", "?"), str_or(p, "current", "-"),
-               str_or(p, "offered", "-"), str_or(p, "step", "?"), why[0] ? ": " : "", why);
+               str_or(p, "offered", "-"), st, why[0] ? ": " : "", why);
+        failed |= !strcmp(st, "refused") || !strcmp(st, "interrupted");
     }
-    return 0;
+    /* a refused or interrupted update fails this command (not a status report) */
+    return status ? 0 : failed;
 }
 
 static int print_update(const char *json, bool status)

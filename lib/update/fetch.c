@@ -338,6 +338,11 @@ static int xfer_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, 
     return cancelled(ud) ? 1 : 0;
 }
 
+static bool is_file(const source *s)
+{
+    return !strncmp(s->base, "file:", 5);
+}
+
 /* Sets what every request of a source shares; the handle is kept between
  * requests so the connection stays open. */
 static void setup_handle(fetcher *f, source *s)
@@ -346,7 +351,8 @@ static void setup_handle(fetcher *f, source *s)
     long t = f->o->timeout_s ? (long)f->o->timeout_s : 30L;
     curl_easy_reset(h);
     (void)curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    (void)curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* file://: a repository folder (a mounted stick, a share); no status codes there */
+    (void)curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https,file");
     (void)curl_easy_setopt(h, CURLOPT_USERAGENT, USER_AGENT);
     (void)curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, t);
     (void)curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -373,6 +379,8 @@ static int get_small(fetcher *f, source *s, const char *url, size_t max, mem_sin
     (void)curl_easy_setopt(s->h, CURLOPT_WRITEDATA, ms);
     CURLcode cc = curl_easy_perform(s->h);
     (void)curl_easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &code);
+    if (!code && cc == CURLE_OK && is_file(s))
+        code = 200;
     if (ms->too_big)
         return keel__err(err, KEEL_ETOOBIG, "%s is larger than %zu bytes", url, max);
     if (cc == CURLE_ABORTED_BY_CALLBACK && cancelled(f))
@@ -553,6 +561,8 @@ static size_t xfer_write(char *data, size_t size, size_t n, void *ud)
         (void)curl_easy_getinfo(x->s->h, CURLINFO_RESPONSE_CODE, &x->status);
         /* 206 for the range; 200 only when the range was the whole file. */
         bool whole = x->first == 0 && x->end == x->p->kf->nchunks;
+        if (!x->status && is_file(x->s)) /* file:// honours the range, says nothing */
+            x->status = 206;
         if (x->status != 206 && !(x->status == 200 && whole)) {
             x->status_bad = true;
             return 0;

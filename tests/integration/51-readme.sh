@@ -106,7 +106,7 @@ expect_eq "$(jfield "$answer" .parameters.tier)" primary "the walkthrough's iris
 expect_eq "$(jfield "$answer" '.result[0].label')" virginica "the walkthrough's iris answer"
 p=$(curl -s "$url/api/packages" | jq -c '[.packages[] | select(.name=="iris") | {version, slots}]')
 expect_has "$p" '{"version":"1.3.0","slots":["active"' "iris after the walkthrough's update and import ($p)"
-expect_has "$p" '{"version":"1.2.0","slots":["previous"' "iris 1.2.0 (from the repository) after the import ($p)"
+expect_has "$p" '{"version":"1.2.0","slots":["known_good","previous"]}' "iris 1.2.0 (from the repository) after the import ($p)"
 expect_has "$out" '"durable":true' "the walkthrough's event"
 
 # a second make run on the same .run keeps what the walkthrough did
