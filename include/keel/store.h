@@ -158,7 +158,7 @@ KEEL_API KEEL_WUR int keel_store_verify(keel_store *s, const char *name, const c
  * when no installed version has it; KEEL_ECORRUPT when it is missing,
  * changed or not verified since it changed. *ret_size: its size. */
 KEEL_API KEEL_WUR int keel_store_blob_path(keel_store *s, const char *hex, char *buf, size_t n,
-                                          uint64_t *ret_size, keel_error *err);
+                                           uint64_t *ret_size, keel_error *err);
 
 /* What serves each package right now, as last resolved (malloc'd array). */
 KEEL_API KEEL_WUR int keel_store_serving_list(keel_store *s, keel_serving **ret, size_t *ret_n,

@@ -62,8 +62,7 @@ static void *run(void *unused)
         if (soonest == UINT64_MAX) {
             pthread_cond_wait(&cv, &mu);
         } else {
-            struct timespec ts = {(time_t)(soonest / 1000000000u),
-                                  (long)(soonest % 1000000000u)};
+            struct timespec ts = {(time_t)(soonest / 1000000000u), (long)(soonest % 1000000000u)};
             pthread_cond_timedwait(&cv, &mu, &ts);
         }
     }

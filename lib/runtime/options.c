@@ -24,7 +24,7 @@ const keel__option_set *const *keel__runtime_option_sets(size_t *ret_n)
 {
     static const keel__option_set *const sets[] = {
         &keel__runtime_options, &keel__store_options, &keel__queue_options,
-        &keel__infer_options,   &keel__sync_options, &keel__update_options,
+        &keel__infer_options,   &keel__sync_options,  &keel__update_options,
     };
     *ret_n = KEEL_ARRAY_LEN(sets);
     return sets;

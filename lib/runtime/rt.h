@@ -60,7 +60,7 @@ struct keel__runtime {
         uint64_t folded;
     } recent[32];
     _Atomic int64_t last_expire;
-    struct keel__rt_import *imp; /* import.c: USB / air-gap imports, import_dir */
+    struct keel__rt_import *imp;  /* import.c: USB / air-gap imports, import_dir */
     struct keel__rt_peers *peers; /* peers.c: LAN peer table, beacon */
     /* evictions reported (link.c report_evictions), under lock */
     uint64_t evict_reported[KEEL_PRIO_COUNT];

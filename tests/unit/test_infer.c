@@ -557,7 +557,7 @@ static void test_events(void **state)
     assert_int_equal(events[KEEL__EV_TRANSITION], 2);
     assert_string_equal(last_from, "rules");
     assert_string_equal(last_tier, "primary");
-    assert_int_equal(events[KEEL__EV_RECORD], 2); /* every second answer */
+    assert_int_equal(events[KEEL__EV_RECORD], 2);  /* every second answer */
     assert_int_equal(events[KEEL__EV_OUTCOME], 4); /* every answer */
     assert_int_equal(outcomes_degraded, 2);        /* the rules tier answered two */
     assert_int_equal(outcomes_failed, 0);
