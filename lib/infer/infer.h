@@ -119,6 +119,9 @@ typedef struct keel__infer_req {
      * codec picks them from the response. */
     const char *outputs[KEEL__MAX_IO];
     size_t noutputs;
+    /* the package's own validation set (selftest.c): not field traffic, so
+     * no outcome event (probation) and no inference record */
+    bool selftest;
 } keel__infer_req;
 
 struct keel__infer_resp;

@@ -256,7 +256,8 @@ static int run_selftest(model *m, keel__path_fn path_of, void *ctx, char **ret_r
         for (size_t k = 0; k < nrows; k++) {
             char *copy = strdup(lines[k]);
             row r = {.vals = vals};
-            keel__infer_req req = {.tier = m->tiers[ti].name, .session = stream ? sess : NULL};
+            keel__infer_req req = {
+                .tier = m->tiers[ti].name, .session = stream ? sess : NULL, .selftest = true};
             keel__tensor t;
             void *owned = NULL;
             keel__infer_resp resp;

@@ -824,7 +824,7 @@ int keel__model_run(keel__model *m, const keel__infer_req *req, keel__infer_resp
     if (!resp->result &&
         (rc = keel__post_result(&m->post, resp->outputs, resp->noutputs, &resp->result, err)))
         goto out;
-    if (m->eng_opts.event && m->rec_mode && want_record(m, resp)) {
+    if (m->eng_opts.event && m->rec_mode && !req->selftest && want_record(m, resp)) {
         resp->ns = keel__now_mono_ns() - t0;
         emit(m, KEEL__EV_RECORD, resp->tier, NULL, resp->reason, false, resp);
     }
@@ -834,7 +834,7 @@ out:
         free(owned[i]);
     keel__buf_done(&why);
     resp->ns = keel__now_mono_ns() - t0;
-    if (ran)
+    if (ran && !req->selftest)
         emit_outcome(m, resp->tier, !rc, resp->degraded, resp->ns, resp->result);
     if (rc)
         keel__infer_resp_done(resp);

@@ -77,7 +77,7 @@ struct keel__rt_update {
     char *last; /* JSON of the last check */
     char phase[256];
     atomic_bool cancel;
-    int sub; /* link_up */
+    int sub, sub_steps; /* link_up; every update step (for /metrics) */
     keel__metric_family *fam[3];
 };
 
@@ -133,8 +133,7 @@ static void step(keel__rt_update *u, const char *what, const char *name, const c
                           .detail = what,
                           .reason = reason && reason[0] ? reason : NULL,
                           .ok = strcmp(what, "refused") != 0};
-    keel__bus_publish(u->rt->bus, &ev);
-    count(u, F_STEPS, what, 1);
+    keel__bus_publish(u->rt->bus, &ev); /* counted in /metrics by on_update */
     if (reason && reason[0])
         KEEL_LOG_I(MOD, "%s %s%s%s: %s", what, name ? name : "", version ? "@" : "",
                    version ? version : "", reason);
@@ -749,6 +748,13 @@ static void *actions_main(void *arg)
     return NULL;
 }
 
+/* Every update step, whoever took it (this pipeline, probation, import). */
+static void on_update(void *ctx, const keel__bus_event *ev)
+{
+    if (ev->detail)
+        count(ctx, F_STEPS, ev->detail, 1);
+}
+
 static void on_link(void *ctx, const keel__bus_event *ev)
 {
     keel__rt_update *u = ctx;
@@ -882,7 +888,8 @@ int keel__rt_update_start(keel__runtime *rt, keel_error *err)
         rc = keel__metrics_register(rt->metrics, &families[f], &u->fam[f], err);
     if (rc)
         return rc;
-    if (!(u->sub = keel__bus_subscribe(rt->bus, KEEL__BUS_LINK_UP, on_link, u)))
+    if (!(u->sub = keel__bus_subscribe(rt->bus, KEEL__BUS_LINK_UP, on_link, u)) ||
+        !(u->sub_steps = keel__bus_subscribe(rt->bus, KEEL__BUS_UPDATE, on_update, u)))
         return keel__err(err, KEEL_ENOMEM, "out of memory");
     if (pthread_create(&u->actions.thread, NULL, actions_main, u))
         return keel__err(err, KEEL_EIO, "cannot start the actions thread");
@@ -900,6 +907,8 @@ void keel__rt_update_stop(keel__runtime *rt)
         return;
     if (u->sub)
         keel__bus_unsubscribe(rt->bus, u->sub);
+    if (u->sub_steps)
+        keel__bus_unsubscribe(rt->bus, u->sub_steps);
     pthread_mutex_lock(&u->mu);
     u->stop = true;
     atomic_store(&u->cancel, true); /* a download stops at its next callback */

@@ -44,6 +44,7 @@ update_repos = $nginx_url
 update_packages = vad
 update_interval = 0
 device_id = field-unit-7
+probation_requests = 20
 EOF
 start_keeld --config "$work/keeld.conf"
 export KEEL_URL=$url KEEL_STATE_DIR=$state
@@ -78,6 +79,17 @@ r=$(infer vad "$(jq -c -n '{inputs:[{name:"input",shape:[1,512],datatype:"FP32",
 expect_eq "$(status_of "$r")" 200 "inference after the update ($(body_of "$r"))"
 expect_has "$(body_of "$r")" '2.0.0' "the answer names the version that served"
 "$KEEL" verify --state-dir "$state" >/dev/null || die "keel verify after the update"
+# probation: 20 requests answered as well as 1.0.0 did make 2.0.0 known-good
+frame=$(jq -c -n '{inputs:[{name:"input",shape:[1,512],datatype:"FP32",data:[range(512)|0]}]}')
+for _ in $(seq 25); do infer vad "$frame" >/dev/null; done
+kg=""
+for _ in $(seq 100); do
+    kg=$(curl -s "$url/api/packages" | jq -r '.packages[] | select(.slots | index("known_good")) | .version')
+    [[ $kg == 2.0.0 ]] && break
+    sleep 0.1
+done
+expect_eq "$kg" 2.0.0 "known-good after 2.0.0 survived probation"
+expect_has "$(curl -s "$url/metrics")" 'keel_update_steps_total{step="promoted"} 1' "the promotion"
 m=$(curl -s "$url/metrics")
 expect_has "$m" 'keel_update_steps_total{step="activated"} 2' "metrics"
 expect_has "$(curl -s "$url/api/status" | jq -c .updates.last.packages)" '"step":"activated"' "status"
