@@ -78,7 +78,7 @@ static void publish_trust(keel__runtime *rt, const char *dir, bool ok, const cha
 /* Loads the trust in sig->dir and re-checks the store against it; *ret
  * (malloc'd) gets the changes. A trust dir that does not load changes
  * nothing: the marks stay as they are (installs are refused meanwhile). */
-static void recheck(keel__runtime *rt, const trust_sig *sig, keel_revocation **ret, size_t *ret_n)
+static int recheck(keel__runtime *rt, const trust_sig *sig, keel_revocation **ret, size_t *ret_n)
 {
     keel_trust *t = NULL;
     keel_error e;
@@ -89,7 +89,7 @@ static void recheck(keel__runtime *rt, const trust_sig *sig, keel_revocation **r
     if (rc == KEEL_ENOTFOUND) {
         KEEL_LOG_I(MOD, "installed packages not re-checked: %s", e.msg);
         publish_trust(rt, sig->dir, false, e.msg);
-        return;
+        return rc;
     }
     if (rc) {
         KEEL_LOG_E(MOD,
@@ -97,7 +97,7 @@ static void recheck(keel__runtime *rt, const trust_sig *sig, keel_revocation **r
                    "state they had and every install is refused until it is repaired: %s",
                    e.msg);
         publish_trust(rt, sig->dir, false, e.msg);
-        return;
+        return rc;
     }
     rc = keel_store_recheck(rt->store, t, ret, ret_n, &e);
     if (rc) {
@@ -116,11 +116,68 @@ static void recheck(keel__runtime *rt, const trust_sig *sig, keel_revocation **r
         publish_trust(rt, sig->dir, true, summary);
     }
     keel_trust_free(t);
+    return rc;
+}
+
+/* STATE_DIR/update/trust.seen: the signature of the trust files the last
+ * complete re-check read. At start, when the files still look the same (a
+ * change to a file changes its ctime, which user space cannot set back),
+ * the marks in keel.db are those that trust gives, and the re-check (which
+ * loads the trust and checks every installed version's signatures: ~4 MiB
+ * of OpenSSL pages and heap, and milliseconds, for nothing) is skipped. */
+static void seen_path(keel__runtime *rt, char *buf, size_t n)
+{
+    char dir[PATH_MAX];
+    keel__runtime_path(rt, KEEL_STATE_UPDATE_DIR, dir, sizeof(dir));
+    if (keel__snprintf(buf, n, "%s/trust.seen", dir))
+        buf[0] = '\0';
+}
+
+static void seen_format(const trust_sig *sig, keel_buf *b)
+{
+    int rc = keel__buf_appendf(b, "%s\n", sig->dir);
+    for (size_t i = 0; !rc && i < KEEL_ARRAY_LEN(watched); i++)
+        rc = keel__buf_appendf(b, "%d %llu %llu %llu %lld %lld\n", sig->f[i].present ? 1 : 0,
+                               (unsigned long long)sig->f[i].dev, (unsigned long long)sig->f[i].ino,
+                               (unsigned long long)sig->f[i].size, (long long)sig->f[i].mtime_ns,
+                               (long long)sig->f[i].ctime_ns);
+}
+
+static void seen_save(keel__runtime *rt, const trust_sig *sig)
+{
+    char p[PATH_MAX];
+    keel_buf b;
+    keel_error e;
+    char dir[PATH_MAX];
+    keel__runtime_path(rt, KEEL_STATE_UPDATE_DIR, dir, sizeof(dir));
+    seen_path(rt, p, sizeof(p));
+    keel__buf_init(&b, 0);
+    seen_format(sig, &b);
+    if (p[0] && b.data &&
+        (keel__fs_mkdir_p(dir, 0700, &e) || keel__fs_write_atomic(p, b.data, b.len, 0600, &e)))
+        KEEL_LOG_D(MOD, "%s", e.msg);
+    keel__buf_done(&b);
+}
+
+static bool seen_matches(keel__runtime *rt, const trust_sig *sig)
+{
+    char p[PATH_MAX], *data = NULL;
+    size_t len;
+    keel_buf b;
+    seen_path(rt, p, sizeof(p));
+    if (!p[0] || keel__fs_read(p, 8192, &data, &len, NULL))
+        return false;
+    keel__buf_init(&b, 0);
+    seen_format(sig, &b);
+    bool same = b.data && len == b.len && !memcmp(data, b.data, len);
+    keel__buf_done(&b);
+    free(data);
+    return same;
 }
 
 /* force: re-check even when the trust files look unchanged. refresh: then
  * refresh what serves and readiness (not at open: it does that next). */
-static void check(keel__runtime *rt, bool force, bool refresh)
+static void check(keel__runtime *rt, bool force, bool refresh, bool at_start)
 {
     struct keel__rt_revocation *rv = rt->revocation;
     trust_sig sig;
@@ -135,10 +192,14 @@ static void check(keel__runtime *rt, bool force, bool refresh)
         rv->period = period;
     }
     signature(rt, &sig); /* before loading: a change during the load shows next time */
-    if (force || !rv->seen_valid || !same_signature(&sig, &rv->seen)) {
+    if (at_start && seen_matches(rt, &sig)) {
+        rv->seen = sig; /* the last re-check read these very files */
+        rv->seen_valid = true;
+    } else if (force || !rv->seen_valid || !same_signature(&sig, &rv->seen)) {
         rv->seen = sig;
         rv->seen_valid = true;
-        recheck(rt, &sig, &ch, &n);
+        if (recheck(rt, &sig, &ch, &n) == KEEL_OK)
+            seen_save(rt, &sig);
         if (refresh)
             keel__runtime_refresh(rt, 0);
         for (size_t i = 0; i < n; i++) {
@@ -158,12 +219,12 @@ static void check(keel__runtime *rt, bool force, bool refresh)
 
 void keel__runtime_trust_changed(keel__runtime *rt)
 {
-    check(rt, true, true);
+    check(rt, true, true, false);
 }
 
 void keel__rt_trust_poll(keel__runtime *rt)
 {
-    check(rt, false, true);
+    check(rt, false, true, false);
 }
 
 static void job_trust(void *ctx)
@@ -179,7 +240,7 @@ int keel__rt_revocation_start(keel__runtime *rt, keel_error *err)
     pthread_mutex_init(&rv->mu, NULL);
     rv->period = keel__runtime_setting_u64(rt, "trust_check_interval");
     rt->revocation = rv;
-    check(rt, true, false);
+    check(rt, true, false, true);
     if (!(rv->job = keel__jobs_add(rt->jobs, "trust", rv->period, job_trust, rt)))
         KEEL_LOG_W(MOD, "no room for the trust dir check job: trust changes apply on SIGHUP only");
     return KEEL_OK;
