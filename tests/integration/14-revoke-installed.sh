@@ -14,6 +14,7 @@
 #     digest is still revoked).
 #  5. a list revoking k, applied by SIGHUP: not ready, "revoked key".
 #  6. restarted: the same (re-checked at start).
+#  7. a newer list installed while keeld is down: seen at start, 1.0.0 lifted.
 source "$(dirname "$0")/lib.sh"
 [[ -f $KEEL_ORT_LIB ]] || skip "no ONNX Runtime at $KEEL_ORT_LIB (make setup)"
 key_id() { "$KEEL" keygen -o "$work/$1" | awk '/^key id/ {print $3}'; }
@@ -196,5 +197,17 @@ expect_has "$(jfield "$(body_of "$r")" .reason)" "revoked key" "/readyz reason a
 expect_eq "$(jfield "$(iris)" '.revoked | length')" 2 "revoked versions after a restart"
 r=$(infer iris "$x")
 [[ $(status_of "$r") != 200 ]] || die "a revoked version answered after a restart: $(body_of "$r")"
+stop_keeld
+
+# 7. a trust change made while keeld is down is seen at start (no polling):
+#    a newer list that no longer revokes k lifts 1.0.0 before the first answer
+echo "{\"format\": 1, \"type\": \"keel-revocations\", \"serial\": 3, \"packages\": [\"$digest2\"]}" \
+    >"$work/list-3.json"
+sign_list "$work/list-3.json"
+"$KEEL" trust revoke "$state/trust" "$work/list-3.json" >/dev/null
+start_keeld --config "$work/keeld.conf"
+r=$(http GET /readyz)
+expect_eq "$(status_of "$r")" 200 "/readyz after a trust change made while keeld was down ($(body_of "$r"))"
+expect_eq "$(jfield "$(iris)" '.revoked | length')" 1 "revoked versions after the offline change"
 stop_keeld
 echo "14-revoke-installed: ok"
