@@ -310,3 +310,24 @@ whole:
     free(out);
     return keel__json_parse(data, len, what, ret, err);
 }
+
+int keel__json_doc_header(const cJSON *doc, const char *type, const char *what, keel_error *err)
+{
+    uint64_t format = 0;
+    const char *ty = NULL;
+    int rc;
+    if (!cJSON_IsObject(doc))
+        return keel__err(err, KEEL_EINVALID, "%s: expected a JSON object", what);
+    if ((rc = keel__json_u64(doc, "format", true, &format, what, err)))
+        return rc;
+    if (format != 1)
+        return keel__err(err, KEEL_EUNSUPPORTED,
+                         "%s: format %llu is newer than this keel supports (1); upgrade keel", what,
+                         (unsigned long long)format);
+    if ((rc = keel__json_str(doc, "type", true, 64, &ty, what, err)))
+        return rc;
+    if (strcmp(ty, type) != 0)
+        return keel__err(err, KEEL_EINVALID, "%s: \"type\" is \"%s\", expected \"%s\"", what, ty,
+                         type);
+    return KEEL_OK;
+}

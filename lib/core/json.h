@@ -36,6 +36,10 @@ KEEL_WUR int keel__json_member(const cJSON *obj, const char *key, int type, bool
                                const cJSON **ret, const char *where, keel_error *err);
 /* A number that is a non-negative integer <= 2^53. */
 bool keel__json_is_uint(const cJSON *v, uint64_t *ret);
+/* The header every keel document carries: a JSON object whose "format" is
+ * 1 (higher: UNSUPPORTED, "upgrade keel") and whose "type" is type. */
+KEEL_WUR int keel__json_doc_header(const cJSON *doc, const char *type, const char *what,
+                                   keel_error *err);
 /* Prints compactly (malloc'd). */
 char *keel__json_print(const cJSON *v);
 /* Appends s as a JSON string literal (with quotes) to b. */

@@ -140,27 +140,6 @@ static int parse_rule(const keel_trust *t, const cJSON *obj, rule *r, const char
     return KEEL_OK;
 }
 
-static int check_doc_header(const cJSON *doc, const char *type, const char *what, keel_error *err)
-{
-    uint64_t format = 0;
-    const char *ty = NULL;
-    int rc;
-    if (!cJSON_IsObject(doc))
-        return keel__err(err, KEEL_EINVALID, "%s: expected a JSON object", what);
-    if ((rc = keel__json_u64(doc, "format", true, &format, what, err)))
-        return rc;
-    if (format != 1)
-        return keel__err(err, KEEL_EUNSUPPORTED,
-                         "%s: format %llu is newer than this keel supports (1); upgrade keel", what,
-                         (unsigned long long)format);
-    if ((rc = keel__json_str(doc, "type", true, 64, &ty, what, err)))
-        return rc;
-    if (strcmp(ty, type) != 0)
-        return keel__err(err, KEEL_EINVALID, "%s: \"type\" is \"%s\", expected \"%s\"", what, ty,
-                         type);
-    return KEEL_OK;
-}
-
 int keel_trust_from_root(const void *root_json, size_t len, keel_trust **ret, keel_error *err)
 {
     const char *what = "root.json";
@@ -172,7 +151,7 @@ int keel_trust_from_root(const void *root_json, size_t len, keel_trust **ret, ke
         return keel__err(err, KEEL_ETOOBIG, "root.json is larger than %u bytes", TRUST_DOC_MAX);
     if ((rc = keel__json_parse(root_json, len, what, &doc, err)))
         return rc;
-    if ((rc = check_doc_header(doc, "keel-root", what, err)))
+    if ((rc = keel__json_doc_header(doc, "keel-root", what, err)))
         goto out;
     t = calloc(1, sizeof(*t));
     if (!t) {
@@ -440,7 +419,7 @@ static int apply_revocations(keel_trust *t, const char *doc, size_t len, const k
     keel__buf_init(&notes, 4096);
     if (rc)
         return rc;
-    if ((rc = check_doc_header(root, "keel-revocations", what, err)) ||
+    if ((rc = keel__json_doc_header(root, "keel-revocations", what, err)) ||
         (rc = keel__json_u64(root, "serial", true, &serial, what, err)) ||
         (rc = keel__json_member(root, "keys", cJSON_Array, false, &keys, what, err)) ||
         (rc = keel__json_member(root, "packages", cJSON_Array, false, &pkgs, what, err)))

@@ -174,28 +174,10 @@ static int get_hex(const cJSON *obj, const char *key, char *hex, const char *whe
 static int check_header(const cJSON *doc, const char *type, const char *what, uint64_t *version,
                         int64_t *expires, keel_error *err)
 {
-    uint64_t format = 0;
-    const char *ty = NULL;
-    int rc;
-    if (!cJSON_IsObject(doc))
-        return keel__err(err, KEEL_EINVALID, "%s: expected a JSON object", what);
-    if ((rc = keel__json_u64(doc, "format", true, &format, what, err)))
-        return rc;
-    if (format != 1)
-        return keel__err(err, KEEL_EUNSUPPORTED,
-                         "%s: format %llu is newer than this keel reads (1); upgrade keel", what,
-                         (unsigned long long)format);
-    if ((rc = keel__json_str(doc, "type", true, 64, &ty, what, err)))
-        return rc;
-    if (strcmp(ty, type) != 0)
-        return keel__err(err, KEEL_EINVALID, "%s: \"type\" is \"%s\", expected \"%s\"", what, ty,
-                         type);
-    if ((rc = keel__json_u64(doc, "version", true, version, what, err)) ||
-        (rc = get_time(doc, "expires", expires, what, err)))
-        return rc;
-    if (*version < 1)
-        return keel__err(err, KEEL_EINVALID, "%s: \"version\" must be >= 1", what);
-    return KEEL_OK;
+    int rc = keel__json_doc_header(doc, type, what, err);
+    if (!rc && !(rc = keel__json_u64(doc, "version", true, version, what, err)))
+        rc = get_time(doc, "expires", expires, what, err);
+    return rc;
 }
 
 /* --- timestamp.json ---------------------------------------------------------- */
