@@ -65,9 +65,8 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
     return keel__buf_append(ud, p, sz * n) ? 0 : sz * n;
 }
 
-/* One request. body_file streams a file; body_json sends a small JSON body. */
-static int request(const copts *o, const char *method, const char *path, const char *body_file,
-                   const char *body_json, long *ret_status, keel_buf *out)
+int keel_cli_request(const keel_cli_conn *o, const char *method, const char *path,
+                     const char *body_file, const char *body_json, long *ret_status, keel_buf *out)
 {
     char url[2048], auth[128];
     struct curl_slist *hdr = NULL;
@@ -130,8 +129,7 @@ out:
     return rc;
 }
 
-/* Prints the server's error and returns 1, or 0 for a 2xx. */
-static int check(long status, const keel_buf *body)
+int keel_cli_check(long status, const keel_buf *body)
 {
     if (status >= 200 && status < 300)
         return 0;
@@ -236,6 +234,23 @@ static int print_update(const char *json, bool status)
     return rc;
 }
 
+int keel_cli_token(const char *state_dir, char *buf, size_t n)
+{
+    char tp[PATH_MAX], *t = NULL;
+    size_t tl;
+    (void)keel_state_path(state_dir, KEEL_STATE_TOKEN, tp, sizeof(tp));
+    if (keel__fs_read(tp, 100, &t, &tl, NULL)) {
+        fprintf(stderr,
+                "keel: no API token: pass --token, set KEEL_TOKEN, or make %s readable "
+                "(--state-dir DIR)\n",
+                tp);
+        return 1;
+    }
+    snprintf(buf, n, "%.64s", t);
+    free(t);
+    return 0;
+}
+
 int keel_cli_client(const char *verb, int argc, char **argv)
 {
     static const struct option lo[] = {{"url", required_argument, 0, 'U'},
@@ -302,21 +317,11 @@ int keel_cli_client(const char *verb, int argc, char **argv)
     bool mutating = strcmp(verb, "status") && strcmp(verb, "packages") &&
                     !(!strcmp(verb, "update") && !strcmp(o.pos[0], "status"));
     if (mutating && !o.token) {
-        char tp[PATH_MAX], *t = NULL;
-        size_t tl;
-        (void)keel_state_path(o.state_dir, KEEL_STATE_TOKEN, tp, sizeof(tp));
-        if (keel__fs_read(tp, 100, &t, &tl, NULL) == 0) {
-            snprintf(tokbuf, sizeof(tokbuf), "%.64s", t);
-            o.token = tokbuf;
-            free(t);
-        } else {
-            fprintf(stderr,
-                    "keel: no API token: pass --token, set KEEL_TOKEN, or make %s readable "
-                    "(--state-dir DIR)\n",
-                    tp);
+        if (keel_cli_token(o.state_dir, tokbuf, sizeof(tokbuf)))
             return 1;
-        }
+        o.token = tokbuf;
     }
+    const keel_cli_conn conn = {o.url, o.unix_socket, o.token};
     keel_buf body, json;
     long status = 0;
     int rc = 0;
@@ -324,22 +329,23 @@ int keel_cli_client(const char *verb, int argc, char **argv)
     keel__buf_init(&json, 1024);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (!strcmp(verb, "status")) {
-        rc = request(&o, "GET", "/api/status", NULL, NULL, &status, &body);
+        rc = keel_cli_request(&conn, "GET", "/api/status", NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "packages")) {
-        rc = request(&o, "GET", "/api/packages", NULL, NULL, &status, &body);
+        rc = keel_cli_request(&conn, "GET", "/api/packages", NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "update")) {
         if (!strcmp(o.pos[0], "status"))
-            rc = request(&o, "GET", "/api/updates", NULL, NULL, &status, &body);
+            rc = keel_cli_request(&conn, "GET", "/api/updates", NULL, NULL, &status, &body);
         else
-            rc = request(&o, "POST",
-                         !strcmp(o.pos[0], "apply") ? "/api/updates/check?wait=1&apply=1"
-                                                    : "/api/updates/check?wait=1&apply=0",
-                         NULL, NULL, &status, &body);
+            rc = keel_cli_request(&conn, "POST",
+                                  !strcmp(o.pos[0], "apply") ? "/api/updates/check?wait=1&apply=1"
+                                                             : "/api/updates/check?wait=1&apply=0",
+                                  NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "gc")) {
-        rc = request(&o, "POST", "/api/gc", NULL, NULL, &status, &body);
+        rc = keel_cli_request(&conn, "POST", "/api/gc", NULL, NULL, &status, &body);
     } else if (!strcmp(verb, "install")) {
-        rc = request(&o, "POST", o.activate ? "/api/packages?activate=1" : "/api/packages",
-                     o.pos[0], NULL, &status, &body);
+        rc = keel_cli_request(&conn, "POST",
+                              o.activate ? "/api/packages?activate=1" : "/api/packages", o.pos[0],
+                              NULL, &status, &body);
     } else {
         /* NAME goes into the path: escape it so it cannot reach another route. */
         char *name = curl_easy_escape(NULL, o.pos[0], 0);
@@ -355,10 +361,11 @@ int keel_cli_client(const char *verb, int argc, char **argv)
             rc = 1;
         }
         if (!rc)
-            rc = request(&o, "POST", path, NULL, o.version ? json.data : NULL, &status, &body);
+            rc = keel_cli_request(&conn, "POST", path, NULL, o.version ? json.data : NULL, &status,
+                                  &body);
     }
     if (!rc)
-        rc = check(status, &body);
+        rc = keel_cli_check(status, &body);
     if (!rc) {
         if (!strcmp(verb, "status") && !o.json)
             print_status(body.data ? body.data : "{}");

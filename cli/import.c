@@ -24,73 +24,10 @@ static const char import_usage[] =
     "  a revocation list, then every package (verified, installed, the newest of each name\n"
     "  activated after its validation set). Waits for the outcome unless --no-wait.\n";
 
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
-{
-    return keel__buf_append(ud, p, sz * n) ? 0 : sz * n;
-}
-
-typedef struct conn {
-    const char *url, *sock, *token;
-} conn;
-
-static int req(const conn *c, const char *method, const char *path, const char *json, long *status,
-               keel_buf *out)
-{
-    char url[2048], auth[128];
-    struct curl_slist *h = NULL;
-    CURL *cu = curl_easy_init();
-    if (!cu)
-        return 1;
-    keel__buf_done(out);
-    keel__buf_init(out, 16u << 20);
-    snprintf(url, sizeof(url), "%s%s", c->url, path);
-    curl_easy_setopt(cu, CURLOPT_URL, url);
-    curl_easy_setopt(cu, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(cu, CURLOPT_WRITEDATA, out);
-    curl_easy_setopt(cu, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT, 5L);
-    if (c->sock)
-        curl_easy_setopt(cu, CURLOPT_UNIX_SOCKET_PATH, c->sock);
-    if (c->token) {
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", c->token);
-        h = curl_slist_append(h, auth);
-    }
-    if (!strcmp(method, "POST")) {
-        curl_easy_setopt(cu, CURLOPT_POSTFIELDS, json);
-        curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
-        h = curl_slist_append(h, "Content-Type: application/json");
-    }
-    curl_easy_setopt(cu, CURLOPT_HTTPHEADER, h);
-    CURLcode cr = curl_easy_perform(cu);
-    if (cr != CURLE_OK)
-        fprintf(stderr, "keel: cannot reach keeld at %s: %s\n", c->sock ? c->sock : c->url,
-                curl_easy_strerror(cr));
-    else
-        curl_easy_getinfo(cu, CURLINFO_RESPONSE_CODE, status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(cu);
-    return cr != CURLE_OK;
-}
-
 static const char *str(const cJSON *o, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Prints keeld's error answer; returns 1. */
-static int server_error(long status, const keel_buf *b)
-{
-    cJSON *j = NULL;
-    const cJSON *e;
-    if (b->data && !keel__json_parse(b->data, b->len, "answer", &j, NULL) &&
-        (e = cJSON_GetObjectItemCaseSensitive(j, "error")) && str(e, "message"))
-        fprintf(stderr, "keel: %s (%s, HTTP %ld)\n", str(e, "message"),
-                str(e, "code") ? str(e, "code") : "?", status);
-    else
-        fprintf(stderr, "keel: keeld answered HTTP %ld: %s\n", status, b->data ? b->data : "");
-    cJSON_Delete(j);
-    return 1;
 }
 
 /* One line per item; returns 0 when every item was applied. */
@@ -131,8 +68,8 @@ int keel_cli_import(int argc, char **argv)
         {"timeout", required_argument, 0, 't'}, {"json", no_argument, 0, 'j'},
         {"wait", no_argument, 0, 'w'},          {"no-wait", no_argument, 0, 'n'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    conn c = {.url = getenv("KEEL_URL") ? getenv("KEEL_URL") : "http://127.0.0.1:8480",
-              .token = getenv("KEEL_TOKEN")};
+    keel_cli_conn c = {.url = getenv("KEEL_URL") ? getenv("KEEL_URL") : "http://127.0.0.1:8480",
+                       .token = getenv("KEEL_TOKEN")};
     const char *sd = getenv("KEEL_STATE_DIR") ? getenv("KEEL_STATE_DIR") : "/var/lib/keel";
     bool wait = true, json = false;
     unsigned long timeout = 3600;
@@ -145,7 +82,7 @@ int keel_cli_import(int argc, char **argv)
             c.url = optarg;
             break;
         case 'S':
-            c.sock = optarg;
+            c.unix_socket = optarg;
             break;
         case 'T':
             c.token = optarg;
@@ -182,21 +119,11 @@ int keel_cli_import(int argc, char **argv)
         fprintf(stderr, "keel: cannot find %s\n", argv[optind]);
         return 1;
     }
-    if (c.sock && !getenv("KEEL_URL"))
+    if (c.unix_socket && !getenv("KEEL_URL"))
         c.url = "http://localhost";
     if (!c.token) {
-        char tp[PATH_MAX], *t = NULL;
-        size_t tl;
-        (void)keel_state_path(sd, KEEL_STATE_TOKEN, tp, sizeof(tp));
-        if (keel__fs_read(tp, 100, &t, &tl, NULL)) {
-            fprintf(stderr,
-                    "keel: no API token: pass --token, set KEEL_TOKEN, or make %s readable "
-                    "(--state-dir DIR)\n",
-                    tp);
+        if (keel_cli_token(sd, tokbuf, sizeof(tokbuf)))
             return 1;
-        }
-        snprintf(tokbuf, sizeof(tokbuf), "%.64s", t);
-        free(t);
         c.token = tokbuf;
     }
     keel_buf body, b;
@@ -209,10 +136,10 @@ int keel_cli_import(int argc, char **argv)
     if (keel__buf_append(&body, "{\"path\":", 8) || keel__json_quote(&body, abs) ||
         keel__buf_append(&body, "}", 2))
         goto out;
-    if (req(&c, "POST", "/api/import", body.data, &status, &b))
+    if (keel_cli_request(&c, "POST", "/api/import", NULL, body.data, &status, &b))
         goto out;
     if (status != 202) {
-        rc = server_error(status, &b);
+        rc = keel_cli_check(status, &b);
         goto out;
     }
     uint64_t id = 0;
@@ -233,10 +160,12 @@ int keel_cli_import(int argc, char **argv)
     snprintf(path, sizeof(path), "/api/import/%llu", (unsigned long long)id);
     time_t until = time(NULL) + (time_t)timeout;
     for (;;) {
-        if (req(&c, "GET", path, NULL, &status, &b))
+        keel__buf_done(&b); /* each poll's answer alone */
+        keel__buf_init(&b, 16u << 20);
+        if (keel_cli_request(&c, "GET", path, NULL, NULL, &status, &b))
             goto out;
         if (status != 200) {
-            rc = server_error(status, &b);
+            rc = keel_cli_check(status, &b);
             goto out;
         }
         cJSON_Delete(j);
