@@ -9,12 +9,8 @@ source "$(dirname "$0")/lib.sh"
 need_shared
 command -v nginx >/dev/null || skip "no nginx (make setup installs nginx-light)"
 
-"$KEEL" keygen -o "$work/k" >/dev/null
-"$KEEL" keygen -o "$work/ix" >/dev/null
-"$KEEL" keygen -o "$work/ts" >/dev/null
+setup_repo_trust "$state/trust"
 "$KEEL" keygen -o "$work/stranger" >/dev/null
-"$KEEL" trust init "$state/trust" --key "$work/k.pub" --index-key "$work/ix.pub" \
-    --timestamp-key "$work/ts.pub" >/dev/null
 
 vad=$keel_shared/models/onnx/vad
 mkvad() { # VERSION MODEL [KEY] [JQ filter]: a vad package whose primary model is MODEL
@@ -27,13 +23,6 @@ mkvad() { # VERSION MODEL [KEY] [JQ filter]: a vad package whose primary model i
         "$keel_src/examples/vad/keel.json" >"$src/keel.json"
     "$KEEL" pack "$src" -o "$work/vad-$v.keel" --key "$key" >/dev/null
 }
-publish() { # PKG [args]
-    local p=$1
-    shift
-    "$KEEL" publish "$p" --repo "$work/repo" --key "$work/ix.key" --timestamp-key "$work/ts.key" \
-        "$@" >>"$work/publish.log" 2>&1 || die "keel publish $p $*: $(tail -3 "$work/publish.log")"
-}
-mkdir -p "$work/repo"
 mkvad 1.0.0 "$vad/silero_vad_v5.onnx"
 mkvad 2.0.0 "$vad/silero_vad_v6.onnx"
 publish "$work/vad-1.0.0.keel" --channel stable

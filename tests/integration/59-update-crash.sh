@@ -8,26 +8,10 @@
 source "$(dirname "$0")/lib.sh"
 command -v nginx >/dev/null || skip "no nginx (make setup installs nginx-light)"
 
-"$KEEL" keygen -o "$work/k" >/dev/null
-"$KEEL" keygen -o "$work/ix" >/dev/null
-"$KEEL" keygen -o "$work/ts" >/dev/null
-"$KEEL" trust init "$state/trust" --key "$work/k.pub" --index-key "$work/ix.pub" \
-    --timestamp-key "$work/ts.pub" >/dev/null
-
-# version N carries a 3 MiB file of its own: at 1 MiB/s a download takes
-# seconds, so the kills land in every step of the pipeline
-mkpkg() { # VERSION
-    local src=$work/src-$1
-    mkdir -p "$src"
-    cp -r "$keel_src/examples/iris/." "$src/"
-    head -c $((3 << 20)) /dev/urandom >"$src/extra.bin"
-    jq --arg v "$1" '.version = $v' "$keel_src/examples/iris/keel.json" >"$src/keel.json"
-    "$KEEL" pack "$src" -o "$work/iris-$1.keel" --key "$work/k.key" >/dev/null
-    "$KEEL" publish "$work/iris-$1.keel" --repo "$work/repo" --key "$work/ix.key" \
-        --timestamp-key "$work/ts.key" --channel stable >/dev/null || die "publish $1"
-}
-mkdir -p "$work/repo"
-mkpkg 1.0.0
+setup_repo_trust "$state/trust"
+# version N carries a 3 MiB file of its own (publish_iris): at 1 MiB/s a
+# download takes seconds, so the kills land in every step of the pipeline
+publish_iris 1.0.0
 start_nginx "$work/repo"
 cat >"$work/keeld.conf" <<EOF
 update_repos = $nginx_url
@@ -47,7 +31,7 @@ wait "$keeld_pid" 2>/dev/null || true
 keeld_pid=""
 published=(1.0.0)
 next=2
-mkpkg "$next.0.0"
+publish_iris "$next.0.0"
 published+=("$next.0.0")
 
 declare -A parts=()
@@ -75,7 +59,7 @@ for round in $(seq 30); do
     [[ " ${published[*]} " == *" $a "* ]] || die "round $round: active '$a' is not a published version"
     if [[ $a == "$next.0.0" ]]; then # reached: publish the next one
         next=$((next + 1))
-        mkpkg "$next.0.0"
+        publish_iris "$next.0.0"
         published+=("$next.0.0")
     fi
 done

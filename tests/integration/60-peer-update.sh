@@ -8,23 +8,8 @@
 source "$(dirname "$0")/lib.sh"
 command -v nginx >/dev/null || skip "no nginx (make setup installs nginx-light)"
 
-"$KEEL" keygen -o "$work/k" >/dev/null
-"$KEEL" keygen -o "$work/ix" >/dev/null
-"$KEEL" keygen -o "$work/ts" >/dev/null
-"$KEEL" trust init "$work/trust" --key "$work/k.pub" --index-key "$work/ix.pub" \
-    --timestamp-key "$work/ts.pub" >/dev/null
-mkpkg() { # VERSION: iris with a 3 MiB file of its own
-    local src=$work/src-$1
-    mkdir -p "$src"
-    cp -r "$keel_src/examples/iris/." "$src/"
-    head -c $((3 << 20)) /dev/urandom >"$src/extra.bin"
-    jq --arg v "$1" '.version = $v' "$keel_src/examples/iris/keel.json" >"$src/keel.json"
-    "$KEEL" pack "$src" -o "$work/iris-$1.keel" --key "$work/k.key" >/dev/null
-    "$KEEL" publish "$work/iris-$1.keel" --repo "$work/repo" --key "$work/ix.key" \
-        --timestamp-key "$work/ts.key" --channel stable >/dev/null || die "publish $1"
-}
-mkdir -p "$work/repo"
-mkpkg 1.0.0
+setup_repo_trust "$work/trust"
+publish_iris 1.0.0
 start_nginx "$work/repo"
 
 pids=()
@@ -55,7 +40,7 @@ other_keeld a "$pa" "update_repos = $nginx_url" "update_packages = iris" "update
     "peer_serve = true"
 r=$(apply_on "$pa" "$work/a")
 expect_eq "$(stat_of "$r" .step)" activated "A installs 1.0.0 from the origin ($r)"
-mkpkg 2.0.0
+publish_iris 2.0.0
 r=$(apply_on "$pa" "$work/a")
 expect_eq "$(stat_of "$r" .step)" activated "A updates to 2.0.0 from the origin ($r)"
 

@@ -231,3 +231,27 @@ restart_nginx() { # [DIR]: starts a stopped instance again on its port
     nginx_dir=$d
     _nginx_run "$d"
 }
+
+# --- update repositories (58-update, 59-update-crash, 60-peer-update) -----------
+setup_repo_trust() { # TRUST_DIR: keys k (packages), ix (index), ts (timestamp) in $work; a root trusting them
+    local k
+    for k in k ix ts; do "$KEEL" keygen -o "$work/$k" >/dev/null; done
+    "$KEEL" trust init "$1" --key "$work/k.pub" --index-key "$work/ix.pub" \
+        --timestamp-key "$work/ts.pub" >/dev/null
+}
+publish() { # PKG [keel publish args]: into $work/repo, signed with the index and timestamp keys
+    local p=$1
+    shift
+    mkdir -p "$work/repo"
+    "$KEEL" publish "$p" --repo "$work/repo" --key "$work/ix.key" --timestamp-key "$work/ts.key" \
+        "$@" >>"$work/publish.log" 2>&1 || die "keel publish $p $*: $(tail -3 "$work/publish.log")"
+}
+publish_iris() { # VERSION: iris with a 3 MiB file of its own, packed and published on stable
+    local src=$work/src-$1
+    mkdir -p "$src"
+    cp -r "$keel_src/examples/iris/." "$src/"
+    head -c $((3 << 20)) /dev/urandom >"$src/extra.bin"
+    jq --arg v "$1" '.version = $v' "$keel_src/examples/iris/keel.json" >"$src/keel.json"
+    "$KEEL" pack "$src" -o "$work/iris-$1.keel" --key "$work/k.key" >/dev/null
+    publish "$work/iris-$1.keel" --channel stable
+}
