@@ -573,6 +573,18 @@ static int sink_write(void *ud, const void *data, size_t len, keel_error *err)
     return KEEL_OK;
 }
 
+/* A blob this install wrote: its stamp comes with the COMMIT. */
+static int note_new_blob(install_ctx *c, const char *hex, uint64_t size, keel_error *err)
+{
+    void *p = realloc(c->new_hex, (c->nnew + 1) * sizeof(*c->new_hex));
+    if (!p)
+        return keel__err(err, KEEL_ENOMEM, "out of memory");
+    c->new_hex = p;
+    memcpy(c->new_hex[c->nnew++], hex, KEEL_SHA256_HEX);
+    c->new_bytes += size;
+    return KEEL_OK;
+}
+
 static int sink_end(void *ud, const keel_file *f, bool ok, keel_error *err)
 {
     install_ctx *c = ud;
@@ -606,13 +618,7 @@ static int sink_end(void *ud, const keel_file *f, bool ok, keel_error *err)
         unlink(c->tmp);
         return rc;
     }
-    void *p = realloc(c->new_hex, (c->nnew + 1) * sizeof(*c->new_hex));
-    if (!p)
-        return keel__err(err, KEEL_ENOMEM, "out of memory");
-    c->new_hex = p;
-    memcpy(c->new_hex[c->nnew++], hex, KEEL_SHA256_HEX);
-    c->new_bytes += f->size;
-    return KEEL_OK;
+    return note_new_blob(c, hex, f->size, err);
 }
 
 static int activate_locked(keel_store *s, const char *name, const char *ver, const char *action,
@@ -916,13 +922,7 @@ static int link_blob_in(install_ctx *c, const char *src, const keel_file *f, kee
         rc = keel__fs_fsync_dir(dir, err);
     if (rc)
         return rc;
-    void *p = realloc(c->new_hex, (c->nnew + 1) * sizeof(*c->new_hex));
-    if (!p)
-        return keel__err(err, KEEL_ENOMEM, "out of memory");
-    c->new_hex = p;
-    memcpy(c->new_hex[c->nnew++], hex, KEEL_SHA256_HEX);
-    c->new_bytes += f->size;
-    return KEEL_OK;
+    return note_new_blob(c, hex, f->size, err);
 }
 
 /* After the COMMIT: drops the download folder's names of the new blobs.
