@@ -8,21 +8,7 @@
 # second, so unit/test_uplink's test_seq_across_restarts pins that case.)
 source "$(dirname "$0")/lib.sh"
 command -v mosquitto >/dev/null || skip "no mosquitto"
-bport=$(free_port)
-cat >"$work/mosq.conf" <<C
-listener $bport 127.0.0.1
-allow_anonymous true
-persistence false
-log_type all
-C
-mosquitto -c "$work/mosq.conf" >>"$work/mosq.log" 2>&1 &
-mosq=$!
-trap 'kill $mosq $sub 2>/dev/null || true; cleanup' EXIT
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$bport) 2>/dev/null && break; sleep 0.1; done
-mosquitto_sub -h 127.0.0.1 -p "$bport" -q 1 -t 'keel/#' -F '%x' >"$work/sub.txt" 2>"$work/sub.err" &
-sub=$!
-for _ in $(seq 100); do grep -q "Sending SUBACK" "$work/mosq.log" && break; sleep 0.1; done
-grep -q "Sending SUBACK" "$work/mosq.log" || die "the subscriber did not subscribe"
+start_mosquitto_sub '%x'
 cat >"$work/keeld.conf" <<C
 state_dir = $state
 device_id = it-device

@@ -64,22 +64,7 @@ PY
 [[ -f $work/good.onnx && -f $work/worse.onnx ]] || die "the test models were not written"
 
 # --- broker, subscriber, keeld ---------------------------------------------------------------
-bport=$(free_port)
-cat >"$work/mosq.conf" <<C
-listener $bport 127.0.0.1
-allow_anonymous true
-persistence false
-log_type all
-C
-mosquitto -c "$work/mosq.conf" >>"$work/mosq.log" 2>&1 &
-mosq=$!
-sub=""
-trap 'kill $mosq $sub 2>/dev/null || true; cleanup' EXIT
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$bport) 2>/dev/null && break; sleep 0.1; done
-mosquitto_sub -h 127.0.0.1 -p "$bport" -q 1 -t 'keel/#' -F '%t %x' >"$work/sub.txt" 2>"$work/sub.err" &
-sub=$!
-for _ in $(seq 100); do grep -q "Sending SUBACK" "$work/mosq.log" && break; sleep 0.1; done
-grep -q "Sending SUBACK" "$work/mosq.log" || die "the subscriber did not subscribe"
+start_mosquitto_sub '%t %x'
 
 setup_trust
 cat >"$work/keeld.conf" <<C

@@ -6,9 +6,11 @@ work=$(mktemp -d /tmp/keel-it-XXXXXX)
 state=$work/state
 keeld_pid=""
 nginx_pids=() # every nginx start_nginx started (stopped by cleanup)
+mosq_pids=()  # the broker and subscriber of start_mosquitto_sub
 cleanup() {
     if [[ -n $keeld_pid ]]; then kill -9 "$keeld_pid" 2>/dev/null || true; fi
     local p
+    for p in "${mosq_pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${nginx_pids[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
     rm -rf "$work"
 }
@@ -230,6 +232,26 @@ restart_nginx() { # [DIR]: starts a stopped instance again on its port
     local d=${1:-$nginx_dir}
     nginx_dir=$d
     _nginx_run "$d"
+}
+
+# start_mosquitto_sub FORMAT: a mosquitto broker on 127.0.0.1:$bport and a
+# mosquitto_sub of keel/# (QoS 1) printing -F FORMAT lines into
+# $work/sub.txt, subscribed before this returns; both stopped by cleanup.
+start_mosquitto_sub() {
+    bport=$(free_port)
+    cat >"$work/mosq.conf" <<C
+listener $bport 127.0.0.1
+allow_anonymous true
+persistence false
+log_type all
+C
+    mosquitto -c "$work/mosq.conf" >>"$work/mosq.log" 2>&1 &
+    mosq_pids+=($!)
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$bport) 2>/dev/null && break; sleep 0.1; done
+    mosquitto_sub -h 127.0.0.1 -p "$bport" -q 1 -t 'keel/#' -F "$1" >"$work/sub.txt" 2>"$work/sub.err" &
+    mosq_pids+=($!)
+    for _ in $(seq 100); do grep -q "Sending SUBACK" "$work/mosq.log" && break; sleep 0.1; done
+    grep -q "Sending SUBACK" "$work/mosq.log" || die "the subscriber did not subscribe"
 }
 
 # --- update repositories (58-update, 59-update-crash, 60-peer-update) -----------
