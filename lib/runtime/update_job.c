@@ -72,7 +72,6 @@ struct keel__rt_update {
     bool want_apply;
     pending_check *waiters;
     uint64_t next_due_ns;
-    int64_t last_at; /* wall clock of the last finished check */
     uint64_t last_mono_ns;
     char *last; /* JSON of the last check */
     char phase[256];
@@ -443,7 +442,7 @@ static void add_stats(cJSON *o, const keel__fetch_stats *fs)
 }
 
 /* Download, stage, validate and activate one offered version. Fills o. */
-static void apply_offer(check *c, const installed *in, const keel__repo_offer *of, cJSON *o)
+static void apply_offer(check *c, const keel__repo_offer *of, cJSON *o)
 {
     keel__runtime *rt = c->rt;
     keel_error e = {0};
@@ -500,7 +499,6 @@ static void apply_offer(check *c, const installed *in, const keel__repo_offer *o
         }
         step(c->u, "downloaded", of->name, of->version, NULL);
     }
-    (void)in;
     set_phase(c->u, "validating %s@%s", of->name, of->version);
     keel_serving sv;
     rc = keel__runtime_slot_action(rt, KEEL__BUS_ACTIVATE, of->name, of->version, &sv, &e);
@@ -582,7 +580,7 @@ static void check_package(check *c, const installed *in)
         cJSON_AddStringToObject(o, "step", "found");
         return;
     }
-    apply_offer(c, in, &of, o);
+    apply_offer(c, &of, o);
 }
 
 static char *run_check(keel__rt_update *u, uint64_t seq, bool apply)
@@ -673,7 +671,6 @@ static void *updater_main(void *arg)
             pthread_mutex_lock(&u->mu);
             free(u->last);
             u->last = json;
-            u->last_at = keel__now_wall_s();
             u->last_mono_ns = keel__now_mono_ns();
             u->done = seq;
             snprintf(u->phase, sizeof(u->phase), "idle");
